@@ -1,0 +1,46 @@
+//! The policy model of a bottle, as data.
+//!
+//! One type, shared by the `bottle` CLI (which builds and validates it from
+//! `bottle.toml`) and by `bottle-sidecar` (which enforces it). Nothing here does
+//! I/O or knows about a runtime: the CLI renders a [`Policy`] to JSON in the
+//! bottle's state directory and the sidecar reads the same JSON back.
+//!
+//! Everything is deny-by-default: an empty [`EgressPolicy`] allows nothing.
+
+#![forbid(unsafe_code)]
+
+pub mod egress;
+pub mod host;
+
+pub use egress::{
+    AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict,
+    DEFAULT_PORTS,
+};
+pub use host::{normalize_host, HostError, HostPattern};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the rendered policy format; the sidecar refuses a file of
+/// another version rather than guess at its meaning.
+pub const POLICY_FORMAT: u32 = 1;
+
+/// Everything the sidecar enforces for one bottle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Format version; see [`POLICY_FORMAT`].
+    pub format: u32,
+    /// The bottle's name, for messages and logs.
+    pub bottle: String,
+    pub egress: EgressPolicy,
+}
+
+impl Policy {
+    pub fn new(bottle: impl Into<String>, egress: EgressPolicy) -> Self {
+        Policy {
+            format: POLICY_FORMAT,
+            bottle: bottle.into(),
+            egress,
+        }
+    }
+}

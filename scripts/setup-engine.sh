@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Makes a machine ready to run bottle on the docker runtime: installs the
+# Docker engine when no engine answers, starts dockerd when it is installed but
+# not running, and builds the local base image (debootstrap + docker import)
+# that the agent and sidecar images are built FROM on machines without a
+# registry. Idempotent: every step checks before it acts.
+#
+# The Debian mirror is read from apt's own sources at run time, so the script
+# works wherever apt works.
+set -euo pipefail
+
+BASE_IMAGE=${BOTTLE_BASE_IMAGE:-bottle-base:bookworm}
+SUITE=${BOTTLE_BASE_SUITE:-bookworm}
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+engine_answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+
+apt_install() {
+  log "installing $*"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_engine() {
+  if engine_answers; then
+    log "docker engine $(docker version --format '{{.Server.Version}}') answers"
+    return
+  fi
+  if [ -n "${DOCKER_HOST:-}" ]; then
+    log "DOCKER_HOST=$DOCKER_HOST is set but no engine answers there; start that engine and retry"
+    exit 1
+  fi
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io iptables
+  command -v docker >/dev/null 2>&1 || apt_install docker.io
+  log "starting dockerd (log: /var/log/bottle-dockerd.log)"
+  as_root sh -c 'nohup dockerd >/var/log/bottle-dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do
+    engine_answers && { log "docker engine $(docker version --format '{{.Server.Version}}') started"; return; }
+    sleep 1
+  done
+  log "dockerd did not answer within 60 s; see /var/log/bottle-dockerd.log"
+  exit 1
+}
+
+# The first deb URI of apt's sources (deb822 or one-line format).
+debian_mirror() {
+  local uri
+  uri=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+          | awk '{print $2}' | grep -v security | head -n1 || true)
+  if [ -z "$uri" ]; then
+    uri=$(grep -hE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '{for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+            | grep -v security | head -n1 || true)
+  fi
+  [ -n "$uri" ] || { log "no Debian mirror found in apt's sources"; exit 1; }
+  printf '%s\n' "$uri"
+}
+
+ensure_base_image() {
+  if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    log "base image $BASE_IMAGE present"
+    return
+  fi
+  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+  local mirror dir
+  mirror=$(debian_mirror)
+  dir=$(mktemp -d /tmp/bottle-base.XXXXXX)
+  trap 'as_root rm -rf "$dir"' RETURN
+  log "debootstrap $SUITE from $mirror (about 80 s)"
+  as_root debootstrap --variant=minbase \
+    --include=bash,git,ca-certificates,curl,python3,iproute2,dnsutils,netcat-openbsd \
+    "$SUITE" "$dir" "$mirror" >/tmp/bottle-debootstrap.log 2>&1 \
+    || { log "debootstrap failed; see /tmp/bottle-debootstrap.log"; exit 1; }
+  as_root rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+  log "importing as $BASE_IMAGE"
+  as_root tar -C "$dir" -c . | docker import - "$BASE_IMAGE" >/dev/null
+  log "base image $BASE_IMAGE ready"
+}
+
+ensure_engine
+ensure_base_image
