@@ -1,0 +1,517 @@
+//! The sidecar's log: one JSON object per line on stdout.
+//!
+//! Two kinds of line: lifecycle events (`"service":"sidecar"`, `"event":…`)
+//! and egress decisions (`"service":"egress"`, one per request or tunnel).
+//! Every line a client can cause goes through a per-client-IP token bucket,
+//! so an agent in a loop cannot flood the host's disk; what the bucket drops
+//! is counted and reported in one `"event":"suppressed"` line when that client
+//! is logged again (or at shutdown).
+//!
+//! Nothing here ever receives a header value: [`EgressRecord`] has no field
+//! that could carry one.
+
+use bottle_policy::Verdict;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Longest host or path written to the log; the rest is cut, because both come
+/// from the client.
+const MAX_FIELD: usize = 512;
+
+/// Where finished lines go. Implementations write `line` plus a newline as one
+/// unit.
+pub trait LineSink: Send + Sync + 'static {
+    fn write_line(&self, line: &str);
+}
+
+/// The production sink: the process's stdout. Write errors are dropped: a
+/// closed stdout must not stop the proxy.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdoutSink;
+
+impl LineSink for StdoutSink {
+    fn write_line(&self, line: &str) {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&buf);
+        let _ = out.flush();
+    }
+}
+
+/// Token bucket parameters for client-triggered lines, per client IP.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second (0 = never refill).
+    pub per_second: f64,
+    /// Bucket size: how many lines a quiet client may emit at once.
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 50.0,
+            burst: 100.0,
+        }
+    }
+}
+
+/// Most client buckets kept; beyond this, full buckets are forgotten (they
+/// would be recreated full anyway).
+const MAX_BUCKETS: usize = 4096;
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+/// What [`RateLimiter::admit`] says about one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Write it; first report `suppressed` lines dropped since the last one
+    /// written (when non-zero).
+    Yes { suppressed: u64 },
+    /// Drop it; it has been counted.
+    No,
+}
+
+/// Per-IP token buckets. The clock is a parameter so tests need no sleeps.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: RateLimit,
+    buckets: HashMap<IpAddr, Bucket>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: RateLimit) -> Self {
+        RateLimiter {
+            limit,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token from `ip`'s bucket at time `now`.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admit {
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&ip) {
+            self.forget_full(now);
+        }
+        let limit = self.limit;
+        let bucket = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: limit.burst,
+            last: now,
+            suppressed: 0,
+        });
+        refill(bucket, limit, now);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Admit::Yes {
+                suppressed: std::mem::take(&mut bucket.suppressed),
+            }
+        } else {
+            bucket.suppressed += 1;
+            Admit::No
+        }
+    }
+
+    /// Returns and clears every pending suppressed count (for shutdown).
+    pub fn drain_suppressed(&mut self) -> Vec<(IpAddr, u64)> {
+        let mut out: Vec<(IpAddr, u64)> = self
+            .buckets
+            .iter_mut()
+            .filter(|(_, b)| b.suppressed > 0)
+            .map(|(ip, b)| (*ip, std::mem::take(&mut b.suppressed)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn forget_full(&mut self, now: Instant) {
+        let limit = self.limit;
+        self.buckets.retain(|_, b| {
+            refill(b, limit, now);
+            b.suppressed > 0 || b.tokens < limit.burst
+        });
+    }
+}
+
+fn refill(bucket: &mut Bucket, limit: RateLimit, now: Instant) {
+    let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+    bucket.tokens = (bucket.tokens + elapsed * limit.per_second).min(limit.burst);
+    bucket.last = now;
+}
+
+/// One egress decision, as logged. Built by the proxy; the logger adds `ts`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressRecord {
+    /// `ip:port` of the client.
+    pub client: String,
+    pub method: String,
+    /// The destination host (normalised when valid); absent when the request
+    /// named none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Request path without the query; absent for CONNECT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub rule: String,
+    pub decision: Verdict,
+    pub status: u16,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// Why an allowed connection failed (never request content).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl EgressRecord {
+    /// A record with the request's identity and no outcome yet.
+    pub fn new(client: SocketAddr, method: &str) -> Self {
+        EgressRecord {
+            client: client.to_string(),
+            method: truncate(method, 32),
+            host: None,
+            port: None,
+            path: None,
+            rule: String::new(),
+            decision: Verdict::Deny,
+            status: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+            error: None,
+        }
+    }
+
+    pub fn host(mut self, host: &str, port: Option<u16>) -> Self {
+        self.host = Some(truncate(host, MAX_FIELD));
+        self.port = port;
+        self
+    }
+
+    pub fn path(mut self, path: &str) -> Self {
+        self.path = Some(truncate(path, MAX_FIELD));
+        self
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[derive(Serialize)]
+struct Stamped<'a, T: Serialize> {
+    ts: String,
+    service: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// The logger handed to every service. Cheap to clone.
+#[derive(Clone)]
+pub struct Logger {
+    sink: Arc<dyn LineSink>,
+    limiter: Arc<Mutex<RateLimiter>>,
+}
+
+impl std::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logger").finish_non_exhaustive()
+    }
+}
+
+impl Logger {
+    pub fn new(sink: Arc<dyn LineSink>, limit: RateLimit) -> Self {
+        Logger {
+            sink,
+            limiter: Arc::new(Mutex::new(RateLimiter::new(limit))),
+        }
+    }
+
+    /// Stdout with the default rate limit.
+    pub fn stdout() -> Self {
+        Logger::new(Arc::new(StdoutSink), RateLimit::default())
+    }
+
+    /// A lifecycle line: `{"ts","service":"sidecar","event":event, …fields}`.
+    /// `fields` should be a JSON object; anything else is ignored.
+    pub fn event(&self, event: &str, fields: Value) {
+        self.write("sidecar", &event_body(event, fields));
+    }
+
+    /// A lifecycle line a client caused (e.g. a malformed request), subject to
+    /// `client`'s rate limit.
+    pub fn client_event(&self, client: SocketAddr, event: &str, mut fields: Value) {
+        if let Value::Object(map) = &mut fields {
+            map.insert("client".into(), client.to_string().into());
+        }
+        let body = event_body(event, fields);
+        self.limited(client.ip(), Instant::now(), || self.write("sidecar", &body));
+    }
+
+    /// An egress decision, subject to the client's rate limit.
+    pub fn egress(&self, client: SocketAddr, record: &EgressRecord) {
+        self.egress_at(client.ip(), Instant::now(), record);
+    }
+
+    /// [`Logger::egress`] with an explicit clock, for tests.
+    pub fn egress_at(&self, ip: IpAddr, now: Instant, record: &EgressRecord) {
+        self.limited(ip, now, || self.write("egress", record));
+    }
+
+    /// Writes the pending `suppressed` summaries (call at shutdown).
+    pub fn flush_suppressed(&self) {
+        let pending = self.lock_limiter().drain_suppressed();
+        for (ip, count) in pending {
+            self.write_suppressed(ip, count);
+        }
+    }
+
+    fn limited(&self, ip: IpAddr, now: Instant, write: impl FnOnce()) {
+        let admit = self.lock_limiter().admit(ip, now);
+        if let Admit::Yes { suppressed } = admit {
+            if suppressed > 0 {
+                self.write_suppressed(ip, suppressed);
+            }
+            write();
+        }
+    }
+
+    fn write_suppressed(&self, ip: IpAddr, count: u64) {
+        #[derive(Serialize)]
+        struct Suppressed {
+            event: &'static str,
+            client: String,
+            count: u64,
+        }
+        self.write(
+            "egress",
+            &Suppressed {
+                event: "suppressed",
+                client: ip.to_string(),
+                count,
+            },
+        );
+    }
+
+    fn write<T: Serialize>(&self, service: &'static str, body: &T) {
+        let stamped = Stamped {
+            ts: rfc3339_millis(SystemTime::now()),
+            service,
+            body,
+        };
+        match serde_json::to_string(&stamped) {
+            Ok(line) => self.sink.write_line(&line),
+            Err(e) => self.sink.write_line(&format!(
+                r#"{{"service":"sidecar","event":"log-error","error":{}}}"#,
+                Value::from(e.to_string())
+            )),
+        }
+    }
+
+    fn lock_limiter(&self) -> MutexGuard<'_, RateLimiter> {
+        // A panic while holding this lock leaves only counters behind.
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A lifecycle line's body: `event` first, then the other fields.
+#[derive(Serialize)]
+struct EventBody<'a> {
+    event: &'a str,
+    #[serde(flatten)]
+    fields: Map<String, Value>,
+}
+
+fn event_body(event: &str, fields: Value) -> EventBody<'_> {
+    let mut map = match fields {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    for reserved in ["ts", "service", "event"] {
+        map.remove(reserved);
+    }
+    EventBody { event, fields: map }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t` (UTC). Times before 1970 print as the
+/// epoch; the sidecar never logs those.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let millis = since.subsec_millis();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard
+/// Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    // d is 1..=31 and m is 1..=12 by construction.
+    (y, m as u32, d as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+    impl LineSink for Lines {
+        fn write_line(&self, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+    }
+    impl Lines {
+        fn json(&self) -> Vec<Value> {
+            let lines = self.0.lock().unwrap();
+            lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |s: u64, ms: u64| {
+            rfc3339_millis(UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_700_000_000, 123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(at(4_107_542_399, 999), "2100-02-28T23:59:59.999Z");
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_refills() {
+        let limit = RateLimit {
+            per_second: 2.0,
+            burst: 3.0,
+        };
+        let mut rl = RateLimiter::new(limit);
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let other: IpAddr = "10.0.0.3".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(rl.admit(ip, t0), Admit::Yes { suppressed: 0 });
+        }
+        assert_eq!(rl.admit(ip, t0), Admit::No);
+        assert_eq!(rl.admit(ip, t0), Admit::No);
+        // Another client has its own bucket.
+        assert_eq!(rl.admit(other, t0), Admit::Yes { suppressed: 0 });
+        // Half a second later one token is back, and the two drops are reported.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(rl.admit(ip, t1), Admit::Yes { suppressed: 2 });
+        assert_eq!(rl.admit(ip, t1), Admit::No);
+        assert_eq!(rl.drain_suppressed(), vec![(ip, 1)]);
+        assert!(rl.drain_suppressed().is_empty());
+    }
+
+    #[test]
+    fn logger_suppresses_and_summarises() {
+        let lines = Arc::new(Lines::default());
+        let log = Logger::new(
+            lines.clone(),
+            RateLimit {
+                per_second: 1.0,
+                burst: 2.0,
+            },
+        );
+        let client: SocketAddr = "10.0.0.2:5555".parse().unwrap();
+        let mut rec = EgressRecord::new(client, "CONNECT").host("evil.example", Some(443));
+        rec.rule = "default-deny".into();
+        rec.status = 403;
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            log.egress_at(client.ip(), t0, &rec);
+        }
+        assert_eq!(lines.json().len(), 2);
+        log.egress_at(client.ip(), t0 + Duration::from_secs(1), &rec);
+        let all = lines.json();
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert_eq!(all[2]["event"], "suppressed");
+        assert_eq!(all[2]["service"], "egress");
+        assert_eq!(all[2]["client"], "10.0.0.2");
+        assert_eq!(all[2]["count"], 3);
+        assert_eq!(all[3]["decision"], "deny");
+        assert_eq!(all[3]["host"], "evil.example");
+        assert_eq!(all[3]["port"], 443);
+        assert!(all[3].get("path").is_none());
+        assert!(all[3]["ts"].as_str().unwrap().ends_with('Z'));
+        // Lifecycle events are never limited.
+        for _ in 0..5 {
+            log.event("listening", serde_json::json!({"addr": "0.0.0.0:3128"}));
+        }
+        assert_eq!(lines.json().len(), 9);
+        assert_eq!(lines.json()[8]["service"], "sidecar");
+        assert_eq!(lines.json()[8]["event"], "listening");
+    }
+
+    #[test]
+    fn flush_reports_pending_counts() {
+        let lines = Arc::new(Lines::default());
+        let log = Logger::new(
+            lines.clone(),
+            RateLimit {
+                per_second: 0.0,
+                burst: 1.0,
+            },
+        );
+        let client: SocketAddr = "[fd00::2]:1".parse().unwrap();
+        let rec = EgressRecord::new(client, "GET");
+        for _ in 0..4 {
+            log.egress(client, &rec);
+        }
+        log.flush_suppressed();
+        let all = lines.json();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1]["event"], "suppressed");
+        assert_eq!(all[1]["client"], "fd00::2");
+        assert_eq!(all[1]["count"], 3);
+    }
+
+    #[test]
+    fn long_fields_are_cut() {
+        let client: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let rec = EgressRecord::new(client, "GET").path(&"é".repeat(1000));
+        let path = rec.path.unwrap();
+        assert!(path.len() <= MAX_FIELD + '…'.len_utf8());
+        assert!(path.ends_with('…'));
+    }
+}
