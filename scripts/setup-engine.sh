@@ -72,7 +72,7 @@ ensure_base_image() {
   trap 'as_root rm -rf "$dir"' RETURN
   log "debootstrap $SUITE from $mirror (about 80 s)"
   as_root debootstrap --variant=minbase \
-    --include=bash,git,ca-certificates,curl,python3,iproute2,dnsutils,netcat-openbsd \
+    --include=bash,git,ca-certificates,curl,python3,iproute2,dnsutils,netcat-openbsd,procps,less \
     "$SUITE" "$dir" "$mirror" >/tmp/bottle-debootstrap.log 2>&1 \
     || { log "debootstrap failed; see /tmp/bottle-debootstrap.log"; exit 1; }
   as_root rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*

@@ -1,1 +1,439 @@
-//! placeholder
+//! End-to-end tests of bottle on a real Docker engine, with real curl inside
+//! the agent. Security tests are negative: they try the escape from inside the
+//! agent and assert the exact refusal, next to a positive control that shows
+//! the same probe succeeds where it should (so a dead network cannot pass).
+
+use bottle_e2e::*;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+/// A server on the host, bound to 0.0.0.0, answering every connection with a
+/// page holding `marker`.
+fn host_listener(marker: &'static str) -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").expect("bind host listener");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{marker}",
+                marker.len()
+            );
+        }
+    });
+    port
+}
+
+/// Every IPv4 address the host holds, and every gateway of every engine network.
+fn host_ipv4_targets() -> Vec<String> {
+    let mut ips: Vec<String> = Vec::new();
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .expect("ip addr");
+    for line in stdout_of(&out.stdout).lines() {
+        if let Some(addr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
+            ips.push(addr.split('/').next().unwrap().to_string());
+        }
+    }
+    let nets = docker(&["network", "ls", "-q"]);
+    for id in stdout(&nets).lines() {
+        let gw = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+            id,
+        ]);
+        ips.extend(stdout(&gw).split_whitespace().map(String::from));
+    }
+    ips.retain(|ip| !ip.starts_with("127."));
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+fn stdout_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn exec_propagates_exit_codes_and_down_removes_everything() {
+    if !engine_or_skip("exec_propagates_exit_codes_and_down_removes_everything") {
+        return;
+    }
+    let b = Bottle::up("codes", "");
+    assert_eq!(b.exec_code(&["true"]), 0);
+    assert_eq!(b.exec_code(&["false"]), 1);
+    assert_eq!(b.exec_code(&["sh", "-c", "exit 7"]), 7);
+    // stdin reaches the command with -i.
+    let mut child = std::process::Command::new(bottle_bin())
+        .args([
+            "exec",
+            "-i",
+            &b.name,
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got:$x",
+        ])
+        .env("XDG_STATE_HOME", &b.state.0)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out).trim(), "got:hello");
+
+    assert!(!labelled(&b.name).is_empty());
+    let down = b.bottle(&["down", &b.name]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(
+        labelled(&b.name),
+        Vec::<String>::new(),
+        "resources left after down"
+    );
+    let again = b.bottle(&["down", &b.name]);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "second down: {}",
+        stderr(&again)
+    );
+    assert!(stderr(&again).contains("nothing to remove"));
+    // exec on a bottle that is gone names the problem.
+    let gone = b.bottle(&["exec", &b.name, "--", "true"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        stderr(&gone).contains("no bottle named"),
+        "{}",
+        stderr(&gone)
+    );
+}
+
+#[test]
+fn agent_cannot_reach_the_host_on_any_address() {
+    if !engine_or_skip("agent_cannot_reach_the_host_on_any_address") {
+        return;
+    }
+    let port = host_listener("HOST-SERVICE-REACHED");
+    let targets = host_ipv4_targets();
+    assert!(
+        targets.iter().any(|t| t == "172.17.0.1"),
+        "docker0 gateway missing from targets: {targets:?}"
+    );
+
+    // Positive control: a plain container on the default bridge reaches the
+    // listener through the docker0 gateway, so the listener does answer.
+    let control = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "bridge",
+        "bottle-agent:latest",
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        &format!("http://172.17.0.1:{port}/"),
+    ]);
+    assert_eq!(
+        stdout(&control),
+        "HOST-SERVICE-REACHED",
+        "control failed: {}",
+        stderr(&control)
+    );
+
+    let b = Bottle::up("hostreach", "");
+    let mut script = String::new();
+    for ip in &targets {
+        script.push_str(&format!(
+            "out=$(curl -s --noproxy '*' --max-time 3 http://{ip}:{port}/); echo \"{ip} $? $out\"\n"
+        ));
+    }
+    script.push_str("getent hosts host.docker.internal; echo \"host.docker.internal $?\"\n");
+    let out = b.sh(&script);
+    let text = stdout(&out);
+    assert!(
+        !text.contains("HOST-SERVICE-REACHED"),
+        "host reached:\n{text}"
+    );
+    for ip in &targets {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{ip} ")))
+            .unwrap_or_else(|| panic!("no result for {ip}:\n{text}"));
+        let code: i32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        // 7: could not connect (no route / refused); 28: timed out.
+        assert!(
+            code == 7 || code == 28,
+            "{ip}: curl exit {code}, expected 7 or 28:\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l == "host.docker.internal 2"),
+        "host.docker.internal resolved:\n{text}"
+    );
+}
+
+#[test]
+fn egress_goes_through_the_proxy_and_only_to_allowed_names() {
+    if !engine_or_skip("egress_goes_through_the_proxy_and_only_to_allowed_names") {
+        return;
+    }
+    let b = Bottle::up("egress", "[egress]\nallow = [\"origin.test\"]\n");
+    let origin = format!("bottle-test-origin-{}", b.name);
+    let net = format!("bottle-{}-egress", b.name);
+    let run = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &origin,
+        "--network",
+        &net,
+        "--network-alias",
+        "origin.test",
+        "--network-alias",
+        "denied.test",
+        "bottle-agent:latest",
+        "sh",
+        "-c",
+        "mkdir -p /srv && echo ORIGIN-PAGE > /srv/index.html && cd /srv && exec python3 -m http.server 80",
+    ]);
+    assert!(run.status.success(), "origin: {}", stderr(&run));
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = docker(&["rm", "-f", &self.0]);
+        }
+    }
+    let _rm = Rm(origin.clone());
+    let origin_ip = stdout(&docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &origin,
+    ]))
+    .trim()
+    .to_string();
+
+    // Allowed name through the proxy (the agent's environment points at it);
+    // retried while the origin starts.
+    let out = b.sh(
+        "for i in $(seq 1 50); do r=$(curl -s --max-time 3 http://origin.test/) && [ \"$r\" = ORIGIN-PAGE ] && { echo $r; exit 0; }; sleep 0.2; done; exit 1",
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "ORIGIN-PAGE",
+        "allowed host: {}",
+        stderr(&out)
+    );
+
+    // The same allowed name through a CONNECT tunnel.
+    let out = b.sh("curl -s --max-time 5 -p http://origin.test/");
+    assert_eq!(
+        stdout(&out).trim(),
+        "ORIGIN-PAGE",
+        "CONNECT: {}",
+        stderr(&out)
+    );
+
+    // The origin's address directly, without the proxy: no route.
+    let out = b.sh(&format!(
+        "curl -s --noproxy '*' --max-time 3 http://{origin_ip}/; echo \" exit=$?\""
+    ));
+    let text = stdout(&out);
+    assert!(!text.contains("ORIGIN-PAGE"), "direct path open: {text}");
+    assert!(
+        text.contains("exit=7") || text.contains("exit=28"),
+        "{text}"
+    );
+
+    // A name that is not allowed (it resolves at the sidecar) gets 403 naming the rule.
+    let out = b.sh("curl -s --max-time 5 -w '\\nstatus=%{http_code}' http://denied.test/");
+    let text = stdout(&out);
+    assert!(text.contains("status=403"), "denied host: {text}");
+    assert!(
+        text.contains("default-deny"),
+        "403 body names the rule: {text}"
+    );
+    assert!(
+        text.contains("denied.test"),
+        "403 body names the host: {text}"
+    );
+    assert!(!text.contains("ORIGIN-PAGE"));
+
+    // CONNECT to the denied name is refused at CONNECT time.
+    let out = b.sh("curl -s --max-time 5 -p -o /dev/null -w '%{http_connect}' http://denied.test/");
+    assert_eq!(
+        stdout(&out).trim(),
+        "403",
+        "denied CONNECT: {}",
+        stderr(&out)
+    );
+
+    // An allowed name on a port the rule does not cover.
+    let out =
+        b.sh("curl -s --max-time 5 -p -o /dev/null -w '%{http_connect}' http://origin.test:8080/");
+    assert_eq!(stdout(&out).trim(), "403", "wrong port: {}", stderr(&out));
+
+    // The origin's raw IP through the proxy is not an allowed name either.
+    let out = b.sh(&format!(
+        "curl -s --max-time 5 -o /dev/null -w '%{{http_code}}' http://{origin_ip}/"
+    ));
+    assert_eq!(
+        stdout(&out).trim(),
+        "403",
+        "IP through proxy: {}",
+        stderr(&out)
+    );
+
+    // The decisions are in the egress log.
+    let logs = b.bottle(&["logs", &b.name, "--service", "egress", "--json"]);
+    let text = stdout(&logs);
+    assert!(
+        text.contains("\"host\":\"denied.test\""),
+        "egress log: {text}"
+    );
+    assert!(
+        text.contains("\"decision\":\"allow\""),
+        "egress log: {text}"
+    );
+}
+
+#[test]
+fn two_bottles_cannot_reach_each_other() {
+    if !engine_or_skip("two_bottles_cannot_reach_each_other") {
+        return;
+    }
+    let a = Bottle::up("pair-a", "");
+    let b = Bottle::up("pair-b", "");
+    let own_sidecar = a.ip("sidecar", "internal");
+    let targets = [
+        b.ip("agent", "internal"),
+        b.ip("sidecar", "internal"),
+        b.ip("sidecar", "egress"),
+    ];
+    let ports = [22, 53, 80, 443, 3128, 8080, 8765];
+    let mut script =
+        format!("timeout 3 bash -c '</dev/tcp/{own_sidecar}/3128' && echo CONTROL-OPEN\n");
+    for ip in &targets {
+        for port in ports {
+            script.push_str(&format!(
+                "timeout 3 bash -c '</dev/tcp/{ip}/{port}' 2>/dev/null && echo OPEN {ip}:{port}\n"
+            ));
+        }
+        // Through A's own proxy, B's addresses are not allowed destinations.
+        script.push_str(&format!(
+            "echo PROXY {ip} $(curl -s --max-time 5 -o /dev/null -w '%{{http_code}}' http://{ip}:3128/)\n"
+        ));
+    }
+    let out = a.sh(&script);
+    let text = stdout(&out);
+    assert!(
+        text.contains("CONTROL-OPEN"),
+        "control: own sidecar unreachable:\n{text}\n{}",
+        stderr(&out)
+    );
+    assert!(!text.contains("OPEN "), "A reached B:\n{text}");
+    for ip in &targets {
+        assert!(
+            text.contains(&format!("PROXY {ip} 403")),
+            "proxy let A reach {ip}:\n{text}"
+        );
+    }
+    // The two bottles got different internal subnets.
+    assert_ne!(
+        own_sidecar.rsplit_once('.').unwrap().0,
+        targets[1].rsplit_once('.').unwrap().0
+    );
+}
+
+#[test]
+fn config_errors_are_all_reported_and_nothing_is_created() {
+    let dir = TempDir::new("badcfg");
+    let state = TempDir::new("badcfg-state");
+    let name = unique_name("badcfg");
+    let cfg = format!(
+        "name = \"{name}\"\n\
+         [agent]\n\
+         imagee = \"x\"\n\
+         cpus = \"two\"\n\
+         [egress]\n\
+         allow = [\"ok.example.com\", \"http://bad.example.com\"]\n"
+    );
+    std::fs::write(dir.0.join("bad.toml"), cfg).unwrap();
+    let out = bottle(&state.0, &dir.0, &["up", "-f", "bad.toml"]);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1"),
+        "unknown key with line:col:\n{err}"
+    );
+    assert!(err.contains("imagee"), "{err}");
+    assert!(
+        err.contains("bad.toml:4:8"),
+        "wrong type with line:col:\n{err}"
+    );
+    assert!(err.contains("agent.cpus"), "{err}");
+    assert!(
+        err.contains("bad.toml:6:28"),
+        "bad host with line:col:\n{err}"
+    );
+    assert!(err.contains("egress.allow[1]"), "{err}");
+    if engine_or_skip("config_errors_are_all_reported_and_nothing_is_created (engine part)") {
+        assert!(
+            labelled(&name).is_empty(),
+            "resources created for a bad config"
+        );
+    }
+}
+
+#[test]
+fn probe_measures_the_engine() {
+    if !engine_or_skip("probe_measures_the_engine") {
+        return;
+    }
+    let state = TempDir::new("probe-state");
+    let child = std::process::Command::new(bottle_bin())
+        .args(["probe", "--runtime", "docker", "--json"])
+        .env("XDG_STATE_HOME", &state.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bottle probe");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("probe json");
+    assert_eq!(v["runtime"], "docker");
+    assert!(v["version"].as_str().is_some_and(|s| !s.is_empty()));
+    let cap = |n: &str| {
+        v["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("no capability {n} in {v}"))
+            .clone()
+    };
+    for n in [
+        "internal-network",
+        "no-host-address-on-internal",
+        "multi-network-attach",
+        "per-ip-publish",
+    ] {
+        let c = cap(n);
+        assert_eq!(c["state"], "yes", "{n}: {c}");
+        assert_eq!(c["how"], "measured", "{n}: {c}");
+    }
+    // The probe leaves nothing behind (its scratch names carry its pid).
+    let prefix = format!("name=bottle-probe-{pid}-");
+    let left = docker(&["ps", "-aq", "--filter", &prefix]);
+    assert_eq!(stdout(&left).trim(), "", "containers left by the probe");
+    let left = docker(&["network", "ls", "-q", "--filter", &prefix]);
+    assert_eq!(stdout(&left).trim(), "", "networks left by the probe");
+}

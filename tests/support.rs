@@ -1,1 +1,187 @@
-//! placeholder
+//! Helpers for bottle's end-to-end tests: find the built binaries, decide
+//! whether an engine is there (skip with a printed reason, or fail under
+//! `CI=true`), run `bottle` and `docker`, and tear bottles down on drop.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Is a Docker engine answering? Under `CI=true` a missing engine is a test
+/// failure, never a skip.
+pub fn engine_or_skip(test: &str) -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: no Docker engine answers and CI=true: engine tests must run (scripts/setup-engine.sh starts one)");
+        }
+        eprintln!("SKIP {test}: no Docker engine answers (run scripts/setup-engine.sh)");
+    }
+    ok
+}
+
+/// `target/<profile>/` of this test build.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bottle_bin() -> PathBuf {
+    let p = bin_dir().join("bottle");
+    assert!(
+        p.is_file() && bin_dir().join("bottle-sidecar").is_file(),
+        "{} or bottle-sidecar missing: run `cargo build --workspace` before the end-to-end tests",
+        p.display()
+    );
+    p
+}
+
+/// A unique, valid bottle name for one test.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Runs `bottle ARGS` with the test's state dir.
+pub fn bottle(state: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bottle_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_STATE_HOME", state)
+        .env_remove("BOTTLE_RUNTIME")
+        .output()
+        .expect("run bottle")
+}
+
+/// Runs `docker ARGS`, returning stdout.
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(unique_name(&format!("bottle-test-{tag}")));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running bottle, brought down when dropped.
+pub struct Bottle {
+    pub name: String,
+    pub dir: TempDir,
+    pub state: TempDir,
+}
+
+impl Bottle {
+    /// Writes `config` (with `name = ...` prepended) and runs `bottle up`.
+    pub fn up(prefix: &str, config: &str) -> Bottle {
+        let name = unique_name(prefix);
+        let dir = TempDir::new(prefix);
+        let state = TempDir::new(&format!("{prefix}-state"));
+        std::fs::write(
+            dir.0.join("bottle.toml"),
+            format!("name = \"{name}\"\n{config}"),
+        )
+        .expect("write config");
+        let b = Bottle { name, dir, state };
+        let out = b.bottle(&["up"]);
+        assert!(
+            out.status.success(),
+            "bottle up failed:\nstdout:\n{}\nstderr:\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        b
+    }
+
+    pub fn bottle(&self, args: &[&str]) -> Output {
+        bottle(&self.state.0, &self.dir.0, args)
+    }
+
+    /// `bottle exec NAME -- sh -c SCRIPT`.
+    pub fn sh(&self, script: &str) -> Output {
+        self.bottle(&["exec", &self.name, "--", "sh", "-c", script])
+    }
+
+    /// Exit code of `bottle exec NAME -- ARGS`.
+    pub fn exec_code(&self, args: &[&str]) -> i32 {
+        let mut all = vec!["exec", self.name.as_str(), "--"];
+        all.extend_from_slice(args);
+        self.bottle(&all).status.code().unwrap_or(-1)
+    }
+
+    /// IPv4 address of the bottle's container in `role` on `network`.
+    pub fn ip(&self, role: &str, network_role: &str) -> String {
+        let container = format!("bottle-{}-{role}", self.name);
+        let network = format!("bottle-{}-{network_role}", self.name);
+        let fmt = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+        let out = docker(&["inspect", "-f", &fmt, &container]);
+        let ip = stdout(&out).trim().to_string();
+        assert!(
+            !ip.is_empty(),
+            "no address for {container} on {network}: {}",
+            stderr(&out)
+        );
+        ip
+    }
+}
+
+impl Drop for Bottle {
+    fn drop(&mut self) {
+        let _ = self.bottle(&["down", &self.name]);
+    }
+}
+
+/// Ids of every container and network labelled with bottle `name`.
+pub fn labelled(name: &str) -> Vec<String> {
+    let filter = format!("label=dev.bottle.name={name}");
+    let mut ids: Vec<String> = Vec::new();
+    for args in [
+        vec!["ps", "-aq", "--filter", filter.as_str()],
+        vec!["network", "ls", "-q", "--filter", filter.as_str()],
+    ] {
+        let out = docker(&args);
+        assert!(out.status.success(), "docker {:?}: {}", args, stderr(&out));
+        ids.extend(
+            stdout(&out)
+                .lines()
+                .map(String::from)
+                .filter(|l| !l.is_empty()),
+        );
+    }
+    ids
+}

@@ -1,1 +1,19 @@
-//! placeholder
+//! bottle: runs an AI coding agent in a sandbox it cannot talk its way out of.
+//!
+//! The library behind the `bottle` binary. The flow of `bottle up` is
+//! config ([`config`]) → plan ([`plan`], no side effects, printable with
+//! `--dry-run`) → images and probe → lifecycle ([`lifecycle`]) on a
+//! [`bottle_runtimes::Runtime`]. The policy the sidecar enforces is
+//! [`bottle_policy::Policy`], rendered into the bottle's state dir ([`state`]).
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod hardening;
+pub mod images;
+pub mod lifecycle;
+pub mod logview;
+pub mod plan;
+pub mod report;
+pub mod state;

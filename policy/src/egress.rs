@@ -256,7 +256,10 @@ mod tests {
     #[test]
     fn suffix_and_ip_rules() {
         let p = policy(&["*.pythonhosted.org", "10.0.0.5:9000", "[fd00::5]:9000"]);
-        assert_eq!(p.decide("files.pythonhosted.org", 443).verdict, Verdict::Allow);
+        assert_eq!(
+            p.decide("files.pythonhosted.org", 443).verdict,
+            Verdict::Allow
+        );
         assert_eq!(p.decide("pythonhosted.org", 443).verdict, Verdict::Deny);
         assert_eq!(p.decide("10.0.0.5", 9000).verdict, Verdict::Allow);
         assert_eq!(p.decide("10.0.0.6", 9000).verdict, Verdict::Deny);

@@ -128,7 +128,10 @@ impl From<HostPattern> for String {
 /// numeric-looking names (`0x7f.1`, `2130706433`, `127.1`) are refused because
 /// resolvers disagree on what they mean.
 pub fn normalize_host(input: &str) -> Result<String, HostError> {
-    let host = input.strip_suffix('.').unwrap_or(input).to_ascii_lowercase();
+    let host = input
+        .strip_suffix('.')
+        .unwrap_or(input)
+        .to_ascii_lowercase();
     if host.is_empty() {
         return Err(HostError::Empty);
     }
@@ -214,7 +217,10 @@ mod tests {
     fn ambiguous_spellings_are_refused() {
         for bad in ["0x7f.1", "127.1", "2130706433", "0177.0.0.1", "1.2.3.0x4"] {
             assert!(
-                matches!(HostPattern::parse(bad), Err(HostError::AmbiguousNumeric { .. })),
+                matches!(
+                    HostPattern::parse(bad),
+                    Err(HostError::AmbiguousNumeric { .. })
+                ),
                 "{bad} should be refused as numeric"
             );
         }
@@ -223,14 +229,38 @@ mod tests {
     #[test]
     fn malformed_patterns_are_refused() {
         assert!(matches!(HostPattern::parse(""), Err(HostError::Empty)));
-        assert!(matches!(HostPattern::parse("*"), Err(HostError::BadWildcard { .. })));
-        assert!(matches!(HostPattern::parse("*.com"), Err(HostError::BadWildcard { .. })));
-        assert!(matches!(HostPattern::parse("a.*.com"), Err(HostError::BadWildcard { .. })));
-        assert!(matches!(HostPattern::parse("*.10.0.0.1"), Err(HostError::WildcardIp { .. }) | Err(HostError::AmbiguousNumeric { .. })));
-        assert!(matches!(HostPattern::parse("a..b"), Err(HostError::EmptyLabel { .. })));
-        assert!(matches!(HostPattern::parse("ex_ample.com"), Err(HostError::BadChar { ch: '_', .. })));
-        assert!(matches!(HostPattern::parse("-a.com"), Err(HostError::Hyphen { .. })));
-        assert!(matches!(HostPattern::parse("http://a.com"), Err(HostError::BadChar { .. })));
+        assert!(matches!(
+            HostPattern::parse("*"),
+            Err(HostError::BadWildcard { .. })
+        ));
+        assert!(matches!(
+            HostPattern::parse("*.com"),
+            Err(HostError::BadWildcard { .. })
+        ));
+        assert!(matches!(
+            HostPattern::parse("a.*.com"),
+            Err(HostError::BadWildcard { .. })
+        ));
+        assert!(matches!(
+            HostPattern::parse("*.10.0.0.1"),
+            Err(HostError::WildcardIp { .. }) | Err(HostError::AmbiguousNumeric { .. })
+        ));
+        assert!(matches!(
+            HostPattern::parse("a..b"),
+            Err(HostError::EmptyLabel { .. })
+        ));
+        assert!(matches!(
+            HostPattern::parse("ex_ample.com"),
+            Err(HostError::BadChar { ch: '_', .. })
+        ));
+        assert!(matches!(
+            HostPattern::parse("-a.com"),
+            Err(HostError::Hyphen { .. })
+        ));
+        assert!(matches!(
+            HostPattern::parse("http://a.com"),
+            Err(HostError::BadChar { .. })
+        ));
     }
 
     #[test]

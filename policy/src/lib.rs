@@ -13,8 +13,7 @@ pub mod egress;
 pub mod host;
 
 pub use egress::{
-    AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict,
-    DEFAULT_PORTS,
+    AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,
 };
 pub use host::{normalize_host, HostError, HostPattern};
 

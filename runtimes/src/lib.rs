@@ -1,1 +1,120 @@
-//! placeholder
+//! The container runtimes bottle drives, behind one [`Runtime`] trait.
+//!
+//! A runtime knows how to make networks and containers and to run commands in
+//! them; it knows nothing of egress policy, secrets or what a bottle is for.
+//! The orchestrator in the `bottle` crate composes these primitives into the
+//! topology of DESIGN §1 and decides, from [`Probe`] results, whether a runtime
+//! is strong enough to run a bottle at all.
+//!
+//! Runtime quirks (engine 20.10 refusing two networks at create, IPs assigned
+//! only at start on Apple `container`, …) stay inside each implementation.
+
+#![forbid(unsafe_code)]
+
+pub mod docker;
+mod error;
+mod probe;
+mod spec;
+
+pub use error::RuntimeError;
+pub use probe::{Capability, CapabilityState, Probe};
+pub use spec::{
+    BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, Mount,
+    NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Publish, ResourceKind, ResourceRef,
+};
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// Label every resource bottle creates carries: the bottle's name.
+pub const LABEL_NAME: &str = "dev.bottle.name";
+/// Label naming the resource's role (`agent`, `sidecar`, `internal`, `egress`, `probe`).
+pub const LABEL_ROLE: &str = "dev.bottle.role";
+
+/// Which implementation a [`Runtime`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    Docker,
+    AppleContainer,
+    Smolvm,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::AppleContainer => "apple-container",
+            RuntimeKind::Smolvm => "smolvm",
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Called with one human-readable line per step of long work (image builds).
+pub type Progress<'a> = &'a mut (dyn FnMut(&str) + Send);
+
+/// What the orchestrator needs from a container runtime.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    fn kind(&self) -> RuntimeKind;
+
+    /// Measures what this runtime can do. `helper_image` is an image the probe
+    /// may run short-lived containers from (it must contain `bottle-sidecar`).
+    async fn probe(&self, helper_image: Option<&str>) -> Probe;
+
+    async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
+    async fn build_image(
+        &self,
+        spec: &BuildSpec,
+        progress: Progress<'_>,
+    ) -> Result<(), RuntimeError>;
+
+    /// Creates a network. Internal networks get a subnet the runtime chose
+    /// (free of clashes with every network it knows), reported in the result.
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<NetworkInfo, RuntimeError>;
+    /// Removes a network by id; a missing network is not an error.
+    async fn remove_network(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Every address the host itself holds on `network`, measured (not read
+    /// from configuration). An internal network for an agent must have none.
+    async fn host_addresses_on(
+        &self,
+        network: &NetworkInfo,
+        helper_image: &str,
+    ) -> Result<Vec<std::net::IpAddr>, RuntimeError>;
+
+    /// Creates (does not start) a container attached to every network in
+    /// `spec.networks`, in order.
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops and removes; a missing container is not an error.
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
+
+    /// Runs a command with the caller's stdin/stdout/stderr; returns its exit code.
+    async fn exec_attached(&self, id: &str, spec: &ExecSpec) -> Result<i64, RuntimeError>;
+    /// Runs a command and collects its output.
+    async fn exec_capture(&self, id: &str, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError>;
+
+    /// Writes a container's logs (stdout and stderr) to `out`.
+    async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail: Option<usize>,
+        out: &mut (dyn Write + Send),
+    ) -> Result<(), RuntimeError>;
+
+    /// Every container and network carrying all of `labels` (an empty value
+    /// matches any value of that key).
+    async fn list(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ResourceRef>, RuntimeError>;
+}

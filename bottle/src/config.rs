@@ -1,0 +1,321 @@
+//! `bottle.toml`: reading it, checking it, and the typed [`Config`] the rest of
+//! the CLI plans from.
+//!
+//! Loading happens in three steps, so that a user sees every mistake in one
+//! run instead of fixing them one at a time:
+//!
+//! 1. parse with `toml::de::DeTable`, which keeps the byte span of every key
+//!    and value (TOML syntax errors stop here, all of them reported);
+//! 2. walk that tree against the schema in `schema.rs`, collecting every
+//!    unknown key, wrong type, missing key and bad value with its place;
+//! 3. only when the walk found nothing, deserialise into the typed structs
+//!    (`deny_unknown_fields` there is a safety net, not the primary check) and
+//!    resolve relative paths against the directory holding the file.
+//!
+//! Host patterns and allow entries are checked by `bottle_policy`, the crate
+//! the sidecar enforces with, so the CLI never accepts a rule the sidecar
+//! would read differently.
+
+mod error;
+mod schema;
+mod template;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, ConfigErrors, ErrorKind};
+pub use template::INIT_TEMPLATE;
+pub use value::{BottleName, Memory, Mount, RuntimeChoice, ValueError, RESERVED_ENV};
+
+use bottle_policy::{AllowRule, CredentialRule, EgressPolicy, HttpRule, Policy, Unknown};
+use error::Found;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The file `bottle up` looks for in the current directory.
+pub const FILE_NAME: &str = "bottle.toml";
+
+/// Everything `bottle.toml` says, checked and resolved: names are valid, host
+/// patterns parsed, mount sources absolute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// From `name`, else from the directory holding the file.
+    pub name: BottleName,
+    pub runtime: RuntimeChoice,
+    pub agent: AgentConfig,
+    /// `[egress]` with `[[egress.rule]]` and `[[egress.credential]]`.
+    pub egress: EgressPolicy,
+    pub git: GitConfig,
+    pub supervise: SuperviseConfig,
+    /// The file this came from (absolute), or `None` for the built-in
+    /// default.
+    pub source: Option<PathBuf>,
+    /// The directory relative paths were resolved against.
+    pub dir: PathBuf,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Image reference; built from `images/agent` when missing.
+    pub image: String,
+    /// The agent's main process, program first.
+    pub command: Vec<String>,
+    /// Absolute working directory inside the agent.
+    pub workdir: String,
+    /// Bind mounts; sources are absolute once loaded.
+    pub mounts: Vec<Mount>,
+    /// Extra environment (never bottle's own proxy or `BOTTLE_*` variables).
+    pub env: BTreeMap<String, String>,
+    /// CPU limit; `None` leaves the runtime's default.
+    pub cpus: Option<f64>,
+    /// Memory limit; `None` leaves the runtime's default.
+    pub memory: Option<Memory>,
+}
+
+impl AgentConfig {
+    pub const DEFAULT_IMAGE: &'static str = "bottle-agent:latest";
+    pub const DEFAULT_WORKDIR: &'static str = "/workspace";
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            image: Self::DEFAULT_IMAGE.into(),
+            command: vec!["sleep".into(), "infinity".into()],
+            workdir: Self::DEFAULT_WORKDIR.into(),
+            mounts: Vec::new(),
+            env: BTreeMap::new(),
+            cpus: None,
+            memory: None,
+        }
+    }
+}
+
+/// `[git]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitConfig {
+    /// `[[git.remote]]` entries, names unique.
+    #[serde(rename = "remote")]
+    pub remotes: Vec<GitRemote>,
+}
+
+/// One `[[git.remote]]`: a repository the agent reaches through the git-gate.
+// TODO(git-gate): move into bottle-policy when the gate enforces it, like
+// the egress types, so CLI and sidecar share one type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitRemote {
+    /// The remote's name; the gate serves it at `/<name>.git`.
+    pub name: String,
+    /// `https://` URL of the real repository.
+    pub upstream: String,
+    /// Ref patterns the agent may create or update (`agent/*`).
+    #[serde(default)]
+    pub push: Vec<String>,
+    /// Ref patterns never pushed, whatever `push` says.
+    #[serde(default)]
+    pub protected: Vec<String>,
+    /// Host environment variable holding the upstream token, read at
+    /// `bottle up`; the token never enters the agent.
+    #[serde(default)]
+    pub token_from_env: Option<String>,
+}
+
+/// `[supervise]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SuperviseConfig {
+    /// Run the MCP supervise service (approvals, `request_egress`).
+    pub enabled: bool,
+}
+
+impl Default for SuperviseConfig {
+    fn default() -> Self {
+        SuperviseConfig { enabled: true }
+    }
+}
+
+/// The file as written, before paths are resolved and the name defaulted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    name: Option<BottleName>,
+    #[serde(default)]
+    runtime: RuntimeChoice,
+    #[serde(default)]
+    agent: AgentConfig,
+    #[serde(default)]
+    egress: EgressSection,
+    #[serde(default)]
+    git: GitConfig,
+    #[serde(default)]
+    supervise: SuperviseConfig,
+}
+
+/// `[egress]` as written: singular array names, as in `[[egress.rule]]`.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct EgressSection {
+    allow: Vec<AllowRule>,
+    unknown: Unknown,
+    rule: Vec<HttpRule>,
+    credential: Vec<CredentialRule>,
+}
+
+impl Config {
+    /// The bottle's name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The egress policy the sidecar enforces.
+    pub fn egress_policy(&self) -> EgressPolicy {
+        self.egress.clone()
+    }
+
+    /// The whole policy, ready to render for the sidecar.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.name.as_str(), self.egress_policy())
+    }
+
+    /// The agent's mounts, with absolute host paths.
+    pub fn mounts(&self) -> &[Mount] {
+        &self.agent.mounts
+    }
+
+    /// A writable mount whose host path contains this config file, if any:
+    /// through it the agent could edit the policy of its own next run
+    /// (threat model §11), so `bottle up` should pin and diff the file.
+    /// The comparison is lexical; symlinks are not followed.
+    pub fn mount_exposing_config(&self) -> Option<&Mount> {
+        let file = self.source.as_deref()?;
+        self.agent
+            .mounts
+            .iter()
+            .find(|m| !m.read_only && file.starts_with(&m.source))
+    }
+}
+
+/// Reads and checks `path`. A missing or unreadable file is an error naming
+/// the path; use [`load_dir`] to fall back to the default.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors::io(path, e))?;
+    parse(&src, path)
+}
+
+/// Loads `dir/bottle.toml`, or returns [`default_for_dir`] when there is no
+/// such file.
+pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
+    let path = dir.join(FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(src) => parse(&src, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(default_for_dir(dir)),
+        Err(e) => Err(ConfigErrors::io(&path, e)),
+    }
+}
+
+/// Checks `src` as the contents of `path`. `path` names the file in error
+/// messages (as given) and locates relative mount paths (its directory, made
+/// absolute against the current directory when needed).
+pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let (root, syntax) = toml::de::DeTable::parse_recoverable(src);
+    if !syntax.is_empty() {
+        return Err(ConfigErrors::from_found(
+            src,
+            path,
+            syntax_problems(src, syntax),
+        ));
+    }
+    let found = schema::check_document(&root);
+    if !found.is_empty() {
+        return Err(ConfigErrors::from_found(src, path, found));
+    }
+    // The safety net: anything the walk let through that the typed structs
+    // refuse is still reported with its place.
+    let file: ConfigFile = toml::from_str(src).map_err(|e| {
+        let found = Found::new(
+            e.span(),
+            None,
+            ErrorKind::InvalidValue,
+            e.message().to_owned(),
+        );
+        ConfigErrors::from_found(src, path, vec![found])
+    })?;
+
+    let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = source
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut agent = file.agent;
+    for mount in &mut agent.mounts {
+        mount.resolve(&dir);
+    }
+    let egress = EgressPolicy {
+        allow: file.egress.allow,
+        unknown: file.egress.unknown,
+        rules: file.egress.rule,
+        credentials: file.egress.credential,
+    };
+    Ok(Config {
+        name: file.name.unwrap_or_else(|| BottleName::from_dir(&dir)),
+        runtime: file.runtime,
+        agent,
+        egress,
+        git: file.git,
+        supervise: file.supervise,
+        source: Some(source),
+        dir,
+    })
+}
+
+/// The configuration of a directory without a `bottle.toml`: named after the
+/// directory, default agent, no mounts, all egress denied.
+pub fn default_for_dir(dir: &Path) -> Config {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Config {
+        name: BottleName::from_dir(&dir),
+        runtime: RuntimeChoice::default(),
+        agent: AgentConfig::default(),
+        egress: EgressPolicy::default(),
+        git: GitConfig::default(),
+        supervise: SuperviseConfig::default(),
+        source: None,
+        dir,
+    }
+}
+
+/// TOML syntax errors, one per line: after the first error on a line the
+/// parser's recovery tends to report echoes of it.
+fn syntax_problems(src: &str, errors: Vec<toml::de::Error>) -> Vec<Found> {
+    let mut errors: Vec<(usize, toml::de::Error)> = errors
+        .into_iter()
+        .map(|e| (e.span().map_or(0, |s| s.start), e))
+        .collect();
+    errors.sort_by_key(|(at, _)| *at);
+    let mut seen_lines = Vec::new();
+    let mut out = Vec::new();
+    for (at, e) in errors {
+        let line = src.as_bytes()[..at.min(src.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        if seen_lines.contains(&line) {
+            continue;
+        }
+        seen_lines.push(line);
+        out.push(Found::new(
+            e.span(),
+            None,
+            ErrorKind::Syntax,
+            format!("invalid TOML: {}", e.message()),
+        ));
+    }
+    out
+}

@@ -1,0 +1,509 @@
+//! Bringing a bottle up and down on any [`Runtime`].
+//!
+//! `up` creates, in order: the internal and egress networks, the dual-homed
+//! sidecar (egress first, internal second), then the agent on the internal
+//! network only. Every resource carries the bottle's labels from the moment it
+//! exists, so `down` (which works from labels alone) can remove whatever an
+//! interrupted `up` left behind. Any failure after the first resource exists
+//! rolls everything back before the error is returned.
+
+use crate::images::{self, ImageError};
+use crate::plan::{labels_for, Plan, SIDECAR_STATE_MOUNT};
+use crate::report::Reporter;
+use crate::state::{StateDir, StateError};
+use bottle_runtimes::{
+    CapabilityState, ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Mount,
+    NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Probe, ResourceKind, ResourceRef,
+    Runtime, RuntimeError, LABEL_NAME, LABEL_ROLE,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+/// Why `up` (or another verb) stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("bottle `{name}` already exists ({count} resources carry its label)\n  fix: `bottle down {name}` first, or pick another --name")]
+    Exists { name: String, count: usize },
+    #[error("no bottle named `{name}` is running\n  fix: `bottle ps` lists bottles; `bottle up` starts one")]
+    NoBottle { name: String },
+    #[error("bottle `{name}` has no running agent (state: {state})\n  fix: `bottle down {name}` then `bottle up`")]
+    AgentNotRunning { name: String, state: String },
+    #[error("refusing to start: {runtime} lacks `{capability}`: {detail}\n  fix: {fix}")]
+    Refused {
+        runtime: String,
+        capability: String,
+        detail: String,
+        fix: String,
+    },
+    #[error("refusing to start: the host holds {addrs} on the internal network {network} (bridge {bridge}), so the agent could reach host services\n  fix: use an engine that honours com.docker.network.bridge.inhibit_ipv4 (or gateway_mode_ipv4=isolated on engine >= 28)")]
+    HostAddress {
+        network: String,
+        bridge: String,
+        addrs: String,
+    },
+    #[error("the sidecar did not become ready within {secs} s; no egress is possible, so the bottle was removed.\n  sidecar output:\n{logs}")]
+    SidecarNotReady { secs: u64, logs: String },
+    #[error("the sidecar has no address on the internal network {network}")]
+    NoSidecarAddress { network: String },
+    #[error("interrupted; everything created so far was removed")]
+    Interrupted,
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot render the policy: {0}")]
+    Policy(#[from] serde_json::Error),
+}
+
+/// What `up` made, for the summary and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpSummary {
+    pub name: String,
+    pub runtime: String,
+    pub agent: ContainerSummary,
+    pub sidecar: ContainerSummary,
+    pub internal_network: NetworkInfo,
+    pub egress_network: NetworkInfo,
+    pub proxy: String,
+    pub allow: Vec<String>,
+    pub state_dir: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerSummary {
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    pub ipv4: BTreeMap<String, Ipv4Addr>,
+}
+
+impl From<&ContainerInfo> for ContainerSummary {
+    fn from(c: &ContainerInfo) -> Self {
+        ContainerSummary {
+            name: c.name.clone(),
+            id: c.id.chars().take(12).collect(),
+            image: c.image.clone(),
+            ipv4: c.ipv4.clone(),
+        }
+    }
+}
+
+/// Images a bottle runs on, resolved (and built when missing).
+pub struct Images {
+    pub sidecar: String,
+    pub agent: String,
+}
+
+/// Makes sure both images exist, building what is missing with progress.
+pub async fn prepare_images(
+    rt: &dyn Runtime,
+    agent_image: &str,
+    report: &mut Reporter,
+) -> Result<Images, LifecycleError> {
+    let (base, why) = images::base_image(rt).await?;
+    let sidecar = images::sidecar_build(&base)?;
+    let mut progress = report.progress();
+    if !rt.image_exists(&sidecar.tag).await? {
+        progress(&format!(
+            "building {} from base {base} ({why})",
+            sidecar.tag
+        ));
+        images::ensure(rt, &sidecar, &base, &mut progress).await?;
+    }
+    if !rt.image_exists(agent_image).await? {
+        if agent_image != images::DEFAULT_AGENT_IMAGE {
+            return Err(ImageError::UnknownImage {
+                image: agent_image.into(),
+            }
+            .into());
+        }
+        progress(&format!("building {agent_image} from base {base} ({why})"));
+        let spec = images::agent_build(agent_image, &base);
+        images::ensure(rt, &spec, &base, &mut progress).await?;
+    }
+    Ok(Images {
+        sidecar: sidecar.tag,
+        agent: agent_image.to_string(),
+    })
+}
+
+/// Refuses when a required capability is missing.
+pub fn check_probe(probe: &Probe) -> Result<(), LifecycleError> {
+    if let Some(c) = probe.first_missing() {
+        return Err(LifecycleError::Refused {
+            runtime: probe.runtime.to_string(),
+            capability: c.name.clone(),
+            detail: c.detail.clone(),
+            fix: match c.state {
+                CapabilityState::Unknown => {
+                    "make the probe able to measure it (see `bottle probe`)".into()
+                }
+                _ => "use a runtime or engine version that has it (see docs/runtimes.md)".into(),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Everything carrying `dev.bottle.name=<name>`.
+pub async fn resources_of(rt: &dyn Runtime, name: &str) -> Result<Vec<ResourceRef>, RuntimeError> {
+    rt.list(&BTreeMap::from([(
+        LABEL_NAME.to_string(),
+        name.to_string(),
+    )]))
+    .await
+}
+
+/// Creates the bottle described by `plan`. Rolls back on any failure.
+pub async fn up(
+    rt: &dyn Runtime,
+    plan: &Plan,
+    images: &Images,
+    report: &mut Reporter,
+) -> Result<UpSummary, LifecycleError> {
+    let existing = resources_of(rt, &plan.name).await?;
+    if !existing.is_empty() {
+        return Err(LifecycleError::Exists {
+            name: plan.name.clone(),
+            count: existing.len(),
+        });
+    }
+    let state = StateDir::for_bottle(&plan.name)?;
+    let policy_json = serde_json::to_string_pretty(&plan.policy)?;
+    let policy_path = state.write_policy(&policy_json)?;
+    report.step(&format!("policy written to {}", policy_path.display()));
+
+    let result = tokio::select! {
+        r = create_all(rt, plan, images, &state, report) => r,
+        _ = tokio::signal::ctrl_c() => Err(LifecycleError::Interrupted),
+    };
+    match result {
+        Ok(summary) => Ok(summary),
+        Err(e) => {
+            report.step("failed; removing what was created");
+            if let Err(cleanup) = down(rt, &plan.name, report).await {
+                report.detail(&format!(
+                    "cleanup also failed: {cleanup}; run `bottle down {}`",
+                    plan.name
+                ));
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn create_all(
+    rt: &dyn Runtime,
+    plan: &Plan,
+    images: &Images,
+    state: &StateDir,
+    report: &mut Reporter,
+) -> Result<UpSummary, LifecycleError> {
+    report.step(&format!(
+        "creating internal network {}",
+        plan.internal_network
+    ));
+    let internal = rt
+        .create_network(&NetworkSpec {
+            name: plan.internal_network.clone(),
+            kind: NetworkKind::Internal,
+            labels: plan.labels("internal"),
+        })
+        .await?;
+    report.detail(&format!(
+        "subnet {}, bridge {}",
+        internal.subnet.as_deref().unwrap_or("?"),
+        internal.host_interface.as_deref().unwrap_or("-")
+    ));
+
+    report.step("checking that the host has no address on it");
+    let host_addrs: Vec<IpAddr> = rt
+        .host_addresses_on(&internal, &images.sidecar)
+        .await?
+        .into_iter()
+        .filter(|a| a.is_ipv4())
+        .collect();
+    if !host_addrs.is_empty() {
+        return Err(LifecycleError::HostAddress {
+            network: internal.name.clone(),
+            bridge: internal.host_interface.clone().unwrap_or_default(),
+            addrs: host_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    report.detail("none: the agent cannot reach the host through this network");
+
+    report.step(&format!("creating egress network {}", plan.egress_network));
+    let egress = rt
+        .create_network(&NetworkSpec {
+            name: plan.egress_network.clone(),
+            kind: NetworkKind::Egress,
+            labels: plan.labels("egress"),
+        })
+        .await?;
+
+    let (sidecar_ip, agent_ip) = fixed_addresses(&internal);
+    report.step(&format!("starting sidecar {}", plan.sidecar_name));
+    let sidecar_spec = ContainerSpec {
+        name: plan.sidecar_name.clone(),
+        image: images.sidecar.clone(),
+        command: vec![
+            "run".into(),
+            "--policy".into(),
+            format!("{SIDECAR_STATE_MOUNT}/policy.json"),
+        ],
+        labels: plan.labels("sidecar"),
+        networks: vec![
+            NetworkAttachment {
+                network: egress.id.clone(),
+                ipv4: None,
+                aliases: vec![],
+            },
+            NetworkAttachment {
+                network: internal.id.clone(),
+                ipv4: sidecar_ip,
+                aliases: vec!["sidecar".into()],
+            },
+        ],
+        cap_drop: vec!["ALL".into()],
+        cap_add: crate::hardening::names(crate::hardening::SIDECAR_CAP_ADD),
+        no_new_privileges: true,
+        read_only_rootfs: true,
+        tmpfs: vec!["/tmp".into()],
+        mounts: vec![Mount {
+            source: state.sidecar_dir(),
+            target: SIDECAR_STATE_MOUNT.into(),
+            read_only: true,
+        }],
+        healthcheck: Some(vec!["bottle-sidecar".into(), "health".into()]),
+        hostname: Some("sidecar".into()),
+        ..Default::default()
+    };
+    let sidecar_id = rt.create_container(&sidecar_spec).await?;
+    rt.start_container(&sidecar_id).await?;
+    wait_sidecar_ready(rt, &sidecar_id, Duration::from_secs(30)).await?;
+    let sidecar = rt.inspect_container(&sidecar_id).await?;
+    let sidecar_internal_ip = sidecar.ipv4.get(&internal.name).copied().ok_or_else(|| {
+        LifecycleError::NoSidecarAddress {
+            network: internal.name.clone(),
+        }
+    })?;
+    report.detail(&format!(
+        "internal address {sidecar_internal_ip}, egress proxy ready"
+    ));
+
+    report.step(&format!("starting agent {}", plan.agent_name));
+    let mut env = plan.agent.env.clone();
+    env.extend(Plan::proxy_env(&sidecar_internal_ip.to_string()));
+    env.insert("BOTTLE_NAME".into(), plan.name.clone());
+    let agent_spec = ContainerSpec {
+        name: plan.agent_name.clone(),
+        image: images.agent.clone(),
+        command: plan.agent.command.clone(),
+        env,
+        labels: plan.labels("agent"),
+        networks: vec![NetworkAttachment {
+            network: internal.id.clone(),
+            ipv4: agent_ip,
+            aliases: vec![],
+        }],
+        dns: vec![IpAddr::V4(sidecar_internal_ip)],
+        cap_drop: plan.agent.cap_drop.clone(),
+        no_new_privileges: true,
+        mounts: plan.agent.mounts.clone(),
+        workdir: Some(plan.agent.workdir.clone()),
+        cpus: plan.agent.cpus,
+        memory_bytes: plan.agent.memory_bytes,
+        hostname: Some(plan.name.clone()),
+        ..Default::default()
+    };
+    let agent_id = rt.create_container(&agent_spec).await?;
+    rt.start_container(&agent_id).await?;
+    let agent = rt.inspect_container(&agent_id).await?;
+    if agent.state != ContainerState::Running {
+        return Err(LifecycleError::AgentNotRunning {
+            name: plan.name.clone(),
+            state: format!("{:?}, exit code {:?}", agent.state, agent.exit_code),
+        });
+    }
+    let _ = state;
+    Ok(UpSummary {
+        name: plan.name.clone(),
+        runtime: rt.kind().to_string(),
+        agent: (&agent).into(),
+        sidecar: (&sidecar).into(),
+        internal_network: internal,
+        egress_network: egress,
+        proxy: format!("http://{sidecar_internal_ip}:{}", crate::plan::PROXY_PORT),
+        allow: plan
+            .policy
+            .egress
+            .allow
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        state_dir: state.root().display().to_string(),
+    })
+}
+
+/// Sidecar at `.2`, agent at `.3` of the internal /24 (`.1` is the gateway the
+/// IPAM reserves even though the host holds no address there).
+fn fixed_addresses(net: &NetworkInfo) -> (Option<Ipv4Addr>, Option<Ipv4Addr>) {
+    let base = net
+        .subnet
+        .as_deref()
+        .and_then(|s| s.split('/').next())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok());
+    match base {
+        Some(b) => {
+            let o = b.octets();
+            (
+                Some(Ipv4Addr::new(o[0], o[1], o[2], 2)),
+                Some(Ipv4Addr::new(o[0], o[1], o[2], 3)),
+            )
+        }
+        None => (None, None),
+    }
+}
+
+async fn wait_sidecar_ready(
+    rt: &dyn Runtime,
+    id: &str,
+    limit: Duration,
+) -> Result<(), LifecycleError> {
+    let start = Instant::now();
+    let check = ExecSpec {
+        cmd: vec!["bottle-sidecar".into(), "health".into()],
+        ..Default::default()
+    };
+    loop {
+        let info = rt.inspect_container(id).await?;
+        if info.state == ContainerState::Running {
+            if let Ok(out) = rt.exec_capture(id, &check).await {
+                if out.code == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        if info.state == ContainerState::Exited || start.elapsed() >= limit {
+            let mut logs = Vec::new();
+            let _ = rt.logs(id, false, Some(20), &mut logs).await;
+            return Err(LifecycleError::SidecarNotReady {
+                secs: start.elapsed().as_secs(),
+                logs: String::from_utf8_lossy(&logs).into_owned(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Removes every container, then every network, carrying the bottle's name
+/// label. Idempotent: returns what it removed (nothing the second time).
+pub async fn down(
+    rt: &dyn Runtime,
+    name: &str,
+    report: &mut Reporter,
+) -> Result<Vec<ResourceRef>, RuntimeError> {
+    let mut found = resources_of(rt, name).await?;
+    // Agent first, then the sidecar, then networks.
+    found.sort_by_key(
+        |r| match (r.kind, r.labels.get(LABEL_ROLE).map(String::as_str)) {
+            (ResourceKind::Container, Some("agent")) => 0,
+            (ResourceKind::Container, _) => 1,
+            (ResourceKind::Network, _) => 2,
+        },
+    );
+    for r in &found {
+        match r.kind {
+            ResourceKind::Container => rt.remove_container(&r.id).await?,
+            ResourceKind::Network => rt.remove_network(&r.id).await?,
+        }
+        report.detail(&format!(
+            "removed {} {}",
+            match r.kind {
+                ResourceKind::Container => "container",
+                ResourceKind::Network => "network",
+            },
+            r.name
+        ));
+    }
+    Ok(found)
+}
+
+/// The bottle's container in `role`, which must exist.
+pub async fn find_container(
+    rt: &dyn Runtime,
+    name: &str,
+    role: &str,
+) -> Result<ContainerInfo, LifecycleError> {
+    let found = rt.list(&labels_for(name, role)).await?;
+    let Some(c) = found.iter().find(|r| r.kind == ResourceKind::Container) else {
+        return Err(LifecycleError::NoBottle { name: name.into() });
+    };
+    Ok(rt.inspect_container(&c.id).await?)
+}
+
+/// One bottle as `ps` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BottleStatus {
+    pub name: String,
+    pub runtime: String,
+    pub agent: String,
+    pub sidecar: String,
+    pub sidecar_health: String,
+    pub agent_ip: Option<Ipv4Addr>,
+    pub sidecar_ip: Option<Ipv4Addr>,
+    pub networks: Vec<String>,
+}
+
+/// Every bottle the runtime holds, found by label.
+pub async fn ps(rt: &dyn Runtime) -> Result<Vec<BottleStatus>, RuntimeError> {
+    let all = rt
+        .list(&BTreeMap::from([(LABEL_NAME.to_string(), String::new())]))
+        .await?;
+    let mut by_name: BTreeMap<String, BottleStatus> = BTreeMap::new();
+    for r in &all {
+        let Some(name) = r.labels.get(LABEL_NAME) else {
+            continue;
+        };
+        let entry = by_name.entry(name.clone()).or_insert_with(|| BottleStatus {
+            name: name.clone(),
+            runtime: rt.kind().to_string(),
+            agent: "missing".into(),
+            sidecar: "missing".into(),
+            sidecar_health: "-".into(),
+            agent_ip: None,
+            sidecar_ip: None,
+            networks: vec![],
+        });
+        let internal = Plan::resource_name(name, "internal");
+        match (r.kind, r.labels.get(LABEL_ROLE).map(String::as_str)) {
+            (ResourceKind::Network, _) => entry.networks.push(r.name.clone()),
+            (ResourceKind::Container, Some(role @ ("agent" | "sidecar"))) => {
+                let info = rt.inspect_container(&r.id).await.ok();
+                let state = info
+                    .as_ref()
+                    .map(|i| format!("{:?}", i.state).to_lowercase())
+                    .unwrap_or_else(|| "gone".into());
+                let ip = info.as_ref().and_then(|i| i.ipv4.get(&internal).copied());
+                if role == "agent" {
+                    entry.agent = state;
+                    entry.agent_ip = ip;
+                } else {
+                    entry.sidecar = state;
+                    entry.sidecar_ip = ip;
+                    entry.sidecar_health = info.map(|i| i.health).unwrap_or_else(|| "-".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(by_name.into_values().collect())
+}

@@ -1,0 +1,263 @@
+//! The plan: everything `bottle up` will create, resolved from the config and
+//! flags before any side effect, so `--dry-run` can print it and errors are
+//! found before a single resource exists.
+
+use crate::hardening;
+use bottle_policy::Policy;
+use bottle_runtimes::{Mount, RuntimeKind, LABEL_NAME, LABEL_ROLE};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Ports of the sidecar on the internal network (DESIGN §3).
+pub const PROXY_PORT: u16 = 3128;
+/// Where the sidecar sees its part of the state dir.
+pub const SIDECAR_STATE_MOUNT: &str = "/etc/bottle";
+
+/// What runs in the agent container.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentPlan {
+    pub image: String,
+    pub command: Vec<String>,
+    pub workdir: String,
+    /// User-provided environment (never secrets: those stay in the sidecar).
+    pub env: BTreeMap<String, String>,
+    pub mounts: Vec<Mount>,
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub cap_drop: Vec<String>,
+}
+
+/// A fully resolved bottle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub runtime: RuntimeKind,
+    /// Path of bottle.toml, or `built-in default`.
+    pub config_source: String,
+    pub state_dir: PathBuf,
+    pub policy: Policy,
+    pub internal_network: String,
+    pub egress_network: String,
+    pub sidecar_name: String,
+    pub agent_name: String,
+    pub agent: AgentPlan,
+    /// Things the user should know that do not stop the bottle.
+    pub notes: Vec<String>,
+}
+
+/// Problems that stop a plan from being made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{key} is set in {source_file}, but {what} is not enforced by this version of bottle; running without it would be a weaker sandbox than asked for.\n  fix: remove {key} (and allow the whole host in egress.allow if that is acceptable)")]
+    NotEnforced {
+        key: String,
+        what: String,
+        source_file: String,
+    },
+    #[error("mount source {path} does not exist (from `{entry}` in {source_file})\n  fix: create it or remove the mount")]
+    MountSource {
+        path: PathBuf,
+        entry: String,
+        source_file: String,
+    },
+    #[error("--name `{name}`: {why}")]
+    BadName { name: String, why: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+impl Plan {
+    /// Resource names derive from the bottle name only, so `down` can find
+    /// them again and two bottles never clash.
+    pub fn resource_name(name: &str, role: &str) -> String {
+        format!("bottle-{name}-{role}")
+    }
+
+    /// Labels for a resource of this bottle in `role`.
+    pub fn labels(&self, role: &str) -> BTreeMap<String, String> {
+        labels_for(&self.name, role)
+    }
+
+    pub fn agent_cap_drop() -> Vec<String> {
+        hardening::names(hardening::AGENT_CAP_DROP)
+    }
+
+    /// The proxy environment the agent gets once the sidecar's address is known.
+    pub fn proxy_env(sidecar_ip: &str) -> BTreeMap<String, String> {
+        let proxy = format!("http://{sidecar_ip}:{PROXY_PORT}");
+        let no_proxy = format!("localhost,127.0.0.1,::1,{sidecar_ip}");
+        let mut env = BTreeMap::new();
+        for k in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+            env.insert(k.to_string(), proxy.clone());
+            env.insert(k.to_lowercase(), proxy.clone());
+        }
+        env.insert("NO_PROXY".into(), no_proxy.clone());
+        env.insert("no_proxy".into(), no_proxy);
+        env.insert("BOTTLE_SIDECAR".into(), sidecar_ip.to_string());
+        env
+    }
+}
+
+pub fn labels_for(name: &str, role: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), name.to_string()),
+        (LABEL_ROLE.to_string(), role.to_string()),
+    ])
+}
+
+/// The runtime `bottle.toml` asks for, if it names one (`auto` names none).
+pub fn config_runtime(cfg: &crate::config::Config) -> Option<RuntimeKind> {
+    cfg.runtime.kind()
+}
+
+/// Resolves a config (and an optional `--name`) into a plan. No side effects.
+pub fn build(
+    cfg: &crate::config::Config,
+    source: &str,
+    name_override: Option<&str>,
+    runtime: RuntimeKind,
+) -> Result<Plan, PlanError> {
+    let name = match name_override {
+        Some(n) => crate::config::BottleName::parse(n)
+            .map_err(|e| PlanError::BadName {
+                name: n.into(),
+                why: e.to_string(),
+            })?
+            .as_str()
+            .to_string(),
+        None => cfg.name().to_string(),
+    };
+    if let Some(rule) = cfg.egress.rules.first() {
+        return Err(PlanError::NotEnforced {
+            key: format!("[[egress.rule]] for {}", rule.host),
+            what: "method/path narrowing (it needs TLS interception)".into(),
+            source_file: source.into(),
+        });
+    }
+    for m in cfg.mounts() {
+        if !m.source.exists() {
+            return Err(PlanError::MountSource {
+                path: m.source.clone(),
+                entry: format!(
+                    "{}:{}:{}",
+                    m.source.display(),
+                    m.target,
+                    if m.read_only { "ro" } else { "rw" }
+                ),
+                source_file: source.into(),
+            });
+        }
+    }
+    let mut notes = Vec::new();
+    if cfg.egress.unknown == bottle_policy::Unknown::Ask {
+        notes.push(
+            "egress.unknown = \"ask\" is enforced as deny until the supervise service is available"
+                .into(),
+        );
+    }
+    if !cfg.egress.credentials.is_empty() {
+        notes.push("[[egress.credential]] entries are not injected by this version; no secret is read or given to anyone".into());
+    }
+    if !cfg.git.remotes.is_empty() {
+        notes.push(
+            "[[git.remote]] entries are ignored: the git gate is not part of this version".into(),
+        );
+    }
+    if let Some(m) = cfg.mount_exposing_config() {
+        notes.push(format!(
+            "WARNING: the read-write mount of {} exposes {} to the agent: it can edit the policy your next `bottle up` reads",
+            m.source.display(),
+            cfg.source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "bottle.toml".into())
+        ));
+    }
+    let state = crate::state::StateDir::for_bottle(&name)?;
+    Ok(Plan {
+        policy: Policy::new(name.clone(), cfg.egress_policy()),
+        runtime,
+        config_source: source.into(),
+        state_dir: state.root().to_path_buf(),
+        internal_network: Plan::resource_name(&name, "internal"),
+        egress_network: Plan::resource_name(&name, "egress"),
+        sidecar_name: Plan::resource_name(&name, "sidecar"),
+        agent_name: Plan::resource_name(&name, "agent"),
+        agent: AgentPlan {
+            image: cfg.agent.image.clone(),
+            command: cfg.agent.command.clone(),
+            workdir: cfg.agent.workdir.clone(),
+            env: cfg.agent.env.clone(),
+            mounts: cfg.mounts().iter().cloned().map(Into::into).collect(),
+            cpus: cfg.agent.cpus,
+            memory_bytes: cfg.agent.memory.map(|m| m.bytes()),
+            cap_drop: Plan::agent_cap_drop(),
+        },
+        name,
+        notes,
+    })
+}
+
+/// The plan as text for `--dry-run`.
+pub fn render(plan: &Plan) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "bottle `{}` on {} (config: {})",
+        plan.name, plan.runtime, plan.config_source
+    );
+    let _ = writeln!(s, "  state dir   {}", plan.state_dir.display());
+    let _ = writeln!(
+        s,
+        "  networks    {} (internal, no host address), {} (egress)",
+        plan.internal_network, plan.egress_network
+    );
+    let _ = writeln!(
+        s,
+        "  sidecar     {} (egress first, internal second; caps: none but NET_BIND_SERVICE)",
+        plan.sidecar_name
+    );
+    let _ = writeln!(
+        s,
+        "  agent       {} image {} command {:?}",
+        plan.agent_name, plan.agent.image, plan.agent.command
+    );
+    let _ = writeln!(
+        s,
+        "              workdir {}, caps dropped {}, no-new-privileges",
+        plan.agent.workdir,
+        plan.agent.cap_drop.join(",")
+    );
+    if let Some(c) = plan.agent.cpus {
+        let _ = writeln!(s, "              cpus {c}");
+    }
+    if let Some(m) = plan.agent.memory_bytes {
+        let _ = writeln!(s, "              memory {} MiB", m / (1024 * 1024));
+    }
+    for m in &plan.agent.mounts {
+        let _ = writeln!(
+            s,
+            "  mount       {} -> {} ({})",
+            m.source.display(),
+            m.target,
+            if m.read_only { "ro" } else { "rw" }
+        );
+    }
+    for k in plan.agent.env.keys() {
+        let _ = writeln!(s, "  env         {k}");
+    }
+    if plan.policy.egress.allow.is_empty() {
+        let _ = writeln!(s, "  egress      deny all");
+    } else {
+        for a in &plan.policy.egress.allow {
+            let _ = writeln!(s, "  egress      allow {a}");
+        }
+        let _ = writeln!(s, "  egress      deny everything else");
+    }
+    for n in &plan.notes {
+        let _ = writeln!(s, "  note        {n}");
+    }
+    s
+}

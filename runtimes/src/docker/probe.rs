@@ -1,0 +1,336 @@
+//! `bottle probe` for Docker: measures, by creating throw-away resources and
+//! looking at them, whether the engine can hold a bottle.
+//!
+//! Every scratch resource carries `dev.bottle.role=probe` and is removed before
+//! the probe returns, whatever happened.
+
+use super::DockerRuntime;
+use crate::{
+    Capability, CapabilityState, ContainerSpec, NetworkAttachment, NetworkInfo, NetworkKind,
+    NetworkSpec, Probe, Publish, Runtime, RuntimeKind, LABEL_ROLE,
+};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+fn cap(
+    name: &str,
+    state: CapabilityState,
+    how: &'static str,
+    required: bool,
+    detail: String,
+) -> Capability {
+    Capability {
+        name: name.into(),
+        state,
+        how,
+        detail,
+        required,
+    }
+}
+
+fn yes_no(ok: bool) -> CapabilityState {
+    if ok {
+        CapabilityState::Yes
+    } else {
+        CapabilityState::No
+    }
+}
+
+/// Is this engine version fixed for CVE-2024-29018 (DNS forwarded from
+/// internal networks)? Fixed in 26.0.0, 25.0.5 and 23.0.11.
+pub fn dns_isolated_on_internal(version: &str) -> Option<bool> {
+    let core = version.split(['+', '-', '~']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    let (major, minor, patch) = (
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    );
+    Some(match (major, minor) {
+        (m, _) if m >= 26 => true,
+        (25, 0) => patch >= 5,
+        (m, _) if m > 23 => false,
+        (23, 0) => patch >= 11,
+        _ => false,
+    })
+}
+
+pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
+    let mut probe = Probe {
+        runtime: RuntimeKind::Docker,
+        endpoint: format!("{} ({})", rt.endpoint.host, rt.endpoint.source),
+        present: true,
+        running: true,
+        version: Some(rt.version.clone()),
+        capabilities: vec![cap(
+            "engine-api",
+            CapabilityState::Yes,
+            "measured",
+            true,
+            format!(
+                "engine {} answers, API {} negotiated",
+                rt.version, rt.api_version
+            ),
+        )],
+    };
+    let tag = format!(
+        "bottle-probe-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    let mut networks: Vec<NetworkInfo> = Vec::new();
+    let mut containers: Vec<String> = Vec::new();
+
+    // Internal network with the host address inhibited.
+    let internal = rt
+        .create_network(&NetworkSpec {
+            name: format!("{tag}-internal"),
+            kind: NetworkKind::Internal,
+            labels: labels.clone(),
+        })
+        .await;
+    let internal = match internal {
+        Ok(net) => {
+            let inspected = rt.docker.inspect_network(&net.id, None).await.ok();
+            let is_internal = inspected.as_ref().and_then(|n| n.internal).unwrap_or(false);
+            let inhibited = inspected
+                .as_ref()
+                .and_then(|n| n.options.as_ref())
+                .and_then(|o| o.get(super::INHIBIT_IPV4).cloned())
+                .is_some_and(|v| v == "true");
+            probe.capabilities.push(cap(
+                "internal-network",
+                yes_no(is_internal && inhibited),
+                "measured",
+                true,
+                format!(
+                    "created {} (subnet {}): internal={is_internal}, {}={inhibited}",
+                    net.name,
+                    net.subnet.as_deref().unwrap_or("?"),
+                    super::INHIBIT_IPV4
+                ),
+            ));
+            networks.push(net.clone());
+            Some(net)
+        }
+        Err(e) => {
+            probe.capabilities.push(cap(
+                "internal-network",
+                CapabilityState::No,
+                "measured",
+                true,
+                format!("creating an internal network failed: {e}"),
+            ));
+            None
+        }
+    };
+
+    match (&internal, helper) {
+        (Some(net), Some(image)) => {
+            let found = rt.host_addresses_on(net, image).await;
+            probe.capabilities.push(match found {
+                Ok(addrs) => {
+                    let v4: Vec<_> = addrs.iter().filter(|a| a.is_ipv4()).collect();
+                    cap(
+                        "no-host-address-on-internal",
+                        yes_no(v4.is_empty()),
+                        "measured",
+                        true,
+                        if v4.is_empty() {
+                            format!(
+                                "host bridge {} of the internal network has no IPv4 address",
+                                net.host_interface.as_deref().unwrap_or("?")
+                            )
+                        } else {
+                            format!(
+                                "host bridge {} holds {:?}: the agent could reach the host",
+                                net.host_interface.as_deref().unwrap_or("?"),
+                                v4
+                            )
+                        },
+                    )
+                }
+                Err(e) => cap(
+                    "no-host-address-on-internal",
+                    CapabilityState::Unknown,
+                    "measured",
+                    true,
+                    format!("could not list the host's interfaces: {e}"),
+                ),
+            });
+        }
+        (_, None) => probe.capabilities.push(cap(
+            "no-host-address-on-internal",
+            CapabilityState::Unknown,
+            "measured",
+            true,
+            "not measured: needs the sidecar image to run a host-network helper".into(),
+        )),
+        (None, Some(_)) => {}
+    }
+
+    // An egress network, a container on both, and a per-IP published port.
+    let egress = rt
+        .create_network(&NetworkSpec {
+            name: format!("{tag}-egress"),
+            kind: NetworkKind::Egress,
+            labels: labels.clone(),
+        })
+        .await;
+    if let Ok(net) = &egress {
+        networks.push(net.clone());
+    }
+    match (&internal, &egress, helper) {
+        (Some(int), Ok(eg), Some(image)) => {
+            let host_ip = Ipv4Addr::new(127, 0, 0, 100 + (std::process::id() % 100) as u8);
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or(47_123);
+            let spec = ContainerSpec {
+                name: format!("{tag}-dual"),
+                image: image.into(),
+                entrypoint: Some(vec!["sleep".into(), "30".into()]),
+                labels: labels.clone(),
+                networks: vec![
+                    NetworkAttachment {
+                        network: eg.id.clone(),
+                        ipv4: None,
+                        aliases: vec![],
+                    },
+                    NetworkAttachment {
+                        network: int.id.clone(),
+                        ipv4: None,
+                        aliases: vec![],
+                    },
+                ],
+                publish: vec![Publish {
+                    host_ip: IpAddr::V4(host_ip),
+                    host_port: port,
+                    container_port: 3128,
+                }],
+                cap_drop: vec!["ALL".into()],
+                no_new_privileges: true,
+                ..Default::default()
+            };
+            match rt.create_container(&spec).await {
+                Ok(id) => {
+                    containers.push(id.clone());
+                    let started = rt.start_container(&id).await;
+                    let info = rt.inspect_container(&id).await;
+                    let attached = info.as_ref().map(|i| i.ipv4.len()).unwrap_or(0);
+                    probe.capabilities.push(cap(
+                        "multi-network-attach",
+                        yes_no(attached == 2),
+                        "measured",
+                        true,
+                        format!("a container created on the egress network and connected to the internal one before start holds {attached} addresses"),
+                    ));
+                    probe.capabilities.push(match started {
+                        Err(e) => cap(
+                            "per-ip-publish",
+                            CapabilityState::Unknown,
+                            "measured",
+                            false,
+                            format!("could not start the publishing container: {e}"),
+                        ),
+                        Ok(()) if rt.is_local() => {
+                            let on = SocketAddr::from((host_ip, port));
+                            let off = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), port));
+                            let t = Duration::from_secs(2);
+                            let bound = TcpStream::connect_timeout(&on, t).is_ok();
+                            let leaked = TcpStream::connect_timeout(&off, t).is_ok();
+                            cap(
+                                "per-ip-publish",
+                                yes_no(bound && !leaked),
+                                "measured",
+                                false,
+                                format!(
+                                    "published {on}: connect to it {}, to {off} {}",
+                                    if bound { "succeeded" } else { "failed" },
+                                    if leaked { "ALSO succeeded" } else { "refused" }
+                                ),
+                            )
+                        }
+                        Ok(()) => cap(
+                            "per-ip-publish",
+                            CapabilityState::Unknown,
+                            "measured",
+                            false,
+                            "engine is not on this machine; its loopback is not ours to test"
+                                .into(),
+                        ),
+                    });
+                }
+                Err(e) => probe.capabilities.push(cap(
+                    "multi-network-attach",
+                    CapabilityState::No,
+                    "measured",
+                    true,
+                    format!("creating a dual-homed container failed: {e}"),
+                )),
+            }
+        }
+        (_, Err(e), _) => probe.capabilities.push(cap(
+            "multi-network-attach",
+            CapabilityState::Unknown,
+            "measured",
+            true,
+            format!("creating an egress network failed: {e}"),
+        )),
+        _ => probe.capabilities.push(cap(
+            "multi-network-attach",
+            CapabilityState::Unknown,
+            "measured",
+            true,
+            "not measured: needs the sidecar image and an internal network".into(),
+        )),
+    }
+
+    let dns = dns_isolated_on_internal(&rt.version);
+    probe.capabilities.push(cap(
+        "internal-dns-isolated",
+        match dns {
+            Some(true) => CapabilityState::Yes,
+            Some(false) => CapabilityState::No,
+            None => CapabilityState::Unknown,
+        },
+        "inferred",
+        false,
+        match dns {
+            Some(true) => format!("engine {} does not forward DNS from internal networks", rt.version),
+            _ => format!("engine {} forwards DNS from internal networks upstream (CVE-2024-29018); mitigated: the agent's DNS server is its sidecar, so forwarded queries reach only the sidecar", rt.version),
+        },
+    ));
+
+    for id in containers {
+        let _ = rt.remove_container(&id).await;
+    }
+    for net in networks {
+        let _ = rt.remove_network(&net.id).await;
+    }
+    probe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_isolated_on_internal as fixed;
+
+    #[test]
+    fn cve_2024_29018_versions() {
+        assert_eq!(fixed("20.10.24+dfsg1"), Some(false));
+        assert_eq!(fixed("23.0.10"), Some(false));
+        assert_eq!(fixed("23.0.11"), Some(true));
+        assert_eq!(fixed("24.0.9"), Some(false));
+        assert_eq!(fixed("25.0.4"), Some(false));
+        assert_eq!(fixed("25.0.5"), Some(true));
+        assert_eq!(fixed("26.0.0"), Some(true));
+        assert_eq!(fixed("28.2.2"), Some(true));
+        assert_eq!(fixed("garbage"), None);
+    }
+}
