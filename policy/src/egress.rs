@@ -160,6 +160,12 @@ pub struct EgressPolicy {
     pub rules: Vec<HttpRule>,
     #[serde(default)]
     pub credentials: Vec<CredentialRule>,
+    /// Allowed names that may resolve to private (RFC 1918, ULA, CGNAT)
+    /// addresses: internal services the user means to reach. Loopback,
+    /// link-local and metadata addresses stay refused unless an allow entry
+    /// names that exact address.
+    #[serde(default)]
+    pub allow_private: Vec<HostPattern>,
 }
 
 /// Allow or deny.
