@@ -49,6 +49,9 @@ pub struct Config {
     pub egress: EgressPolicy,
     pub git: GitConfig,
     pub supervise: SuperviseConfig,
+    /// `egress.upstream_roots`: extra PEM trust roots for upstream TLS
+    /// (private CAs), absolute.
+    pub upstream_roots: Vec<PathBuf>,
     /// The file this came from (absolute), or `None` for the built-in
     /// default.
     pub source: Option<PathBuf>,
@@ -166,6 +169,8 @@ struct EgressSection {
     unknown: Unknown,
     rule: Vec<HttpRule>,
     credential: Vec<CredentialRule>,
+    allow_private: Vec<bottle_policy::HostPattern>,
+    upstream_roots: Vec<PathBuf>,
 }
 
 impl Config {
@@ -262,7 +267,14 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         unknown: file.egress.unknown,
         rules: file.egress.rule,
         credentials: file.egress.credential,
+        allow_private: file.egress.allow_private,
     };
+    let upstream_roots = file
+        .egress
+        .upstream_roots
+        .iter()
+        .map(|p| dir.join(p))
+        .collect();
     Ok(Config {
         name: file.name.unwrap_or_else(|| BottleName::from_dir(&dir)),
         runtime: file.runtime,
@@ -270,6 +282,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         egress,
         git: file.git,
         supervise: file.supervise,
+        upstream_roots,
         source: Some(source),
         dir,
     })
@@ -286,6 +299,7 @@ pub fn default_for_dir(dir: &Path) -> Config {
         egress: EgressPolicy::default(),
         git: GitConfig::default(),
         supervise: SuperviseConfig::default(),
+        upstream_roots: Vec::new(),
         source: None,
         dir,
     }

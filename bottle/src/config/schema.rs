@@ -156,6 +156,20 @@ static EGRESS: TableSchema = TableSchema {
             },
         ),
         opt("unknown", Kind::OneOf(&["deny", "ask"])),
+        opt(
+            "allow_private",
+            Kind::StrArray {
+                each: check_host_pattern,
+                non_empty: false,
+            },
+        ),
+        opt(
+            "upstream_roots",
+            Kind::StrArray {
+                each: check_file_path,
+                non_empty: false,
+            },
+        ),
         opt("rule", Kind::TableArray(&EGRESS_RULE)),
         opt("credential", Kind::TableArray(&EGRESS_CREDENTIAL)),
     ],
@@ -281,6 +295,15 @@ fn check_env_name(s: &str) -> Result<(), String> {
 }
 fn check_allow(s: &str) -> Result<(), String> {
     msg(AllowRule::parse(s))
+}
+fn check_file_path(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        Err("a file path is empty".into())
+    } else if s.starts_with('~') {
+        Err(format!("`{s}`: `~` is not expanded; write an absolute path or one relative to the directory holding bottle.toml"))
+    } else {
+        Ok(())
+    }
 }
 fn check_host_pattern(s: &str) -> Result<(), String> {
     msg(HostPattern::parse(s))
