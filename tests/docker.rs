@@ -437,3 +437,157 @@ fn probe_measures_the_engine() {
     let left = docker(&["network", "ls", "-q", "--filter", &prefix]);
     assert_eq!(stdout(&left).trim(), "", "networks left by the probe");
 }
+
+#[test]
+fn an_up_killed_half_way_is_removed_by_down() {
+    if !engine_or_skip("an_up_killed_half_way_is_removed_by_down") {
+        return;
+    }
+    let dir = TempDir::new("killed");
+    let state = TempDir::new("killed-state");
+    let name = unique_name("killed");
+    std::fs::write(dir.0.join("bottle.toml"), format!("name = \"{name}\"\n")).unwrap();
+    let mut child = std::process::Command::new(bottle_bin())
+        .args(["up", "-q"])
+        .current_dir(&dir.0)
+        .env("XDG_STATE_HOME", &state.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (SIGKILL: no chance to clean up) as soon as its first resource exists.
+    let mut seen = false;
+    for _ in 0..300 {
+        if !labelled(&name).is_empty() {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(seen, "bottle up created nothing within 6 s");
+    let down = bottle(&state.0, &dir.0, &["down", &name]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(labelled(&name), Vec::<String>::new(), "left after down");
+}
+
+#[test]
+fn agent_is_hardened_and_tty_works() {
+    if !engine_or_skip("agent_is_hardened_and_tty_works") {
+        return;
+    }
+    let b = Bottle::up("harden", "");
+    // Effective capabilities: NET_RAW (13), NET_ADMIN (12), MKNOD (27),
+    // AUDIT_WRITE (29), SETFCAP (31), SYS_ADMIN (21) are all absent, and
+    // no-new-privileges is set.
+    let out = b.sh("grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status");
+    let text = stdout(&out);
+    let hex = |key: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("{key} missing:\n{text}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    for key in ["CapEff:", "CapBnd:"] {
+        let caps = hex(key);
+        for (bit, name) in [
+            (13, "NET_RAW"),
+            (12, "NET_ADMIN"),
+            (27, "MKNOD"),
+            (29, "AUDIT_WRITE"),
+            (31, "SETFCAP"),
+            (21, "SYS_ADMIN"),
+        ] {
+            assert_eq!(caps & (1 << bit), 0, "{key} still has {name}: {caps:x}");
+        }
+    }
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    // The attack itself: a raw socket is refused.
+    let out = b.sh("python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)'");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("PermissionError"), "{}", stderr(&out));
+    // Nor can the agent give itself an address on the internal network.
+    let out = b.sh("ip addr add 10.213.255.1/32 dev eth0");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("Operation not permitted"),
+        "{}",
+        stderr(&out)
+    );
+    // No IPv6 in the agent at all.
+    let out = b.sh("cat /proc/sys/net/ipv6/conf/all/disable_ipv6");
+    assert_eq!(stdout(&out).trim(), "1");
+
+    // -t gives the command a terminal (run under `script` for a pty).
+    let cmd = format!("{} exec -t {} -- tty", bottle_bin().display(), b.name);
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("XDG_STATE_HOME", &b.state.0)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).contains("/dev/pts/"),
+        "tty: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // Without a terminal, -t is refused with a clear message.
+    let out = b.bottle(&["exec", "-t", &b.name, "--", "tty"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--tty needs a terminal"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_dead_sidecar_means_no_egress() {
+    if !engine_or_skip("a_dead_sidecar_means_no_egress") {
+        return;
+    }
+    let b = Bottle::up("deadcar", "[egress]\nallow = [\"origin.test\"]\n");
+    let origin = format!("bottle-test-origin-{}", b.name);
+    let net = format!("bottle-{}-egress", b.name);
+    let run = docker(&[
+        "run", "-d", "--name", &origin, "--network", &net, "--network-alias", "origin.test",
+        "bottle-agent:latest", "sh", "-c",
+        "mkdir -p /srv && echo ORIGIN-PAGE > /srv/index.html && cd /srv && exec python3 -m http.server 80",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = docker(&["rm", "-f", &self.0]);
+        }
+    }
+    let _rm = Rm(origin);
+    // Control: with the sidecar alive the origin is reachable.
+    let out = b.sh("for i in $(seq 1 50); do curl -sf --max-time 3 http://origin.test/ && exit 0; sleep 0.2; done; exit 1");
+    assert_eq!(stdout(&out).trim(), "ORIGIN-PAGE");
+    let kill = docker(&["kill", &format!("bottle-{}-sidecar", b.name)]);
+    assert!(kill.status.success(), "{}", stderr(&kill));
+    let out = b.sh("curl -s --max-time 5 http://origin.test/; echo \" exit=$?\"");
+    let text = stdout(&out);
+    assert!(
+        !text.contains("ORIGIN-PAGE"),
+        "egress without a sidecar: {text}"
+    );
+    // 7: nothing listens where the proxy was, and there is no other route.
+    assert!(
+        text.contains("exit=7") || text.contains("exit=28"),
+        "{text}"
+    );
+    let ps = b.bottle(&["ps", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&ps)).unwrap();
+    let me = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == b.name.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(me["sidecar"], "exited", "{me}");
+}

@@ -467,7 +467,8 @@ impl Runtime for DockerRuntime {
         };
         let spec = ContainerSpec {
             name: format!(
-                "bottle-netinfo-{}",
+                "bottle-netinfo-{}-{}",
+                std::process::id(),
                 &hex::encode(Sha256::digest(network.id.as_bytes()))[..10]
             ),
             image: helper_image.into(),

@@ -56,7 +56,39 @@ pub fn dns_isolated_on_internal(version: &str) -> Option<bool> {
     })
 }
 
+/// Removes scratch resources of earlier probes whose process is gone (a probe
+/// killed mid-way cannot clean up after itself). Only for a local engine:
+/// there the pid in the name is a pid of this machine.
+async fn sweep_stale(rt: &DockerRuntime) {
+    if !rt.is_local() {
+        return;
+    }
+    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    let Ok(found) = rt.list(&labels).await else {
+        return;
+    };
+    let mut found = found;
+    // Containers before networks.
+    found.sort_by_key(|r| r.kind == crate::ResourceKind::Network);
+    for r in found {
+        let pid = r
+            .name
+            .strip_prefix("bottle-probe-")
+            .or_else(|| r.name.strip_prefix("bottle-netinfo-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if pid.is_some() && !alive {
+            let _ = match r.kind {
+                crate::ResourceKind::Container => rt.remove_container(&r.id).await,
+                crate::ResourceKind::Network => rt.remove_network(&r.id).await,
+            };
+        }
+    }
+}
+
 pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
+    sweep_stale(rt).await;
     let mut probe = Probe {
         runtime: RuntimeKind::Docker,
         endpoint: format!("{} ({})", rt.endpoint.host, rt.endpoint.source),
