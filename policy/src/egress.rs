@@ -228,6 +228,32 @@ impl EgressPolicy {
     }
 }
 
+impl EgressPolicy {
+    /// The allow entry that lets the sidecar's DNS answer `name` (exact, or
+    /// under a `*.suffix` entry), on any port. IP entries never match a name,
+    /// and invalid names match nothing.
+    pub fn allows_name(&self, name: &str) -> Option<&AllowRule> {
+        let name = normalize_host(name).ok()?;
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        self.allow.iter().find(|r| match &r.host {
+            HostPattern::Exact(_) | HostPattern::Suffix(_) => r.host.matches(&name),
+            HostPattern::Ip(_) => false,
+        })
+    }
+
+    /// The `[[egress.credential]]` entries for `host` (normalised).
+    pub fn credentials_for<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a CredentialRule> + 'a {
+        self.credentials
+            .iter()
+            .filter(move |c| c.host.matches(host))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +312,32 @@ mod tests {
         assert_eq!(r.to_string(), "[fd00::1]:443");
         let bare6 = AllowRule::parse("fd00::1").unwrap();
         assert_eq!(bare6.port, None);
+    }
+
+    #[test]
+    fn dns_names_follow_allow_entries() {
+        let p = policy(&["api.example.com:8443", "*.pythonhosted.org", "10.0.0.5"]);
+        assert!(p.allows_name("API.example.com.").is_some());
+        assert!(p.allows_name("files.pythonhosted.org").is_some());
+        assert!(p.allows_name("pythonhosted.org").is_none());
+        assert!(p.allows_name("evil.example").is_none());
+        assert!(p.allows_name("10.0.0.5").is_none());
+        assert!(p.allows_name("0x0a.0.0.5").is_none());
+        assert!(p.allows_name("").is_none());
+    }
+
+    #[test]
+    fn credentials_are_found_by_host() {
+        let p = EgressPolicy {
+            credentials: vec![CredentialRule {
+                host: HostPattern::parse("api.anthropic.com").unwrap(),
+                header: "x-api-key".into(),
+                from_env: "ANTHROPIC_API_KEY".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(p.credentials_for("api.anthropic.com").count(), 1);
+        assert_eq!(p.credentials_for("evil.example").count(), 0);
     }
 
     #[test]

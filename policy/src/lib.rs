@@ -9,13 +9,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod egress;
 pub mod host;
+pub mod request;
 
+pub use address::{classify, AddressClass, Classified, Embedding, LocalNet};
 pub use egress::{
     AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,
 };
 pub use host::{normalize_host, HostError, HostPattern};
+pub use request::{check_path, PathError, FORBIDDEN_METHODS};
 
 use serde::{Deserialize, Serialize};
 
