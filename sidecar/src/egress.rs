@@ -1,15 +1,15 @@
 //! Egress enforcement shared by every way traffic can leave: the decision for
-//! a destination, the connection to it, and the refusal text.
+//! a destination, the destination guard, the connection, and the refusal
+//! text.
 //!
-//! The explicit proxy uses these today; TLS interception, the transparent
-//! 80/443 listeners and the destination guard will reuse them. The types make
-//! the order hard to get wrong: [`check`] is the only way to get an
-//! [`Allowed`], and [`connect`] takes nothing else, so no upstream connection
-//! is opened without a decision. The destination guard (refuse private and
-//! metadata addresses after resolution) belongs between [`resolve`] and
-//! [`connect_addrs`].
+//! The types make the order hard to get wrong: [`check`] is the only way to
+//! get an [`Allowed`]; [`guarded_addrs`] turns an `Allowed` into the resolved
+//! addresses the destination guard accepted ([`Checked`]); [`connect`] takes
+//! nothing else. So no upstream connection is opened without a decision, and
+//! it always goes to an address that was checked (never a second lookup).
 
-use bottle_policy::{normalize_host, Decision, EgressPolicy, Verdict, DEFAULT_PORTS};
+use crate::guard::{ResolveError, Resolver};
+use bottle_policy::{normalize_host, Decision, EgressPolicy, LocalNet, Verdict, DEFAULT_PORTS};
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
@@ -19,8 +19,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// How long name resolution may take before the request fails.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection attempt may take before the next address is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,19 +82,68 @@ pub fn refusal(rule: &str, reason: impl Into<String>) -> Decision {
     }
 }
 
-/// Why an allowed destination could not be reached.
+/// An allowed destination and the resolved addresses the destination guard
+/// accepted for it. Only [`guarded_addrs`] makes one.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    allowed: Allowed,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Checked {
+    pub fn allowed(&self) -> &Allowed {
+        &self.allowed
+    }
+    /// The accepted addresses, in resolver order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+/// Why an allowed destination was not connected to.
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    /// The destination guard refused every address (answer 403).
+    #[error("{}", .0.reason)]
+    Refused(Decision),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Resolves `target` once and keeps the addresses the destination guard
+/// accepts. When every address is refused, the refusal of the first is
+/// returned.
+pub async fn guarded_addrs(
+    resolver: &Resolver,
+    policy: &EgressPolicy,
+    local: &LocalNet,
+    target: &Allowed,
+) -> Result<Checked, ReachError> {
+    let resolved = resolver.resolve(&target.host, target.port).await?;
+    let mut first_refusal = None;
+    let mut addrs = Vec::new();
+    for addr in resolved {
+        match policy.check_address(&target.host, addr.ip(), target.port, local) {
+            Ok(()) => addrs.push(addr),
+            Err(d) => {
+                first_refusal.get_or_insert(d);
+            }
+        }
+    }
+    match (addrs.is_empty(), first_refusal) {
+        (true, Some(decision)) => Err(ReachError::Refused(decision)),
+        _ => Ok(Checked {
+            allowed: target.clone(),
+            addrs,
+        }),
+    }
+}
+
+/// Why no checked address answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot resolve {host}: {source}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("resolving {host} took longer than {}s", RESOLVE_TIMEOUT.as_secs())]
-    ResolveTimeout { host: String },
-    #[error("{host} resolved to no addresses")]
-    NoAddresses { host: String },
     #[error("cannot connect to {target}: {}", attempts.join("; "))]
     Connect {
         target: String,
@@ -105,31 +152,13 @@ pub enum ConnectError {
     },
 }
 
-/// Resolves an allowed destination to socket addresses, in resolver order.
-pub async fn resolve(target: &Allowed) -> Result<Vec<SocketAddr>, ConnectError> {
-    let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
-    let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
-        .await
-        .map_err(|_| ConnectError::ResolveTimeout {
-            host: target.host.clone(),
-        })?
-        .map_err(|source| ConnectError::Resolve {
-            host: target.host.clone(),
-            source,
-        })?
-        .collect::<Vec<_>>();
-    if addrs.is_empty() {
-        return Err(ConnectError::NoAddresses {
-            host: target.host.clone(),
-        });
-    }
-    Ok(addrs)
+/// Connects to the first checked address that answers, trying them in order.
+/// Returns the stream and the address it is connected to.
+pub async fn connect(checked: &Checked) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    connect_addrs(&checked.allowed, &checked.addrs).await
 }
 
-/// Connects to the first of `addrs` that answers, trying them in order.
-/// Returns the stream and the address it is connected to (the one that was
-/// checked, never a fresh resolution).
-pub async fn connect_addrs(
+async fn connect_addrs(
     target: &Allowed,
     addrs: &[SocketAddr],
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
@@ -150,12 +179,6 @@ pub async fn connect_addrs(
         target: host_port(&target.host, target.port),
         attempts,
     })
-}
-
-/// Resolves and connects to an allowed destination.
-pub async fn connect(target: &Allowed) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    let addrs = resolve(target).await?;
-    connect_addrs(target, &addrs).await
 }
 
 /// What a finished tunnel moved, and how it ended.
@@ -278,6 +301,34 @@ impl Refusal {
     }
 }
 
+/// The hint for a refusal that a policy rule (not the destination's absence
+/// from `egress.allow`) produced, for a request to `host`.
+pub fn rule_hint(decision: &Decision, host: &str) -> String {
+    match decision.rule.as_str() {
+        "destination-guard" => {
+            if ["private (RFC 1918)", "unique-local", "shared (CGNAT"]
+                .iter()
+                .any(|c| decision.reason.contains(c))
+                && !decision.reason.contains(" form of ")
+            {
+                format!("if {host} is an internal service the user means to reach, ask them to add it to egress.allow_private in bottle.toml")
+            } else {
+                "none: this address is never reachable from a bottle".into()
+            }
+        }
+        "path-not-canonical" => "send the path without `.`/`..` segments, `//`, or percent-encoded `.`, `/` or `\\` (curl: drop --path-as-is)".into(),
+        "placeholder-leak" => "send a credential's placeholder only to the host it belongs to; the sidecar puts the real value in for that host".into(),
+        "credential-needs-tls" => format!("use https://{host}/ instead; the credential is added only over TLS"),
+        "credential-missing" => "ask the user to set the credential's environment variable on the host and run `bottle up` again".into(),
+        "credential-invalid" => "ask the user to fix the egress.credential entry in bottle.toml".into(),
+        "method-not-allowed" => "use another method; TRACE and TRACK are refused for every host".into(),
+        rule if rule.starts_with("egress.rule ") => format!(
+            "ask the user to widen the [[egress.rule]] entries for {host} in bottle.toml"
+        ),
+        _ => "fix the request as described above".into(),
+    }
+}
+
 /// What to ask for so that `denied` would be allowed.
 pub fn access_hint(denied: &Denied) -> String {
     if denied.decision.rule == "invalid-host" {
@@ -394,13 +445,37 @@ mod tests {
             addrs.push(l.local_addr().unwrap());
         }
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = connect_addrs(&a, &addrs).await.unwrap_err();
-        match &err {
-            ConnectError::Connect { attempts, .. } => assert_eq!(attempts.len(), 2),
-            other => panic!("{other}"),
-        }
+        let ConnectError::Connect { attempts, .. } = connect_addrs(&a, &addrs).await.unwrap_err();
+        assert_eq!(attempts.len(), 2);
         addrs.push(live.local_addr().unwrap());
         let (_s, used) = connect_addrs(&a, &addrs).await.unwrap();
         assert_eq!(used, live.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_guard_keeps_only_accepted_addresses() {
+        let resolver = Resolver::fixed([
+            (
+                "mixed.test",
+                vec!["10.1.2.3".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            ),
+            ("meta.test", vec!["169.254.169.254".parse().unwrap()]),
+        ]);
+        let p = policy(&["mixed.test:8443", "meta.test", "127.0.0.1:8443"]);
+        let local = LocalNet::default();
+        let a = check(&p, "mixed.test", 8443).unwrap();
+        let checked = guarded_addrs(&resolver, &p, &local, &a).await.unwrap();
+        assert_eq!(checked.addrs(), ["127.0.0.1:8443".parse().unwrap()]);
+        let a = check(&p, "meta.test", 443).unwrap();
+        let ReachError::Refused(d) = guarded_addrs(&resolver, &p, &local, &a).await.unwrap_err()
+        else {
+            panic!("metadata must be refused");
+        };
+        assert_eq!(d.rule, "destination-guard");
+        assert!(d.reason.contains("cloud metadata"), "{}", d.reason);
+        assert_eq!(
+            rule_hint(&d, "meta.test"),
+            "none: this address is never reachable from a bottle"
+        );
     }
 }

@@ -1,23 +1,26 @@
 //! Forwarding one HTTP/1 request to an upstream the policy allowed.
 //!
 //! Owns what a forwarding hop must do to a message whatever brought it here
-//! (the explicit proxy now, TLS interception and the transparent listener
-//! later): drop `Proxy-*` and hop-by-hop headers, rewrite the target to origin
-//! form, send it over a connection that was opened to the checked address,
-//! and count body bytes in both directions for the audit log.
+//! (the explicit proxy, TLS interception, the transparent listeners): check
+//! that `Host` names the destination that was decided, drop `Proxy-*` and
+//! hop-by-hop headers, rewrite the target to origin form, send it over a
+//! connection that was opened to the checked address, and count body bytes in
+//! both directions for the audit log.
 
+use bottle_policy::normalize_host;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use hyper::http::uri::Authority;
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The response body type every handler in this crate returns.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -89,24 +92,102 @@ pub enum ForwardError {
     Send(#[source] hyper::Error),
 }
 
-/// Sends `req` over `stream` (already connected to the checked address) and
-/// returns the response head with its body still streaming. Hop-by-hop
-/// headers are removed from the response too.
-pub async fn send<B>(stream: TcpStream, req: Request<B>) -> Result<Response<Incoming>, ForwardError>
+/// Opens an HTTP/1 client connection over `io` (already connected to the
+/// checked address, TLS already set up when there is any). The connection
+/// task runs until the sender is dropped and the last body is done; it
+/// supports upgrades (WebSocket).
+pub async fn client<I, B>(io: I) -> Result<hyper::client::conn::http1::SendRequest<B>, ForwardError>
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(ForwardError::Handshake)?;
-    // The connection task ends when the response body is done or dropped.
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
+    Ok(sender)
+}
+
+/// Sends `req` over `io` on a new connection and returns the response head
+/// with its body still streaming. Hop-by-hop headers are removed from the
+/// response too.
+pub async fn send<I, B>(io: I, req: Request<B>) -> Result<Response<Incoming>, ForwardError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut sender = client(io).await?;
     let mut resp = sender.send_request(req).await.map_err(ForwardError::Send)?;
     strip_hop_headers(resp.headers_mut());
     Ok(resp)
+}
+
+/// `host[:port]` as a `Host` header for the destination that was checked;
+/// the port is left out when it is `default_port`.
+pub fn host_header(host: &str, port: u16, default_port: u16) -> Option<HeaderValue> {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let text = if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    HeaderValue::from_str(&text).ok()
+}
+
+/// `Some(reason)` when the request's `Host` header is missing (and
+/// `required`), repeated, malformed, or names another destination than
+/// `host:port`; a `Host` without a port means `default_port`. The reason never
+/// quotes the header.
+pub fn host_header_mismatch(
+    headers: &HeaderMap,
+    host: &str,
+    port: u16,
+    default_port: u16,
+    required: bool,
+) -> Option<String> {
+    let target = crate::egress::host_port(host, port);
+    let mut values = headers.get_all(HOST).iter();
+    let Some(first) = values.next() else {
+        return required.then(|| format!("the request has no Host header; it must name {target}"));
+    };
+    if values.next().is_some() {
+        return Some("the request carries more than one Host header".into());
+    }
+    let parsed = first
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<Authority>().ok())
+        .filter(|a| !a.as_str().contains('@'));
+    let Some(auth) = parsed else {
+        return Some(format!(
+            "the Host header is not a valid host[:port]; the destination is {target}"
+        ));
+    };
+    if same_host(auth.host(), host) && auth.port_u16().unwrap_or(default_port) == port {
+        None
+    } else {
+        Some(format!(
+            "the Host header names a different destination than {target}, the one the policy checked"
+        ))
+    }
+}
+
+/// Do two hosts name the same destination once normalised?
+pub fn same_host(a: &str, b: &str) -> bool {
+    match (normalize_host(a), normalize_host(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// A byte counter shared between a body and whoever reports on it.
@@ -224,6 +305,57 @@ mod tests {
         assert_eq!(origin_form(&u), "/x/y?q=1");
         let u: Uri = "http://a.example".parse().unwrap();
         assert_eq!(origin_form(&u), "/");
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn host_header_must_match_the_destination() {
+        assert_eq!(
+            host_header_mismatch(&headers(&[]), "a.example", 80, 80, false),
+            None
+        );
+        assert!(host_header_mismatch(&headers(&[]), "a.example", 443, 443, true).is_some());
+        for ok in ["a.example", "A.Example.", "a.example:80"] {
+            let h = headers(&[("host", ok)]);
+            assert_eq!(
+                host_header_mismatch(&h, "a.example", 80, 80, true),
+                None,
+                "{ok}"
+            );
+        }
+        let h = headers(&[("host", "127.0.0.1:8080")]);
+        assert_eq!(host_header_mismatch(&h, "127.0.0.1", 8080, 80, true), None);
+        for bad in ["b.example", "a.example:81", "x@a.example", "a example"] {
+            let h = headers(&[("host", bad)]);
+            assert!(
+                host_header_mismatch(&h, "a.example", 80, 80, true).is_some(),
+                "{bad}"
+            );
+        }
+        // Inside TLS, a Host without a port means 443.
+        let h = headers(&[("host", "a.example")]);
+        assert!(host_header_mismatch(&h, "a.example", 8443, 443, true).is_some());
+        let h = headers(&[("host", "a.example"), ("host", "a.example")]);
+        assert!(host_header_mismatch(&h, "a.example", 80, 80, true).is_some());
+        let h = headers(&[("host", "[::1]:8080")]);
+        assert_eq!(host_header_mismatch(&h, "::1", 8080, 80, true), None);
+    }
+
+    #[test]
+    fn host_header_values() {
+        assert_eq!(host_header("a.example", 443, 443).unwrap(), "a.example");
+        assert_eq!(
+            host_header("a.example", 8443, 443).unwrap(),
+            "a.example:8443"
+        );
+        assert_eq!(host_header("fd00::1", 8080, 80).unwrap(), "[fd00::1]:8080");
     }
 
     #[tokio::test]

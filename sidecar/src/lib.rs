@@ -1,85 +1,323 @@
 //! `bottle-sidecar`: the one process on a bottle's sidecar that enforces its
 //! policy.
 //!
-//! Today it runs the explicit egress proxy ([`proxy`]) from a rendered policy
-//! file ([`policy_file`]); DNS, transparent listeners, TLS interception,
-//! git-gate and supervise will join it in the same tokio runtime. The binary
-//! (`main.rs`) only parses arguments and calls [`run`], [`health::check`] or
-//! [`netinfo::collect`].
+//! [`Sidecar::start`] loads the rendered policy, the secrets and the bottle CA
+//! from the policy file's directory (refusing to start without a valid
+//! policy and CA: fail closed), binds every listener, and
+//! [`Sidecar::serve`] runs them on one tokio runtime with live reload. The
+//! binary (`main.rs`) only parses arguments and calls [`run`],
+//! [`health::check`] or [`netinfo::collect`].
 //!
 //! Module map:
-//! - [`egress`]: the decision for a destination, the connection to it, the
-//!   refusal text; shared by every listener.
-//! - [`forward`]: what a forwarding hop does to an HTTP message.
-//! - [`proxy`]: the `:3128` explicit proxy.
-//! - [`log`]: JSON lines on stdout, rate-limited per client.
+//! - [`egress`]: the decision for a destination, the destination guard's
+//!   use, the connection to a checked address, the refusal text; shared by
+//!   every listener. [`guard`] gathers the guard's inputs (resolution,
+//!   gateways, own addresses).
+//! - [`proxy`]: the `:3128` explicit proxy; [`transparent`]: `:80`/`:443`;
+//!   [`dns`]: `:53`.
+//! - [`intercept`]: what happens inside a tunnel: TLS termination, per-request
+//!   checks, upstream forwarding, WebSocket. [`tls`]: the CA, leaves and the
+//!   upstream TLS client. [`secrets`]: credential injection.
+//! - [`forward`], [`exchange`], [`io`], [`listen`]: the plumbing those share.
+//! - [`log`]: lifecycle events on stdout and the audit JSONL, rate-limited
+//!   per client. [`policy_file`] and [`reload`]: the policy in force.
 
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod egress;
+pub mod exchange;
 pub mod forward;
+pub mod guard;
 pub mod health;
+pub mod intercept;
+pub mod io;
+pub mod listen;
 pub mod log;
 pub mod netinfo;
 pub mod policy_file;
 pub mod proxy;
+pub mod reload;
+pub mod secrets;
+pub mod shared;
+pub mod tls;
+pub mod transparent;
 
+use crate::dns::Dns;
+use crate::guard::{LocalNetSource, Resolver};
+use crate::listen::ListenError;
 use crate::log::Logger;
-use crate::policy_file::{PolicyFileError, PolicyHandle};
-use crate::proxy::{Proxy, ProxyError};
+use crate::policy_file::{Live, PolicyFileError};
+use crate::proxy::Proxy;
+use crate::reload::{Stamp, Watch};
+use crate::secrets::{Secrets, SecretsError};
+use crate::shared::Shared;
+use crate::tls::{Tls, TlsSetupError};
+use crate::transparent::Transparent;
 use serde_json::json;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Where the explicit proxy listens unless told otherwise.
 pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:3128";
+/// Where DNS (UDP and TCP) listens unless told otherwise.
+pub const DEFAULT_DNS_LISTEN: &str = "0.0.0.0:53";
+/// Where the transparent HTTP listener listens unless told otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
+/// Where the transparent HTTPS listener listens unless told otherwise.
+pub const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:443";
+/// The secrets file, next to the policy file.
+pub const SECRETS_FILE: &str = "secrets.json";
+/// How often the policy and secrets files are checked for changes.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What `bottle-sidecar run` was asked to do, already validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `bottle-sidecar run` was asked to do, already validated. A listener
+/// set to `None` is off.
+#[derive(Debug, Clone)]
 pub struct RunConfig {
     pub policy_path: PathBuf,
-    pub proxy_listen: SocketAddr,
+    pub proxy_listen: Option<SocketAddr>,
+    pub dns_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub https_listen: Option<SocketAddr>,
+    /// The address DNS answers for allowed names (the sidecar's internal
+    /// IPv4). Required while DNS is on.
+    pub dns_answer: Option<Ipv4Addr>,
+    pub reload_interval: Duration,
+    /// How names are resolved for egress (tests use a fixed table).
+    pub resolver: Resolver,
+    /// Where the guard's gateways and own addresses come from.
+    pub local_net: LocalNetSource,
+    /// Destination port of the transparent HTTP listener (80).
+    pub transparent_http_port: u16,
+    /// Destination port of the transparent HTTPS listener (443).
+    pub transparent_https_port: u16,
 }
 
-/// Why `run` stopped with an error.
+fn default_addr(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
+}
+
+impl RunConfig {
+    /// Production defaults for the policy at `policy_path`.
+    pub fn new(policy_path: impl Into<PathBuf>) -> Self {
+        RunConfig {
+            policy_path: policy_path.into(),
+            proxy_listen: default_addr(DEFAULT_PROXY_LISTEN),
+            dns_listen: default_addr(DEFAULT_DNS_LISTEN),
+            http_listen: default_addr(DEFAULT_HTTP_LISTEN),
+            https_listen: default_addr(DEFAULT_HTTPS_LISTEN),
+            dns_answer: None,
+            reload_interval: RELOAD_INTERVAL,
+            resolver: Resolver::System,
+            local_net: LocalNetSource::System,
+            transparent_http_port: 80,
+            transparent_https_port: 443,
+        }
+    }
+
+    /// The directory holding the policy and, next to it, the CA and secrets.
+    pub fn state_dir(&self) -> &Path {
+        self.policy_path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Why the sidecar did not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("refusing to start without a valid policy: {0}")]
     Policy(#[from] PolicyFileError),
+    #[error("refusing to start without valid secrets: {0}")]
+    Secrets(#[from] SecretsError),
+    #[error("refusing to start without TLS interception: {0}")]
+    Tls(#[from] TlsSetupError),
+    #[error("--dns-answer is required while the DNS listener is on: it is the address allowed names resolve to (the sidecar's internal IPv4)")]
+    NoDnsAnswer,
     #[error(transparent)]
-    Proxy(#[from] ProxyError),
+    Listen(#[from] ListenError),
 }
 
-/// Loads the policy (refusing to start without a valid one), serves until
-/// `shutdown` completes, and logs the lifecycle.
+/// The addresses the listeners actually bound (`None` when off).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addrs {
+    pub proxy: Option<SocketAddr>,
+    pub dns_udp: Option<SocketAddr>,
+    pub dns_tcp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+}
+
+/// A started sidecar: everything loaded and bound, nothing served yet.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    close: watch::Sender<()>,
+    proxy: Option<Proxy>,
+    dns: Option<Dns>,
+    http: Option<Transparent>,
+    https: Option<Transparent>,
+    watch: Watch,
+    stamps: (Stamp, Stamp),
+    addrs: Addrs,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar")
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sidecar {
+    /// Loads the policy, secrets and CA (refusing to start without them) and
+    /// binds every listener that is on.
+    pub async fn start(config: &RunConfig, logger: Logger) -> Result<Sidecar, RunError> {
+        let dir = config.state_dir().to_path_buf();
+        let secrets_path = dir.join(SECRETS_FILE);
+        let stamps = (Stamp::of(&config.policy_path), Stamp::of(&secrets_path));
+        let policy = policy_file::load(&config.policy_path)?;
+        let secrets = Secrets::load(&secrets_path)?;
+        let tls = Tls::load(&dir)?;
+        let dns_answer = match (config.dns_listen, config.dns_answer) {
+            (Some(_), None) => return Err(RunError::NoDnsAnswer),
+            (_, ip) => ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        };
+        logger.event(
+            "policy-loaded",
+            json!({
+                "path": config.policy_path.display().to_string(),
+                "bottle": policy.bottle,
+                "allow": policy.egress.allow.len(),
+                "rules": policy.egress.rules.len(),
+                "credentials": policy.egress.credentials.len(),
+                "secrets": !secrets.is_empty(),
+            }),
+        );
+        let mut addrs = Addrs::default();
+        let proxy = match config.proxy_listen {
+            Some(addr) => {
+                let p = Proxy::bind(addr).await?;
+                addrs.proxy = Some(p.local_addr());
+                Some(p)
+            }
+            None => None,
+        };
+        let dns = match config.dns_listen {
+            Some(addr) => {
+                let d = Dns::bind(addr, dns_answer).await?;
+                addrs.dns_udp = Some(d.udp_addr());
+                addrs.dns_tcp = Some(d.tcp_addr());
+                Some(d)
+            }
+            None => None,
+        };
+        let http = match config.http_listen {
+            Some(addr) => {
+                let t = Transparent::bind(addr, false).await?;
+                addrs.http = Some(t.local_addr());
+                Some(t)
+            }
+            None => None,
+        };
+        let https = match config.https_listen {
+            Some(addr) => {
+                let t = Transparent::bind(addr, true).await?;
+                addrs.https = Some(t.local_addr());
+                Some(t)
+            }
+            None => None,
+        };
+        let (close, closed) = watch::channel(());
+        let shared = Arc::new(Shared {
+            policy: Live::new(policy),
+            secrets: Live::new(secrets),
+            local: Live::new(config.local_net.read()),
+            logger,
+            tls,
+            resolver: config.resolver.clone(),
+            transparent_http_port: config.transparent_http_port,
+            transparent_https_port: config.transparent_https_port,
+            closed,
+        });
+        Ok(Sidecar {
+            shared,
+            close,
+            proxy,
+            dns,
+            http,
+            https,
+            watch: Watch {
+                policy: config.policy_path.clone(),
+                secrets: secrets_path,
+                interval: config.reload_interval,
+                local: config.local_net.clone(),
+            },
+            stamps,
+            addrs,
+        })
+    }
+
+    /// The addresses bound.
+    pub fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+
+    /// Serves until `shutdown` completes, then stops every listener,
+    /// connection and tunnel.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared;
+        let logger = shared.logger.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        let listening = |name: &str, addr: SocketAddr| {
+            logger.event(
+                "listening",
+                json!({"listener": name, "addr": addr.to_string()}),
+            );
+        };
+        if let Some(p) = self.proxy {
+            listening("proxy", p.local_addr());
+            tasks.spawn(p.serve(shared.clone()));
+        }
+        if let Some(d) = self.dns {
+            listening("dns-udp", d.udp_addr());
+            listening("dns-tcp", d.tcp_addr());
+            tasks.spawn(d.serve(shared.clone()));
+        }
+        if let Some(t) = self.http {
+            listening("http", t.local_addr());
+            tasks.spawn(t.serve(shared.clone()));
+        }
+        if let Some(t) = self.https {
+            listening("https", t.local_addr());
+            tasks.spawn(t.serve(shared.clone()));
+        }
+        let (policy_stamp, secrets_stamp) = self.stamps;
+        tasks.spawn(reload::watch(
+            self.watch,
+            shared.clone(),
+            policy_stamp,
+            secrets_stamp,
+        ));
+        shutdown.await;
+        drop(self.close);
+        while tasks.join_next().await.is_some() {}
+        logger.flush_suppressed();
+        logger.event("stopped", json!({}));
+    }
+}
+
+/// Starts the sidecar and serves until `shutdown` completes.
 pub async fn run(
     config: &RunConfig,
     logger: Logger,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let policy = policy_file::load(&config.policy_path)?;
-    logger.event(
-        "policy-loaded",
-        json!({
-            "path": config.policy_path.display().to_string(),
-            "bottle": policy.bottle,
-            "allow": policy.egress.allow.len(),
-        }),
-    );
-    let proxy = Proxy::bind(
-        config.proxy_listen,
-        PolicyHandle::new(policy),
-        logger.clone(),
-    )
-    .await?;
-    logger.event(
-        "listening",
-        json!({"listener": "proxy", "addr": proxy.local_addr().to_string()}),
-    );
-    proxy.serve(shutdown).await;
-    logger.flush_suppressed();
-    logger.event("stopped", json!({}));
+    let sidecar = Sidecar::start(config, logger).await?;
+    sidecar.serve(shutdown).await;
     Ok(())
 }
 

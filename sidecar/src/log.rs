@@ -1,21 +1,28 @@
-//! The sidecar's log: one JSON object per line on stdout.
+//! The sidecar's logs: one JSON object per line, in two streams.
 //!
-//! Two kinds of line: lifecycle events (`"service":"sidecar"`, `"event":…`)
-//! and egress decisions (`"service":"egress"`, one per request or tunnel).
+//! - Lifecycle events (`"service":"sidecar"`, `"event":…`) go to the events
+//!   sink: stdout, read by `bottle logs` through the runtime.
+//! - Decisions go to the audit sink: the `--audit` JSONL file in the bottle's
+//!   state dir. `"service":"egress"` lines carry one request or tunnel each
+//!   ([`EgressRecord`]); `"service":"dns"` lines one DNS query
+//!   ([`DnsRecord`]).
+//!
 //! Every line a client can cause goes through a per-client-IP token bucket,
 //! so an agent in a loop cannot flood the host's disk; what the bucket drops
-//! is counted and reported in one `"event":"suppressed"` line when that client
-//! is logged again (or at shutdown).
+//! is counted and reported in one `"event":"suppressed"` audit line when that
+//! client is logged again (or at shutdown).
 //!
-//! Nothing here ever receives a header value: [`EgressRecord`] has no field
-//! that could carry one.
+//! Nothing here ever receives a header value or a secret: the records have no
+//! field that could carry one.
 
 use bottle_policy::Verdict;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +49,54 @@ impl LineSink for StdoutSink {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(&buf);
         let _ = out.flush();
+    }
+}
+
+/// An append-only file, one `write` per line so lines from concurrent
+/// connections never interleave. Write errors are dropped like stdout's: a
+/// full disk must not stop enforcement.
+#[derive(Debug)]
+pub struct FileSink {
+    file: Mutex<File>,
+}
+
+/// Why the audit file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditFileError {
+    #[error("cannot open audit log {path} for appending: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FileSink {
+    /// Opens (creating if needed, mode 0640) `path` for appending.
+    pub fn append(path: &Path) -> Result<Self, AuditFileError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(|source| AuditFileError::Open {
+                path: path.into(),
+                source,
+            })?;
+        Ok(FileSink {
+            file: Mutex::new(file),
+        })
+    }
+}
+
+impl LineSink for FileSink {
+    fn write_line(&self, line: &str) {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = file.write_all(&buf);
     }
 }
 
@@ -206,6 +261,49 @@ impl EgressRecord {
     }
 }
 
+/// One DNS query and its answer, as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsRecord {
+    /// `ip:port` of the client.
+    pub client: String,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    /// The queried name (lower case, cut to a safe length); absent when the
+    /// query could not be parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `A`, `AAAA`, or the numeric type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+    /// The allow entry that made the name answerable, or why not.
+    pub rule: String,
+    pub decision: Verdict,
+    /// `NOERROR`, `REFUSED`, `FORMERR`, `NOTIMP`.
+    pub rcode: &'static str,
+    /// Number of answer records.
+    pub answers: u16,
+}
+
+impl DnsRecord {
+    pub fn new(client: SocketAddr, transport: &'static str) -> Self {
+        DnsRecord {
+            client: client.to_string(),
+            transport,
+            name: None,
+            qtype: None,
+            rule: String::new(),
+            decision: Verdict::Deny,
+            rcode: "REFUSED",
+            answers: 0,
+        }
+    }
+
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(truncate(name, MAX_FIELD));
+        self
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -228,7 +326,8 @@ struct Stamped<'a, T: Serialize> {
 /// The logger handed to every service. Cheap to clone.
 #[derive(Clone)]
 pub struct Logger {
-    sink: Arc<dyn LineSink>,
+    events: Arc<dyn LineSink>,
+    audit: Arc<dyn LineSink>,
     limiter: Arc<Mutex<RateLimiter>>,
 }
 
@@ -239,22 +338,29 @@ impl std::fmt::Debug for Logger {
 }
 
 impl Logger {
-    pub fn new(sink: Arc<dyn LineSink>, limit: RateLimit) -> Self {
+    /// Lifecycle events go to `events`, decisions to `audit` (they may be the
+    /// same sink).
+    pub fn new(events: Arc<dyn LineSink>, audit: Arc<dyn LineSink>, limit: RateLimit) -> Self {
         Logger {
-            sink,
+            events,
+            audit,
             limiter: Arc::new(Mutex::new(RateLimiter::new(limit))),
         }
     }
 
-    /// Stdout with the default rate limit.
+    /// Both streams on stdout, with the default rate limit.
     pub fn stdout() -> Self {
-        Logger::new(Arc::new(StdoutSink), RateLimit::default())
+        Logger::new(
+            Arc::new(StdoutSink),
+            Arc::new(StdoutSink),
+            RateLimit::default(),
+        )
     }
 
     /// A lifecycle line: `{"ts","service":"sidecar","event":event, …fields}`.
     /// `fields` should be a JSON object; anything else is ignored.
     pub fn event(&self, event: &str, fields: Value) {
-        self.write("sidecar", &event_body(event, fields));
+        write(&*self.events, "sidecar", &event_body(event, fields));
     }
 
     /// A lifecycle line a client caused (e.g. a malformed request), subject to
@@ -264,7 +370,9 @@ impl Logger {
             map.insert("client".into(), client.to_string().into());
         }
         let body = event_body(event, fields);
-        self.limited(client.ip(), Instant::now(), || self.write("sidecar", &body));
+        self.limited(client.ip(), Instant::now(), || {
+            write(&*self.events, "sidecar", &body)
+        });
     }
 
     /// An egress decision, subject to the client's rate limit.
@@ -274,7 +382,15 @@ impl Logger {
 
     /// [`Logger::egress`] with an explicit clock, for tests.
     pub fn egress_at(&self, ip: IpAddr, now: Instant, record: &EgressRecord) {
-        self.limited(ip, now, || self.write("egress", record));
+        self.limited(ip, now, || write(&*self.audit, "egress", record));
+    }
+
+    /// A DNS decision, subject to the client's rate limit (shared with its
+    /// egress lines).
+    pub fn dns(&self, client: SocketAddr, record: &DnsRecord) {
+        self.limited(client.ip(), Instant::now(), || {
+            write(&*self.audit, "dns", record)
+        });
     }
 
     /// Writes the pending `suppressed` summaries (call at shutdown).
@@ -302,7 +418,8 @@ impl Logger {
             client: String,
             count: u64,
         }
-        self.write(
+        write(
+            &*self.audit,
             "egress",
             &Suppressed {
                 event: "suppressed",
@@ -312,24 +429,24 @@ impl Logger {
         );
     }
 
-    fn write<T: Serialize>(&self, service: &'static str, body: &T) {
-        let stamped = Stamped {
-            ts: rfc3339_millis(SystemTime::now()),
-            service,
-            body,
-        };
-        match serde_json::to_string(&stamped) {
-            Ok(line) => self.sink.write_line(&line),
-            Err(e) => self.sink.write_line(&format!(
-                r#"{{"service":"sidecar","event":"log-error","error":{}}}"#,
-                Value::from(e.to_string())
-            )),
-        }
-    }
-
     fn lock_limiter(&self) -> MutexGuard<'_, RateLimiter> {
         // A panic while holding this lock leaves only counters behind.
         self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn write<T: Serialize>(sink: &dyn LineSink, service: &'static str, body: &T) {
+    let stamped = Stamped {
+        ts: rfc3339_millis(SystemTime::now()),
+        service,
+        body,
+    };
+    match serde_json::to_string(&stamped) {
+        Ok(line) => sink.write_line(&line),
+        Err(e) => sink.write_line(&format!(
+            r#"{{"service":"sidecar","event":"log-error","error":{}}}"#,
+            Value::from(e.to_string())
+        )),
     }
 }
 
@@ -448,6 +565,7 @@ mod tests {
         let lines = Arc::new(Lines::default());
         let log = Logger::new(
             lines.clone(),
+            lines.clone(),
             RateLimit {
                 per_second: 1.0,
                 burst: 2.0,
@@ -488,6 +606,7 @@ mod tests {
         let lines = Arc::new(Lines::default());
         let log = Logger::new(
             lines.clone(),
+            lines.clone(),
             RateLimit {
                 per_second: 0.0,
                 burst: 1.0,
@@ -504,6 +623,43 @@ mod tests {
         assert_eq!(all[1]["event"], "suppressed");
         assert_eq!(all[1]["client"], "fd00::2");
         assert_eq!(all[1]["count"], 3);
+    }
+
+    #[test]
+    fn events_and_decisions_go_to_their_own_sinks() {
+        let events = Arc::new(Lines::default());
+        let audit = Arc::new(Lines::default());
+        let log = Logger::new(events.clone(), audit.clone(), RateLimit::default());
+        let client: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        log.event("listening", serde_json::json!({}));
+        log.egress(client, &EgressRecord::new(client, "GET"));
+        let mut q = DnsRecord::new(client, "udp").name("evil.example");
+        q.rule = "default-deny".into();
+        log.dns(client, &q);
+        assert_eq!(events.json().len(), 1);
+        let audit = audit.json();
+        assert_eq!(audit.len(), 2);
+        assert_eq!(audit[0]["service"], "egress");
+        assert_eq!(audit[1]["service"], "dns");
+        assert_eq!(audit[1]["name"], "evil.example");
+        assert_eq!(audit[1]["rcode"], "REFUSED");
+    }
+
+    #[test]
+    fn file_sink_appends_whole_lines() {
+        let dir = std::env::temp_dir().join(format!("bottle-log-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("egress.jsonl");
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "{\"old\":1}\n").unwrap();
+        let sink = FileSink::append(&path).unwrap();
+        sink.write_line("{\"new\":2}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"old\":1}\n{\"new\":2}\n"
+        );
+        let err = FileSink::append(&dir.join("missing/dir/x.jsonl")).unwrap_err();
+        assert!(err.to_string().contains("cannot open audit log"), "{err}");
     }
 
     #[test]

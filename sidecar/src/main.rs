@@ -5,16 +5,30 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
-use bottle_sidecar::log::Logger;
-use bottle_sidecar::{health, netinfo, RunConfig, DEFAULT_PROXY_LISTEN};
+use bottle_sidecar::log::{FileSink, LineSink, Logger, RateLimit, StdoutSink};
+use bottle_sidecar::{
+    health, netinfo, RunConfig, DEFAULT_DNS_LISTEN, DEFAULT_HTTPS_LISTEN, DEFAULT_HTTP_LISTEN,
+    DEFAULT_PROXY_LISTEN,
+};
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 const USAGE: &str = "\
 usage:
-  bottle-sidecar run --policy PATH [--proxy-listen ADDR]   (default ADDR 0.0.0.0:3128)
+  bottle-sidecar run --policy PATH [--audit PATH] [--dns-answer IPV4]
+                     [--proxy-listen ADDR] [--dns-listen ADDR]
+                     [--http-listen ADDR] [--https-listen ADDR]
+      ca.pem, ca-key.pem (required), secrets.json and upstream-roots.pem
+      (optional) are read from the policy file's directory.
+      --audit       decisions as JSON lines appended here (default: stdout)
+      --dns-answer  the address allowed names resolve to (required with DNS on);
+                    a subnet (a.b.c.0/24) means our own address inside it
+      listen ADDRs are ip:port, or `off`; defaults 0.0.0.0:3128, 0.0.0.0:53,
+      0.0.0.0:80, 0.0.0.0:443
   bottle-sidecar health [--addr ADDR]                      (default ADDR 127.0.0.1:3128)
   bottle-sidecar netinfo
 ";
@@ -23,7 +37,7 @@ usage:
 const EXIT_USAGE: u8 = 2;
 
 enum Command {
-    Run(RunConfig),
+    Run(Box<RunConfig>, Option<PathBuf>),
     Health(SocketAddr),
     NetInfo,
     Help,
@@ -43,7 +57,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Command::Run(config) => run(config),
+        Command::Run(config, audit) => run(*config, audit),
         Command::Health(addr) => health(addr),
         Command::NetInfo => netinfo(),
     }
@@ -59,20 +73,31 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     let mut flags = Flags::new(rest)?;
     let command = match sub.as_str() {
         "run" => {
-            let policy_path = flags
+            let policy_path: PathBuf = flags
                 .take("--policy")
                 .context("`run` needs --policy PATH (the rendered policy JSON)")?
                 .into();
-            let listen = flags
-                .take("--proxy-listen")
-                .unwrap_or_else(|| DEFAULT_PROXY_LISTEN.into());
-            let proxy_listen = listen
-                .parse()
-                .with_context(|| format!("--proxy-listen `{listen}` is not an ip:port"))?;
-            Command::Run(RunConfig {
-                policy_path,
-                proxy_listen,
-            })
+            let mut config = RunConfig::new(policy_path);
+            config.proxy_listen = listen_flag(&mut flags, "--proxy-listen", DEFAULT_PROXY_LISTEN)?;
+            config.dns_listen = listen_flag(&mut flags, "--dns-listen", DEFAULT_DNS_LISTEN)?;
+            config.http_listen = listen_flag(&mut flags, "--http-listen", DEFAULT_HTTP_LISTEN)?;
+            config.https_listen = listen_flag(&mut flags, "--https-listen", DEFAULT_HTTPS_LISTEN)?;
+            if let Some(ip) = flags.take("--dns-answer") {
+                config.dns_answer = Some(match ip.split_once('/') {
+                    // A subnet: runtimes that assign addresses at start cannot
+                    // name ours beforehand; use our own address inside it.
+                    Some(_) => bottle_sidecar::netinfo::own_address_in(&ip)
+                        .with_context(|| format!("--dns-answer `{ip}`"))?,
+                    None => ip.parse::<Ipv4Addr>().with_context(|| {
+                        format!("--dns-answer `{ip}` is not an IPv4 address or subnet")
+                    })?,
+                });
+            }
+            if config.dns_listen.is_some() && config.dns_answer.is_none() {
+                bail!("`run` needs --dns-answer IPV4 while DNS is on (or --dns-listen off)");
+            }
+            let audit = flags.take("--audit").map(PathBuf::from);
+            Command::Run(Box::new(config), audit)
         }
         "health" => {
             let addr = flags
@@ -89,6 +114,18 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     };
     flags.finish()?;
     Ok(command)
+}
+
+/// A listen address flag: `ip:port`, or `off`.
+fn listen_flag(flags: &mut Flags, name: &str, default: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let value = flags.take(name).unwrap_or_else(|| default.into());
+    if value == "off" {
+        return Ok(None);
+    }
+    let addr = value
+        .parse()
+        .with_context(|| format!("{name} `{value}` is not an ip:port (or `off`)"))?;
+    Ok(Some(addr))
 }
 
 /// `--name value` / `--name=value` pairs; each flag at most once.
@@ -138,8 +175,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(config: RunConfig) -> ExitCode {
-    let logger = Logger::stdout();
+fn run(config: RunConfig, audit: Option<PathBuf>) -> ExitCode {
+    let events: Arc<dyn LineSink> = Arc::new(StdoutSink);
+    let audit_sink: Arc<dyn LineSink> = match &audit {
+        None => events.clone(),
+        Some(path) => match FileSink::append(path) {
+            Ok(sink) => Arc::new(sink),
+            Err(e) => {
+                let logger = Logger::new(events.clone(), events, RateLimit::default());
+                logger.event("fatal", json!({"error": e.to_string()}));
+                eprintln!("bottle-sidecar: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let logger = Logger::new(events, audit_sink, RateLimit::default());
     let result = runtime().and_then(|rt| {
         let served = rt.block_on(async {
             let shutdown = bottle_sidecar::shutdown_signal(logger.clone())

@@ -28,6 +28,8 @@ pub struct InterfaceInfo {
 pub enum NetInfoError {
     #[error("cannot list network interface addresses: {0}")]
     List(#[source] std::io::Error),
+    #[error("{0}")]
+    NoAddress(String),
 }
 
 /// Where Linux lists every interface, addressed or not.
@@ -61,6 +63,41 @@ pub fn collect() -> Result<NetInfo, NetInfoError> {
         })
         .collect();
     Ok(NetInfo { interfaces })
+}
+
+/// This namespace's own IPv4 address inside `cidr` (`a.b.c.d/len`).
+///
+/// ```
+/// // 127.0.0.1 is on every host's loopback.
+/// assert_eq!(
+///     bottle_sidecar::netinfo::own_address_in("127.0.0.0/8").unwrap(),
+///     std::net::Ipv4Addr::LOCALHOST
+/// );
+/// assert!(bottle_sidecar::netinfo::own_address_in("192.0.2.128/25").is_err());
+/// assert!(bottle_sidecar::netinfo::own_address_in("nonsense").is_err());
+/// ```
+pub fn own_address_in(cidr: &str) -> Result<std::net::Ipv4Addr, NetInfoError> {
+    let (base, len) = cidr
+        .split_once('/')
+        .and_then(|(a, l)| {
+            Some((
+                a.parse::<std::net::Ipv4Addr>().ok()?,
+                l.parse::<u32>().ok()?,
+            ))
+        })
+        .filter(|(_, l)| *l <= 32)
+        .ok_or_else(|| NetInfoError::NoAddress(format!("`{cidr}` is not an IPv4 subnet")))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    for iface in if_addrs::get_if_addrs().map_err(NetInfoError::List)? {
+        if let if_addrs::IfAddr::V4(a) = &iface.addr {
+            if u32::from(a.ip) & mask == u32::from(base) & mask {
+                return Ok(a.ip);
+            }
+        }
+    }
+    Err(NetInfoError::NoAddress(format!(
+        "no interface has an address in {cidr}"
+    )))
 }
 
 #[cfg(test)]

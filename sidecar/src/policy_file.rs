@@ -79,33 +79,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyFileError> {
     })
 }
 
-/// The policy in force, shared by every service. Readers take a snapshot per
-/// decision; a later live reload swaps the whole policy at once with
-/// [`PolicyHandle::replace`], so no decision ever sees half of two policies.
-#[derive(Debug, Clone)]
-pub struct PolicyHandle {
-    inner: Arc<RwLock<Arc<Policy>>>,
+/// A value in force for every service (the policy, the secrets), swapped
+/// whole on reload. Readers take a snapshot (an `Arc`) per decision, so no
+/// decision ever sees half of two versions, and connections already open keep
+/// working while the next decision uses the new value.
+#[derive(Debug)]
+pub struct Live<T> {
+    inner: Arc<RwLock<Arc<T>>>,
 }
 
-impl PolicyHandle {
-    pub fn new(policy: Policy) -> Self {
-        PolicyHandle {
-            inner: Arc::new(RwLock::new(Arc::new(policy))),
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Live {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Self {
+        Live {
+            inner: Arc::new(RwLock::new(Arc::new(value))),
         }
     }
 
-    /// The policy as of now.
-    pub fn current(&self) -> Arc<Policy> {
+    /// The value as of now.
+    pub fn current(&self) -> Arc<T> {
         // The lock only guards an Arc swap; a poisoned lock still holds a
-        // complete policy.
+        // complete value.
         self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Puts `policy` in force for every decision taken after this call.
-    pub fn replace(&self, policy: Policy) {
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    /// Puts `value` in force for every decision taken after this call.
+    pub fn replace(&self, value: T) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
     }
 }
+
+/// The policy in force.
+pub type PolicyHandle = Live<Policy>;
 
 #[cfg(test)]
 mod tests {

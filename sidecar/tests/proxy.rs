@@ -1,6 +1,7 @@
 //! The explicit proxy against real sockets: raw CONNECT lines, a hyper
 //! client, and the real `curl`. Each test tries an allowed thing and asserts
-//! it works, or a forbidden thing and asserts the exact refusal.
+//! it works, or a forbidden thing and asserts the exact refusal. (TLS
+//! interception is in `intercept.rs`.)
 
 mod common;
 
@@ -20,52 +21,87 @@ fn allow(entries: &[String]) -> Vec<String> {
 
 /// The decision lines for a given method, once there are `n` of them.
 async fn decisions_for(proxy: &TestProxy, method: &str, n: usize) -> Vec<Value> {
-    eventually(&format!("{n} {method} log line(s)"), || {
-        let found: Vec<Value> = proxy
-            .log
-            .decisions()
-            .into_iter()
-            .filter(|v| v["method"] == method)
-            .collect();
-        (found.len() >= n).then_some(found)
-    })
-    .await
+    proxy.decisions_for(method, n).await
 }
 
 #[tokio::test]
-async fn allowed_connect_tunnels_bytes_both_ways() {
-    let echo = echo_server().await;
-    let proxy = start_proxy(&allow(&[format!("127.0.0.1:{}", echo.port())])).await;
+async fn raw_bytes_inside_an_allowed_tunnel_are_refused_never_piped() {
+    let (sink, received) = sink_server().await;
+    let target = format!("127.0.0.1:{}", sink.port());
+    let proxy = start_proxy(&allow(std::slice::from_ref(&target))).await;
 
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let target = format!("127.0.0.1:{}", echo.port());
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+    let mut s = tunnel(proxy.addr, &target).await;
+    s.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\nping through the tunnel")
         .await
         .unwrap();
-    let head = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-
-    s.write_all(b"ping through the tunnel").await.unwrap();
-    let mut buf = [0u8; 23];
-    s.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"ping through the tunnel");
-    s.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await.unwrap();
-    assert!(rest.is_empty());
-
-    let line = decisions_for(&proxy, "CONNECT", 1).await.remove(0);
-    assert_eq!(line["decision"], "allow");
+    let mut buf = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .expect("the sidecar must close the tunnel")
+        .unwrap();
+    let resp = parse_response(&buf);
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(
+        resp.body,
+        format!(
+            "bottle egress: blocked CONNECT {target}\n\
+             rule: tunnel-not-http\n\
+             why: the bytes sent inside the tunnel to {target} are neither TLS nor HTTP/1; egress tunnels carry only those\n\
+             to get access: speak TLS (https://) or HTTP through the tunnel; other protocols (ssh, raw TCP) are not forwarded\n"
+        )
+    );
+    let refused = proxy.decision_with_rule("tunnel-not-http").await;
+    assert_eq!(refused["decision"], "deny");
+    assert_eq!(refused["status"], 403);
+    let line = eventually("the CONNECT line", || {
+        proxy
+            .log
+            .decisions()
+            .into_iter()
+            .find(|v| v["method"] == "CONNECT" && v["decision"] == "allow")
+    })
+    .await;
     assert_eq!(line["status"], 200);
     assert_eq!(line["rule"], target);
-    assert_eq!(line["host"], "127.0.0.1");
-    assert_eq!(line["port"], echo.port());
-    assert_eq!(line["bytes_up"], 23);
-    assert_eq!(line["bytes_down"], 23);
+    assert!(line["error"]
+        .as_str()
+        .unwrap()
+        .contains("neither TLS nor HTTP"));
+    assert!(line["bytes_up"].as_u64().unwrap() > 0);
     assert!(line.get("path").is_none(), "CONNECT has no path: {line}");
     assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(line["ts"].as_str().unwrap().ends_with('Z'));
-    assert!(line["duration_ms"].is_u64());
+    // Not one byte reached the upstream.
+    assert!(received.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn plain_http_inside_a_tunnel_is_checked_per_request() {
+    let origin = http_origin().await;
+    let target = format!("127.0.0.1:{}", origin.port());
+    let proxy = start_proxy(&allow(std::slice::from_ref(&target))).await;
+
+    let mut s = tunnel(proxy.addr, &target).await;
+    s.write_all(format!("GET /in/tunnel?q=1 HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let resp = read_response(&mut s).await;
+    assert_eq!((resp.status, resp.body.as_str()), (200, ORIGIN_BODY));
+    // Same tunnel, another Host: refused, and the origin never sees it.
+    let resp = exchange(
+        s,
+        "GET /other HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(resp.body.contains("rule: host-mismatch"), "{}", resp.body);
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/in/tunnel?q=1");
+    let get = decisions_for(&proxy, "GET", 2).await;
+    assert!(get
+        .iter()
+        .any(|l| l["decision"] == "allow" && l["path"] == "/in/tunnel" && l["status"] == 200));
 }
 
 #[tokio::test]
@@ -75,22 +111,15 @@ async fn ipv6_connect_is_decided_on_the_bracketed_literal() {
         return;
     };
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let _ = s.write_all(b"v6").await;
-        }
-    });
+    drop(listener);
     let proxy = start_proxy(&allow(&[format!("[::1]:{port}")])).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(format!("CONNECT [::1]:{port} HTTP/1.1\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut buf = [0u8; 2];
-    s.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"v6");
-
+    // Allowed, but nothing listens: the decision is allow, the answer 502.
+    let resp = raw_request(
+        proxy.addr,
+        &format!("CONNECT [::1]:{port} HTTP/1.1\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{resp:?}");
     let resp = raw_request(
         proxy.addr,
         "CONNECT [::2]:443 HTTP/1.1\r\nConnection: close\r\n\r\n",
@@ -137,7 +166,7 @@ async fn denied_connect_gets_403_naming_the_rule() {
 
 #[tokio::test]
 async fn allowed_host_on_another_port_gets_403_naming_the_port() {
-    let echo = echo_server().await;
+    let (echo, _) = sink_server().await;
     let proxy = start_proxy(&allow(&[format!("127.0.0.1:{}", echo.port())])).await;
     let other = closed_port();
     let resp = raw_request(

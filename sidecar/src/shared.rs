@@ -1,0 +1,49 @@
+//! The state every listener shares: the live policy and secrets, the TLS
+//! material, the resolver and the guard's view of the network, the logger,
+//! and the shutdown signal.
+
+use crate::egress::{self, Allowed, Checked, ReachError};
+use crate::guard::Resolver;
+use crate::log::Logger;
+use crate::policy_file::{Live, PolicyHandle};
+use crate::secrets::Secrets;
+use crate::tls::Tls;
+use bottle_policy::{EgressPolicy, LocalNet};
+use tokio::sync::watch;
+
+/// Shared by every connection of every listener (behind an `Arc`).
+#[derive(Debug)]
+pub struct Shared {
+    pub policy: PolicyHandle,
+    pub secrets: Live<Secrets>,
+    /// The sidecar's gateways and own addresses, refreshed by the reload loop.
+    pub local: Live<LocalNet>,
+    pub logger: Logger,
+    pub tls: Tls,
+    pub resolver: Resolver,
+    /// Port the transparent HTTP listener forwards to (80 in production).
+    pub transparent_http_port: u16,
+    /// Port the transparent HTTPS listener forwards to (443 in production).
+    pub transparent_https_port: u16,
+    /// Completes (with an error) at shutdown: connections and tunnels stop
+    /// with it.
+    pub closed: watch::Receiver<()>,
+}
+
+impl Shared {
+    /// Resolves `target` and keeps the addresses the destination guard
+    /// accepts under `policy`.
+    pub async fn check_destination(
+        &self,
+        policy: &EgressPolicy,
+        target: &Allowed,
+    ) -> Result<Checked, ReachError> {
+        egress::guarded_addrs(&self.resolver, policy, &self.local.current(), target).await
+    }
+
+    /// Completes at shutdown.
+    pub async fn closing(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.changed().await;
+    }
+}

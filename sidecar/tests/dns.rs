@@ -1,0 +1,134 @@
+//! The sidecar's DNS over real UDP and TCP sockets: allowed names answer the
+//! sidecar's address, everything else is REFUSED, and the log is
+//! rate-limited. (That no query ever leaves is checked on the binary in
+//! `cli.rs`, by the sockets the process holds.)
+
+mod common;
+
+use bottle_sidecar::log::RateLimit;
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+fn rcode(reply: &[u8]) -> u8 {
+    reply[3] & 0xF
+}
+
+fn ancount(reply: &[u8]) -> u16 {
+    u16::from_be_bytes([reply[6], reply[7]])
+}
+
+async fn ask_udp(bottle: &Bottle, id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&query(id, name, qtype), bottle.addrs.dns_udp.unwrap())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(PATIENCE, sock.recv(&mut buf))
+        .await
+        .expect("no DNS answer")
+        .unwrap();
+    buf.truncate(n);
+    assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), id);
+    buf
+}
+
+async fn dns_bottle(limit: RateLimit) -> Bottle {
+    let mut opts = Options::new(json!({"allow": ["api.example.com", "*.pythonhosted.org:443"]}));
+    opts.limit = limit;
+    Bottle::start(opts).await
+}
+
+#[tokio::test]
+async fn allowed_names_get_the_sidecar_and_the_rest_is_refused() {
+    let bottle = dns_bottle(RateLimit::default()).await;
+    let a = ask_udp(&bottle, 1, "api.example.com", 1).await;
+    assert_eq!((rcode(&a), ancount(&a)), (0, 1));
+    assert_eq!(
+        &a[a.len() - 4..],
+        &[10, 99, 0, 2],
+        "the --dns-answer address"
+    );
+    assert_eq!(&a[a.len() - 10..a.len() - 6], &[0, 0, 0, 5], "TTL 5");
+    let a = ask_udp(&bottle, 2, "files.pythonhosted.org", 1).await;
+    assert_eq!((rcode(&a), ancount(&a)), (0, 1));
+    let aaaa = ask_udp(&bottle, 3, "api.example.com", 28).await;
+    assert_eq!((rcode(&aaaa), ancount(&aaaa)), (0, 0));
+    for (id, name, qtype) in [
+        (4, "evil.example", 1),
+        (5, "pythonhosted.org", 1),
+        (6, "c2VjcmV0LXZhbHVl.exfil.example", 1),
+        (7, "api.example.com", 16),
+        (8, "random-4f9c.example.org", 28),
+    ] {
+        let r = ask_udp(&bottle, id, name, qtype).await;
+        assert_eq!((rcode(&r), ancount(&r)), (5, 0), "{name} type {qtype}");
+    }
+
+    // The same over TCP, two queries on one connection.
+    let mut s = TcpStream::connect(bottle.addrs.dns_tcp.unwrap())
+        .await
+        .unwrap();
+    for (id, name, want) in [(9u16, "api.example.com", 0u8), (10, "evil.example", 5)] {
+        let q = query(id, name, 1);
+        s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&q).await.unwrap();
+        let len = s.read_u16().await.unwrap();
+        let mut r = vec![0u8; usize::from(len)];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(rcode(&r), want, "{name}");
+    }
+
+    let lines = eventually("10 dns lines", || {
+        let l = bottle.log.dns();
+        (l.len() >= 10).then_some(l)
+    })
+    .await;
+    let refused = lines.iter().find(|l| l["name"] == "evil.example").unwrap();
+    assert_eq!(refused["decision"], "deny");
+    assert_eq!(refused["rcode"], "REFUSED");
+    assert_eq!(refused["rule"], "default-deny");
+    let answered = lines
+        .iter()
+        .find(|l| l["transport"] == "tcp" && l["answers"] == 1)
+        .unwrap();
+    assert_eq!(answered["rule"], "api.example.com");
+    assert_eq!(answered["qtype"], "A");
+}
+
+#[tokio::test]
+async fn dns_log_lines_are_rate_limited() {
+    let bottle = dns_bottle(RateLimit {
+        per_second: 0.0,
+        burst: 3.0,
+    })
+    .await;
+    for id in 0..7 {
+        let r = ask_udp(&bottle, id, &format!("n{id}.exfil.example"), 1).await;
+        assert_eq!(rcode(&r), 5);
+    }
+    // Lines are written before answers are sent, so the counts are final.
+    bottle.logger.flush_suppressed();
+    assert_eq!(bottle.log.dns().len(), 3, "{:?}", bottle.log.raw());
+    let summary: Vec<_> = bottle
+        .log
+        .json()
+        .into_iter()
+        .filter(|v| v["event"] == "suppressed")
+        .collect();
+    assert_eq!(summary[0]["count"], 4);
+}
