@@ -11,13 +11,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apple;
 pub mod docker;
 mod error;
 mod probe;
+mod process;
+pub mod smolvm;
 mod spec;
 
 pub use error::RuntimeError;
-pub use probe::{Capability, CapabilityState, Probe};
+pub use probe::{weakness_meaning, Capability, CapabilityState, Probe, WEAKNESSES};
+pub use process::Version;
 pub use spec::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, Mount,
     NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Publish, ResourceKind, ResourceRef,
@@ -88,6 +92,26 @@ pub trait Runtime: Send + Sync {
         network: &NetworkInfo,
         helper_image: &str,
     ) -> Result<Vec<std::net::IpAddr>, RuntimeError>;
+
+    /// Addresses at which the host (the machine the runtime's networks live
+    /// on) answers: its interface addresses and the gateway of every network
+    /// the runtime knows. `bottle verify` tries each from inside the agent.
+    /// Runtimes that cannot list them return what they can.
+    async fn host_targets(
+        &self,
+        helper_image: &str,
+    ) -> Result<Vec<std::net::IpAddr>, RuntimeError> {
+        let _ = helper_image;
+        Ok(Vec::new())
+    }
+
+    /// True when addresses are leased at start and cannot be fixed
+    /// (Apple `container`, smolvm): a [`NetworkAttachment`] must then leave
+    /// `ipv4` empty, and addresses are read with
+    /// [`Runtime::inspect_container`] after [`Runtime::start_container`].
+    fn assigns_addresses_at_start(&self) -> bool {
+        false
+    }
 
     /// Creates (does not start) a container attached to every network in
     /// `spec.networks`, in order.

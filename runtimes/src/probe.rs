@@ -3,6 +3,10 @@
 //! Each capability says whether it was measured (by creating something and
 //! looking) or inferred (from a version number), so nobody mistakes an
 //! inference for a measurement.
+//!
+//! A capability that a runtime is known to lack, and that a user may
+//! knowingly give up, names a *weakness* ([`WEAKNESSES`]): `bottle up`
+//! refuses while it is present, unless `--accept-weakness NAME` names it.
 
 use crate::RuntimeKind;
 use serde::Serialize;
@@ -31,6 +35,28 @@ pub struct Capability {
     pub detail: String,
     /// Whether `bottle up` refuses when this is not `yes`.
     pub required: bool,
+    /// When this is not `yes`: the weakness name (one of [`WEAKNESSES`]) a
+    /// user may accept with `--accept-weakness NAME` instead of refusing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weakness: Option<&'static str>,
+}
+
+/// Every weakness a probe can report, with what it means for the user.
+/// `docs/runtimes.md` explains each one at length.
+pub const WEAKNESSES: &[(&str, &str)] = &[
+    (
+        "host-reachable-from-internal",
+        "the agent can open connections to services on your machine (Apple container: the host answers at <subnet>.1 of the internal network, apple/container#1320)",
+    ),
+    (
+        "dns-forwarded-unfiltered",
+        "the agent can send DNS queries for any name past the sidecar to the runtime's resolver, a channel for leaking data (smolvm forwards DNS unfiltered unless a host allow-list is active)",
+    ),
+];
+
+/// What accepting the weakness `name` means, if it is one.
+pub fn weakness_meaning(name: &str) -> Option<&'static str> {
+    WEAKNESSES.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
 }
 
 /// Everything a probe found.
@@ -60,6 +86,7 @@ impl Probe {
                 how: "measured",
                 detail,
                 required: true,
+                weakness: None,
             }],
         }
     }
@@ -69,6 +96,14 @@ impl Probe {
         self.capabilities
             .iter()
             .find(|c| c.required && c.state != CapabilityState::Yes)
+    }
+
+    /// Every required capability that is not `yes`, in probe order.
+    pub fn unmet(&self) -> Vec<&Capability> {
+        self.capabilities
+            .iter()
+            .filter(|c| c.required && c.state != CapabilityState::Yes)
+            .collect()
     }
 
     pub fn capability(&self, name: &str) -> Option<&Capability> {

@@ -106,6 +106,8 @@ pub struct ContainerSpec {
     /// Command the runtime runs to decide the container is healthy.
     pub healthcheck: Option<Vec<String>>,
     pub hostname: Option<String>,
+    /// Namespaced kernel settings (e.g. `net.ipv4.ip_unprivileged_port_start`).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// Coarse container state.

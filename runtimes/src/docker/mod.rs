@@ -219,6 +219,62 @@ impl DockerRuntime {
         ))
     }
 
+    /// Interfaces of the engine's host and their addresses, measured by
+    /// running `bottle-sidecar netinfo` in a host-network container.
+    async fn host_interfaces(
+        &self,
+        helper_image: &str,
+    ) -> Result<Vec<(String, Vec<IpAddr>)>, RuntimeError> {
+        let spec = ContainerSpec {
+            name: format!(
+                "bottle-netinfo-{}-{}",
+                std::process::id(),
+                &hex::encode(Sha256::digest(
+                    format!("{:?}", std::time::SystemTime::now()).as_bytes()
+                ))[..10]
+            ),
+            image: helper_image.into(),
+            entrypoint: Some(vec!["bottle-sidecar".into(), "netinfo".into()]),
+            labels: BTreeMap::from([(crate::LABEL_ROLE.into(), "probe".into())]),
+            host_network: true,
+            cap_drop: vec!["ALL".into()],
+            no_new_privileges: true,
+            ..Default::default()
+        };
+        let out = self.run_capture(&spec).await?;
+        if out.code != 0 {
+            return Err(RuntimeError::Call {
+                runtime: RuntimeKind::Docker,
+                operation:
+                    "list host interfaces (bottle-sidecar netinfo in a host-network container)"
+                        .into(),
+                message: format!("exit {}: {}", out.code, out.stderr.trim()),
+            });
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).map_err(|e| RuntimeError::Call {
+                runtime: RuntimeKind::Docker,
+                operation: "parse netinfo output".into(),
+                message: format!("{e}: {}", out.stdout.trim()),
+            })?;
+        Ok(json["interfaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                let addrs = i["addrs"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|a| a.as_str()?.split('/').next()?.parse::<IpAddr>().ok())
+                    .collect();
+                (i["name"].as_str().unwrap_or_default().to_string(), addrs)
+            })
+            .collect())
+    }
+
     async fn try_create_network(
         &self,
         spec: &NetworkSpec,
@@ -465,38 +521,8 @@ impl Runtime for DockerRuntime {
                 fix: "recreate the bottle".into(),
             });
         };
-        let spec = ContainerSpec {
-            name: format!(
-                "bottle-netinfo-{}-{}",
-                std::process::id(),
-                &hex::encode(Sha256::digest(network.id.as_bytes()))[..10]
-            ),
-            image: helper_image.into(),
-            entrypoint: Some(vec!["bottle-sidecar".into(), "netinfo".into()]),
-            labels: BTreeMap::from([(crate::LABEL_ROLE.into(), "probe".into())]),
-            host_network: true,
-            cap_drop: vec!["ALL".into()],
-            no_new_privileges: true,
-            ..Default::default()
-        };
-        let out = self.run_capture(&spec).await?;
-        if out.code != 0 {
-            return Err(RuntimeError::Call {
-                runtime: RuntimeKind::Docker,
-                operation:
-                    "list host interfaces (bottle-sidecar netinfo in a host-network container)"
-                        .into(),
-                message: format!("exit {}: {}", out.code, out.stderr.trim()),
-            });
-        }
-        let json: serde_json::Value =
-            serde_json::from_str(out.stdout.trim()).map_err(|e| RuntimeError::Call {
-                runtime: RuntimeKind::Docker,
-                operation: "parse netinfo output".into(),
-                message: format!("{e}: {}", out.stdout.trim()),
-            })?;
-        let interfaces = json["interfaces"].as_array().cloned().unwrap_or_default();
-        let Some(found) = interfaces.iter().find(|i| i["name"] == iface.as_str()) else {
+        let interfaces = self.host_interfaces(helper_image).await?;
+        let Some((_, addrs)) = interfaces.iter().find(|(name, _)| name == iface) else {
             return Err(RuntimeError::Capability {
                 runtime: RuntimeKind::Docker,
                 capability: "host-interface".into(),
@@ -507,13 +533,32 @@ impl Runtime for DockerRuntime {
                 fix: "make sure the engine creates bridges in the host network namespace".into(),
             });
         };
-        Ok(found["addrs"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|a| a.as_str()?.split('/').next()?.parse::<IpAddr>().ok())
-            .collect())
+        Ok(addrs.clone())
+    }
+
+    async fn host_targets(&self, helper_image: &str) -> Result<Vec<IpAddr>, RuntimeError> {
+        let mut out: Vec<IpAddr> = self
+            .host_interfaces(helper_image)
+            .await?
+            .into_iter()
+            .flat_map(|(_, a)| a)
+            .filter(|a| !a.is_loopback())
+            .collect();
+        for net in self
+            .docker
+            .list_networks(None)
+            .await
+            .map_err(call("list networks"))?
+        {
+            for c in net.ipam.and_then(|i| i.config).unwrap_or_default() {
+                if let Some(gw) = c.gateway.and_then(|g| g.parse::<IpAddr>().ok()) {
+                    out.push(gw);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
@@ -560,10 +605,9 @@ impl Runtime for DockerRuntime {
         // No IPv6 inside bottle containers: the networks carry none, and a
         // link-local path to the host must not exist either.
         let sysctls = (!spec.host_network).then(|| {
-            HashMap::from([(
-                "net.ipv6.conf.all.disable_ipv6".to_string(),
-                "1".to_string(),
-            )])
+            let mut s: HashMap<String, String> = spec.sysctls.clone().into_iter().collect();
+            s.insert("net.ipv6.conf.all.disable_ipv6".into(), "1".into());
+            s
         });
         let host_config = HostConfig {
             network_mode,

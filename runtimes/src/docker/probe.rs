@@ -26,6 +26,7 @@ fn cap(
         how,
         detail,
         required,
+        weakness: None,
     }
 }
 
