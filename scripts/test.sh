@@ -9,14 +9,23 @@ command -v cargo >/dev/null 2>&1 || {
   echo "test: cargo not found; install Rust (https://rustup.rs) and retry" >&2
   exit 1
 }
-# The end-to-end tests list the host's addresses with iproute2.
-command -v ip >/dev/null 2>&1 || NEED_IPROUTE=1
-if [ "${NEED_IPROUTE:-0}" = 1 ]; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq iproute2 >/dev/null; fi
+# Host tools the end-to-end tests use: iproute2 (host addresses, breaking a
+# bridge on purpose), openssl (a test CA for local TLS origins), script (a pty).
+need=""
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v script >/dev/null 2>&1 || need="$need bsdutils"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
+if [ -n "$need" ]; then
+  echo "test: installing$need" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null; fi
 fi
 
 scripts/setup-engine.sh
+# The real smolvm CLI (PyPI smolmachines) for the smolvm driver's tests.
+BOTTLE_SMOLVM_BIN="$(scripts/setup-smolvm.sh)"
+export BOTTLE_SMOLVM_BIN
 
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check

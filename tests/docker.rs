@@ -184,7 +184,10 @@ fn egress_goes_through_the_proxy_and_only_to_allowed_names() {
     if !engine_or_skip("egress_goes_through_the_proxy_and_only_to_allowed_names") {
         return;
     }
-    let b = Bottle::up("egress", "[egress]\nallow = [\"origin.test\"]\n");
+    let b = Bottle::up(
+        "egress",
+        "[egress]\nallow = [\"origin.test\"]\nallow_private = [\"origin.test\"]\n",
+    );
     let origin = format!("bottle-test-origin-{}", b.name);
     let net = format!("bottle-{}-egress", b.name);
     let run = docker(&[
@@ -548,7 +551,10 @@ fn a_dead_sidecar_means_no_egress() {
     if !engine_or_skip("a_dead_sidecar_means_no_egress") {
         return;
     }
-    let b = Bottle::up("deadcar", "[egress]\nallow = [\"origin.test\"]\n");
+    let b = Bottle::up(
+        "deadcar",
+        "[egress]\nallow = [\"origin.test\"]\nallow_private = [\"origin.test\"]\n",
+    );
     let origin = format!("bottle-test-origin-{}", b.name);
     let net = format!("bottle-{}-egress", b.name);
     let run = docker(&[
@@ -590,4 +596,43 @@ fn a_dead_sidecar_means_no_egress() {
         .unwrap()
         .clone();
     assert_eq!(me["sidecar"], "exited", "{me}");
+}
+
+#[test]
+fn an_agent_cannot_widen_its_own_next_run() {
+    if !engine_or_skip("an_agent_cannot_widen_its_own_next_run") {
+        return;
+    }
+    // The project directory (holding bottle.toml) is mounted read-write.
+    let b = Bottle::up("selfwiden", "[agent]\nmounts = [\"./:/workspace:rw\"]\n");
+    // The attack, from inside: rewrite the policy of the next run.
+    let out = b.sh(&format!(
+        "printf 'name = \"{}\"\\n[agent]\\nmounts = [\"./:/workspace:rw\"]\\n[egress]\\nallow = [\"evil.example\"]\\n' > /workspace/bottle.toml",
+        b.name
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let down = b.bottle(&["down", &b.name]);
+    assert!(down.status.success());
+    let up = b.bottle(&["up"]);
+    assert_eq!(
+        up.status.code(),
+        Some(1),
+        "widened run started: {}",
+        stderr(&up)
+    );
+    let err = stderr(&up);
+    assert!(err.contains("+ egress.allow gains `evil.example`"), "{err}");
+    assert!(err.contains("--accept-changes"), "{err}");
+    assert!(
+        labelled(&b.name).is_empty(),
+        "resources created before consent"
+    );
+    // With explicit consent the user can take the change.
+    let up = b.bottle(&["up", "--accept-changes"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert!(
+        stderr(&up).contains("WARNING: the read-write mount"),
+        "{}",
+        stderr(&up)
+    );
 }

@@ -109,6 +109,17 @@ pub struct Bottle {
 impl Bottle {
     /// Writes `config` (with `name = ...` prepended) and runs `bottle up`.
     pub fn up(prefix: &str, config: &str) -> Bottle {
+        Bottle::up_with(prefix, config, &[], &[])
+    }
+
+    /// Like [`Bottle::up`], with extra files next to bottle.toml and extra
+    /// environment for `bottle up` (credential values).
+    pub fn up_with(
+        prefix: &str,
+        config: &str,
+        files: &[(&str, &[u8])],
+        env: &[(&str, &str)],
+    ) -> Bottle {
         let name = unique_name(prefix);
         let dir = TempDir::new(prefix);
         let state = TempDir::new(&format!("{prefix}-state"));
@@ -117,8 +128,18 @@ impl Bottle {
             format!("name = \"{name}\"\n{config}"),
         )
         .expect("write config");
+        for (f, data) in files {
+            std::fs::write(dir.0.join(f), data).expect("write file");
+        }
         let b = Bottle { name, dir, state };
-        let out = b.bottle(&["up"]);
+        let out = Command::new(bottle_bin())
+            .arg("up")
+            .current_dir(&b.dir.0)
+            .env("XDG_STATE_HOME", &b.state.0)
+            .env_remove("BOTTLE_RUNTIME")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run bottle up");
         assert!(
             out.status.success(),
             "bottle up failed:\nstdout:\n{}\nstderr:\n{}",
@@ -184,4 +205,146 @@ pub fn labelled(name: &str) -> Vec<String> {
         );
     }
     ids
+}
+
+/// A container removed on drop.
+pub struct Container(pub String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+/// A test CA and a leaf certificate for `names`, made with the openssl CLI in
+/// `dir`: `ca.pem`, `leaf.pem`, `leaf-key.pem`.
+pub fn test_pki(dir: &Path, names: &[&str]) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (install it: apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bottle test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf-key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=origin",
+    ]);
+    let san = names
+        .iter()
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    for f in ["ca.pem", "leaf.pem", "leaf-key.pem"] {
+        let p = dir.join(f);
+        let mut perm = std::fs::metadata(&p).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+        std::fs::set_permissions(&p, perm).unwrap();
+    }
+}
+
+/// Starts the echo origin (`tests/fixtures/origin.py`, HTTP on 80, HTTPS on
+/// 443 with `pki/leaf.pem`) on `network` under `aliases`, and waits until it
+/// answers.
+pub fn echo_origin(name: &str, network: &str, aliases: &[&str], pki: &Path) -> Container {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--name".into(),
+        name.into(),
+        "--network".into(),
+        network.into(),
+        "-v".into(),
+        format!("{}:/fixtures:ro", fixtures.display()),
+        "-v".into(),
+        format!("{}:/pki:ro", pki.display()),
+    ];
+    for a in aliases {
+        args.push("--network-alias".into());
+        args.push((*a).into());
+    }
+    args.extend(
+        [
+            "bottle-agent:latest",
+            "python3",
+            "/fixtures/origin.py",
+            "/pki/leaf.pem",
+            "/pki/leaf-key.pem",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = docker(&argv);
+    assert!(out.status.success(), "origin: {}", stderr(&out));
+    let c = Container(name.into());
+    for _ in 0..100 {
+        let probe = docker(&[
+            "exec",
+            name,
+            "python3",
+            "-c",
+            "import urllib.request; urllib.request.urlopen('http://127.0.0.1:80/ready', timeout=1)",
+        ]);
+        if probe.status.success() {
+            return c;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let logs = docker(&["logs", name]);
+    panic!(
+        "origin {name} did not start: {}{}",
+        stdout(&logs),
+        stderr(&logs)
+    );
 }

@@ -5,7 +5,6 @@ use crate::config::{self, ConfigErrors};
 use crate::lifecycle::{self, LifecycleError};
 use crate::plan::PlanError;
 use crate::report::Reporter;
-use bottle_runtimes::docker::DockerRuntime;
 use bottle_runtimes::{CapabilityState, ExecSpec, Probe, Runtime, RuntimeError, RuntimeKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -31,6 +30,38 @@ pub enum RuntimeArg {
     Smolvm,
 }
 
+/// Flags of `bottle up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// The bottle's config (default: ./bottle.toml, else the built-in deny-all bottle).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Name of the bottle (default: `name` in the config, else the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, value_enum, env = "BOTTLE_RUNTIME")]
+    pub runtime: Option<RuntimeArg>,
+    /// Print the plan and stop before touching the runtime.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result (or the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Run `bottle verify` right after start; remove the bottle if any check fails.
+    #[arg(long)]
+    pub verify: bool,
+    /// Apply a config that grants more than the last one you accepted.
+    #[arg(long)]
+    pub accept_changes: bool,
+    /// Run despite a named weakness the probe found (see `bottle probe`);
+    /// stays visible in `bottle ps` for the life of the bottle.
+    #[arg(long = "accept-weakness", value_name = "NAME")]
+    pub accept_weakness: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a commented bottle.toml in the current directory.
@@ -43,24 +74,12 @@ pub enum Command {
         force: bool,
     },
     /// Create a bottle: networks, sidecar, agent.
-    Up {
-        /// The bottle's config (default: ./bottle.toml, else the built-in deny-all bottle).
-        #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
-        /// Name of the bottle (default: `name` in the config, else the directory's name).
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, value_enum, env = "BOTTLE_RUNTIME")]
-        runtime: Option<RuntimeArg>,
-        /// Print the plan and stop before touching the runtime.
-        #[arg(long)]
-        dry_run: bool,
-        /// Print the result (or the plan) as JSON on stdout.
+    Up(UpArgs),
+    /// Check the sandbox from inside the agent: every escape tried, with controls.
+    Verify {
+        name: String,
         #[arg(long)]
         json: bool,
-        /// No progress output.
-        #[arg(short, long)]
-        quiet: bool,
     },
     /// Run a command in the bottle's agent; its exit code becomes bottle's.
     Exec {
@@ -104,6 +123,16 @@ pub enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Apply an edited bottle.toml to a running bottle without restarting it.
+    Reload {
+        name: String,
+        /// The config to apply (default: the one the bottle was brought up from).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Apply a config that grants more than the last one you accepted.
+        #[arg(long)]
+        accept_changes: bool,
+    },
     /// Measure what a runtime can do.
     Probe {
         #[arg(long, value_enum, env = "BOTTLE_RUNTIME")]
@@ -133,8 +162,10 @@ pub enum CliError {
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("runtime `{0}` is not available in this version of bottle yet; use --runtime docker")]
-    RuntimeNotBuilt(RuntimeKind),
+    #[error(transparent)]
+    Refused(#[from] crate::runtime_select::RefusalReason),
+    #[error(transparent)]
+    NoRuntime(#[from] crate::runtime_select::NoRuntime),
     #[error("{path} already exists; pass --force to overwrite it")]
     InitExists { path: PathBuf },
     #[error("cannot write {path}: {source}")]
@@ -155,20 +186,33 @@ pub enum CliError {
     Cwd(std::io::Error),
     #[error("terminal: {0}")]
     Terminal(std::io::Error),
+    #[error("cannot read {path}: {source}")]
+    ReadLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refusing to apply {count} widening change(s) to bottle `{name}` without consent (listed above); the agent may have written them\n  fix: review them, then rerun with --accept-changes")]
+    Widened { name: String, count: usize },
+    #[error(
+        "bottle `{name}` failed {failed} isolation check(s) and was removed; see the table above"
+    )]
+    VerifyFailed { name: String, failed: usize },
+    #[error("bottle `{name}` has no recorded config file\n  fix: pass it with -f FILE")]
+    NoConfigToReload { name: String },
 }
 
 /// Runs one command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Init { file, force } => init(&file, force),
-        Command::Up {
-            file,
-            name,
-            runtime,
-            dry_run,
-            json,
-            quiet,
-        } => up(file, name, runtime, dry_run, json, quiet).await,
+        Command::Up(args) => up(args).await,
+        Command::Verify { name, json } => {
+            let rt = connect(bottle_runtime(&name)).await?;
+            let report = crate::verify::verify(rt.as_ref(), &name, "").await?;
+            print_verify(&report, json);
+            Ok(if report.failed == 0 { 0 } else { 1 })
+        }
         Command::Exec {
             interactive,
             tty,
@@ -178,7 +222,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             cmd,
         } => exec(&name, cmd, interactive, tty, workdir, env).await,
         Command::Down { name, json } => {
-            let rt = connect(RuntimeKind::Docker).await?;
+            let rt = connect(bottle_runtime(&name)).await?;
             let mut report = Reporter::new(json);
             let removed = lifecycle::down(rt.as_ref(), &name, &mut report).await?;
             if json {
@@ -194,13 +238,18 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Ps { json } => {
-            let rt = connect(RuntimeKind::Docker).await?;
-            let list = lifecycle::ps(rt.as_ref()).await?;
+            // Every runtime that answers; one that is absent has no bottles.
+            let mut list = Vec::new();
+            for kind in crate::runtime_select::auto_order() {
+                if let Ok(rt) = connect(kind).await {
+                    list.extend(lifecycle::ps(rt.as_ref()).await?);
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string(&list).unwrap_or_default());
             } else {
                 println!(
-                    "{:<20} {:<10} {:<10} {:<10} {:<10} {:<15} {:<15}",
+                    "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} ACCEPTED WEAKNESS",
                     "NAME", "RUNTIME", "AGENT", "SIDECAR", "HEALTH", "AGENT IP", "SIDECAR IP"
                 );
                 for b in list {
@@ -208,14 +257,19 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                         i.map(|i| i.to_string()).unwrap_or_else(|| "-".into())
                     };
                     println!(
-                        "{:<20} {:<10} {:<10} {:<10} {:<10} {:<15} {:<15}",
+                        "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} {}",
                         b.name,
                         b.runtime,
                         b.agent,
                         b.sidecar,
                         b.sidecar_health,
                         ip(b.agent_ip),
-                        ip(b.sidecar_ip)
+                        ip(b.sidecar_ip),
+                        if b.accepted_weaknesses.is_empty() {
+                            "-".to_string()
+                        } else {
+                            b.accepted_weaknesses.join(",")
+                        }
                     );
                 }
             }
@@ -229,6 +283,11 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             tail,
         } => logs(&name, service, json, follow, tail).await,
         Command::Probe { runtime, json } => probe(runtime, json).await,
+        Command::Reload {
+            name,
+            file,
+            accept_changes,
+        } => reload(&name, file, accept_changes).await,
     }
 }
 
@@ -249,22 +308,27 @@ fn init(file: &Path, force: bool) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// Flag, else `BOTTLE_RUNTIME` (clap reads it), else the config, else auto.
-fn choose_runtime(flag: Option<RuntimeArg>, config: Option<RuntimeKind>) -> RuntimeKind {
+/// Flag, else `BOTTLE_RUNTIME` (clap reads it), else the config; `None`
+/// means auto.
+fn choose_runtime(flag: Option<RuntimeArg>, config: Option<RuntimeKind>) -> Option<RuntimeKind> {
     match flag {
-        Some(RuntimeArg::Docker) => RuntimeKind::Docker,
-        Some(RuntimeArg::AppleContainer) => RuntimeKind::AppleContainer,
-        Some(RuntimeArg::Smolvm) => RuntimeKind::Smolvm,
-        // auto: docker is the only runtime this version drives.
-        Some(RuntimeArg::Auto) | None => config.unwrap_or(RuntimeKind::Docker),
+        Some(RuntimeArg::Docker) => Some(RuntimeKind::Docker),
+        Some(RuntimeArg::AppleContainer) => Some(RuntimeKind::AppleContainer),
+        Some(RuntimeArg::Smolvm) => Some(RuntimeKind::Smolvm),
+        Some(RuntimeArg::Auto) => None,
+        None => config,
     }
 }
 
 async fn connect(kind: RuntimeKind) -> Result<Box<dyn Runtime>, CliError> {
-    match kind {
-        RuntimeKind::Docker => Ok(Box::new(DockerRuntime::connect().await?)),
-        other => Err(CliError::RuntimeNotBuilt(other)),
-    }
+    Ok(crate::runtime_select::connect(kind).await?)
+}
+
+/// The runtime bottle `name` was brought up on (docker when unrecorded).
+fn bottle_runtime(name: &str) -> RuntimeKind {
+    lifecycle::recorded(name)
+        .map(|r| r.runtime)
+        .unwrap_or(RuntimeKind::Docker)
 }
 
 fn load_config(file: Option<PathBuf>) -> Result<(config::Config, String), CliError> {
@@ -285,16 +349,21 @@ fn load_config(file: Option<PathBuf>) -> Result<(config::Config, String), CliErr
     }
 }
 
-async fn up(
-    file: Option<PathBuf>,
-    name: Option<String>,
-    runtime: Option<RuntimeArg>,
-    dry_run: bool,
-    json: bool,
-    quiet: bool,
-) -> Result<i32, CliError> {
+async fn up(args: UpArgs) -> Result<i32, CliError> {
+    let UpArgs {
+        file,
+        name,
+        runtime,
+        dry_run,
+        json,
+        quiet,
+        verify,
+        accept_changes,
+        accept_weakness,
+    } = args;
     let (cfg, source) = load_config(file)?;
-    let kind = choose_runtime(runtime, crate::plan::config_runtime(&cfg));
+    let chosen = choose_runtime(runtime, crate::plan::config_runtime(&cfg));
+    let kind = chosen.unwrap_or(RuntimeKind::Docker);
     let plan = crate::plan::build(&cfg, &source, name.as_deref(), kind)?;
     if dry_run {
         if json {
@@ -307,23 +376,79 @@ async fn up(
         }
         return Ok(0);
     }
+    consent(&plan, accept_changes)?;
     let mut report = Reporter::new(quiet || json);
     for note in &plan.notes {
         report.detail(&format!("note: {note}"));
     }
-    report.step(&format!("connecting to {kind}"));
-    let rt = connect(kind).await?;
+    let rt = match chosen {
+        Some(kind) => {
+            report.step(&format!("connecting to {kind}"));
+            connect(kind).await?
+        }
+        None => {
+            report.step("choosing a runtime (auto)");
+            let sel = crate::runtime_select::auto(&accept_weakness).await?;
+            for (k, why) in &sel.skipped {
+                report.detail(&format!("skipped {k}: {why}"));
+            }
+            sel.runtime
+        }
+    };
+    let plan = crate::plan::Plan {
+        runtime: rt.kind(),
+        ..plan
+    };
     report.step("preparing images");
     let images = lifecycle::prepare_images(rt.as_ref(), &plan.agent.image, &mut report).await?;
     report.step("probing the runtime");
     let probe = rt.probe(Some(&images.sidecar)).await;
-    lifecycle::check_probe(&probe)?;
+    let accepted = crate::runtime_select::check_weaknesses(&probe, &accept_weakness)?;
     report.detail(&format!(
-        "{} {}: every required capability present",
+        "{} {}: every required capability present{}",
         probe.runtime,
-        probe.version.as_deref().unwrap_or("?")
+        probe.version.as_deref().unwrap_or("?"),
+        if accepted.is_empty() {
+            String::new()
+        } else {
+            format!("; ACCEPTED WEAKNESS: {}", accepted.join(", "))
+        }
     ));
-    let summary = lifecycle::up(rt.as_ref(), &plan, &images, &mut report).await?;
+    let summary = lifecycle::up(rt.as_ref(), &plan, &images, &accepted, &mut report).await?;
+    crate::pin::accept(
+        &crate::state::StateDir::for_bottle(&plan.name).map_err(LifecycleError::from)?,
+        &plan,
+    )
+    .map_err(LifecycleError::from)?;
+    if verify {
+        report.step("verifying the sandbox from inside the agent");
+        let checked = crate::verify::verify(rt.as_ref(), &plan.name, &images.sidecar).await;
+        let failed = match &checked {
+            Ok(r) => {
+                if !json {
+                    eprint!("{}", crate::verify::render(r));
+                }
+                r.failed
+            }
+            Err(e) => {
+                report.detail(&format!("verify could not run: {e}"));
+                1
+            }
+        };
+        if failed > 0 {
+            report.step("verify failed; removing the bottle");
+            lifecycle::down(rt.as_ref(), &plan.name, &mut report).await?;
+            if json {
+                if let Ok(r) = &checked {
+                    print_verify(r, true);
+                }
+            }
+            return Err(CliError::VerifyFailed {
+                name: plan.name.clone(),
+                failed,
+            });
+        }
+    }
     if json {
         println!(
             "{}",
@@ -381,6 +506,17 @@ async fn up(
     Ok(0)
 }
 
+fn print_verify(report: &crate::verify::Report, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", crate::verify::render(report));
+    }
+}
+
 async fn exec(
     name: &str,
     cmd: Vec<String>,
@@ -399,7 +535,7 @@ async fn exec(
     if tty && !std::io::stdin().is_terminal() {
         return Err(CliError::NotATerminal);
     }
-    let rt = connect(RuntimeKind::Docker).await?;
+    let rt = connect(bottle_runtime(name)).await?;
     let agent = lifecycle::find_container(rt.as_ref(), name, "agent").await?;
     if agent.state != bottle_runtimes::ContainerState::Running {
         return Err(LifecycleError::AgentNotRunning {
@@ -447,7 +583,19 @@ async fn logs(
         Service::GitGate => return Err(CliError::NoService("git-gate")),
         Service::Supervise => return Err(CliError::NoService("supervise")),
     };
-    let rt = connect(RuntimeKind::Docker).await?;
+    if filter == Some("egress") {
+        // The audit log lives in the state dir, so it outlives the sidecar.
+        let path = crate::state::StateDir::for_bottle(name)
+            .map_err(LifecycleError::from)?
+            .audit_path();
+        let mut sink = crate::logview::LogSink::new(None, json, std::io::stdout());
+        crate::logview::follow_file(&path, follow, tail, &mut sink)
+            .await
+            .map_err(|source| CliError::ReadLog { path, source })?;
+        sink.finish();
+        return Ok(0);
+    }
+    let rt = connect(bottle_runtime(name)).await?;
     let c = lifecycle::find_container(rt.as_ref(), name, role).await?;
     let mut sink = crate::logview::LogSink::new(filter, json, std::io::stdout());
     rt.logs(&c.id, follow, tail, &mut sink).await?;
@@ -455,8 +603,68 @@ async fn logs(
     Ok(0)
 }
 
+/// Refuses a plan that widens what the user last accepted for this bottle,
+/// unless they say so (flag, or y at a terminal prompt). Prints the widening.
+fn consent(plan: &crate::plan::Plan, accept_changes: bool) -> Result<(), CliError> {
+    let state = crate::state::StateDir::for_bottle(&plan.name).map_err(LifecycleError::from)?;
+    let Some(old) = crate::pin::load(&state) else {
+        return Ok(());
+    };
+    let widened = crate::pin::widenings(&old, &crate::pin::Pinned::of(plan));
+    if widened.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "bottle `{}`: {} grants more than you last accepted:",
+        plan.name, plan.config_source
+    );
+    for w in &widened {
+        eprintln!("  + {w}");
+    }
+    if accept_changes {
+        eprintln!("  accepted (--accept-changes)");
+        return Ok(());
+    }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        eprint!("apply these changes? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Ok(());
+        }
+    }
+    Err(CliError::Widened {
+        name: plan.name.clone(),
+        count: widened.len(),
+    })
+}
+
+async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Result<i32, CliError> {
+    let file = file
+        .or_else(|| lifecycle::recorded_source(name))
+        .ok_or_else(|| CliError::NoConfigToReload { name: name.into() })?;
+    let cfg = config::load(&file)?;
+    let plan = crate::plan::build(
+        &cfg,
+        &file.display().to_string(),
+        Some(name),
+        bottle_runtime(name),
+    )?;
+    consent(&plan, accept_changes)?;
+    let rt = connect(bottle_runtime(name)).await?;
+    let sidecar = lifecycle::find_container(rt.as_ref(), name, "sidecar").await?;
+    let summary = lifecycle::reload(rt.as_ref(), &plan, &sidecar).await?;
+    crate::pin::accept(
+        &crate::state::StateDir::for_bottle(name).map_err(LifecycleError::from)?,
+        &plan,
+    )
+    .map_err(LifecycleError::from)?;
+    eprintln!("{summary}");
+    Ok(0)
+}
+
 async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError> {
-    let kind = choose_runtime(runtime, None);
+    let kind = choose_runtime(runtime, None).unwrap_or(RuntimeKind::Docker);
     let probe = match connect(kind).await {
         Ok(rt) => {
             let mut report = Reporter::new(json);

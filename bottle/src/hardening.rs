@@ -17,13 +17,22 @@ pub const AGENT_CAP_DROP: &[(&str, &str)] = &[
     ("SETFCAP", "granting file capabilities to binaries"),
 ];
 
-/// The sidecar keeps one capability: binding ports below 1024 (53, 80, 443).
-pub const SIDECAR_CAP_ADD: &[(&str, &str)] = &[(
-    "NET_BIND_SERVICE",
-    "the sidecar listens on 53, 80 and 443 for the agent",
+/// The sidecar drops every capability and runs as the state dir's owner; these
+/// namespaced settings (its own network namespace only) are all it needs.
+pub const SIDECAR_SYSCTLS: &[(&str, &str, &str)] = &[(
+    "net.ipv4.ip_unprivileged_port_start",
+    "0",
+    "lets the unprivileged sidecar listen on 53, 80 and 443 for the agent",
 )];
 
 /// Names only.
 pub fn names(list: &[(&str, &str)]) -> Vec<String> {
     list.iter().map(|(n, _)| n.to_string()).collect()
 }
+
+/// Where a runtime has no namespaced sysctls (Apple `container`, smolvm), the
+/// sidecar runs as root with every capability dropped but this one.
+pub const SIDECAR_CAP_ADD_FALLBACK: &[(&str, &str)] = &[(
+    "NET_BIND_SERVICE",
+    "the sidecar listens on 53, 80 and 443 for the agent",
+)];

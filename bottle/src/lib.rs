@@ -8,12 +8,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod hardening;
 pub mod images;
 pub mod lifecycle;
 pub mod logview;
+pub mod materials;
+pub mod pin;
 pub mod plan;
 pub mod report;
+pub mod runtime_select;
+pub mod secrets;
 pub mod state;
+pub mod verify;

@@ -8,13 +8,13 @@
 //! rolls everything back before the error is returned.
 
 use crate::images::{self, ImageError};
-use crate::plan::{labels_for, Plan, SIDECAR_STATE_MOUNT};
+use crate::plan::{labels_for, Plan, AGENT_CA_DIR, SIDECAR_LOG_MOUNT, SIDECAR_STATE_MOUNT};
 use crate::report::Reporter;
 use crate::state::{StateDir, StateError};
 use bottle_runtimes::{
-    CapabilityState, ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Mount,
-    NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Probe, ResourceKind, ResourceRef,
-    Runtime, RuntimeError, LABEL_NAME, LABEL_ROLE,
+    ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Mount, NetworkAttachment, NetworkInfo,
+    NetworkKind, NetworkSpec, ResourceKind, ResourceRef, Runtime, RuntimeError, LABEL_NAME,
+    LABEL_ROLE,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -47,6 +47,8 @@ pub enum LifecycleError {
     SidecarNotReady { secs: u64, logs: String },
     #[error("the sidecar has no address on the internal network {network}")]
     NoSidecarAddress { network: String },
+    #[error("bottle `{name}`: the sidecar did not report loading the new policy within 10 s; the old policy may still apply\n  fix: check `bottle logs {name} --service sidecar`")]
+    ReloadNotSeen { name: String },
     #[error("interrupted; everything created so far was removed")]
     Interrupted,
     #[error(transparent)]
@@ -55,6 +57,8 @@ pub enum LifecycleError {
     Image(#[from] ImageError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Materials(#[from] crate::materials::MaterialError),
     #[error("cannot render the policy: {0}")]
     Policy(#[from] serde_json::Error),
 }
@@ -131,24 +135,6 @@ pub async fn prepare_images(
     })
 }
 
-/// Refuses when a required capability is missing.
-pub fn check_probe(probe: &Probe) -> Result<(), LifecycleError> {
-    if let Some(c) = probe.first_missing() {
-        return Err(LifecycleError::Refused {
-            runtime: probe.runtime.to_string(),
-            capability: c.name.clone(),
-            detail: c.detail.clone(),
-            fix: match c.state {
-                CapabilityState::Unknown => {
-                    "make the probe able to measure it (see `bottle probe`)".into()
-                }
-                _ => "use a runtime or engine version that has it (see docs/runtimes.md)".into(),
-            },
-        });
-    }
-    Ok(())
-}
-
 /// Everything carrying `dev.bottle.name=<name>`.
 pub async fn resources_of(rt: &dyn Runtime, name: &str) -> Result<Vec<ResourceRef>, RuntimeError> {
     rt.list(&BTreeMap::from([(
@@ -163,6 +149,7 @@ pub async fn up(
     rt: &dyn Runtime,
     plan: &Plan,
     images: &Images,
+    accepted: &[String],
     report: &mut Reporter,
 ) -> Result<UpSummary, LifecycleError> {
     let existing = resources_of(rt, &plan.name).await?;
@@ -173,12 +160,16 @@ pub async fn up(
         });
     }
     let state = StateDir::for_bottle(&plan.name)?;
-    let policy_json = serde_json::to_string_pretty(&plan.policy)?;
-    let policy_path = state.write_policy(&policy_json)?;
-    report.step(&format!("policy written to {}", policy_path.display()));
+    let rendered = crate::materials::render(&state, plan, |k| std::env::var(k).ok())?;
+    report.step(&format!(
+        "policy, CA{} and credentials written to {}",
+        if rendered.minted_ca { " (new)" } else { "" },
+        state.sidecar_dir().display()
+    ));
+    record(&state, plan, accepted)?;
 
     let result = tokio::select! {
-        r = create_all(rt, plan, images, &state, report) => r,
+        r = create_all(rt, plan, images, &state, &rendered, accepted, report) => r,
         _ = tokio::signal::ctrl_c() => Err(LifecycleError::Interrupted),
     };
     match result {
@@ -196,11 +187,59 @@ pub async fn up(
     }
 }
 
+/// What `bottle.json` in the state dir remembers of a bottle's last `up`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Recorded {
+    pub name: String,
+    /// The config file, or `built-in default …`.
+    pub config: String,
+    pub runtime: bottle_runtimes::RuntimeKind,
+    /// Weaknesses accepted with `--accept-weakness`; shown by `ps`.
+    #[serde(default)]
+    pub accepted_weaknesses: Vec<String>,
+}
+
+fn record(state: &StateDir, plan: &Plan, accepted: &[String]) -> Result<(), StateError> {
+    let rec = Recorded {
+        name: plan.name.clone(),
+        config: plan.config_source.clone(),
+        runtime: plan.runtime,
+        accepted_weaknesses: accepted.to_vec(),
+    };
+    let json = serde_json::to_vec_pretty(&rec).unwrap_or_default();
+    crate::state::write_private(&state.root().join("bottle.json"), &json)
+}
+
+/// What bottle `name`'s last `up` recorded, if anything.
+pub fn recorded(name: &str) -> Option<Recorded> {
+    let state = StateDir::for_bottle(name).ok()?;
+    serde_json::from_str(&std::fs::read_to_string(state.root().join("bottle.json")).ok()?).ok()
+}
+
+/// The config file bottle `name` was last brought up from, if it had one.
+pub fn recorded_source(name: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(recorded(name)?.config);
+    p.is_file().then_some(p)
+}
+
+/// `uid:gid` owning the state dir: the sidecar runs as that user so it can
+/// read the 0600 files and write its log without any capability.
+fn state_owner(state: &StateDir) -> Result<String, StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(state.root()).map_err(|source| StateError::Read {
+        path: state.root().to_path_buf(),
+        source,
+    })?;
+    Ok(format!("{}:{}", meta.uid(), meta.gid()))
+}
+
 async fn create_all(
     rt: &dyn Runtime,
     plan: &Plan,
     images: &Images,
     state: &StateDir,
+    rendered: &crate::materials::Rendered,
+    accepted: &[String],
     report: &mut Reporter,
 ) -> Result<UpSummary, LifecycleError> {
     report.step(&format!(
@@ -227,7 +266,17 @@ async fn create_all(
         .into_iter()
         .filter(|a| a.is_ipv4())
         .collect();
-    if !host_addrs.is_empty() {
+    let host_ok = accepted.iter().any(|w| w == "host-reachable-from-internal");
+    if !host_addrs.is_empty() && host_ok {
+        report.detail(&format!(
+            "WEAKNESS ACCEPTED: the host answers at {} on the internal network",
+            host_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    } else if !host_addrs.is_empty() {
         return Err(LifecycleError::HostAddress {
             network: internal.name.clone(),
             bridge: internal.host_interface.clone().unwrap_or_default(),
@@ -238,7 +287,9 @@ async fn create_all(
                 .join(", "),
         });
     }
-    report.detail("none: the agent cannot reach the host through this network");
+    if host_addrs.is_empty() {
+        report.detail("none: the agent cannot reach the host through this network");
+    }
 
     report.step(&format!("creating egress network {}", plan.egress_network));
     let egress = rt
@@ -249,7 +300,26 @@ async fn create_all(
         })
         .await?;
 
-    let (sidecar_ip, agent_ip) = fixed_addresses(&internal);
+    // Docker takes fixed addresses; runtimes that assign them at start get
+    // none, and the sidecar finds its own inside the internal subnet.
+    let (sidecar_ip, agent_ip) = if rt.assigns_addresses_at_start() {
+        (None, None)
+    } else {
+        fixed_addresses(&internal)
+    };
+    let dns_answer = match (sidecar_ip, &internal.subnet) {
+        (Some(ip), _) => ip.to_string(),
+        (None, Some(subnet)) => subnet.clone(),
+        (None, None) => {
+            return Err(LifecycleError::NoSidecarAddress {
+                network: internal.name.clone(),
+            })
+        }
+    };
+    // Where the runtime has namespaced sysctls (docker), the sidecar runs as
+    // the state dir's owner with no capability at all; elsewhere it runs as
+    // root keeping only NET_BIND_SERVICE.
+    let unprivileged = rt.kind() == bottle_runtimes::RuntimeKind::Docker;
     report.step(&format!("starting sidecar {}", plan.sidecar_name));
     let sidecar_spec = ContainerSpec {
         name: plan.sidecar_name.clone(),
@@ -258,6 +328,10 @@ async fn create_all(
             "run".into(),
             "--policy".into(),
             format!("{SIDECAR_STATE_MOUNT}/policy.json"),
+            "--audit".into(),
+            format!("{SIDECAR_LOG_MOUNT}/egress.jsonl"),
+            "--dns-answer".into(),
+            dns_answer,
         ],
         labels: plan.labels("sidecar"),
         networks: vec![
@@ -273,15 +347,39 @@ async fn create_all(
             },
         ],
         cap_drop: vec!["ALL".into()],
-        cap_add: crate::hardening::names(crate::hardening::SIDECAR_CAP_ADD),
+        cap_add: if unprivileged {
+            vec![]
+        } else {
+            crate::hardening::names(crate::hardening::SIDECAR_CAP_ADD_FALLBACK)
+        },
+        sysctls: if unprivileged {
+            crate::hardening::SIDECAR_SYSCTLS
+                .iter()
+                .map(|(k, v, _)| (k.to_string(), v.to_string()))
+                .collect()
+        } else {
+            Default::default()
+        },
+        user: if unprivileged {
+            Some(state_owner(state)?)
+        } else {
+            None
+        },
         no_new_privileges: true,
         read_only_rootfs: true,
         tmpfs: vec!["/tmp".into()],
-        mounts: vec![Mount {
-            source: state.sidecar_dir(),
-            target: SIDECAR_STATE_MOUNT.into(),
-            read_only: true,
-        }],
+        mounts: vec![
+            Mount {
+                source: state.sidecar_dir(),
+                target: SIDECAR_STATE_MOUNT.into(),
+                read_only: true,
+            },
+            Mount {
+                source: state.logs_dir(),
+                target: SIDECAR_LOG_MOUNT.into(),
+                read_only: false,
+            },
+        ],
         healthcheck: Some(vec!["bottle-sidecar".into(), "health".into()]),
         hostname: Some("sidecar".into()),
         ..Default::default()
@@ -301,6 +399,7 @@ async fn create_all(
 
     report.step(&format!("starting agent {}", plan.agent_name));
     let mut env = plan.agent.env.clone();
+    env.extend(rendered.placeholders.clone());
     env.extend(Plan::proxy_env(&sidecar_internal_ip.to_string()));
     env.insert("BOTTLE_NAME".into(), plan.name.clone());
     let agent_spec = ContainerSpec {
@@ -317,7 +416,17 @@ async fn create_all(
         dns: vec![IpAddr::V4(sidecar_internal_ip)],
         cap_drop: plan.agent.cap_drop.clone(),
         no_new_privileges: true,
-        mounts: plan.agent.mounts.clone(),
+        mounts: plan
+            .agent
+            .mounts
+            .iter()
+            .cloned()
+            .chain([Mount {
+                source: state.agent_dir(),
+                target: AGENT_CA_DIR.into(),
+                read_only: true,
+            }])
+            .collect(),
         workdir: Some(plan.agent.workdir.clone()),
         cpus: plan.agent.cpus,
         memory_bytes: plan.agent.memory_bytes,
@@ -333,7 +442,21 @@ async fn create_all(
             state: format!("{:?}, exit code {:?}", agent.state, agent.exit_code),
         });
     }
-    let _ = state;
+    // Trust the bottle's CA in the system store too (best effort: the CA
+    // variables already point at it for images without update-ca-certificates).
+    let trust = ExecSpec {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "command -v update-ca-certificates >/dev/null && update-ca-certificates >/dev/null 2>&1".into(),
+        ],
+        user: Some("0".into()),
+        ..Default::default()
+    };
+    match rt.exec_capture(&agent_id, &trust).await {
+        Ok(o) if o.code == 0 => report.detail("bottle CA trusted in the agent's system store"),
+        _ => report.detail("note: could not add the bottle CA to the agent's system store; CA variables point at it"),
+    }
     Ok(UpSummary {
         name: plan.name.clone(),
         runtime: rt.kind().to_string(),
@@ -404,6 +527,61 @@ async fn wait_sidecar_ready(
     }
 }
 
+/// Re-renders the sidecar's files from `plan` for a running bottle. The
+/// sidecar notices the new policy by itself (no restart, connections in
+/// flight continue); this waits until it reports the reload.
+pub async fn reload(
+    rt: &dyn Runtime,
+    plan: &Plan,
+    sidecar: &ContainerInfo,
+) -> Result<String, LifecycleError> {
+    let state = StateDir::for_bottle(&plan.name)?;
+    let before: Option<bottle_policy::Policy> = std::fs::read_to_string(state.policy_path())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let reloads = |logs: &[u8]| {
+        String::from_utf8_lossy(logs)
+            .lines()
+            .filter(|l| l.contains("\"policy-reloaded\""))
+            .count()
+    };
+    let mut logs = Vec::new();
+    rt.logs(&sidecar.id, false, None, &mut logs).await?;
+    let seen = reloads(&logs);
+    crate::materials::render(&state, plan, |k| std::env::var(k).ok())?;
+    let accepted = recorded(&plan.name)
+        .map(|r| r.accepted_weaknesses)
+        .unwrap_or_default();
+    record(&state, plan, &accepted)?;
+    let start = Instant::now();
+    loop {
+        let mut logs = Vec::new();
+        rt.logs(&sidecar.id, false, None, &mut logs).await?;
+        if reloads(&logs) > seen {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(LifecycleError::ReloadNotSeen {
+                name: plan.name.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let allow = |p: Option<&bottle_policy::Policy>| -> Vec<String> {
+        p.map(|p| p.egress.allow.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default()
+    };
+    let (old, new) = (allow(before.as_ref()), allow(Some(&plan.policy)));
+    let added: Vec<_> = new.iter().filter(|a| !old.contains(a)).cloned().collect();
+    let removed: Vec<_> = old.iter().filter(|a| !new.contains(a)).cloned().collect();
+    Ok(format!(
+        "bottle `{}`: policy reloaded by the sidecar (no restart); allow +[{}] -[{}]",
+        plan.name,
+        added.join(", "),
+        removed.join(", ")
+    ))
+}
+
 /// Removes every container, then every network, carrying the bottle's name
 /// label. Idempotent: returns what it removed (nothing the second time).
 pub async fn down(
@@ -461,6 +639,8 @@ pub struct BottleStatus {
     pub agent_ip: Option<Ipv4Addr>,
     pub sidecar_ip: Option<Ipv4Addr>,
     pub networks: Vec<String>,
+    /// Weaknesses accepted at `up` (`--accept-weakness`).
+    pub accepted_weaknesses: Vec<String>,
 }
 
 /// Every bottle the runtime holds, found by label.
@@ -482,6 +662,9 @@ pub async fn ps(rt: &dyn Runtime) -> Result<Vec<BottleStatus>, RuntimeError> {
             agent_ip: None,
             sidecar_ip: None,
             networks: vec![],
+            accepted_weaknesses: recorded(name)
+                .map(|r| r.accepted_weaknesses)
+                .unwrap_or_default(),
         });
         let internal = Plan::resource_name(name, "internal");
         match (r.kind, r.labels.get(LABEL_ROLE).map(String::as_str)) {

@@ -92,3 +92,56 @@ impl<W: Write> Write for LogSink<W> {
         self.out.flush()
     }
 }
+
+/// Copies `path` to `sink` (the last `tail` lines when given) and, with
+/// `follow`, keeps copying what is appended until interrupted. A missing file
+/// is an empty log.
+pub async fn follow_file(
+    path: &std::path::Path,
+    follow: bool,
+    tail: Option<usize>,
+    sink: &mut (dyn Write + Send),
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let text = match tokio::fs::read(path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut start = 0;
+    if let Some(n) = tail {
+        let newlines: Vec<usize> = text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i)
+            .collect();
+        if newlines.len() > n {
+            start = newlines[newlines.len() - n - 1] + 1;
+        }
+    }
+    sink.write_all(&text[start..])?;
+    if !follow {
+        return Ok(());
+    }
+    let mut offset = text.len() as u64;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let Ok(mut f) = tokio::fs::File::open(path).await else {
+            continue;
+        };
+        let len = f.metadata().await?.len();
+        if len < offset {
+            offset = 0; // truncated or replaced
+        }
+        if len > offset {
+            f.seek(std::io::SeekFrom::Start(offset)).await?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).await?;
+            offset += buf.len() as u64;
+            sink.write_all(&buf)?;
+            sink.flush()?;
+        }
+    }
+}

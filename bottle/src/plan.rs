@@ -13,6 +13,21 @@ use std::path::PathBuf;
 pub const PROXY_PORT: u16 = 3128;
 /// Where the sidecar sees its part of the state dir.
 pub const SIDECAR_STATE_MOUNT: &str = "/etc/bottle";
+/// Where the sidecar writes its audit log.
+pub const SIDECAR_LOG_MOUNT: &str = "/var/log/bottle";
+/// Where the agent sees the bottle's CA certificate (a directory
+/// `update-ca-certificates` reads).
+pub const AGENT_CA_DIR: &str = "/usr/local/share/ca-certificates/bottle";
+/// Variables common toolchains read for extra trust roots.
+pub const CA_ENV: [&str; 7] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "PIP_CERT",
+    "DENO_CERT",
+];
 
 /// What runs in the agent container.
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +57,8 @@ pub struct Plan {
     pub sidecar_name: String,
     pub agent_name: String,
     pub agent: AgentPlan,
+    /// PEM files trusted for upstream TLS besides the public roots.
+    pub upstream_roots: Vec<PathBuf>,
     /// Things the user should know that do not stop the bottle.
     pub notes: Vec<String>,
 }
@@ -49,12 +66,6 @@ pub struct Plan {
 /// Problems that stop a plan from being made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("{key} is set in {source_file}, but {what} is not enforced by this version of bottle; running without it would be a weaker sandbox than asked for.\n  fix: remove {key} (and allow the whole host in egress.allow if that is acceptable)")]
-    NotEnforced {
-        key: String,
-        what: String,
-        source_file: String,
-    },
     #[error("mount source {path} does not exist (from `{entry}` in {source_file})\n  fix: create it or remove the mount")]
     MountSource {
         path: PathBuf,
@@ -95,6 +106,10 @@ impl Plan {
         env.insert("NO_PROXY".into(), no_proxy.clone());
         env.insert("no_proxy".into(), no_proxy);
         env.insert("BOTTLE_SIDECAR".into(), sidecar_ip.to_string());
+        let ca = format!("{AGENT_CA_DIR}/bottle-ca.crt");
+        for k in CA_ENV {
+            env.insert(k.to_string(), ca.clone());
+        }
         env
     }
 }
@@ -128,13 +143,6 @@ pub fn build(
             .to_string(),
         None => cfg.name().to_string(),
     };
-    if let Some(rule) = cfg.egress.rules.first() {
-        return Err(PlanError::NotEnforced {
-            key: format!("[[egress.rule]] for {}", rule.host),
-            what: "method/path narrowing (it needs TLS interception)".into(),
-            source_file: source.into(),
-        });
-    }
     for m in cfg.mounts() {
         if !m.source.exists() {
             return Err(PlanError::MountSource {
@@ -155,9 +163,6 @@ pub fn build(
             "egress.unknown = \"ask\" is enforced as deny until the supervise service is available"
                 .into(),
         );
-    }
-    if !cfg.egress.credentials.is_empty() {
-        notes.push("[[egress.credential]] entries are not injected by this version; no secret is read or given to anyone".into());
     }
     if !cfg.git.remotes.is_empty() {
         notes.push(
@@ -194,6 +199,7 @@ pub fn build(
             memory_bytes: cfg.agent.memory.map(|m| m.bytes()),
             cap_drop: Plan::agent_cap_drop(),
         },
+        upstream_roots: cfg.upstream_roots.clone(),
         name,
         notes,
     })
@@ -216,7 +222,7 @@ pub fn render(plan: &Plan) -> String {
     );
     let _ = writeln!(
         s,
-        "  sidecar     {} (egress first, internal second; caps: none but NET_BIND_SERVICE)",
+        "  sidecar     {} (egress first, internal second; no capabilities, runs as the state dir owner)",
         plan.sidecar_name
     );
     let _ = writeln!(
@@ -247,6 +253,23 @@ pub fn render(plan: &Plan) -> String {
     }
     for k in plan.agent.env.keys() {
         let _ = writeln!(s, "  env         {k}");
+    }
+    for c in &plan.policy.egress.credentials {
+        let _ = writeln!(
+            s,
+            "  credential  {} header {} for {} (the agent sees a placeholder)",
+            c.from_env, c.header, c.host
+        );
+    }
+    for r in &plan.policy.egress.rules {
+        let _ = writeln!(
+            s,
+            "  rule        {} methods {:?} paths {:?}",
+            r.host, r.methods, r.paths
+        );
+    }
+    for p in &plan.policy.egress.allow_private {
+        let _ = writeln!(s, "  private ok  {p}");
     }
     if plan.policy.egress.allow.is_empty() {
         let _ = writeln!(s, "  egress      deny all");

@@ -1,9 +1,18 @@
 //! The bottle's state directory on the host: `$XDG_STATE_HOME/bottle/<name>/`
 //! (default `~/.local/state/bottle/<name>/`).
 //!
-//! It holds what the sidecar needs (rendered policy, later the CA and secrets)
-//! under `sidecar/`, which is the only part mounted into the sidecar, and is
-//! never mounted into the agent.
+//! Layout, and who sees what:
+//! - `sidecar/`  mounted read-only into the sidecar only: `policy.json`,
+//!   `ca.pem`, `ca-key.pem` (0600), `secrets.json` (0600),
+//!   `upstream-roots.pem`.
+//! - `agent/`    mounted read-only into the agent: `bottle-ca.crt` and
+//!   nothing else.
+//! - `logs/`     mounted read-write into the sidecar: `egress.jsonl`.
+//! - `bottle.json` which config the bottle was last brought up from (for
+//!   `bottle reload`).
+//!
+//! Files are written to a temporary name and renamed, so the sidecar (which
+//! watches `sidecar/`) never reads half a file.
 
 use std::fs;
 use std::io::Write;
@@ -17,6 +26,12 @@ pub enum StateError {
     NoHome,
     #[error("cannot write {path}: {source}")]
     Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -51,13 +66,32 @@ impl StateDir {
         self.root.join("sidecar")
     }
 
+    /// The directory mounted read-only into the agent (the CA certificate).
+    pub fn agent_dir(&self) -> PathBuf {
+        self.root.join("agent")
+    }
+
+    /// The directory the sidecar writes its audit log to.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.sidecar_dir().join("policy.json")
     }
 
-    /// Creates the directories (0700) and writes `policy.json` atomically.
-    pub fn write_policy(&self, json: &str) -> Result<PathBuf, StateError> {
-        for dir in [self.root.clone(), self.sidecar_dir()] {
+    pub fn audit_path(&self) -> PathBuf {
+        self.logs_dir().join("egress.jsonl")
+    }
+
+    /// Creates every directory of the layout (0700).
+    pub fn create(&self) -> Result<(), StateError> {
+        for dir in [
+            self.root.clone(),
+            self.sidecar_dir(),
+            self.agent_dir(),
+            self.logs_dir(),
+        ] {
             fs::create_dir_all(&dir)
                 .and_then(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
                 .map_err(|source| StateError::Write {
@@ -65,23 +99,65 @@ impl StateDir {
                     source,
                 })?;
         }
+        // The agent's directory is readable by any uid inside the agent.
+        let agent = self.agent_dir();
+        fs::set_permissions(&agent, fs::Permissions::from_mode(0o755)).map_err(|source| {
+            StateError::Write {
+                path: agent,
+                source,
+            }
+        })
+    }
+
+    /// Writes `policy.json` atomically.
+    pub fn write_policy(&self, json: &str) -> Result<PathBuf, StateError> {
+        self.create()?;
         let path = self.policy_path();
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(json.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|source| StateError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        write_private(&path, json.as_bytes())?;
         Ok(path)
     }
+
+    /// Writes (or, with `None`, removes) a file of the sidecar's directory.
+    pub fn write_sidecar_file(&self, name: &str, data: Option<&[u8]>) -> Result<(), StateError> {
+        let path = self.sidecar_dir().join(name);
+        match data {
+            Some(d) => write_private(&path, d),
+            None => match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(StateError::Write { path, source: e })
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+fn write_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file only its owner can read (0600), atomically.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_mode(path, data, 0o600)
+}
+
+/// Writes a file anyone may read (0644), atomically.
+pub fn write_public(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_mode(path, data, 0o644)
 }

