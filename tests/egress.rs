@@ -9,9 +9,11 @@ use bottle_e2e::*;
 const SECRET: &str = "sk-e2e-SECRET-4242-do-not-leak";
 
 /// A bottle whose egress network holds the echo origin under several names.
+/// Fields drop in order: the origin leaves the bottle's network before
+/// `bottle down` removes it.
 struct Setup {
-    b: Bottle,
     _origin: Container,
+    b: Bottle,
     _pki: TempDir,
 }
 

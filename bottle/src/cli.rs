@@ -240,7 +240,11 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Ps { json } => {
             // Every runtime that answers; one that is absent has no bottles.
             let mut list = Vec::new();
-            for kind in crate::runtime_select::auto_order() {
+            for kind in [
+                RuntimeKind::Docker,
+                RuntimeKind::AppleContainer,
+                RuntimeKind::Smolvm,
+            ] {
                 if let Ok(rt) = connect(kind).await {
                     list.extend(lifecycle::ps(rt.as_ref()).await?);
                 }

@@ -501,6 +501,17 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove_network(&self, id: &str) -> Result<(), RuntimeError> {
+        // Whatever else is still attached (a container the user connected by
+        // hand) is disconnected first: the network is the bottle's.
+        if let Ok(net) = self.docker.inspect_network(id, None).await {
+            for container in net.containers.unwrap_or_default().into_keys() {
+                let req = bollard::models::NetworkDisconnectRequest {
+                    container,
+                    force: Some(true),
+                };
+                let _ = self.docker.disconnect_network(id, req).await;
+            }
+        }
         match self.docker.remove_network(id).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),

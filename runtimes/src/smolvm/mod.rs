@@ -566,8 +566,9 @@ impl Runtime for SmolvmRuntime {
             },
             name: spec.name.clone(),
             kind: spec.kind,
-            // Leases are 100.96.N.2, one N per member, gateway 100.96.N.1.
-            subnet: None,
+            // Leases are 100.96.N.2, one N per member, gateway 100.96.N.1:
+            // members find their own address inside this range.
+            subnet: (spec.kind == NetworkKind::Internal).then(|| "100.96.0.0/16".to_string()),
             host_interface: None,
         })
     }
