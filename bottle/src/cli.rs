@@ -325,7 +325,42 @@ fn choose_runtime(flag: Option<RuntimeArg>, config: Option<RuntimeKind>) -> Opti
 }
 
 async fn connect(kind: RuntimeKind) -> Result<Box<dyn Runtime>, CliError> {
-    Ok(crate::runtime_select::connect(kind).await?)
+    match crate::runtime_select::connect(kind).await {
+        Err(RuntimeError::Unavailable { .. })
+            if kind == RuntimeKind::AppleContainer && offer_apple_start().await =>
+        {
+            Ok(crate::runtime_select::connect(kind).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// The Apple container service is installed but stopped (it does not start
+/// again after a reboot): offer to start it, at a terminal only.
+async fn offer_apple_start() -> bool {
+    use bottle_runtimes::apple::{AppleRuntime, ServiceState};
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return false;
+    }
+    if !matches!(
+        AppleRuntime::service_status().await,
+        Ok(ServiceState::Down { .. })
+    ) {
+        return false;
+    }
+    eprint!("the Apple container service is not running; start it now (container system start --enable-kernel-install)? [y/N] ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        return false;
+    }
+    match AppleRuntime::start_service().await {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("bottle: could not start it: {e}");
+            false
+        }
+    }
 }
 
 /// The runtime bottle `name` was brought up on (docker when unrecorded).
