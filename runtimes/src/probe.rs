@@ -41,6 +41,37 @@ pub struct Capability {
     pub weakness: Option<&'static str>,
 }
 
+impl Capability {
+    /// A capability with no weakness name.
+    pub fn new(
+        name: &str,
+        state: CapabilityState,
+        how: &'static str,
+        required: bool,
+        detail: String,
+    ) -> Capability {
+        Capability {
+            name: name.into(),
+            state,
+            how,
+            detail,
+            required,
+            weakness: None,
+        }
+    }
+}
+
+impl CapabilityState {
+    /// `Yes` when `ok`, else `No`.
+    pub fn from_bool(ok: bool) -> Self {
+        if ok {
+            CapabilityState::Yes
+        } else {
+            CapabilityState::No
+        }
+    }
+}
+
 /// Every weakness a probe can report, with what it means for the user.
 /// `docs/runtimes.md` explains each one at length.
 pub const WEAKNESSES: &[(&str, &str)] = &[

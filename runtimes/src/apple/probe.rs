@@ -18,31 +18,6 @@ use std::net::{IpAddr, Ipv4Addr};
 /// The weakness an internal network has on this runtime.
 pub const HOST_REACHABLE: &str = "host-reachable-from-internal";
 
-fn cap(
-    name: &str,
-    state: CapabilityState,
-    how: &'static str,
-    required: bool,
-    detail: String,
-) -> Capability {
-    Capability {
-        name: name.into(),
-        state,
-        how,
-        detail,
-        required,
-        weakness: None,
-    }
-}
-
-fn yes_no(ok: bool) -> CapabilityState {
-    if ok {
-        CapabilityState::Yes
-    } else {
-        CapabilityState::No
-    }
-}
-
 pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     let mut probe = Probe {
         runtime: RuntimeKind::AppleContainer,
@@ -51,14 +26,14 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
         running: true,
         version: Some(rt.version.to_string()),
         capabilities: vec![
-            cap(
+            Capability::new(
                 "cli",
                 CapabilityState::Yes,
                 "measured",
                 true,
                 format!("{} (>= {})", rt.version_line, super::MIN_VERSION),
             ),
-            cap(
+            Capability::new(
                 "service-running",
                 CapabilityState::Yes,
                 "measured",
@@ -68,7 +43,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                     if rt.service_version.is_empty() { "?" } else { &rt.service_version }
                 ),
             ),
-            cap(
+            Capability::new(
                 "macos-26",
                 match &rt.macos {
                     Some(_) => CapabilityState::Yes,
@@ -98,7 +73,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     probe.capabilities.push(match &egress {
         Ok(n) => {
             networks.push(n.name.clone());
-            cap(
+            Capability::new(
                 "private-network",
                 CapabilityState::Yes,
                 "measured",
@@ -110,7 +85,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                 ),
             )
         }
-        Err(e) => cap(
+        Err(e) => Capability::new(
             "private-network",
             CapabilityState::No,
             "measured",
@@ -138,9 +113,9 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
             gateway = inspected
                 .ok()
                 .and_then(|i| i.status.ipv4_gateway.parse().ok());
-            probe.capabilities.push(cap(
+            probe.capabilities.push(Capability::new(
                 "internal-network",
-                yes_no(mode == "hostOnly"),
+                CapabilityState::from_bool(mode == "hostOnly"),
                 "measured",
                 true,
                 format!(
@@ -150,7 +125,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                 ),
             ));
         }
-        Err(e) => probe.capabilities.push(cap(
+        Err(e) => probe.capabilities.push(Capability::new(
             "internal-network",
             CapabilityState::No,
             "measured",
@@ -212,9 +187,9 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                             && c.status.networks[1].network == int.name
                             && c.status.networks.iter().all(|n| n.ipv4().is_some())
                     });
-                    probe.capabilities.push(cap(
+                    probe.capabilities.push(Capability::new(
                         "multi-network-attach",
-                        yes_no(started.is_ok() && ordered),
+                        CapabilityState::from_bool(started.is_ok() && ordered),
                         "measured",
                         true,
                         match &started {
@@ -225,9 +200,9 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                     let published = c
                         .as_ref()
                         .and_then(|c| c.configuration.published_ports.first().cloned());
-                    probe.capabilities.push(cap(
+                    probe.capabilities.push(Capability::new(
                         "per-ip-publish",
-                        yes_no(
+                        CapabilityState::from_bool(
                             published
                                 .as_ref()
                                 .is_some_and(|p| p.host_address == host_ip.to_string()),
@@ -255,7 +230,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                         .await;
                     }
                 }
-                Err(e) => probe.capabilities.push(cap(
+                Err(e) => probe.capabilities.push(Capability::new(
                     "multi-network-attach",
                     CapabilityState::No,
                     "measured",
@@ -264,14 +239,14 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                 )),
             }
         }
-        (_, _, None) => probe.capabilities.push(cap(
+        (_, _, None) => probe.capabilities.push(Capability::new(
             "multi-network-attach",
             CapabilityState::Unknown,
             "measured",
             true,
             "not measured: needs the sidecar image to run a container".into(),
         )),
-        _ => probe.capabilities.push(cap(
+        _ => probe.capabilities.push(Capability::new(
             "multi-network-attach",
             CapabilityState::Unknown,
             "measured",
@@ -293,22 +268,22 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     };
     probe.capabilities.push(Capability {
         weakness: reachable.then_some(HOST_REACHABLE),
-        ..cap(
+        ..Capability::new(
             "host-unreachable-from-internal",
-            yes_no(!reachable),
+            CapabilityState::from_bool(!reachable),
             how,
             true,
             detail,
         )
     });
-    probe.capabilities.push(cap(
+    probe.capabilities.push(Capability::new(
         "internal-dns-isolated",
         CapabilityState::Unknown,
         "inferred",
         false,
         "the agent's resolver is the sidecar (--dns); what else answers DNS on the internal network is the host at its gateway, covered by host-unreachable-from-internal".into(),
     ));
-    probe.capabilities.push(cap(
+    probe.capabilities.push(Capability::new(
         "no-new-privileges",
         CapabilityState::No,
         "inferred",

@@ -13,31 +13,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-fn cap(
-    name: &str,
-    state: CapabilityState,
-    how: &'static str,
-    required: bool,
-    detail: String,
-) -> Capability {
-    Capability {
-        name: name.into(),
-        state,
-        how,
-        detail,
-        required,
-        weakness: None,
-    }
-}
-
-fn yes_no(ok: bool) -> CapabilityState {
-    if ok {
-        CapabilityState::Yes
-    } else {
-        CapabilityState::No
-    }
-}
-
 /// Is this engine version fixed for CVE-2024-29018 (DNS forwarded from
 /// internal networks)? Fixed in 26.0.0, 25.0.5 and 23.0.11.
 pub fn dns_isolated_on_internal(version: &str) -> Option<bool> {
@@ -96,7 +71,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
         present: true,
         running: true,
         version: Some(rt.version.clone()),
-        capabilities: vec![cap(
+        capabilities: vec![Capability::new(
             "engine-api",
             CapabilityState::Yes,
             "measured",
@@ -136,9 +111,9 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                 .and_then(|n| n.options.as_ref())
                 .and_then(|o| o.get(super::INHIBIT_IPV4).cloned())
                 .is_some_and(|v| v == "true");
-            probe.capabilities.push(cap(
+            probe.capabilities.push(Capability::new(
                 "internal-network",
-                yes_no(is_internal && inhibited),
+                CapabilityState::from_bool(is_internal && inhibited),
                 "measured",
                 true,
                 format!(
@@ -152,7 +127,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             Some(net)
         }
         Err(e) => {
-            probe.capabilities.push(cap(
+            probe.capabilities.push(Capability::new(
                 "internal-network",
                 CapabilityState::No,
                 "measured",
@@ -169,9 +144,9 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             probe.capabilities.push(match found {
                 Ok(addrs) => {
                     let v4: Vec<_> = addrs.iter().filter(|a| a.is_ipv4()).collect();
-                    cap(
+                    Capability::new(
                         "no-host-address-on-internal",
-                        yes_no(v4.is_empty()),
+                        CapabilityState::from_bool(v4.is_empty()),
                         "measured",
                         true,
                         if v4.is_empty() {
@@ -188,7 +163,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                         },
                     )
                 }
-                Err(e) => cap(
+                Err(e) => Capability::new(
                     "no-host-address-on-internal",
                     CapabilityState::Unknown,
                     "measured",
@@ -197,7 +172,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                 ),
             });
         }
-        (_, None) => probe.capabilities.push(cap(
+        (_, None) => probe.capabilities.push(Capability::new(
             "no-host-address-on-internal",
             CapabilityState::Unknown,
             "measured",
@@ -257,15 +232,15 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                     let started = rt.start_container(&id).await;
                     let info = rt.inspect_container(&id).await;
                     let attached = info.as_ref().map(|i| i.ipv4.len()).unwrap_or(0);
-                    probe.capabilities.push(cap(
+                    probe.capabilities.push(Capability::new(
                         "multi-network-attach",
-                        yes_no(attached == 2),
+                        CapabilityState::from_bool(attached == 2),
                         "measured",
                         true,
                         format!("a container created on the egress network and connected to the internal one before start holds {attached} addresses"),
                     ));
                     probe.capabilities.push(match started {
-                        Err(e) => cap(
+                        Err(e) => Capability::new(
                             "per-ip-publish",
                             CapabilityState::Unknown,
                             "measured",
@@ -278,9 +253,9 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                             let t = Duration::from_secs(2);
                             let bound = TcpStream::connect_timeout(&on, t).is_ok();
                             let leaked = TcpStream::connect_timeout(&off, t).is_ok();
-                            cap(
+                            Capability::new(
                                 "per-ip-publish",
-                                yes_no(bound && !leaked),
+                                CapabilityState::from_bool(bound && !leaked),
                                 "measured",
                                 false,
                                 format!(
@@ -290,7 +265,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                                 ),
                             )
                         }
-                        Ok(()) => cap(
+                        Ok(()) => Capability::new(
                             "per-ip-publish",
                             CapabilityState::Unknown,
                             "measured",
@@ -300,7 +275,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                         ),
                     });
                 }
-                Err(e) => probe.capabilities.push(cap(
+                Err(e) => probe.capabilities.push(Capability::new(
                     "multi-network-attach",
                     CapabilityState::No,
                     "measured",
@@ -309,14 +284,14 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                 )),
             }
         }
-        (_, Err(e), _) => probe.capabilities.push(cap(
+        (_, Err(e), _) => probe.capabilities.push(Capability::new(
             "multi-network-attach",
             CapabilityState::Unknown,
             "measured",
             true,
             format!("creating an egress network failed: {e}"),
         )),
-        _ => probe.capabilities.push(cap(
+        _ => probe.capabilities.push(Capability::new(
             "multi-network-attach",
             CapabilityState::Unknown,
             "measured",
@@ -326,7 +301,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
     }
 
     let dns = dns_isolated_on_internal(&rt.version);
-    probe.capabilities.push(cap(
+    probe.capabilities.push(Capability::new(
         "internal-dns-isolated",
         match dns {
             Some(true) => CapabilityState::Yes,

@@ -13,31 +13,6 @@ pub const DNS_UNFILTERED: &str = "dns-forwarded-unfiltered";
 /// The weakness of a host reachable from the agent's network.
 pub const HOST_REACHABLE: &str = "host-reachable-from-internal";
 
-fn cap(
-    name: &str,
-    state: CapabilityState,
-    how: &'static str,
-    required: bool,
-    detail: String,
-) -> Capability {
-    Capability {
-        name: name.into(),
-        state,
-        how,
-        detail,
-        required,
-        weakness: None,
-    }
-}
-
-fn yes_no(ok: bool) -> CapabilityState {
-    if ok {
-        CapabilityState::Yes
-    } else {
-        CapabilityState::No
-    }
-}
-
 pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
     let v = rt.version;
     let mut probe = Probe {
@@ -47,14 +22,14 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
         running: true,
         version: Some(v.to_string()),
         capabilities: vec![
-            cap(
+            Capability::new(
                 "cli",
                 CapabilityState::Yes,
                 "measured",
                 true,
                 format!("`smolvm --version` says {v} (>= {FABRIC_SINCE} for the fabric)"),
             ),
-            cap(
+            Capability::new(
                 "service-running",
                 CapabilityState::Yes,
                 "inferred",
@@ -93,23 +68,23 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
     match &status {
         Ok(m) => {
             let cidrs = m.allowed_cidrs.clone().unwrap_or_default();
-            probe.capabilities.push(cap(
+            probe.capabilities.push(Capability::new(
                 "internal-network",
-                yes_no(m.network),
+                CapabilityState::from_bool(m.network),
                 "measured",
                 true,
                 format!("a machine created with --network {fabric} records network={} (the fabric is private to its members; addresses are leased at start)", m.network),
             ));
-            probe.capabilities.push(cap(
+            probe.capabilities.push(Capability::new(
                 "egress-allow-list",
-                yes_no(cidrs == ["192.0.2.1/32"] && m.dns.as_deref() == Some("192.0.2.1")),
+                CapabilityState::from_bool(cidrs == ["192.0.2.1/32"] && m.dns.as_deref() == Some("192.0.2.1")),
                 "measured",
                 true,
                 format!("--allow-cidr 192.0.2.1/32 --dns 192.0.2.1 recorded as allowed_cidrs={cidrs:?}, dns={:?}", m.dns),
             ));
         }
         Err(e) => {
-            probe.capabilities.push(cap(
+            probe.capabilities.push(Capability::new(
                 "internal-network",
                 CapabilityState::No,
                 "measured",
@@ -141,8 +116,8 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
         Err(e) => Err(e.to_string()),
     };
     probe.capabilities.push(match dual {
-        Ok(ok) => cap("multi-network-attach", yes_no(ok), "measured", true, format!("a machine created with --network {fabric} --net records open egress besides the fabric: {ok}")),
-        Err(e) => cap("multi-network-attach", CapabilityState::No, "measured", true, format!("`machine create --network --net` failed: {e}")),
+        Ok(ok) => Capability::new("multi-network-attach", CapabilityState::from_bool(ok), "measured", true, format!("a machine created with --network {fabric} --net records open egress besides the fabric: {ok}")),
+        Err(e) => Capability::new("multi-network-attach", CapabilityState::No, "measured", true, format!("`machine create --network --net` failed: {e}")),
     });
 
     // Per-IP publish: the CLI has no host-IP form.
@@ -157,18 +132,18 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
     probe.capabilities.push(match rt.tool.run(&args).await {
         Ok(o) if o.ok() => {
             made.push(publish.clone());
-            cap("per-ip-publish", CapabilityState::Yes, "measured", false, "-p 127.0.0.2:47123:80 was accepted".into())
+            Capability::new("per-ip-publish", CapabilityState::Yes, "measured", false, "-p 127.0.0.2:47123:80 was accepted".into())
         }
-        Ok(o) => cap("per-ip-publish", CapabilityState::No, "measured", false, format!("-p 127.0.0.2:47123:80 refused: {}; published ports bind 127.0.0.1 only (bottle publishes nothing of a bottle)", o.message())),
-        Err(e) => cap("per-ip-publish", CapabilityState::Unknown, "measured", false, e.to_string()),
+        Ok(o) => Capability::new("per-ip-publish", CapabilityState::No, "measured", false, format!("-p 127.0.0.2:47123:80 refused: {}; published ports bind 127.0.0.1 only (bottle publishes nothing of a bottle)", o.message())),
+        Err(e) => Capability::new("per-ip-publish", CapabilityState::Unknown, "measured", false, e.to_string()),
     });
 
     let loopback_blocked = v >= LOOPBACK_BLOCKED_SINCE;
     probe.capabilities.push(Capability {
         weakness: (!loopback_blocked).then_some(HOST_REACHABLE),
-        ..cap(
+        ..Capability::new(
             "host-unreachable-from-internal",
-            yes_no(loopback_blocked),
+            CapabilityState::from_bool(loopback_blocked),
             "inferred",
             true,
             if loopback_blocked {
@@ -180,7 +155,7 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
     });
     probe.capabilities.push(Capability {
         weakness: Some(DNS_UNFILTERED),
-        ..cap(
+        ..Capability::new(
             "internal-dns-isolated",
             CapabilityState::No,
             "inferred",
@@ -188,14 +163,14 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
             "the agent's resolver is pinned to the sidecar (--dns), but smolvm's own resolver on the gateway forwards any name upstream unless a host allow-list (--allow-host) is active, and bottle's agent has none".into(),
         )
     });
-    probe.capabilities.push(cap(
+    probe.capabilities.push(Capability::new(
         "fabric-filtered",
         CapabilityState::No,
         "inferred",
         false,
         "traffic between fabric members bypasses the egress policy; each bottle has its own fabric holding only its agent and sidecar".into(),
     ));
-    probe.capabilities.push(cap(
+    probe.capabilities.push(Capability::new(
         "boot",
         CapabilityState::Unknown,
         "inferred",
