@@ -1,0 +1,298 @@
+//! One benchmark run: mint the certificates, start the origin, then measure
+//! each path in turn (only one proxy is alive at a time, so they never compete
+//! for the CPU) and print the table.
+
+use crate::client::{self, Load, Target};
+use crate::config::{Config, PathKind};
+use crate::origin::{self, Origin};
+use crate::pki::{self, Ca};
+use crate::proxy::{self, ProxyProcess, RssSampler};
+use crate::report::{self, PathResult, ProxyCost};
+use anyhow::{ensure, Context as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// Scratch directory for policy, CAs and proxy logs; removed at the end
+/// unless `--keep-dir` or the run failed (then its logs explain why).
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn create(keep: bool) -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!("egress-bench-{}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path, keep })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep || std::thread::panicking() {
+            eprintln!(
+                "egress-bench: scratch files kept in {}",
+                self.path.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// What every path shares.
+struct Bench<'a> {
+    config: &'a Config,
+    dir: &'a Path,
+    origin: &'a Origin,
+    origin_ca: Ca,
+    origin_ca_path: PathBuf,
+    /// A listener the allow-list does not name: CONNECT to it must be refused
+    /// by policy (it is reachable, so a refusal is not a connection error).
+    decoy: SocketAddr,
+}
+
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let mut work = WorkDir::create(config.keep_dir)?;
+    let result = run_in(config, &work.path).await;
+    if result.is_err() {
+        work.keep = true;
+    }
+    result
+}
+
+async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
+    let origin_ca = Ca::new("egress-bench origin CA")?;
+    let origin_ca_path = dir.join("origin-ca.pem");
+    std::fs::write(&origin_ca_path, origin_ca.cert_pem())?;
+    let (leaf, key) = origin_ca.leaf("127.0.0.1")?;
+    let origin = origin::start(leaf, key, config.body_bytes).await?;
+
+    let decoy = TcpListener::bind("127.0.0.1:0").await?;
+    let decoy_addr = decoy.local_addr()?;
+    let decoy_task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = decoy.accept().await {
+            drop(tcp);
+        }
+    });
+
+    let bench = Bench {
+        config,
+        dir,
+        origin: &origin,
+        origin_ca,
+        origin_ca_path,
+        decoy: decoy_addr,
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "egress-bench: {} connections, {}s warm-up + {}s measured per path (at most {} requests), {}-byte body, origin https://{}",
+        config.concurrency,
+        config.warmup.as_secs(),
+        config.duration.as_secs(),
+        config.max_requests,
+        config.body_bytes,
+        origin.addr,
+    );
+    println!(
+        "CPUs: {cores} usable by this process (client + origin: {}), proxies on {}",
+        proxy::cpus_allowed(std::process::id()),
+        config
+            .proxy_cpus
+            .as_deref()
+            .unwrap_or("the same (not pinned)"),
+    );
+    if config.paths.contains(&PathKind::Egress) {
+        println!("bottle-sidecar: {}", config.sidecar.display());
+    }
+    if config.paths.contains(&PathKind::Mitmproxy) {
+        println!(
+            "mitmdump: {} ({})",
+            config.mitmdump.display(),
+            proxy::mitmdump_version(&config.mitmdump).await
+        );
+    }
+
+    let mut rows = Vec::new();
+    for &kind in &config.paths {
+        eprintln!("egress-bench: measuring {} ...", kind.name());
+        let row = match kind {
+            PathKind::Direct => bench.direct().await,
+            PathKind::Egress => bench.egress().await,
+            PathKind::Mitmproxy => bench.mitmproxy().await,
+        }
+        .with_context(|| format!("path `{}`", kind.name()))?;
+        rows.push(row);
+    }
+    decoy_task.abort();
+
+    println!();
+    print!("{}", report::table(&rows));
+    let checks = report::allow_list_checks(&rows);
+    if !checks.is_empty() {
+        println!("\nAllow-list in force (checked before each proxy's load):");
+        print!("{checks}");
+    }
+    let contended = report::contention(&rows);
+    if !contended.is_empty() {
+        println!("\n{contended}");
+    }
+    let verdicts = report::verdicts(&rows);
+    if !verdicts.is_empty() {
+        println!("\nIssue 3 targets:");
+        print!("{verdicts}");
+    }
+    Ok(())
+}
+
+impl Bench<'_> {
+    fn load(&self) -> Load {
+        Load {
+            concurrency: self.config.concurrency,
+            warmup: self.config.warmup,
+            duration: self.config.duration,
+            max_requests: self.config.max_requests,
+        }
+    }
+
+    async fn direct(&self) -> anyhow::Result<PathResult> {
+        let target = Arc::new(Target::new(
+            self.origin.addr,
+            None,
+            self.origin_ca.roots()?,
+        )?);
+        let body = client::probe(&target).await?;
+        ensure!(body == self.config.body_bytes, "origin sent {body} bytes");
+        let me = proxy::read_proc(std::process::id())?;
+        let machine = proxy::machine_busy()?;
+        let accepted = self.origin.accepted();
+        let started = Instant::now();
+        let load = client::drive(target, &self.load()).await?;
+        let bench_cpu_cores = cores(me, started)?;
+        let machine_cpu_cores = machine_cores(machine, started)?;
+        Ok(PathResult {
+            kind: PathKind::Direct,
+            load,
+            origin_connections: self.origin.accepted() - accepted,
+            bench_cpu_cores,
+            other_cpu_cores: machine_cpu_cores - bench_cpu_cores,
+            proxy: None,
+        })
+    }
+
+    async fn egress(&self) -> anyhow::Result<PathResult> {
+        let bottle_ca = Ca::new("egress-bench bottle CA")?;
+        let mut sidecar = proxy::spawn_sidecar(
+            &self.config.sidecar,
+            self.config.proxy_cpus.as_deref(),
+            self.dir,
+            self.origin.addr,
+            &bottle_ca,
+            self.origin_ca.cert_pem(),
+        )?;
+        sidecar.wait_ready(|| true).await?;
+        // The client trusts only the bottle CA: a handshake that succeeds was
+        // terminated by the sidecar, i.e. intercepted.
+        let target = Arc::new(Target::new(
+            self.origin.addr,
+            Some(sidecar.addr),
+            bottle_ca.roots()?,
+        )?);
+        self.through(PathKind::Egress, sidecar, target).await
+    }
+
+    async fn mitmproxy(&self) -> anyhow::Result<PathResult> {
+        let ca_path = proxy::mitm_ca_path(self.dir);
+        let mut mitm = proxy::spawn_mitmdump(
+            &self.config.mitmdump,
+            self.config.proxy_cpus.as_deref(),
+            self.dir,
+            self.origin.addr,
+            &self.origin_ca_path,
+        )?;
+        mitm.wait_ready(|| ca_path.is_file()).await?;
+        let target = Arc::new(Target::new(
+            self.origin.addr,
+            Some(mitm.addr),
+            pki::roots_from_pem_file(&ca_path)?,
+        )?);
+        self.through(PathKind::Mitmproxy, mitm, target).await
+    }
+
+    /// Checks the proxy enforces the allow-list and intercepts, then loads it
+    /// while watching its memory and CPU.
+    async fn through(
+        &self,
+        kind: PathKind,
+        mut process: ProxyProcess,
+        target: Arc<Target>,
+    ) -> anyhow::Result<PathResult> {
+        let denied = client::connect_status(process.addr, &self.decoy.to_string())
+            .await
+            .with_context(|| format!("CONNECT to the non-allowed {}", self.decoy))?;
+        ensure!(
+            denied != 200,
+            "{} let CONNECT to the non-allowed {} through: the allow-list is not in force",
+            process.name,
+            self.decoy
+        );
+        let body = client::probe(&target).await.with_context(|| {
+            format!("first request through {}\n{}", process.name, process.logs())
+        })?;
+        ensure!(body == self.config.body_bytes, "origin sent {body} bytes");
+
+        let pid = process.pid();
+        let idle = proxy::read_proc(pid)?;
+        let sampler = RssSampler::start(pid);
+        let me = proxy::read_proc(std::process::id())?;
+        let machine = proxy::machine_busy()?;
+        let accepted = self.origin.accepted();
+        let started = Instant::now();
+        let load = client::drive(target, &self.load()).await;
+        let wall = started.elapsed();
+        let after = proxy::read_proc(pid);
+        let bench_cpu_cores = cores(me, started)?;
+        let machine_cpu_cores = machine_cores(machine, started)?;
+        let peak = sampler.finish().await;
+        process.check_alive()?;
+        let load = load.with_context(|| process.logs())?;
+        let after = after?;
+        process.stop().await;
+        let cpu = after.cpu.saturating_sub(idle.cpu);
+        let cpu_cores = cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+        let requests = load.answered.max(1) as f64;
+        Ok(PathResult {
+            kind,
+            load,
+            origin_connections: self.origin.accepted() - accepted,
+            bench_cpu_cores,
+            other_cpu_cores: machine_cpu_cores - bench_cpu_cores - cpu_cores,
+            proxy: Some(ProxyCost {
+                idle_rss_kib: idle.rss_kib,
+                peak_rss_kib: peak.max(after.hwm_kib),
+                cpu_cores,
+                cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests,
+                denied_status: denied,
+            }),
+        })
+    }
+}
+
+/// This process's CPU time since `before` was read at `started`, in cores.
+fn cores(before: proxy::ProcStats, started: Instant) -> anyhow::Result<f64> {
+    let now = proxy::read_proc(std::process::id())?;
+    let cpu = now.cpu.saturating_sub(before.cpu);
+    Ok(cpu.as_secs_f64() / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// The whole machine's busy CPU since `before` was read at `started`, in cores.
+fn machine_cores(before: std::time::Duration, started: Instant) -> anyhow::Result<f64> {
+    let cpu = proxy::machine_busy()?.saturating_sub(before);
+    Ok(cpu.as_secs_f64() / started.elapsed().as_secs_f64().max(1e-9))
+}
