@@ -8,15 +8,15 @@
 //! nothing else. So no upstream connection is opened without a decision, and
 //! it always goes to an address that was checked (never a second lookup).
 
+use crate::forward::Counter;
 use crate::guard::{ResolveError, Resolver};
+use crate::io::MeteredIo;
 use bottle_policy::{normalize_host, Decision, EgressPolicy, LocalNet, Verdict, DEFAULT_PORTS};
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// How long one connection attempt may take before the next address is tried.
@@ -200,62 +200,13 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut counted = Counted {
-        inner: upstream,
-        read: 0,
-        written: 0,
-    };
+    let (read, written) = (Counter::default(), Counter::default());
+    let mut counted = MeteredIo::new(upstream, read.clone(), written.clone());
     let result = tokio::io::copy_bidirectional(client, &mut counted).await;
     TunnelOutcome {
-        bytes_up: counted.written,
-        bytes_down: counted.read,
+        bytes_up: written.get(),
+        bytes_down: read.get(),
         error: result.err(),
-    }
-}
-
-/// Counts the bytes read from and written to `inner`.
-struct Counted<'a, T: ?Sized> {
-    inner: &'a mut T,
-    read: u64,
-    written: u64,
-}
-
-impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Counted<'_, T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.read += (buf.filled().len() - before) as u64;
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counted<'_, T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut *this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            this.written += n as u64;
-        }
-        polled
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
