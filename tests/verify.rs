@@ -153,3 +153,35 @@ fn verify_fails_on_a_deliberately_broken_bottle() {
         "the host address on the bridge was not caught: {fails:?}"
     );
 }
+
+#[test]
+fn up_with_verify_checks_before_handing_over() {
+    if !engine_or_skip("up_with_verify_checks_before_handing_over") {
+        return;
+    }
+    let dir = TempDir::new("upverify");
+    let state = TempDir::new("upverify-state");
+    let name = unique_name("upverify");
+    std::fs::write(dir.0.join("bottle.toml"), format!("name = \"{name}\"\n")).unwrap();
+    let out = bottle(&state.0, &dir.0, &["up", "--verify"]);
+    let _down = DownOnDrop(name.clone(), state.0.clone(), dir.0.clone());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("verifying the sandbox from inside the agent"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("verify {name}: ")) && err.contains(" 0 failed"),
+        "{err}"
+    );
+    assert!(!labelled(&name).is_empty(), "a verified bottle stays up");
+}
+
+struct DownOnDrop(String, std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = bottle(&self.1, &self.2, &["down", &self.0]);
+    }
+}
