@@ -117,6 +117,11 @@ pub async fn prepare_images(
             sidecar.tag
         ));
         images::ensure(rt, &sidecar, &base, &mut progress).await?;
+        // Older sidecar images (earlier builds of bottle) only take space.
+        let repo = sidecar.tag.split(':').next().unwrap_or_default();
+        if let Ok(n @ 1..) = rt.prune_images(repo, &sidecar.tag).await {
+            progress(&format!("removed {n} unused older {repo} image(s)"));
+        }
     }
     if !rt.image_exists(agent_image).await? {
         if agent_image != images::DEFAULT_AGENT_IMAGE {

@@ -74,6 +74,13 @@ pub trait Runtime: Send + Sync {
     async fn probe(&self, helper_image: Option<&str>) -> Probe;
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Removes every tag of repository `repo` but `keep` that no container
+    /// uses (older sidecar images after an upgrade). Returns how many went.
+    /// Runtimes that cannot list images remove nothing.
+    async fn prune_images(&self, repo: &str, keep: &str) -> Result<usize, RuntimeError> {
+        let _ = (repo, keep);
+        Ok(0)
+    }
     async fn build_image(
         &self,
         spec: &BuildSpec,

@@ -364,6 +364,42 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn prune_images(&self, repo: &str, keep: &str) -> Result<usize, RuntimeError> {
+        let filters: HashMap<String, Vec<String>> =
+            HashMap::from([("reference".to_string(), vec![repo.to_string()])]);
+        let images = self
+            .docker
+            .list_images(Some(
+                bollard::query_parameters::ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(call("list images"))?;
+        let mut removed = 0;
+        for image in images {
+            for tag in image
+                .repo_tags
+                .iter()
+                .filter(|t| t.as_str() != keep && t.split_once(':').is_some_and(|(r, _)| r == repo))
+            {
+                // Without force: an image a container still uses stays.
+                let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+                    .force(false)
+                    .build();
+                if self
+                    .docker
+                    .remove_image(tag, Some(opts), None)
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     async fn build_image(
         &self,
         spec: &BuildSpec,
