@@ -144,13 +144,18 @@ fn verify_fails_on_a_deliberately_broken_bottle() {
 
     let (code, v, _) = report(&b);
     assert_eq!(code, 1, "verify must fail on a broken bottle");
-    let gw_ip = gw.split('/').next().unwrap();
+    // With a host address on its only network the agent reaches the host's
+    // listener — through the bridge address itself or, routed via it, on
+    // the host's other addresses (which of them answers first depends on
+    // when the agent's neighbour entry for the gateway recovers).
     let fails = failed(&v);
+    let reached: Vec<&String> = fails
+        .iter()
+        .filter(|f| f.starts_with("\"host ") && f.contains("REACHED the host listener"))
+        .collect();
     assert!(
-        fails
-            .iter()
-            .any(|f| f.contains(&format!("host {gw_ip}")) && f.contains("REACHED")),
-        "the host address on the bridge was not caught: {fails:?}"
+        !reached.is_empty(),
+        "the host address on the bridge ({gw}) was not caught: {fails:?}"
     );
 }
 
