@@ -536,6 +536,53 @@ fn agent_is_hardened_and_tty_works() {
         stdout(&out),
         stderr(&out)
     );
+    // The agent holds the bottle CA's certificate and nothing else of the
+    // state dir (the key and secrets stay with the sidecar).
+    let out = b.sh("ls -A /usr/local/share/ca-certificates/bottle; ls /etc/bottle 2>&1; find / -xdev -name ca-key.pem 2>/dev/null");
+    let text = stdout(&out);
+    assert_eq!(text.lines().next(), Some("bottle-ca.crt"), "{text}");
+    assert!(
+        !text.contains("ca-key.pem") && !text.contains("secrets.json"),
+        "{text}"
+    );
+
+    // The sidecar itself: no capability at all, the state dir's owner, a
+    // read-only root file system.
+    let sidecar = format!("bottle-{}-sidecar", b.name);
+    let out = docker(&["exec", &sidecar, "cat", "/proc/1/status"]);
+    let status = stdout(&out);
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_else(|| panic!("{k} missing: {status}"))
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(b.state.0.join("bottle").join(&b.name))
+        .unwrap()
+        .uid();
+    assert_eq!(field("Uid:"), owner.to_string(), "{status}");
+    let out = docker(&[
+        "exec",
+        &sidecar,
+        "sh",
+        "-c",
+        "touch /usr/local/bin/x; echo exit=$?",
+    ]);
+    assert!(
+        stdout(&out).contains("exit=1") && stderr(&out).contains("Read-only file system"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
     // Without a terminal, -t is refused with a clear message.
     let out = b.bottle(&["exec", "-t", &b.name, "--", "tty"]);
     assert_eq!(out.status.code(), Some(1));
