@@ -321,10 +321,10 @@ async fn create_all(
             })
         }
     };
-    // Where the runtime has namespaced sysctls (docker), the sidecar runs as
-    // the state dir's owner with no capability at all; elsewhere it runs as
-    // root keeping only NET_BIND_SERVICE.
-    let unprivileged = rt.kind() == bottle_runtimes::RuntimeKind::Docker;
+    // Where the runtime has namespaced sysctls, the sidecar runs as the
+    // state dir's owner with no capability at all; elsewhere it runs as root
+    // keeping only NET_BIND_SERVICE.
+    let unprivileged = rt.supports_sysctls();
     report.step(&format!("starting sidecar {}", plan.sidecar_name));
     let sidecar_spec = ContainerSpec {
         name: plan.sidecar_name.clone(),

@@ -120,6 +120,12 @@ pub trait Runtime: Send + Sync {
         false
     }
 
+    /// Whether [`ContainerSpec::sysctls`] is honoured (namespaced kernel
+    /// settings per container). Runtimes without it refuse a spec that asks.
+    fn supports_sysctls(&self) -> bool {
+        false
+    }
+
     /// Creates (does not start) a container attached to every network in
     /// `spec.networks`, in order.
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;

@@ -352,6 +352,10 @@ impl Runtime for DockerRuntime {
         RuntimeKind::Docker
     }
 
+    fn supports_sysctls(&self) -> bool {
+        true
+    }
+
     async fn probe(&self, helper_image: Option<&str>) -> Probe {
         probe::run(self, helper_image).await
     }
