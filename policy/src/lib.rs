@@ -12,6 +12,7 @@
 pub mod address;
 pub mod egress;
 pub mod host;
+pub mod limits;
 pub mod request;
 
 pub use address::{classify, AddressClass, Classified, Embedding, LocalNet};
@@ -19,7 +20,8 @@ pub use egress::{
     AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,
 };
 pub use host::{normalize_host, HostError, HostPattern};
-pub use request::{check_path, PathError, FORBIDDEN_METHODS};
+pub use limits::{Limits, LimitsError};
+pub use request::{check_path, PathError, FORBIDDEN_METHODS, METHOD_OVERRIDE_HEADERS};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,9 @@ pub struct Policy {
     /// The bottle's name, for messages and logs.
     pub bottle: String,
     pub egress: EgressPolicy,
+    /// Connection, timeout and log-size limits; all default when absent.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl Policy {
@@ -44,6 +49,7 @@ impl Policy {
             format: POLICY_FORMAT,
             bottle: bottle.into(),
             egress,
+            limits: Limits::default(),
         }
     }
 }

@@ -23,6 +23,14 @@ use std::fmt;
 /// forwarded to any host.
 pub const FORBIDDEN_METHODS: [&str; 2] = ["TRACE", "TRACK"];
 
+/// Headers that ask an origin to treat a request as another method (many
+/// frameworks honour them on `POST`). Compared case-insensitively.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Why a request path is not canonical.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -154,6 +162,31 @@ impl EgressPolicy {
         self.rules.iter().filter(move |r| r.host.matches(host))
     }
 
+    /// The refusal for a request to `host` that carries the method-override
+    /// header `header` (one of [`METHOD_OVERRIDE_HEADERS`]), when an
+    /// `[[egress.rule]]` for `host` restricts methods: the origin could run the
+    /// request as a method the rule does not allow, so it is refused rather
+    /// than stripped (stripping would silently run another request than the
+    /// one the agent asked for). `None` when no rule for `host` names methods.
+    pub fn decide_method_override(&self, host: &str, header: &str) -> Option<Decision> {
+        let host = normalize_host(host).ok()?;
+        let rules: Vec<String> = self
+            .rules_for(&host)
+            .filter(|r| !r.methods.is_empty())
+            .map(|r| r.to_string())
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        Some(deny(
+            "method-override",
+            format!(
+                "the request carries {header}, which can make the origin treat it as another method; requests to {host} are limited to the methods of `{}`",
+                rules.join(" | ")
+            ),
+        ))
+    }
+
     /// Decides one request `method path` sent to `host:port`. `path` is the
     /// request target's path without the query. The connection-level decision
     /// ([`EgressPolicy::decide`]) is taken again first, so a reload that
@@ -239,6 +272,37 @@ mod tests {
             ],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn method_override_is_refused_only_where_methods_are_restricted() {
+        let d = policy()
+            .decide_method_override("API.github.com", "X-HTTP-Method-Override")
+            .unwrap();
+        assert_eq!(
+            (d.verdict, d.rule.as_str()),
+            (Verdict::Deny, "method-override")
+        );
+        assert!(d.reason.contains("X-HTTP-Method-Override"), "{}", d.reason);
+        assert!(d.reason.contains("GET /repos/acme/"), "{}", d.reason);
+        assert!(policy()
+            .decide_method_override("a.example.com", "x-http-method")
+            .is_some());
+        // No rule, or a rule that names only paths: nothing to bypass.
+        assert_eq!(
+            policy().decide_method_override("open.example.org", "x-http-method"),
+            None
+        );
+        let mut paths_only = policy();
+        paths_only.rules = vec![HttpRule {
+            host: HostPattern::parse("open.example.org").unwrap(),
+            methods: vec![],
+            paths: vec!["/x/".into()],
+        }];
+        assert_eq!(
+            paths_only.decide_method_override("open.example.org", "x-method-override"),
+            None
+        );
     }
 
     fn verdict(host: &str, method: &str, path: &str) -> Decision {
