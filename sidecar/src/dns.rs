@@ -18,20 +18,23 @@
 //! compression pointers (which never appear in a question). Decisions are
 //! audit-logged, rate-limited per client.
 
-use crate::listen::{self, ListenError};
+use crate::limits::Deadlines;
+use crate::listen::{self, ClientStream, ListenError, OverCap};
 use crate::log::DnsRecord;
 use crate::shared::Shared;
 use bottle_policy::{normalize_host, EgressPolicy, Verdict};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 
 /// TTL of an answer: short, so a policy reload is seen quickly.
 pub const TTL: u32 = 5;
-/// A TCP client idle longer than this is dropped.
-const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Longest DNS-over-TCP message accepted. A query is one header and one
+/// question (at most 12 + 255 + 4 bytes) plus, at most, an EDNS OPT record
+/// with a few options; anything longer is not a query this server answers,
+/// and the connection is closed before a buffer is allocated for it.
+pub const MAX_TCP_QUERY: usize = 1024;
 
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
@@ -274,9 +277,13 @@ impl Dns {
     /// Serves both until the sidecar shuts down.
     pub async fn serve(self, shared: Arc<Shared>) {
         let ip = self.answer_ip;
-        let tcp = listen::accept_loop(self.tcp, shared.clone(), move |s, c, sh| {
-            serve_tcp(s, c, sh, ip)
-        });
+        let tcp = listen::accept_loop(
+            self.tcp,
+            shared.clone(),
+            "dns-tcp",
+            OverCap::Close,
+            move |s, c, sh| serve_tcp(s, c, sh, ip),
+        );
         tokio::join!(serve_udp(self.udp, shared, ip), tcp);
     }
 }
@@ -302,17 +309,33 @@ async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, ip: Ipv4Addr) {
     }
 }
 
-async fn serve_tcp(mut stream: TcpStream, client: SocketAddr, shared: Arc<Shared>, ip: Ipv4Addr) {
+/// Serves DNS over TCP: each message (its 2-byte length, then the message)
+/// must arrive whole within `limits.handshake_timeout_secs`, counted from
+/// when the server starts waiting for it; the length is read and bounded
+/// ([`MAX_TCP_QUERY`]) before the message's buffer is allocated.
+async fn serve_tcp(
+    mut stream: ClientStream,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    ip: Ipv4Addr,
+) {
+    let deadline = shared.limits().handshake();
     loop {
         let read = async {
             let len = usize::from(stream.read_u16().await?);
+            if len > MAX_TCP_QUERY {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "DNS message longer than a query",
+                ));
+            }
             let mut msg = vec![0u8; len];
             stream.read_exact(&mut msg).await?;
             Ok::<_, std::io::Error>(msg)
         };
         let msg = tokio::select! {
             () = shared.closing() => return,
-            got = tokio::time::timeout(TCP_IDLE, read) => match got {
+            got = tokio::time::timeout(deadline, read) => match got {
                 Ok(Ok(msg)) => msg,
                 _ => return,
             },

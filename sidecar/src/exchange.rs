@@ -6,14 +6,18 @@
 //! response whose record is written when the body is finished or dropped
 //! ([`LogOnDrop`]), so byte counts are final.
 
+use crate::body::BodyFailure;
 use crate::egress::{self, Refusal};
 use crate::forward::{full, Counter, Metered, ProxyBody};
 use crate::log::{EgressRecord, Logger};
+use crate::redact::{Hits, Needles, RedactBody};
 use bottle_policy::{Decision, Verdict};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
+use serde_json::json;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -54,6 +58,21 @@ impl Exchange {
         self.refuse(StatusCode::FORBIDDEN, &refusal)
     }
 
+    /// Logs and answers a request whose body the agent sent broken or too
+    /// slowly: 400 or 408, the agent's error, not the upstream's (the
+    /// upstream request was aborted, see [`crate::body`]).
+    pub fn bad_body(self, failure: &BodyFailure) -> Response<ProxyBody> {
+        let refusal = Refusal {
+            what: self.what.clone(),
+            decision: egress::refusal(failure.rule(), failure.to_string()),
+            hint: "send a complete, well-formed body without long pauses; the origin was not given this request as complete".into(),
+        };
+        let mut resp = self.refuse(failure.status(), &refusal);
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+
     /// Logs an allowed destination that could not be reached and answers 502.
     pub fn unreachable(self, target: &str, rule: &str, error: String) -> Response<ProxyBody> {
         let mut record = self.record.clone();
@@ -71,17 +90,42 @@ impl Exchange {
     }
 
     /// Wraps a forwarded response so its record is logged, with the final byte
-    /// counts, when the body ends. `up` counted the request body.
+    /// counts, when the body ends, and every credential value is redacted from
+    /// its headers and body ([`crate::redact`]). `up` counted the request
+    /// body. An encoded response to a request that carried an injected
+    /// credential is refused instead: it could carry the value past the
+    /// filter.
     pub fn forwarded(
         self,
         rule: &str,
         up: Counter,
         resp: Response<Incoming>,
+        redaction: Redaction,
     ) -> Response<ProxyBody> {
+        if redaction.injected {
+            if let Some(encoding) = content_encoding(resp.headers()) {
+                let refusal = Refusal {
+                    what: self.what.clone(),
+                    decision: egress::refusal(
+                        "credential-encoded-response",
+                        format!("the origin answered a request that carried an injected credential with a {encoding}-encoded body, which the sidecar cannot search for the credential; the request asked for an unencoded answer (accept-encoding: identity)"),
+                    ),
+                    hint: "the origin ignores `accept-encoding: identity`; ask the user to check the host, or use an endpoint that answers unencoded".into(),
+                };
+                return self.refuse(StatusCode::BAD_GATEWAY, &refusal);
+            }
+        }
         let mut record = self.record;
         record.rule = rule.to_string();
         record.decision = Verdict::Allow;
         record.status = resp.status().as_u16();
+        let (mut parts, body) = resp.into_parts();
+        let hits = Hits::default();
+        let mut found = BTreeSet::new();
+        redaction
+            .needles
+            .redact_headers(&mut parts.headers, &mut found);
+        hits.add(found);
         let down = Counter::default();
         let guard = LogOnDrop {
             logger: self.logger,
@@ -90,9 +134,38 @@ impl Exchange {
             record,
             up,
             down: down.clone(),
+            redacted: hits.clone(),
         };
-        resp.map(|body| Metered::with_guard(body, down, guard).boxed())
+        let body = Metered::with_guard(body, down, guard);
+        Response::from_parts(
+            parts,
+            RedactBody::new(body, redaction.needles, hits).boxed(),
+        )
     }
+}
+
+/// How a forwarded response is filtered: the values to redact, and whether
+/// the request carried one of them (then an encoded response is refused).
+#[derive(Debug, Clone, Default)]
+pub struct Redaction {
+    pub needles: Needles,
+    pub injected: bool,
+}
+
+/// The response's content coding, when it has one other than `identity`.
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let codings: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity")
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(","))
 }
 
 /// Writes the log line for a forwarded request when its response body is
@@ -105,6 +178,8 @@ pub struct LogOnDrop {
     pub record: EgressRecord,
     pub up: Counter,
     pub down: Counter,
+    /// Credentials redacted from the response (names only).
+    pub redacted: Hits,
 }
 
 impl Drop for LogOnDrop {
@@ -113,6 +188,19 @@ impl Drop for LogOnDrop {
         self.record.bytes_down = self.down.get();
         self.record.duration_ms = millis(self.started);
         self.logger.egress(self.client, &self.record);
+        let names = self.redacted.names();
+        if !names.is_empty() {
+            self.logger.audit_event(
+                self.client,
+                "credential-redacted",
+                json!({
+                    "host": self.record.host,
+                    "port": self.record.port,
+                    "path": self.record.path,
+                    "credentials": names,
+                }),
+            );
+        }
     }
 }
 

@@ -182,6 +182,25 @@ pub fn host_header_mismatch(
     }
 }
 
+/// The refusal for a request carrying a method-override header
+/// ([`bottle_policy::METHOD_OVERRIDE_HEADERS`]) to a host whose rules
+/// restrict methods; `None` when there is no such header or no such rule.
+pub fn method_override(
+    policy: &bottle_policy::EgressPolicy,
+    host: &str,
+    headers: &HeaderMap,
+) -> Option<bottle_policy::Decision> {
+    let header = headers.keys().find(|k| {
+        bottle_policy::METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| k.as_str().eq_ignore_ascii_case(h))
+    })?;
+    policy.decide_method_override(host, header.as_str())
+}
+
+/// The hint for a method-override refusal.
+pub const METHOD_OVERRIDE_HINT: &str = "send the real method (e.g. DELETE) without a method-override header; the egress.rule for this host lists the methods it accepts";
+
 /// Do two hosts name the same destination once normalised?
 pub fn same_host(a: &str, b: &str) -> bool {
     match (normalize_host(a), normalize_host(b)) {

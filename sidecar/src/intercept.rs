@@ -25,17 +25,19 @@
 //! an address the destination guard checked, with TLS verified against the
 //! webpki roots (plus `upstream-roots.pem`) and the checked host as SNI.
 
+use crate::body::AgentBody;
 use crate::egress::{
     self, access_hint, refusal, rule_hint, Checked, ConnectError, Denied, Refusal,
 };
-use crate::exchange::{describe, raw_refusal, Exchange};
+use crate::exchange::{describe, raw_refusal, Exchange, Redaction};
 use crate::forward::{
     self, host_header, host_header_mismatch, same_host, strip_hop_headers, Counter, ForwardError,
-    Metered, ProxyBody,
+    ProxyBody,
 };
 use crate::io::{MeteredIo, Prefixed};
+use crate::limits::Deadlines;
 use crate::log::EgressRecord;
-use crate::proxy::HEADER_READ_TIMEOUT;
+use crate::redact::Needles;
 use crate::secrets;
 use crate::shared::Shared;
 use crate::tls;
@@ -57,7 +59,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
 
-/// How long a TLS handshake (either side) may take.
+/// How long the TLS handshake with an upstream may take (the client side's
+/// is `limits.handshake_timeout_secs`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest method token accepted when sniffing an HTTP request line.
 const MAX_METHOD_LEN: usize = 20;
@@ -90,23 +93,45 @@ pub fn classify(prefix: &[u8]) -> Option<Payload> {
     None
 }
 
-/// Reads until [`classify`] decides. `None` when the client sent nothing
-/// (closed, failed, or stayed silent past the header timeout).
-async fn sniff<S: AsyncRead + Unpin>(io: &mut S) -> Option<(Payload, Vec<u8>)> {
+/// Why [`sniff`] could not choose a door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silent {
+    /// The client closed (or failed) before sending anything.
+    Nothing,
+    /// The protocol was not chosen within the deadline (a slow client).
+    TooSlow(Duration),
+}
+
+/// Reads until [`classify`] decides, within `deadline` in total (a client
+/// dribbling one byte at a time does not get a fresh timeout per read).
+async fn sniff<S: AsyncRead + Unpin>(
+    io: &mut S,
+    deadline: Duration,
+) -> Result<(Payload, Vec<u8>), Silent> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = match tokio::time::timeout(HEADER_READ_TIMEOUT, io.read(&mut chunk)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) | Err(_) => return None,
-        };
-        if n == 0 {
-            return (!buf.is_empty()).then_some((Payload::Other, buf));
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = match io.read(&mut chunk).await {
+                Ok(n) => n,
+                Err(_) => return Err(Silent::Nothing),
+            };
+            if n == 0 {
+                return if buf.is_empty() {
+                    Err(Silent::Nothing)
+                } else {
+                    Ok((Payload::Other, std::mem::take(&mut buf)))
+                };
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = classify(&buf) {
+                return Ok((p, std::mem::take(&mut buf)));
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = classify(&buf) {
-            return Some((p, buf));
-        }
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(result) => result,
+        Err(_) => Err(Silent::TooSlow(deadline)),
     }
 }
 
@@ -137,32 +162,46 @@ where
     let mut io = MeteredIo::new(io, read.clone(), written.clone());
     let host = checked.allowed().host().to_string();
     let port = checked.allowed().port();
-    let error = match sniff(&mut io).await {
-        None => Some("the client sent nothing inside the tunnel".into()),
-        Some((Payload::Tls, prefix)) => match accept_hello(Prefixed::new(prefix, io)).await {
-            Err(e) => Some(e),
-            Ok(start) => {
-                let sni = start.client_hello().server_name().map(str::to_string);
-                match sni_check(sni.as_deref(), &host, port) {
-                    Ok(()) => {
-                        let session =
-                            Session::new(shared, client, checked, true, Some(upstream), None);
-                        intercept(start, &host, session).await
-                    }
-                    Err(None) => Some("the TLS server name is not a valid host name".into()),
-                    Err(Some((cert_host, decision))) => {
-                        let hint = "send the same host name in CONNECT, TLS SNI and Host; each tunnel reaches only the host it was opened for".to_string();
-                        let canned = Canned::forbid(decision, hint);
-                        refuse_in_tls(start, &cert_host, port, canned, client, shared).await
+    let handshake = shared.limits().handshake();
+    let error = match sniff(&mut io, handshake).await {
+        Err(Silent::Nothing) => Some("the client sent nothing inside the tunnel".into()),
+        Err(Silent::TooSlow(after)) => {
+            let mut record = EgressRecord::new(client, "CONNECT").host(&host, Some(port));
+            record.rule = "handshake-timeout".into();
+            record.status = StatusCode::REQUEST_TIMEOUT.as_u16();
+            record.error = Some(format!(
+                "closed: the client did not start TLS or HTTP within {}s (limits.handshake_timeout_secs)",
+                after.as_secs()
+            ));
+            shared.logger.egress(client, &record);
+            Some("closed: protocol not chosen in time".into())
+        }
+        Ok((Payload::Tls, prefix)) => {
+            match accept_hello(Prefixed::new(prefix, io), handshake).await {
+                Err(e) => Some(e),
+                Ok(start) => {
+                    let sni = start.client_hello().server_name().map(str::to_string);
+                    match sni_check(sni.as_deref(), &host, port) {
+                        Ok(()) => {
+                            let session =
+                                Session::new(shared, client, checked, true, Some(upstream), None);
+                            intercept(start, &host, session).await
+                        }
+                        Err(None) => Some("the TLS server name is not a valid host name".into()),
+                        Err(Some((cert_host, decision))) => {
+                            let hint = "send the same host name in CONNECT, TLS SNI and Host; each tunnel reaches only the host it was opened for".to_string();
+                            let canned = Canned::forbid(decision, hint);
+                            refuse_in_tls(start, &cert_host, port, canned, client, shared).await
+                        }
                     }
                 }
             }
-        },
-        Some((Payload::Http, prefix)) => {
+        }
+        Ok((Payload::Http, prefix)) => {
             let session = Session::new(shared, client, checked, false, Some(upstream), None);
             serve_http(Prefixed::new(prefix, io), session).await
         }
-        Some((Payload::Other, _)) => {
+        Ok((Payload::Other, _)) => {
             let decision = refusal(
                 "tunnel-not-http",
                 format!("the bytes sent inside the tunnel to {} are neither TLS nor HTTP/1; egress tunnels carry only those", egress::host_port(&host, port)),
@@ -188,13 +227,13 @@ where
     }
 }
 
-/// Reads the ClientHello.
-async fn accept_hello<S>(io: S) -> Result<StartHandshake<S>, String>
+/// Reads the ClientHello within `deadline`.
+async fn accept_hello<S>(io: S, deadline: Duration) -> Result<StartHandshake<S>, String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await {
+    match tokio::time::timeout(deadline, acceptor).await {
         Ok(Ok(start)) => Ok(start),
         Ok(Err(e)) => Err(format!("not a valid TLS ClientHello: {e}")),
         Err(_) => Err("the TLS ClientHello did not arrive in time".into()),
@@ -269,7 +308,8 @@ where
         .tls
         .server_config(cert_host)
         .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+    let deadline = shared.limits().handshake();
+    match tokio::time::timeout(deadline, start.into_stream(config)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(format!("TLS handshake with the client failed: {e}")),
         Err(_) => Err("TLS handshake with the client timed out".into()),
@@ -352,7 +392,7 @@ where
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(closing.limits().handshake())
         .serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
         _ = conn => {}
@@ -374,7 +414,7 @@ where
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(shared.limits().handshake())
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::select! {
@@ -388,7 +428,7 @@ where
 }
 
 /// The request body type sent upstream.
-type UpBody = Metered<Incoming>;
+type UpBody = AgentBody;
 
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
@@ -513,6 +553,9 @@ impl Session {
             };
             return ex.forbid(decision, hint);
         }
+        if let Some(d) = forward::method_override(&policy.egress, &host, req.headers()) {
+            return ex.forbid(d, forward::METHOD_OVERRIDE_HINT.into());
+        }
         let upgrade = match upgrade_kind(&req) {
             Upgrade::None => false,
             Upgrade::WebSocket => true,
@@ -539,11 +582,11 @@ impl Session {
             );
         };
         let up = Counter::default();
-        let counted = up.clone();
-        let mut upreq =
-            forward::upstream_request(req.map(|b| Metered::new(b, counted)), host_value);
+        let (parts, incoming) = req.into_parts();
+        let (body, watch) = AgentBody::new(incoming, up.clone(), self.shared.limits().body_gap());
+        let mut upreq = forward::upstream_request(Request::from_parts(parts, body), host_value);
         let secrets = self.shared.secrets.current();
-        if let Err(d) = secrets::apply(
+        let injected = match secrets::apply(
             &policy.egress,
             &secrets,
             &host,
@@ -551,16 +594,30 @@ impl Session {
             self.tls,
             upreq.headers_mut(),
         ) {
-            let hint = rule_hint(&d, &host);
-            return ex.forbid(d, hint);
-        }
+            Ok(injected) => injected,
+            Err(d) => {
+                let hint = rule_hint(&d, &host);
+                return ex.forbid(d, hint);
+            }
+        };
+        let redaction = Redaction {
+            needles: Needles::new(&secrets),
+            injected,
+        };
         let rule = decision.rule;
         if let Some(client_upgrade) = client_upgrade {
-            return self.websocket(ex, rule, upreq, client_upgrade, up).await;
+            return self
+                .websocket(ex, rule, upreq, client_upgrade, up, redaction)
+                .await;
         }
         match self.send(upreq).await {
-            Ok(resp) => ex.forwarded(&rule, up, resp),
-            Err(e) => ex.unreachable(&egress::host_port(&host, port), &rule, e.to_string()),
+            Ok(resp) => ex.forwarded(&rule, up, resp, redaction),
+            Err(e) => match watch.failure() {
+                // The agent's body broke: its error, and the upstream
+                // connection was closed mid-message (never reused).
+                Some(failure) => ex.bad_body(&failure),
+                None => ex.unreachable(&egress::host_port(&host, port), &rule, e.to_string()),
+            },
         }
     }
 
@@ -636,6 +693,7 @@ impl Session {
         mut upreq: Request<UpBody>,
         client_upgrade: hyper::upgrade::OnUpgrade,
         up: Counter,
+        redaction: Redaction,
     ) -> Response<ProxyBody> {
         let target = egress::host_port(self.host(), self.port());
         upreq
@@ -655,7 +713,7 @@ impl Session {
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_headers(resp.headers_mut());
-            return ex.forwarded(&rule, up, resp);
+            return ex.forwarded(&rule, up, resp, redaction);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (parts, _) = resp.into_parts();

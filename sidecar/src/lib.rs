@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod dns;
 pub mod egress;
 pub mod exchange;
@@ -32,11 +33,13 @@ pub mod guard;
 pub mod health;
 pub mod intercept;
 pub mod io;
+pub mod limits;
 pub mod listen;
 pub mod log;
 pub mod netinfo;
 pub mod policy_file;
 pub mod proxy;
+pub mod redact;
 pub mod reload;
 pub mod secrets;
 pub mod shared;
@@ -62,14 +65,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Where the explicit proxy listens unless told otherwise.
-pub const DEFAULT_PROXY_LISTEN: &str = "0.0.0.0:3128";
-/// Where DNS (UDP and TCP) listens unless told otherwise.
-pub const DEFAULT_DNS_LISTEN: &str = "0.0.0.0:53";
-/// Where the transparent HTTP listener listens unless told otherwise.
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:80";
-/// Where the transparent HTTPS listener listens unless told otherwise.
-pub const DEFAULT_HTTPS_LISTEN: &str = "0.0.0.0:443";
+/// The explicit proxy's port on the internal address.
+pub const PROXY_PORT: u16 = 3128;
+/// DNS's port (UDP and TCP) on the internal address.
+pub const DNS_PORT: u16 = 53;
+/// The transparent HTTP listener's port on the internal address.
+pub const HTTP_PORT: u16 = 80;
+/// The transparent HTTPS listener's port on the internal address.
+pub const HTTPS_PORT: u16 = 443;
 /// The secrets file, next to the policy file.
 pub const SECRETS_FILE: &str = "secrets.json";
 /// How often the policy and secrets files are checked for changes.
@@ -98,19 +101,16 @@ pub struct RunConfig {
     pub transparent_https_port: u16,
 }
 
-fn default_addr(s: &str) -> Option<SocketAddr> {
-    s.parse().ok()
-}
-
 impl RunConfig {
-    /// Production defaults for the policy at `policy_path`.
+    /// Production defaults for the policy at `policy_path`, with every
+    /// listener off: see [`RunConfig::on_internal_address`].
     pub fn new(policy_path: impl Into<PathBuf>) -> Self {
         RunConfig {
             policy_path: policy_path.into(),
-            proxy_listen: default_addr(DEFAULT_PROXY_LISTEN),
-            dns_listen: default_addr(DEFAULT_DNS_LISTEN),
-            http_listen: default_addr(DEFAULT_HTTP_LISTEN),
-            https_listen: default_addr(DEFAULT_HTTPS_LISTEN),
+            proxy_listen: None,
+            dns_listen: None,
+            http_listen: None,
+            https_listen: None,
             dns_answer: None,
             reload_interval: RELOAD_INTERVAL,
             resolver: Resolver::System,
@@ -180,6 +180,7 @@ impl Sidecar {
         let secrets_path = dir.join(SECRETS_FILE);
         let stamps = (Stamp::of(&config.policy_path), Stamp::of(&secrets_path));
         let policy = policy_file::load(&config.policy_path)?;
+        logger.limit_audit(policy.limits.audit_max_bytes);
         let secrets = Secrets::load(&secrets_path)?;
         let tls = Tls::load(&dir)?;
         let dns_answer = match (config.dns_listen, config.dns_answer) {
@@ -242,6 +243,7 @@ impl Sidecar {
             transparent_http_port: config.transparent_http_port,
             transparent_https_port: config.transparent_https_port,
             closed,
+            conns: crate::limits::Conns::default(),
         });
         Ok(Sidecar {
             shared,

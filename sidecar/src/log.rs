@@ -34,6 +34,10 @@ const MAX_FIELD: usize = 512;
 /// unit.
 pub trait LineSink: Send + Sync + 'static {
     fn write_line(&self, line: &str);
+
+    /// Bounds the sink's size where it has one (the audit file); called at
+    /// start and on every policy reload with `limits.audit_max_bytes`.
+    fn limit_size(&self, _max_bytes: u64) {}
 }
 
 /// The production sink: the process's stdout. Write errors are dropped: a
@@ -55,9 +59,24 @@ impl LineSink for StdoutSink {
 /// An append-only file, one `write` per line so lines from concurrent
 /// connections never interleave. Write errors are dropped like stdout's: a
 /// full disk must not stop enforcement.
+///
+/// Bounded: once a line would take the file past its size limit
+/// ([`LineSink::limit_size`], `limits.audit_max_bytes`), the file is renamed
+/// to `<path>.1` (replacing the previous one) and a new file is started, so
+/// an agent in a loop costs the host at most about twice the limit.
 #[derive(Debug)]
 pub struct FileSink {
-    file: Mutex<File>,
+    path: PathBuf,
+    state: Mutex<FileState>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    file: File,
+    /// Bytes in the current file.
+    len: u64,
+    /// Rotate past this many bytes.
+    max: u64,
 }
 
 /// Why the audit file could not be opened.
@@ -71,22 +90,52 @@ pub enum AuditFileError {
     },
 }
 
-impl FileSink {
-    /// Opens (creating if needed, mode 0640) `path` for appending.
-    pub fn append(path: &Path) -> Result<Self, AuditFileError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(|source| AuditFileError::Open {
-                path: path.into(),
-                source,
-            })?;
-        Ok(FileSink {
-            file: Mutex::new(file),
+fn open_append(path: &Path) -> Result<File, AuditFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| AuditFileError::Open {
+            path: path.into(),
+            source,
         })
+}
+
+impl FileSink {
+    /// Opens (creating if needed, mode 0640) `path` for appending, with the
+    /// default size limit until [`LineSink::limit_size`] says otherwise.
+    pub fn append(path: &Path) -> Result<Self, AuditFileError> {
+        let file = open_append(path)?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(FileSink {
+            path: path.into(),
+            state: Mutex::new(FileState {
+                file,
+                len,
+                max: bottle_policy::Limits::default().audit_max_bytes,
+            }),
+        })
+    }
+
+    /// `<path>.1`, where the previous file goes on rotation.
+    pub fn rotated_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".1");
+        PathBuf::from(name)
+    }
+
+    fn rotate(&self, state: &mut FileState) {
+        // If the rename or the reopen fails, keep appending to the open file:
+        // losing the audit trail is worse than exceeding the bound.
+        if std::fs::rename(&self.path, self.rotated_path()).is_err() {
+            return;
+        }
+        if let Ok(file) = open_append(&self.path) {
+            state.file = file;
+            state.len = 0;
+        }
     }
 }
 
@@ -95,8 +144,18 @@ impl LineSink for FileSink {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = file.write_all(&buf);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.len > 0 && state.len + buf.len() as u64 > state.max {
+            self.rotate(&mut state);
+        }
+        if state.file.write_all(&buf).is_ok() {
+            state.len += buf.len() as u64;
+        }
+    }
+
+    fn limit_size(&self, max_bytes: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.max = max_bytes.max(1);
     }
 }
 
@@ -373,6 +432,24 @@ impl Logger {
         self.limited(client.ip(), Instant::now(), || {
             write(&*self.events, "sidecar", &body)
         });
+    }
+
+    /// An audit line about a client's traffic that is not a decision (e.g.
+    /// `credential-redacted`): `{"ts","service":"egress","event":…,"client",
+    /// …fields}`, subject to the client's rate limit.
+    pub fn audit_event(&self, client: SocketAddr, event: &str, mut fields: Value) {
+        if let Value::Object(map) = &mut fields {
+            map.insert("client".into(), client.to_string().into());
+        }
+        let body = event_body(event, fields);
+        self.limited(client.ip(), Instant::now(), || {
+            write(&*self.audit, "egress", &body)
+        });
+    }
+
+    /// Sets the audit sink's size bound (`limits.audit_max_bytes`).
+    pub fn limit_audit(&self, max_bytes: u64) {
+        self.audit.limit_size(max_bytes);
     }
 
     /// An egress decision, subject to the client's rate limit.
@@ -660,6 +737,32 @@ mod tests {
         );
         let err = FileSink::append(&dir.join("missing/dir/x.jsonl")).unwrap_err();
         assert!(err.to_string().contains("cannot open audit log"), "{err}");
+    }
+
+    #[test]
+    fn file_sink_rotates_past_its_limit_keeping_one_old_file() {
+        let dir = std::env::temp_dir().join(format!("bottle-log-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("egress.jsonl");
+        let sink = FileSink::append(&path).unwrap();
+        sink.limit_size(100);
+        let line = "x".repeat(39); // 40 bytes with the newline
+        for _ in 0..7 {
+            sink.write_line(&line);
+        }
+        // 7 lines of 40 bytes, at most 2 per 100-byte file: the current file
+        // holds the last line, `.1` the two before; the rest is gone.
+        let current = std::fs::read_to_string(&path).unwrap();
+        let old = std::fs::read_to_string(sink.rotated_path()).unwrap();
+        assert_eq!(current.len(), 40);
+        assert_eq!(old.len(), 80);
+        assert_eq!(sink.rotated_path(), dir.join("egress.jsonl.1"));
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(files, 2, "one old file is kept, no more");
+        // A line longer than the limit still gets written (alone).
+        sink.write_line(&"y".repeat(300));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().len(), 301);
     }
 
     #[test]

@@ -7,8 +7,7 @@
 use anyhow::{bail, Context as _};
 use bottle_sidecar::log::{FileSink, LineSink, Logger, RateLimit, StdoutSink};
 use bottle_sidecar::{
-    health, netinfo, RunConfig, DEFAULT_DNS_LISTEN, DEFAULT_HTTPS_LISTEN, DEFAULT_HTTP_LISTEN,
-    DEFAULT_PROXY_LISTEN,
+    health, netinfo, RunConfig, Sidecar, DNS_PORT, HTTPS_PORT, HTTP_PORT, PROXY_PORT,
 };
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,26 +18,45 @@ use std::time::Duration;
 
 const USAGE: &str = "\
 usage:
-  bottle-sidecar run --policy PATH [--audit PATH] [--dns-answer IPV4]
+  bottle-sidecar run --policy PATH [--audit PATH] [--dns-answer IPV4|SUBNET]
                      [--proxy-listen ADDR] [--dns-listen ADDR]
                      [--http-listen ADDR] [--https-listen ADDR]
+                     [--health-file PATH]
       ca.pem, ca-key.pem (required), secrets.json and upstream-roots.pem
       (optional) are read from the policy file's directory.
-      --audit       decisions as JSON lines appended here (default: stdout)
-      --dns-answer  the address allowed names resolve to (required with DNS on);
-                    a subnet (a.b.c.0/24) means our own address inside it
-      listen ADDRs are ip:port, or `off`; defaults 0.0.0.0:3128, 0.0.0.0:53,
-      0.0.0.0:80, 0.0.0.0:443
-  bottle-sidecar health [--addr ADDR]                      (default ADDR 127.0.0.1:3128)
+      --audit       decisions as JSON lines appended here (default: stdout);
+                    rotated to PATH.1 past the policy's limits.audit_max_bytes
+      --dns-answer  the sidecar's internal address: allowed names resolve to
+                    it, and every listener binds to it (and only it) unless
+                    given its own ADDR; a subnet (a.b.c.0/24) means our own
+                    address inside it. Required unless every listener has an
+                    ADDR and DNS is off.
+      listen ADDRs are ip:port, or `off`; defaults <internal>:3128,
+      <internal>:53 (udp+tcp), <internal>:80, <internal>:443. Nothing listens
+      on 0.0.0.0 or the egress side unless asked to here.
+      --health-file where the proxy's bound address is recorded for `health`
+                    (default /tmp/bottle-sidecar.proxy-addr), or `off`
+  bottle-sidecar health [--addr ADDR | --file PATH]
+      succeeds when the proxy accepts a TCP connection at ADDR, or at the
+      address `run` recorded in PATH (default /tmp/bottle-sidecar.proxy-addr)
   bottle-sidecar netinfo
 ";
+
+/// What `health` probes.
+#[derive(Debug, PartialEq, Eq)]
+enum HealthTarget {
+    Addr(SocketAddr),
+    /// The address `run` recorded in this file.
+    File(PathBuf),
+}
 
 /// Exit code for a command line that could not be understood.
 const EXIT_USAGE: u8 = 2;
 
+#[derive(Debug)]
 enum Command {
-    Run(Box<RunConfig>, Option<PathBuf>),
-    Health(SocketAddr),
+    Run(Box<RunConfig>, Option<PathBuf>, Option<PathBuf>),
+    Health(HealthTarget),
     NetInfo,
     Help,
 }
@@ -57,8 +75,8 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Command::Run(config, audit) => run(*config, audit),
-        Command::Health(addr) => health(addr),
+        Command::Run(config, audit, health_file) => run(*config, audit, health_file),
+        Command::Health(target) => health(target),
         Command::NetInfo => netinfo(),
     }
 }
@@ -78,10 +96,6 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                 .context("`run` needs --policy PATH (the rendered policy JSON)")?
                 .into();
             let mut config = RunConfig::new(policy_path);
-            config.proxy_listen = listen_flag(&mut flags, "--proxy-listen", DEFAULT_PROXY_LISTEN)?;
-            config.dns_listen = listen_flag(&mut flags, "--dns-listen", DEFAULT_DNS_LISTEN)?;
-            config.http_listen = listen_flag(&mut flags, "--http-listen", DEFAULT_HTTP_LISTEN)?;
-            config.https_listen = listen_flag(&mut flags, "--https-listen", DEFAULT_HTTPS_LISTEN)?;
             if let Some(ip) = flags.take("--dns-answer") {
                 config.dns_answer = Some(match ip.split_once('/') {
                     // A subnet: runtimes that assign addresses at start cannot
@@ -93,20 +107,35 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                     })?,
                 });
             }
+            let internal = config.dns_answer;
+            config.proxy_listen = listen_flag(&mut flags, "--proxy-listen", internal, PROXY_PORT)?;
+            config.dns_listen = listen_flag(&mut flags, "--dns-listen", internal, DNS_PORT)?;
+            config.http_listen = listen_flag(&mut flags, "--http-listen", internal, HTTP_PORT)?;
+            config.https_listen = listen_flag(&mut flags, "--https-listen", internal, HTTPS_PORT)?;
             if config.dns_listen.is_some() && config.dns_answer.is_none() {
                 bail!("`run` needs --dns-answer IPV4 while DNS is on (or --dns-listen off)");
             }
             let audit = flags.take("--audit").map(PathBuf::from);
-            Command::Run(Box::new(config), audit)
+            let health_file = match flags.take("--health-file") {
+                Some(off) if off == "off" => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => Some(PathBuf::from(health::DEFAULT_HEALTH_FILE)),
+            };
+            Command::Run(Box::new(config), audit, health_file)
         }
         "health" => {
-            let addr = flags
-                .take("--addr")
-                .unwrap_or_else(|| health::DEFAULT_HEALTH_ADDR.into());
-            Command::Health(
-                addr.parse()
-                    .with_context(|| format!("--addr `{addr}` is not an ip:port"))?,
-            )
+            let target = match (flags.take("--addr"), flags.take("--file")) {
+                (Some(_), Some(_)) => bail!("`health` takes --addr or --file, not both"),
+                (Some(addr), None) => HealthTarget::Addr(
+                    addr.parse()
+                        .with_context(|| format!("--addr `{addr}` is not an ip:port"))?,
+                ),
+                (None, file) => HealthTarget::File(
+                    file.unwrap_or_else(|| health::DEFAULT_HEALTH_FILE.into())
+                        .into(),
+                ),
+            };
+            Command::Health(target)
         }
         "netinfo" => Command::NetInfo,
         "help" | "--help" | "-h" => Command::Help,
@@ -116,9 +145,20 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
     Ok(command)
 }
 
-/// A listen address flag: `ip:port`, or `off`.
-fn listen_flag(flags: &mut Flags, name: &str, default: &str) -> anyhow::Result<Option<SocketAddr>> {
-    let value = flags.take(name).unwrap_or_else(|| default.into());
+/// A listen address flag: `ip:port`, or `off`; without the flag, `port` on
+/// the internal address (never the unspecified address).
+fn listen_flag(
+    flags: &mut Flags,
+    name: &str,
+    internal: Option<Ipv4Addr>,
+    port: u16,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(value) = flags.take(name) else {
+        let ip = internal.with_context(|| {
+            format!("`run` needs --dns-answer (the internal address every listener binds to) or {name} ADDR")
+        })?;
+        return Ok(Some(SocketAddr::new(ip.into(), port)));
+    };
     if value == "off" {
         return Ok(None);
     }
@@ -175,7 +215,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(config: RunConfig, audit: Option<PathBuf>) -> ExitCode {
+fn run(config: RunConfig, audit: Option<PathBuf>, health_file: Option<PathBuf>) -> ExitCode {
     let events: Arc<dyn LineSink> = Arc::new(StdoutSink);
     let audit_sink: Arc<dyn LineSink> = match &audit {
         None => events.clone(),
@@ -194,9 +234,16 @@ fn run(config: RunConfig, audit: Option<PathBuf>) -> ExitCode {
         let served = rt.block_on(async {
             let shutdown = bottle_sidecar::shutdown_signal(logger.clone())
                 .context("cannot install SIGTERM/SIGINT handlers")?;
-            bottle_sidecar::run(&config, logger.clone(), shutdown)
-                .await
-                .map_err(anyhow::Error::from)
+            let sidecar = Sidecar::start(&config, logger.clone()).await?;
+            if let (Some(path), Some(addr)) = (&health_file, sidecar.addrs().proxy) {
+                // Without it `health` fails and the container shows
+                // unhealthy: say why, keep enforcing.
+                if let Err(e) = health::write_addr(path, addr) {
+                    logger.event("health-file-error", json!({"error": e.to_string()}));
+                }
+            }
+            sidecar.serve(shutdown).await;
+            Ok(())
         });
         // Tunnels and pending lookups must not hold PID 1 up after a signal.
         rt.shutdown_timeout(Duration::from_millis(500));
@@ -212,14 +259,20 @@ fn run(config: RunConfig, audit: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn health(addr: SocketAddr) -> ExitCode {
+fn health(target: HealthTarget) -> ExitCode {
+    let addr = match target {
+        HealthTarget::Addr(addr) => Ok(addr),
+        HealthTarget::File(path) => health::read_addr(&path),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime");
-    let result = rt.and_then(|rt| {
-        rt.block_on(health::check(addr, health::HEALTH_TIMEOUT))
-            .map_err(anyhow::Error::from)
+    let result = addr.map_err(anyhow::Error::from).and_then(|addr| {
+        rt.and_then(|rt| {
+            rt.block_on(health::check(addr, health::HEALTH_TIMEOUT))
+                .map_err(anyhow::Error::from)
+        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,5 +296,81 @@ fn netinfo() -> ExitCode {
             eprintln!("bottle-sidecar netinfo: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn listeners_default_to_the_internal_address_only() {
+        let cmd = parse(&args(&[
+            "run",
+            "--policy",
+            "/etc/bottle/policy.json",
+            "--audit",
+            "/var/log/bottle/egress.jsonl",
+            "--dns-answer",
+            "10.99.0.2",
+        ]))
+        .unwrap();
+        let Command::Run(config, _, health_file) = cmd else {
+            panic!("not run: {cmd:?}");
+        };
+        let at = |port: u16| Some(SocketAddr::from(([10, 99, 0, 2], port)));
+        assert_eq!(config.proxy_listen, at(3128));
+        assert_eq!(config.dns_listen, at(53));
+        assert_eq!(config.http_listen, at(80));
+        assert_eq!(config.https_listen, at(443));
+        assert_eq!(
+            health_file.as_deref(),
+            Some(std::path::Path::new(health::DEFAULT_HEALTH_FILE))
+        );
+        // An explicit flag still wins, and `off` turns one off.
+        let cmd = parse(&args(&[
+            "run",
+            "--policy",
+            "p.json",
+            "--dns-answer",
+            "10.99.0.2",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+        ]))
+        .unwrap();
+        let Command::Run(config, ..) = cmd else {
+            panic!("not run");
+        };
+        assert_eq!(config.proxy_listen, "127.0.0.1:0".parse().ok());
+        assert_eq!(config.http_listen, None);
+        assert_eq!(config.https_listen, at(443));
+    }
+
+    #[test]
+    fn without_an_internal_address_nothing_is_bound_by_default() {
+        let err = parse(&args(&["run", "--policy", "p.json", "--dns-listen", "off"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--dns-answer"), "{err}");
+    }
+
+    #[test]
+    fn health_reads_the_recorded_address_by_default() {
+        let cmd = parse(&args(&["health"])).unwrap();
+        assert!(
+            matches!(&cmd, Command::Health(HealthTarget::File(p)) if p == std::path::Path::new(health::DEFAULT_HEALTH_FILE)),
+            "{cmd:?}"
+        );
+        let cmd = parse(&args(&["health", "--addr", "10.99.0.2:3128"])).unwrap();
+        assert!(
+            matches!(cmd, Command::Health(HealthTarget::Addr(a)) if a.port() == 3128),
+            "{cmd:?}"
+        );
     }
 }

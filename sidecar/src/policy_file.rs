@@ -33,6 +33,8 @@ pub enum PolicyFileError {
         found: u64,
         expected: u32,
     },
+    #[error("policy file {path} has unusable limits: {errors}")]
+    Limits { path: PathBuf, errors: String },
     #[error("policy file {path} is not a valid format {expected} policy: {source}")]
     Invalid {
         path: PathBuf,
@@ -72,11 +74,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyFileError> {
             expected: POLICY_FORMAT,
         });
     }
-    serde_json::from_value(value).map_err(|source| PolicyFileError::Invalid {
-        path: path.into(),
-        expected: POLICY_FORMAT,
-        source,
-    })
+    let policy: Policy =
+        serde_json::from_value(value).map_err(|source| PolicyFileError::Invalid {
+            path: path.into(),
+            expected: POLICY_FORMAT,
+            source,
+        })?;
+    policy
+        .limits
+        .validate()
+        .map_err(|errors| PolicyFileError::Limits {
+            path: path.into(),
+            errors: errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
+    Ok(policy)
 }
 
 /// A value in force for every service (the policy, the secrets), swapped

@@ -16,12 +16,15 @@
 //!
 //! Each request or tunnel produces one audit line.
 
+use crate::body::AgentBody;
 use crate::egress::{self, access_hint, rule_hint, Allowed, Denied, ReachError, Refusal};
-use crate::exchange::{millis, Exchange};
-use crate::forward::{self, host_header_mismatch, Counter, Metered, ProxyBody};
+use crate::exchange::{millis, Exchange, Redaction};
+use crate::forward::{self, host_header_mismatch, Counter, ProxyBody};
 use crate::intercept;
-use crate::listen::ListenError;
+use crate::limits::Deadlines;
+use crate::listen::{ClientStream, ListenError, OverCap};
 use crate::log::EgressRecord;
+use crate::redact::Needles;
 use crate::secrets;
 use crate::shared::Shared;
 use bottle_policy::{EgressPolicy, Verdict};
@@ -34,11 +37,8 @@ use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
-
-/// A client that has not sent a full request head by then is dropped.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A bound, not yet serving, explicit proxy.
 #[derive(Debug)]
@@ -61,19 +61,29 @@ impl Proxy {
 
     /// Accepts connections until the sidecar shuts down.
     pub async fn serve(self, shared: Arc<Shared>) {
-        crate::listen::accept_loop(self.listener, shared, serve_connection).await;
+        crate::listen::accept_loop(
+            self.listener,
+            shared,
+            "proxy",
+            OverCap::Http503,
+            serve_connection,
+        )
+        .await;
     }
 }
 
-async fn serve_connection(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
+async fn serve_connection(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>) {
+    let handshake = shared.limits().handshake();
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         async move { Ok::<_, Infallible>(handle(req, client, &shared).await) }
     });
+    // A total deadline for each request head (hyper's timer runs from the
+    // first byte wait to the end of the head, not per read).
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(handshake)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::select! {
@@ -327,6 +337,9 @@ pub(crate) async fn forward_plain(
         };
         return deny_destination(ex, &denied);
     }
+    if let Some(d) = forward::method_override(&policy.egress, allowed.host(), req.headers()) {
+        return ex.forbid(d, forward::METHOD_OVERRIDE_HINT.into());
+    }
     let target = req
         .uri()
         .path_and_query()
@@ -340,10 +353,11 @@ pub(crate) async fn forward_plain(
         );
     };
     let up = Counter::default();
-    let counted = up.clone();
-    let mut upreq = forward::upstream_request(req.map(|b| Metered::new(b, counted)), host_value);
+    let (parts, incoming) = req.into_parts();
+    let (body, watch) = AgentBody::new(incoming, up.clone(), shared.limits().body_gap());
+    let mut upreq = forward::upstream_request(Request::from_parts(parts, body), host_value);
     let secrets = shared.secrets.current();
-    if let Err(d) = secrets::apply(
+    let injected = match secrets::apply(
         &policy.egress,
         &secrets,
         allowed.host(),
@@ -351,20 +365,30 @@ pub(crate) async fn forward_plain(
         false,
         upreq.headers_mut(),
     ) {
-        let hint = rule_hint(&d, allowed.host());
-        return ex.forbid(d, hint);
-    }
+        Ok(injected) => injected,
+        Err(d) => {
+            let hint = rule_hint(&d, allowed.host());
+            return ex.forbid(d, hint);
+        }
+    };
+    let redaction = Redaction {
+        needles: Needles::new(&secrets),
+        injected,
+    };
     let (_, stream) = match reach(&policy.egress, &allowed, shared).await {
         Ok(reached) => reached,
         Err(resp) => return resp(ex),
     };
     match forward::send(stream, upreq).await {
-        Ok(resp) => ex.forwarded(&decision.rule, up, resp),
-        Err(e) => ex.unreachable(
-            &egress::host_port(allowed.host(), port),
-            &decision.rule,
-            e.to_string(),
-        ),
+        Ok(resp) => ex.forwarded(&decision.rule, up, resp, redaction),
+        Err(e) => match watch.failure() {
+            Some(failure) => ex.bad_body(&failure),
+            None => ex.unreachable(
+                &egress::host_port(allowed.host(), port),
+                &decision.rule,
+                e.to_string(),
+            ),
+        },
     }
 }
 

@@ -6,7 +6,9 @@
 //! inode, length and modification time. A change is re-read and validated in
 //! full; a valid file is swapped in at once for every later decision
 //! ([`crate::policy_file::Live`]), connections already open keep running; an
-//! invalid one keeps the old version and logs why. The guard's view of the
+//! invalid one keeps the old version and logs why. `limits` reload with the
+//! policy: the connection caps and the audit size bound at once, deadlines
+//! for connections opened after the reload. The guard's view of the
 //! network (gateways, own addresses) is refreshed on the same tick.
 
 use crate::guard::LocalNetSource;
@@ -83,6 +85,7 @@ fn reload_policy(path: &Path, shared: &Shared) {
                 "rules": policy.egress.rules.len(),
                 "credentials": policy.egress.credentials.len(),
             });
+            shared.logger.limit_audit(policy.limits.audit_max_bytes);
             shared.policy.replace(policy);
             shared.logger.event("policy-reloaded", fields);
         }

@@ -13,7 +13,7 @@
 //! Values never appear in `Debug` output, errors or logs.
 
 use bottle_policy::{Decision, EgressPolicy, Verdict};
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue, ACCEPT_ENCODING};
 use hyper::HeaderMap;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -129,6 +129,14 @@ impl Secrets {
         self.credentials.is_empty()
     }
 
+    /// Every `(from_env name, real value)`, for redaction
+    /// ([`crate::redact`]). Never log what this returns.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.credentials
+            .iter()
+            .map(|(name, s)| (name.as_str(), s.value.as_str()))
+    }
+
     /// The `from_env` name whose placeholder or value occurs in `text`.
     fn found_in(&self, text: &[u8]) -> Option<&str> {
         self.credentials.iter().find_map(|(name, s)| {
@@ -157,7 +165,10 @@ fn refusal(rule: &str, reason: String) -> Decision {
 /// Applies the credential rules to one request bound for `host` (normalised).
 /// `target` is the request target as sent (path and query); `tls` says whether
 /// the upstream hop is encrypted. On success the named headers carry the real
-/// values; the agent's own copies of those headers are gone.
+/// values; the agent's own copies of those headers are gone. Returns whether
+/// a value was injected; if so the request also asks for an unencoded
+/// response (`accept-encoding: identity`), so the response can be searched
+/// for the value ([`crate::redact`]).
 pub fn apply(
     policy: &EgressPolicy,
     secrets: &Secrets,
@@ -165,7 +176,7 @@ pub fn apply(
     target: &str,
     tls: bool,
     headers: &mut HeaderMap,
-) -> Result<(), Decision> {
+) -> Result<bool, Decision> {
     let rules: Vec<_> = policy.credentials_for(host).collect();
     // Headers this host's rules will overwrite are not inspected: replacing
     // the placeholder there is the point.
@@ -196,7 +207,7 @@ pub fn apply(
         }
     }
     if rules.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     if !tls {
         return Err(refusal(
@@ -233,7 +244,8 @@ pub fn apply(
         value.set_sensitive(true);
         headers.insert(name, value);
     }
-    Ok(())
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -272,10 +284,16 @@ mod tests {
     #[test]
     fn the_named_header_gets_the_value_for_its_host() {
         let (p, s) = setup();
-        let mut h = headers(&[("x-api-key", PLACEHOLDER), ("x-api-key", "second")]);
-        apply(&p, &s, "api.anthropic.com", "/v1/messages", true, &mut h).unwrap();
+        let mut h = headers(&[
+            ("x-api-key", PLACEHOLDER),
+            ("x-api-key", "second"),
+            ("accept-encoding", "gzip, br"),
+        ]);
+        assert!(apply(&p, &s, "api.anthropic.com", "/v1/messages", true, &mut h).unwrap());
         let all: Vec<_> = h.get_all("x-api-key").iter().collect();
         assert_eq!(all, [VALUE]);
+        // The response must come back searchable for the value.
+        assert_eq!(h["accept-encoding"], "identity");
         // Also set when the agent sent none.
         let mut h = HeaderMap::new();
         apply(&p, &s, "api.anthropic.com", "/", true, &mut h).unwrap();

@@ -1,14 +1,15 @@
 //! The state every listener shares: the live policy and secrets, the TLS
 //! material, the resolver and the guard's view of the network, the logger,
-//! and the shutdown signal.
+//! the open-connection counts, and the shutdown signal.
 
 use crate::egress::{self, Allowed, Checked, ReachError};
 use crate::guard::Resolver;
+use crate::limits::Conns;
 use crate::log::Logger;
 use crate::policy_file::{Live, PolicyHandle};
 use crate::secrets::Secrets;
 use crate::tls::Tls;
-use bottle_policy::{EgressPolicy, LocalNet};
+use bottle_policy::{EgressPolicy, Limits, LocalNet};
 use tokio::sync::watch;
 
 /// Shared by every connection of every listener (behind an `Arc`).
@@ -28,6 +29,8 @@ pub struct Shared {
     /// Completes (with an error) at shutdown: connections and tunnels stop
     /// with it.
     pub closed: watch::Receiver<()>,
+    /// Client connections open now, against `limits.max_connections*`.
+    pub conns: Conns,
 }
 
 impl Shared {
@@ -39,6 +42,11 @@ impl Shared {
         target: &Allowed,
     ) -> Result<Checked, ReachError> {
         egress::guarded_addrs(&self.resolver, policy, &self.local.current(), target).await
+    }
+
+    /// The limits in force now (they reload with the policy).
+    pub fn limits(&self) -> Limits {
+        self.policy.current().limits
     }
 
     /// Completes at shutdown.

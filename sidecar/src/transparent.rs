@@ -17,9 +17,10 @@ use crate::egress::{self, access_hint, rule_hint, ReachError};
 use crate::exchange::{describe, Exchange};
 use crate::forward::{host_header_mismatch, ProxyBody};
 use crate::intercept::{self, Canned, Session};
-use crate::listen::{self, ListenError};
+use crate::limits::Deadlines;
+use crate::listen::{self, ClientStream, ListenError, OverCap};
 use crate::log::EgressRecord;
-use crate::proxy::{forward_plain, HEADER_READ_TIMEOUT};
+use crate::proxy::forward_plain;
 use crate::shared::Shared;
 use bottle_policy::normalize_host;
 use hyper::body::Incoming;
@@ -34,7 +35,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
 
 /// A bound transparent listener.
@@ -60,18 +61,20 @@ impl Transparent {
 
     /// Accepts connections until the sidecar shuts down.
     pub async fn serve(self, shared: Arc<Shared>) {
+        // A TLS client could not read a plain-text 503: just close.
         if self.tls {
-            listen::accept_loop(self.listener, shared, serve_tls).await;
+            listen::accept_loop(self.listener, shared, "https", OverCap::Close, serve_tls).await;
         } else {
-            listen::accept_loop(self.listener, shared, serve_http).await;
+            listen::accept_loop(self.listener, shared, "http", OverCap::Http503, serve_http).await;
         }
     }
 }
 
-async fn serve_tls(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
+async fn serve_tls(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>) {
     let port = shared.transparent_https_port;
+    let handshake = shared.limits().handshake();
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-    let start = match tokio::time::timeout(intercept::HANDSHAKE_TIMEOUT, acceptor).await {
+    let start = match tokio::time::timeout(handshake, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             shared.logger.client_event(
@@ -138,7 +141,7 @@ async fn serve_tls(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
     // the port this listener forwards to.
     let session = Session::new(shared.clone(), client, checked, true, None, Some(port));
     let stream = match tokio::time::timeout(
-        intercept::HANDSHAKE_TIMEOUT,
+        handshake,
         start.into_stream(match shared.tls.server_config(&host) {
             Ok(c) => c,
             Err(e) => {
@@ -165,7 +168,7 @@ async fn serve_tls(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
     intercept::serve_http(stream, session).await;
 }
 
-async fn serve_http(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
+async fn serve_http(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>) {
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
@@ -173,7 +176,7 @@ async fn serve_http(stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) 
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(shared.limits().handshake())
         .serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = conn => {}

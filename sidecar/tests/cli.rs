@@ -29,8 +29,16 @@ fn state_with_ca(text: &str) -> (PathBuf, common::Pki) {
     (path, pki)
 }
 
-/// The listeners tests do not use, off.
-const QUIET: [&str; 4] = ["--http-listen", "off", "--https-listen", "off"];
+/// The listeners tests do not use, off, and no health file in the host's
+/// /tmp.
+const QUIET: [&str; 6] = [
+    "--http-listen",
+    "off",
+    "--https-listen",
+    "off",
+    "--health-file",
+    "off",
+];
 
 fn sidecar(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -50,6 +58,8 @@ fn a_policy_of_another_format_is_refused() {
         "127.0.0.1:0",
         "--dns-listen",
         "off",
+        "--dns-answer",
+        "127.0.0.1",
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -76,6 +86,8 @@ fn unparseable_and_missing_policies_are_refused() {
         path.to_str().unwrap(),
         "--dns-listen",
         "off",
+        "--dns-answer",
+        "127.0.0.1",
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
@@ -86,6 +98,8 @@ fn unparseable_and_missing_policies_are_refused() {
         "/nonexistent/policy.json",
         "--dns-listen",
         "off",
+        "--dns-answer",
+        "127.0.0.1",
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read policy file"));
@@ -103,6 +117,9 @@ fn usage_errors_exit_2() {
         &["run", "--policy", "p", "--dns-answer", "fd00::2"][..],
         // DNS is on by default and needs the address to answer with.
         &["run", "--policy", "p"][..],
+        // Without the internal address there is nothing to bind to by
+        // default (never 0.0.0.0).
+        &["run", "--policy", "p", "--dns-listen", "off"][..],
         &["frobnicate"][..],
     ] {
         let out = sidecar(args);
@@ -149,6 +166,8 @@ fn a_missing_ca_is_refused() {
         path.to_str().unwrap(),
         "--dns-listen",
         "off",
+        "--dns-answer",
+        "127.0.0.1",
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -364,5 +383,119 @@ fn netinfo_prints_interfaces_as_json() {
         if !addrs.is_empty() {
             assert!(addrs.contains(&"127.0.0.1/8"), "{addrs:?}");
         }
+    }
+}
+
+/// A loopback address of its own for one test run: `127.77.x.y` (all of
+/// 127/8 is local on Linux), with its neighbour `127.77.x.(y+1)` standing in
+/// for another address of the same host, e.g. the sidecar's egress side.
+fn own_loopback_pair() -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    let n = std::process::id();
+    let (x, y) = ((n >> 8) as u8, (n as u8) & 0xFE | 2);
+    (
+        std::net::Ipv4Addr::new(127, 77, x, y),
+        std::net::Ipv4Addr::new(127, 77, x, y.wrapping_add(1)),
+    )
+}
+
+/// The attack: every listener is bound by default, with only `--dns-answer`
+/// as `bottle up` passes it; a client of another address of the same host
+/// (the egress side, the host, a neighbour container) connects to each port
+/// and must be refused, while the internal address serves. Needs ports 53,
+/// 80 and 443 (root, or CAP_NET_BIND_SERVICE).
+#[test]
+fn every_listener_binds_the_internal_address_only() {
+    let (internal, other) = own_loopback_pair();
+    if std::net::TcpListener::bind((internal, 53)).is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "binding port 53 is required under CI=true"
+        );
+        eprintln!("skipping: cannot bind privileged ports here");
+        return;
+    }
+    let (path, pki) =
+        state_with_ca(r#"{"format":1,"bottle":"demo","egress":{"allow":["example.com"]}}"#);
+    let health_file = pki.dir.join("proxy-addr");
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--policy",
+            path.to_str().unwrap(),
+            "--dns-answer",
+            &internal.to_string(),
+            "--health-file",
+            health_file.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut child);
+    let mut bound = Vec::new();
+    for listener in ["proxy", "dns-udp", "dns-tcp", "http", "https"] {
+        let line = wait_for_line(&rx, |v| {
+            v["event"] == "listening" && v["listener"] == listener
+        });
+        bound.push((listener, line["addr"].as_str().unwrap().to_string()));
+    }
+    let want = [
+        ("proxy", 3128),
+        ("dns-udp", 53),
+        ("dns-tcp", 53),
+        ("http", 80),
+        ("https", 443),
+    ];
+    for ((listener, addr), (_, port)) in bound.iter().zip(want) {
+        assert_eq!(*addr, format!("{internal}:{port}"), "{listener}");
+    }
+    // From another address: nothing answers on any port.
+    for port in [3128u16, 53, 80, 443] {
+        let err = std::net::TcpStream::connect((other, port)).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{other}:{port}"
+        );
+        std::net::TcpStream::connect((internal, port))
+            .unwrap_or_else(|e| panic!("{internal}:{port} must serve: {e}"));
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    udp.send_to(&dns_query(9, "example.com"), (other, 53))
+        .unwrap();
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "DNS answered on {other}:53"
+    );
+    udp.set_read_timeout(Some(PATIENCE)).unwrap();
+    udp.send_to(&dns_query(10, "example.com"), (internal, 53))
+        .unwrap();
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[n - 4..n], &internal.octets());
+
+    // `health` finds the proxy through the recorded address.
+    let out = sidecar(&["health", "--file", health_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let missing = pki.dir.join("no-such-file");
+    let out = sidecar(&["health", "--file", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read the proxy's address"),
+        "{out:?}"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the sidecar did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
