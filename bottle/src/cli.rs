@@ -60,6 +60,11 @@ pub struct UpArgs {
     /// stays visible in `bottle ps` for the life of the bottle.
     #[arg(long = "accept-weakness", value_name = "NAME")]
     pub accept_weakness: Vec<String>,
+    /// Mount this source although it is one bottle never mounts silently
+    /// (`/`, your home, ~/.ssh, /etc, /run, an engine socket, …). Name the
+    /// exact path the refusal printed; asked again at every `up`.
+    #[arg(long = "allow-mount", value_name = "PATH")]
+    pub allow_mount: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,7 +159,7 @@ pub enum Service {
 /// Everything the CLI can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -192,7 +197,7 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
-    #[error("refusing to apply {count} widening change(s) to bottle `{name}` without consent (listed above); the agent may have written them\n  fix: review them, then rerun with --accept-changes")]
+    #[error("refusing to start bottle `{name}` without your consent: {count} reason(s) listed above; an agent may have written them\n  fix: review them, then rerun with --accept-changes")]
     Widened { name: String, count: usize },
     #[error(
         "bottle `{name}` failed {failed} isolation check(s) and was removed; see the table above"
@@ -399,11 +404,12 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
         verify,
         accept_changes,
         accept_weakness,
+        allow_mount,
     } = args;
     let (cfg, source) = load_config(file)?;
     let chosen = choose_runtime(runtime, crate::plan::config_runtime(&cfg));
     let kind = chosen.unwrap_or(RuntimeKind::Docker);
-    let plan = crate::plan::build(&cfg, &source, name.as_deref(), kind)?;
+    let plan = crate::plan::build(&cfg, &source, name.as_deref(), kind, &allow_mount)?;
     if dry_run {
         if json {
             println!(
@@ -642,19 +648,17 @@ async fn logs(
     Ok(0)
 }
 
-/// Refuses a plan that widens what the user last accepted for this bottle,
-/// unless they say so (flag, or y at a terminal prompt). Prints the widening.
+/// Refuses a plan that the user has not accepted for this bottle's identity
+/// (see [`crate::pin::judge`]) unless they say so (flag, or y at a terminal
+/// prompt). Prints every reason.
 fn consent(plan: &crate::plan::Plan, accept_changes: bool) -> Result<(), CliError> {
-    let state = crate::state::StateDir::for_bottle(&plan.name).map_err(LifecycleError::from)?;
-    let Some(old) = crate::pin::load(&state) else {
-        return Ok(());
-    };
-    let widened = crate::pin::widenings(&old, &crate::pin::Pinned::of(plan));
+    let pins = crate::pin::load_all();
+    let widened = crate::pin::judge(&plan.name, &crate::pin::Pinned::of(plan), &pins);
     if widened.is_empty() {
         return Ok(());
     }
     eprintln!(
-        "bottle `{}`: {} grants more than you last accepted:",
+        "bottle `{}`: {} asks for more than you accepted:",
         plan.name, plan.config_source
     );
     for w in &widened {
@@ -683,11 +687,13 @@ async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Resu
         .or_else(|| lifecycle::recorded_source(name))
         .ok_or_else(|| CliError::NoConfigToReload { name: name.into() })?;
     let cfg = config::load(&file)?;
+    // Mounts do not change on reload; the running agent keeps those it has.
     let plan = crate::plan::build(
         &cfg,
         &file.display().to_string(),
         Some(name),
         bottle_runtime(name),
+        &[],
     )?;
     consent(&plan, accept_changes)?;
     let rt = connect(bottle_runtime(name)).await?;

@@ -49,6 +49,7 @@ pub struct Config {
     pub egress: EgressPolicy,
     pub git: GitConfig,
     pub supervise: SuperviseConfig,
+    pub sidecar: SidecarConfig,
     /// `egress.upstream_roots`: extra PEM trust roots for upstream TLS
     /// (private CAs), absolute.
     pub upstream_roots: Vec<PathBuf>,
@@ -73,15 +74,30 @@ pub struct AgentConfig {
     pub mounts: Vec<Mount>,
     /// Extra environment (never bottle's own proxy or `BOTTLE_*` variables).
     pub env: BTreeMap<String, String>,
-    /// CPU limit; `None` leaves the runtime's default.
+    /// CPU limit; `None` takes [`AgentConfig::default_cpus`].
     pub cpus: Option<f64>,
-    /// Memory limit; `None` leaves the runtime's default.
+    /// Memory limit; `None` takes bottle's default ([`AgentConfig::DEFAULT_MEMORY`]).
     pub memory: Option<Memory>,
+    /// Process (and thread) limit; `None` takes [`AgentConfig::DEFAULT_PIDS`].
+    pub pids: Option<u64>,
 }
 
 impl AgentConfig {
     pub const DEFAULT_IMAGE: &'static str = "bottle-agent:latest";
     pub const DEFAULT_WORKDIR: &'static str = "/workspace";
+    /// 4 GiB: enough for an agent CLI and a build; a leak stops here, not
+    /// at the host's OOM killer.
+    pub const DEFAULT_MEMORY: u64 = 4 << 30;
+    /// Processes and threads together: a fork bomb stops here.
+    pub const DEFAULT_PIDS: u64 = 2048;
+
+    /// Two CPUs, or every CPU of a smaller machine (runtimes refuse more
+    /// than they have).
+    pub fn default_cpus() -> f64 {
+        std::thread::available_parallelism()
+            .map(|n| (n.get() as f64).min(2.0))
+            .unwrap_or(1.0)
+    }
 }
 
 impl Default for AgentConfig {
@@ -94,6 +110,7 @@ impl Default for AgentConfig {
             env: BTreeMap::new(),
             cpus: None,
             memory: None,
+            pids: None,
         }
     }
 }
@@ -137,6 +154,22 @@ pub struct SuperviseConfig {
     pub enabled: bool,
 }
 
+/// `[sidecar]`: the sidecar's connection limits and deadlines; `None` takes
+/// the sidecar's default (`bottle_policy::Limits`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SidecarConfig {
+    pub max_connections: Option<u32>,
+    pub max_connections_per_client: Option<u32>,
+    /// Seconds.
+    pub handshake_timeout: Option<u64>,
+    /// Seconds.
+    pub idle_timeout: Option<u64>,
+    /// Seconds.
+    pub body_timeout: Option<u64>,
+    pub audit_max_bytes: Option<Memory>,
+}
+
 impl Default for SuperviseConfig {
     fn default() -> Self {
         SuperviseConfig { enabled: true }
@@ -159,6 +192,8 @@ struct ConfigFile {
     git: GitConfig,
     #[serde(default)]
     supervise: SuperviseConfig,
+    #[serde(default)]
+    sidecar: SidecarConfig,
 }
 
 /// `[egress]` as written: singular array names, as in `[[egress.rule]]`.
@@ -186,7 +221,29 @@ impl Config {
 
     /// The whole policy, ready to render for the sidecar.
     pub fn policy(&self) -> Policy {
-        Policy::new(self.name.as_str(), self.egress_policy())
+        Policy {
+            limits: self.sidecar_limits(),
+            ..Policy::new(self.name.as_str(), self.egress_policy())
+        }
+    }
+
+    /// `[sidecar]` over the sidecar's defaults.
+    pub fn sidecar_limits(&self) -> bottle_policy::Limits {
+        let d = bottle_policy::Limits::default();
+        let s = &self.sidecar;
+        bottle_policy::Limits {
+            max_connections: s.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_client: s
+                .max_connections_per_client
+                .unwrap_or(d.max_connections_per_client),
+            handshake_timeout_secs: s.handshake_timeout.unwrap_or(d.handshake_timeout_secs),
+            idle_timeout_secs: s.idle_timeout.unwrap_or(d.idle_timeout_secs),
+            body_timeout_secs: s.body_timeout.unwrap_or(d.body_timeout_secs),
+            audit_max_bytes: s
+                .audit_max_bytes
+                .map(|m| m.bytes())
+                .unwrap_or(d.audit_max_bytes),
+        }
     }
 
     /// The agent's mounts, with absolute host paths.
@@ -282,6 +339,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         egress,
         git: file.git,
         supervise: file.supervise,
+        sidecar: file.sidecar,
         upstream_roots,
         source: Some(source),
         dir,
@@ -299,6 +357,7 @@ pub fn default_for_dir(dir: &Path) -> Config {
         egress: EgressPolicy::default(),
         git: GitConfig::default(),
         supervise: SuperviseConfig::default(),
+        sidecar: SidecarConfig::default(),
         upstream_roots: Vec::new(),
         source: None,
         dir,

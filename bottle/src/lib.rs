@@ -16,6 +16,7 @@ pub mod images;
 pub mod lifecycle;
 pub mod logview;
 pub mod materials;
+pub mod mounts;
 pub mod pin;
 pub mod plan;
 pub mod report;

@@ -28,6 +28,62 @@ pub enum MaterialError {
     },
     #[error("egress.upstream_roots: {path} holds no PEM certificate")]
     NotPem { path: PathBuf },
+    #[error("egress.upstream_roots: {path} is not a regular file\n  fix: name a PEM file")]
+    NotAFile { path: PathBuf },
+    #[error("egress.upstream_roots: {path} is larger than {max} bytes; a PEM bundle of roots is far smaller\n  fix: name the PEM file of your private CA")]
+    TooLarge { path: PathBuf, max: u64 },
+}
+
+/// One `egress.upstream_roots` file as read at plan time: what is pinned and
+/// shown is exactly what the sidecar gets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamRoot {
+    /// Canonical path (symlinks followed).
+    pub path: PathBuf,
+    /// SHA-256 of the contents, hex.
+    pub sha256: String,
+    #[serde(skip)]
+    pub pem: Vec<u8>,
+}
+
+/// Largest upstream roots file read.
+pub const MAX_ROOTS_BYTES: u64 = 1 << 20;
+
+/// Reads one upstream roots file: a regular file, at most
+/// [`MAX_ROOTS_BYTES`], holding a PEM certificate. `/dev/zero` and friends
+/// are refused before a byte is read.
+pub fn read_root(path: &std::path::Path) -> Result<UpstreamRoot, MaterialError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let io = |source| MaterialError::Roots {
+        path: path.to_path_buf(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(path).map_err(io)?;
+    let meta = std::fs::metadata(&canonical).map_err(io)?;
+    if !meta.is_file() {
+        return Err(MaterialError::NotAFile { path: canonical });
+    }
+    let mut pem = Vec::new();
+    std::fs::File::open(&canonical)
+        .map_err(io)?
+        .take(MAX_ROOTS_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(io)?;
+    if pem.len() as u64 > MAX_ROOTS_BYTES {
+        return Err(MaterialError::TooLarge {
+            path: canonical,
+            max: MAX_ROOTS_BYTES,
+        });
+    }
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(MaterialError::NotPem { path: canonical });
+    }
+    Ok(UpstreamRoot {
+        sha256: hex::encode(sha2::Sha256::digest(&pem)),
+        path: canonical,
+        pem,
+    })
 }
 
 /// What the agent must be given once the sidecar's files exist.
@@ -51,15 +107,8 @@ pub fn render(
     let keep = crate::secrets::existing_placeholders(&state.sidecar_dir().join("secrets.json"));
     let secrets = Secrets::gather(&plan.policy.egress.credentials, lookup, &keep)?;
     let mut roots = Vec::new();
-    for path in &plan.upstream_roots {
-        let pem = std::fs::read(path).map_err(|source| MaterialError::Roots {
-            path: path.clone(),
-            source,
-        })?;
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(MaterialError::NotPem { path: path.clone() });
-        }
-        roots.extend_from_slice(&pem);
+    for root in &plan.upstream_roots {
+        roots.extend_from_slice(&root.pem);
         roots.push(b'\n');
     }
     let policy = serde_json::to_string_pretty(&plan.policy)?;

@@ -1,56 +1,172 @@
-//! Pinning: what the user last accepted for a bottle, and what a new config
-//! would widen.
+//! Pinning: what the user last accepted for a bottle, keyed by the bottle's
+//! identity, and everything a new config would widen.
 //!
 //! A `bottle.toml` can sit in a directory the agent mounts read-write, so the
-//! agent can edit the policy of its own next run. bottle therefore keeps the
-//! security-relevant part of the last accepted plan (`accepted.json` in the
-//! state dir) and, on `up` and `reload`, shows every widening against it and
-//! asks for explicit consent (`--accept-changes`, or a y/N prompt on a
-//! terminal) before applying it. Narrowing needs no consent.
+//! agent can edit the policy of its own next run — including the bottle's
+//! `name`. A pin looked up by name alone is therefore worthless: a new name
+//! has no pin, and another bottle's name inherits that bottle's pin. So the
+//! identity of a bottle is its name **and** the canonical path of the config
+//! file it was accepted from ([`Pinned::config`]), and [`judge`] asks for
+//! consent when:
+//!
+//! - the name was accepted before from another file (or from an unreadable
+//!   or older pin);
+//! - the name is new and the file was accepted before under another name
+//!   (the widenings are listed against that pin);
+//! - the name is new and the file lies inside any pinned bottle's read-write
+//!   mount, where an agent could have written it (everything it grants is
+//!   listed);
+//! - the config grants more than the pin in any way: an allowed host, a
+//!   private name, a rule added or removed (rules for a host add up, so an
+//!   added rule can only open more), a credential, a mount (canonical
+//!   source; a read-only mount inside an already mounted source is not more),
+//!   an upstream root (path and digest), a larger resource limit, another
+//!   image, `unknown = "ask"`.
+//!
+//! Consent is `--accept-changes`, or y at a terminal prompt. Narrowing needs
+//! none. The pin (`accepted.json` in the state dir) is written only after a
+//! successful `up` or `reload`.
 
 use crate::plan::Plan;
 use crate::state::{write_private, StateDir, StateError};
 use bottle_policy::{EgressPolicy, Unknown};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-/// The security-relevant part of a plan.
+/// One agent mount as pinned (canonical source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl std::fmt::Display for PinnedMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}",
+            self.source.display(),
+            self.target,
+            if self.read_only { "ro" } else { "rw" }
+        )
+    }
+}
+
+/// The security-relevant part of a plan, and whose it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pinned {
+    /// Canonical path of the config file; `None` for the built-in default
+    /// (and for a pin bottle could not read, which matches no file).
+    pub config: Option<PathBuf>,
     pub egress: EgressPolicy,
-    /// `SOURCE:TARGET:ro|rw` of every agent mount.
-    pub mounts: Vec<String>,
+    pub mounts: Vec<PinnedMount>,
     pub image: String,
+    /// `PATH (sha256 DIGEST)` of every upstream root.
+    #[serde(default)]
+    pub upstream_roots: Vec<String>,
+    /// Resource limits where more is wider (`agent.memory`, `agent.pids`,
+    /// `agent.millicpus`, `sidecar.*`).
+    #[serde(default)]
+    pub limits: BTreeMap<String, u64>,
 }
 
 impl Pinned {
     pub fn of(plan: &Plan) -> Self {
+        let mut limits = BTreeMap::new();
+        if let Some(c) = plan.agent.cpus {
+            limits.insert("agent.millicpus".into(), (c * 1000.0).round() as u64);
+        }
+        if let Some(m) = plan.agent.memory_bytes {
+            limits.insert("agent.memory".into(), m);
+        }
+        if let Some(p) = plan.agent.pids {
+            limits.insert("agent.pids".into(), p);
+        }
+        let l = &plan.policy.limits;
+        for (k, v) in [
+            ("sidecar.max_connections", u64::from(l.max_connections)),
+            (
+                "sidecar.max_connections_per_client",
+                u64::from(l.max_connections_per_client),
+            ),
+            ("sidecar.handshake_timeout", l.handshake_timeout_secs),
+            ("sidecar.idle_timeout", l.idle_timeout_secs),
+            ("sidecar.body_timeout", l.body_timeout_secs),
+            ("sidecar.audit_max_bytes", l.audit_max_bytes),
+        ] {
+            limits.insert(k.into(), v);
+        }
         Pinned {
+            config: plan.config_path.clone(),
             egress: plan.policy.egress.clone(),
             mounts: plan
                 .agent
                 .mounts
                 .iter()
-                .map(|m| {
-                    format!(
-                        "{}:{}:{}",
-                        m.source.display(),
-                        m.target,
-                        if m.read_only { "ro" } else { "rw" }
-                    )
+                .map(|m| PinnedMount {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
                 })
                 .collect(),
             image: plan.agent.image.clone(),
+            upstream_roots: plan
+                .upstream_roots
+                .iter()
+                .map(|r| format!("{} (sha256 {})", r.path.display(), r.sha256))
+                .collect(),
+            limits,
+        }
+    }
+
+    /// A pin that grants nothing and belongs to no file: what a bottle never
+    /// accepted is compared against, and what an unreadable pin reads as.
+    pub fn nothing() -> Self {
+        Pinned {
+            config: None,
+            egress: EgressPolicy::default(),
+            mounts: Vec::new(),
+            image: String::new(),
+            upstream_roots: Vec::new(),
+            limits: BTreeMap::new(),
         }
     }
 }
 
-fn path(state: &StateDir) -> std::path::PathBuf {
+fn path(state: &StateDir) -> PathBuf {
     state.root().join("accepted.json")
 }
 
-/// The last accepted pin of a bottle, if any.
+/// The last accepted pin of a bottle, if it has one. A pin file that exists
+/// but cannot be read (damaged, or written by an older bottle) reads as
+/// [`Pinned::nothing`], so it matches no config and consent is asked.
 pub fn load(state: &StateDir) -> Option<Pinned> {
-    serde_json::from_str(&std::fs::read_to_string(path(state)).ok()?).ok()
+    let text = std::fs::read_to_string(path(state)).ok()?;
+    Some(serde_json::from_str(&text).unwrap_or_else(|_| Pinned::nothing()))
+}
+
+/// Every bottle's pin, by name.
+pub fn load_all() -> BTreeMap<String, Pinned> {
+    let mut out = BTreeMap::new();
+    let Some(base) = StateDir::for_bottle("x")
+        .ok()
+        .and_then(|s| s.root().parent().map(Path::to_path_buf))
+    else {
+        return out;
+    };
+    let Ok(dir) = std::fs::read_dir(base) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pin) = StateDir::for_bottle(&name).ok().and_then(|s| load(&s)) {
+            out.insert(name, pin);
+        }
+    }
+    out
 }
 
 /// Records `plan` as accepted.
@@ -58,6 +174,59 @@ pub fn accept(state: &StateDir, plan: &Plan) -> Result<(), StateError> {
     state.create()?;
     let json = serde_json::to_vec_pretty(&Pinned::of(plan)).unwrap_or_default();
     write_private(&path(state), &json)
+}
+
+/// Why bottle `name` with config `new` needs the user's consent, one line
+/// each; empty when it may start silently. `pins` holds every bottle's pin.
+pub fn judge(name: &str, new: &Pinned, pins: &BTreeMap<String, Pinned>) -> Vec<String> {
+    // The built-in default grants nothing and comes from no file.
+    let Some(file) = &new.config else {
+        return match pins.get(name) {
+            Some(old) => widenings(old, new),
+            None => Vec::new(),
+        };
+    };
+    let mut out = Vec::new();
+    if let Some(old) = pins.get(name) {
+        if old.config.as_ref() != Some(file) {
+            out.push(match &old.config {
+                Some(was) => format!(
+                    "bottle `{name}` was accepted from {}, not from {}",
+                    was.display(),
+                    file.display()
+                ),
+                None => format!(
+                    "bottle `{name}` has no readable record of which config was accepted; {} is new to it",
+                    file.display()
+                ),
+            });
+        }
+        out.extend(widenings(old, new));
+        return out;
+    }
+    if let Some((other, old)) = pins.iter().find(|(_, p)| p.config.as_ref() == Some(file)) {
+        out.push(format!(
+            "{} was accepted as bottle `{other}`; it now names `{name}`",
+            file.display()
+        ));
+        out.extend(widenings(old, new));
+        return out;
+    }
+    let writable_by = pins.iter().find_map(|(other, p)| {
+        p.mounts
+            .iter()
+            .find(|m| !m.read_only && file.starts_with(&m.source))
+            .map(|m| (other, m))
+    });
+    if let Some((other, m)) = writable_by {
+        out.push(format!(
+            "{} lies in bottle `{other}`'s read-write mount {}, where its agent could have written it, and `{name}` was never accepted",
+            file.display(),
+            m.source.display()
+        ));
+        out.extend(widenings(&Pinned::nothing(), new));
+    }
+    out
 }
 
 /// Every way `new` grants more than `old`, one line each.
@@ -84,6 +253,14 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
             ));
         }
     }
+    for r in &new.egress.rules {
+        if !old.egress.rules.contains(r) {
+            out.push(format!(
+                "[[egress.rule]] added for {} (methods {:?}, paths {:?}): rules for a host add up, so it can only open more",
+                r.host, r.methods, r.paths
+            ));
+        }
+    }
     for c in &new.egress.credentials {
         if !old.egress.credentials.contains(c) {
             out.push(format!(
@@ -93,8 +270,21 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
         }
     }
     for m in &new.mounts {
-        if !old.mounts.contains(m) {
+        let covered = m.read_only && old.mounts.iter().any(|o| m.source.starts_with(&o.source));
+        if !old.mounts.contains(m) && !covered {
             out.push(format!("agent.mounts gains `{m}`"));
+        }
+    }
+    for r in &new.upstream_roots {
+        if !old.upstream_roots.contains(r) {
+            out.push(format!("egress.upstream_roots gains {r}"));
+        }
+    }
+    for (k, v) in &new.limits {
+        if let Some(was) = old.limits.get(k) {
+            if v > was {
+                out.push(format!("{k} grows from {was} to {v}"));
+            }
         }
     }
     if old.image != new.image {
@@ -113,12 +303,27 @@ mod tests {
 
     fn pin(allow: &[&str]) -> Pinned {
         Pinned {
+            config: Some("/home/u/proj/bottle.toml".into()),
             egress: EgressPolicy {
                 allow: allow.iter().map(|a| AllowRule::parse(a).unwrap()).collect(),
                 ..Default::default()
             },
-            mounts: vec![],
+            mounts: vec![PinnedMount {
+                source: "/home/u/proj".into(),
+                target: "/workspace".into(),
+                read_only: false,
+            }],
             image: "bottle-agent:latest".into(),
+            upstream_roots: vec![],
+            limits: BTreeMap::from([("agent.pids".into(), 2048)]),
+        }
+    }
+
+    fn rule(host: &str, methods: &[&str]) -> HttpRule {
+        HttpRule {
+            host: HostPattern::parse(host).unwrap(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            paths: vec![],
         }
     }
 
@@ -133,15 +338,98 @@ mod tests {
     #[test]
     fn removing_a_rule_or_adding_a_mount_widens() {
         let mut old = pin(&["api.github.com"]);
-        old.egress.rules.push(HttpRule {
-            host: HostPattern::parse("api.github.com").unwrap(),
-            methods: vec!["GET".into()],
-            paths: vec![],
-        });
+        old.egress.rules.push(rule("api.github.com", &["GET"]));
         let mut new = pin(&["api.github.com"]);
-        new.mounts.push("/home/u:/home:rw".into());
+        new.mounts.push(PinnedMount {
+            source: "/home/u".into(),
+            target: "/home".into(),
+            read_only: false,
+        });
         new.egress.unknown = Unknown::Ask;
         let w = widenings(&old, &new);
         assert_eq!(w.len(), 3, "{w:?}");
+    }
+
+    #[test]
+    fn an_added_rule_widens_even_beside_an_existing_one() {
+        let mut old = pin(&["api.github.com"]);
+        old.egress.rules.push(rule("api.github.com", &["GET"]));
+        let mut new = old.clone();
+        new.egress.rules.push(rule("api.github.com", &[]));
+        let w = widenings(&old, &new);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("[[egress.rule]] added for api.github.com"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn read_only_mounts_inside_a_mounted_source_are_not_more() {
+        let old = pin(&[]);
+        let mut new = old.clone();
+        new.mounts.push(PinnedMount {
+            source: "/home/u/proj/.git".into(),
+            target: "/workspace/.git".into(),
+            read_only: true,
+        });
+        assert!(widenings(&old, &new).is_empty());
+        new.mounts[1].read_only = false;
+        assert_eq!(widenings(&old, &new).len(), 1);
+    }
+
+    #[test]
+    fn larger_limits_and_new_roots_widen() {
+        let old = pin(&[]);
+        let mut new = old.clone();
+        new.limits.insert("agent.pids".into(), 1_000_000);
+        new.upstream_roots
+            .push("/etc/ssl/evil.pem (sha256 00)".into());
+        let w = widenings(&old, &new);
+        assert_eq!(w.len(), 2, "{w:?}");
+        new.limits.insert("agent.pids".into(), 16);
+        new.upstream_roots.clear();
+        assert!(widenings(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn a_new_name_from_a_file_an_agent_could_write_needs_consent() {
+        let pins = BTreeMap::from([("demo".to_string(), pin(&["a.example.com"]))]);
+        // Same file, renamed: compared with the pin it was accepted under.
+        let renamed = pin(&["a.example.com"]);
+        let why = judge("fresh", &renamed, &pins);
+        assert_eq!(
+            why,
+            vec!["/home/u/proj/bottle.toml was accepted as bottle `demo`; it now names `fresh`"]
+        );
+        // Another file inside demo's read-write mount, under a new name.
+        let mut planted = pin(&[]);
+        planted.config = Some("/home/u/proj/sub/bottle.toml".into());
+        let why = judge("fresh", &planted, &pins);
+        assert!(why[0].contains("read-write mount /home/u/proj"), "{why:?}");
+        assert!(
+            why.iter().any(|w| w.contains("agent.mounts gains")),
+            "{why:?}"
+        );
+        // The first bottle from a file no agent can write starts silently.
+        let mut mine = pin(&["a.example.com"]);
+        mine.config = Some("/home/u/other/bottle.toml".into());
+        assert!(judge("other", &mine, &pins).is_empty());
+    }
+
+    #[test]
+    fn naming_another_bottle_does_not_inherit_its_pin() {
+        let pins = BTreeMap::from([("wide".to_string(), {
+            let mut p = pin(&["a.example.com", "b.example.com"]);
+            p.config = Some("/home/u/wide/bottle.toml".into());
+            p
+        })]);
+        let narrow = pin(&["a.example.com"]);
+        let why = judge("wide", &narrow, &pins);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("was accepted from /home/u/wide/bottle.toml"));
+        // An unreadable pin matches no file.
+        let pins = BTreeMap::from([("demo".to_string(), Pinned::nothing())]);
+        assert!(!judge("demo", &pin(&[]), &pins).is_empty());
     }
 }

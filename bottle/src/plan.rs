@@ -37,9 +37,18 @@ pub struct AgentPlan {
     pub workdir: String,
     /// User-provided environment (never secrets: those stay in the sidecar).
     pub env: BTreeMap<String, String>,
+    /// Canonical sources (see [`crate::mounts`]), git protections included.
     pub mounts: Vec<Mount>,
+    /// Empty `.git` directories to create (owned by `uid:gid`) before the
+    /// agent starts, so read-only mounts can cover them.
+    pub plant: Vec<(PathBuf, Option<(u32, u32)>)>,
+    /// `uid:gid` the agent runs as: the owner of its read-write mounts;
+    /// `None` keeps the image's user (root) when that owner is root or there
+    /// is no read-write mount.
+    pub user: Option<String>,
     pub cpus: Option<f64>,
     pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
     pub cap_drop: Vec<String>,
 }
 
@@ -50,6 +59,9 @@ pub struct Plan {
     pub runtime: RuntimeKind,
     /// Path of bottle.toml, or `built-in default`.
     pub config_source: String,
+    /// Canonical path of bottle.toml (`None` for the built-in default): half
+    /// of the bottle's identity for pinning (see [`crate::pin`]).
+    pub config_path: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub policy: Policy,
     pub internal_network: String,
@@ -57,8 +69,8 @@ pub struct Plan {
     pub sidecar_name: String,
     pub agent_name: String,
     pub agent: AgentPlan,
-    /// PEM files trusted for upstream TLS besides the public roots.
-    pub upstream_roots: Vec<PathBuf>,
+    /// PEM files trusted for upstream TLS besides the public roots, read.
+    pub upstream_roots: Vec<crate::materials::UpstreamRoot>,
     /// Things the user should know that do not stop the bottle.
     pub notes: Vec<String>,
 }
@@ -66,12 +78,10 @@ pub struct Plan {
 /// Problems that stop a plan from being made.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("mount source {path} does not exist (from `{entry}` in {source_file})\n  fix: create it or remove the mount")]
-    MountSource {
-        path: PathBuf,
-        entry: String,
-        source_file: String,
-    },
+    #[error(transparent)]
+    Mount(#[from] crate::mounts::MountError),
+    #[error(transparent)]
+    Roots(#[from] crate::materials::MaterialError),
     #[error("--name `{name}`: {why}")]
     BadName { name: String, why: String },
     #[error(transparent)]
@@ -126,12 +136,16 @@ pub fn config_runtime(cfg: &crate::config::Config) -> Option<RuntimeKind> {
     cfg.runtime.kind()
 }
 
-/// Resolves a config (and an optional `--name`) into a plan. No side effects.
+/// Resolves a config (and an optional `--name`) into a plan. Reads the file
+/// system (mount sources, git config, upstream roots); changes nothing.
+/// `allow_mounts` are the canonical sources the user allowed with
+/// `--allow-mount` on this run.
 pub fn build(
     cfg: &crate::config::Config,
     source: &str,
     name_override: Option<&str>,
     runtime: RuntimeKind,
+    allow_mounts: &[PathBuf],
 ) -> Result<Plan, PlanError> {
     let name = match name_override {
         Some(n) => crate::config::BottleName::parse(n)
@@ -143,21 +157,18 @@ pub fn build(
             .to_string(),
         None => cfg.name().to_string(),
     };
-    for m in cfg.mounts() {
-        if !m.source.exists() {
-            return Err(PlanError::MountSource {
-                path: m.source.clone(),
-                entry: format!(
-                    "{}:{}:{}",
-                    m.source.display(),
-                    m.target,
-                    if m.read_only { "ro" } else { "rw" }
-                ),
-                source_file: source.into(),
-            });
-        }
-    }
-    let mut notes = Vec::new();
+    let exposure = crate::mounts::resolve(
+        cfg.mounts(),
+        source,
+        allow_mounts,
+        &crate::mounts::HostFacts::from_env(),
+    )?;
+    let upstream_roots = cfg
+        .upstream_roots
+        .iter()
+        .map(|p| crate::materials::read_root(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut notes = exposure.notes.clone();
     if cfg.egress.unknown == bottle_policy::Unknown::Ask {
         notes.push(
             "egress.unknown = \"ask\" is enforced as deny until the supervise service is available"
@@ -181,9 +192,16 @@ pub fn build(
     }
     let state = crate::state::StateDir::for_bottle(&name)?;
     Ok(Plan {
-        policy: Policy::new(name.clone(), cfg.egress_policy()),
+        policy: Policy {
+            limits: cfg.sidecar_limits(),
+            ..Policy::new(name.clone(), cfg.egress_policy())
+        },
         runtime,
         config_source: source.into(),
+        config_path: cfg
+            .source
+            .as_deref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())),
         state_dir: state.root().to_path_buf(),
         internal_network: Plan::resource_name(&name, "internal"),
         egress_network: Plan::resource_name(&name, "egress"),
@@ -194,12 +212,28 @@ pub fn build(
             command: cfg.agent.command.clone(),
             workdir: cfg.agent.workdir.clone(),
             env: cfg.agent.env.clone(),
-            mounts: cfg.mounts().iter().cloned().map(Into::into).collect(),
-            cpus: cfg.agent.cpus,
-            memory_bytes: cfg.agent.memory.map(|m| m.bytes()),
+            mounts: exposure.mounts,
+            plant: exposure.plant,
+            user: exposure.user.map(|(u, g)| format!("{u}:{g}")),
+            cpus: Some(
+                cfg.agent
+                    .cpus
+                    .unwrap_or_else(crate::config::AgentConfig::default_cpus),
+            ),
+            memory_bytes: Some(
+                cfg.agent
+                    .memory
+                    .map(|m| m.bytes())
+                    .unwrap_or(crate::config::AgentConfig::DEFAULT_MEMORY),
+            ),
+            pids: Some(
+                cfg.agent
+                    .pids
+                    .unwrap_or(crate::config::AgentConfig::DEFAULT_PIDS),
+            ),
             cap_drop: Plan::agent_cap_drop(),
         },
-        upstream_roots: cfg.upstream_roots.clone(),
+        upstream_roots,
         name,
         notes,
     })
@@ -236,12 +270,30 @@ pub fn render(plan: &Plan) -> String {
         plan.agent.workdir,
         plan.agent.cap_drop.join(",")
     );
-    if let Some(c) = plan.agent.cpus {
-        let _ = writeln!(s, "              cpus {c}");
-    }
-    if let Some(m) = plan.agent.memory_bytes {
-        let _ = writeln!(s, "              memory {} MiB", m / (1024 * 1024));
-    }
+    let _ = writeln!(
+        s,
+        "              runs as {}",
+        plan.agent
+            .user
+            .as_deref()
+            .unwrap_or("the image's user (root: no read-write mount owned by another user)")
+    );
+    let _ = writeln!(
+        s,
+        "              limits: cpus {}, memory {}, pids {}",
+        plan.agent
+            .cpus
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
+        plan.agent
+            .memory_bytes
+            .map(|m| format!("{} MiB", m / (1024 * 1024)))
+            .unwrap_or_else(|| "-".into()),
+        plan.agent
+            .pids
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
     for m in &plan.agent.mounts {
         let _ = writeln!(
             s,
@@ -266,6 +318,14 @@ pub fn render(plan: &Plan) -> String {
             s,
             "  rule        {} methods {:?} paths {:?}",
             r.host, r.methods, r.paths
+        );
+    }
+    for r in &plan.upstream_roots {
+        let _ = writeln!(
+            s,
+            "  upstream ca {} (sha256 {})",
+            r.path.display(),
+            &r.sha256[..16]
         );
     }
     for p in &plan.policy.egress.allow_private {

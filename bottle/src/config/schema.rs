@@ -32,6 +32,11 @@ enum Kind {
     Cpus,
     /// A size string or a plain number of bytes.
     Memory,
+    /// A whole number within `min..=max` (limits, counts, seconds).
+    Count {
+        min: u64,
+        max: u64,
+    },
     /// An array of strings, each checked.
     StrArray {
         each: Check,
@@ -58,6 +63,7 @@ impl Kind {
             Kind::Bool => "true or false".into(),
             Kind::Cpus => "a positive number".into(),
             Kind::Memory => "a size string such as \"4g\" or a number of bytes".into(),
+            Kind::Count { min, max } => format!("a whole number from {min} to {max}"),
             Kind::StrArray { .. } | Kind::OneOfArray(_) => "an array of strings".into(),
             Kind::StrMap { .. } => "a table of strings (e.g. { EDITOR = \"vi\" })".into(),
             Kind::Table(t) => format!("a table ({})", t.header),
@@ -109,6 +115,7 @@ static ROOT: TableSchema = TableSchema {
         opt("egress", Kind::Table(&EGRESS)),
         opt("git", Kind::Table(&GIT)),
         opt("supervise", Kind::Table(&SUPERVISE)),
+        opt("sidecar", Kind::Table(&SIDECAR)),
     ],
     check: None,
 };
@@ -141,6 +148,13 @@ static AGENT: TableSchema = TableSchema {
         ),
         opt("cpus", Kind::Cpus),
         opt("memory", Kind::Memory),
+        opt(
+            "pids",
+            Kind::Count {
+                min: 16,
+                max: 1 << 22,
+            },
+        ),
     ],
     check: Some(check_agent_table),
 };
@@ -252,6 +266,38 @@ static GIT_REMOTE: TableSchema = TableSchema {
             },
         ),
         opt("token_from_env", Kind::Str(check_env_name)),
+    ],
+    check: None,
+};
+
+/// `[sidecar]`: the sidecar's own limits (see `bottle_policy::Limits`).
+static SIDECAR: TableSchema = TableSchema {
+    header: "[sidecar]",
+    fields: &[
+        opt(
+            "max_connections",
+            Kind::Count {
+                min: 1,
+                max: 1 << 20,
+            },
+        ),
+        opt(
+            "max_connections_per_client",
+            Kind::Count {
+                min: 1,
+                max: 1 << 20,
+            },
+        ),
+        opt("handshake_timeout", Kind::Count { min: 1, max: 3600 }),
+        opt(
+            "idle_timeout",
+            Kind::Count {
+                min: 1,
+                max: 86_400,
+            },
+        ),
+        opt("body_timeout", Kind::Count { min: 1, max: 3600 }),
+        opt("audit_max_bytes", Kind::Memory),
     ],
     check: None,
 };
@@ -541,6 +587,19 @@ fn walk_value(value: &Spanned<DeValue<'_>>, kind: &Kind, path: &KeyPath, out: &m
                 _ => return wrong_type(out),
             };
             push_check(out, span.clone(), path, result.map_err(|e| e.to_string()));
+        }
+        Kind::Count { min, max } => {
+            let DeValue::Integer(i) = v else {
+                return wrong_type(out);
+            };
+            let n = u64::from_str_radix(i.as_str(), i.radix()).ok();
+            let result = match n {
+                Some(n) if (*min..=*max).contains(&n) => Ok(()),
+                _ => Err(format!(
+                    "`{i}` is out of range: write a whole number from {min} to {max}"
+                )),
+            };
+            push_check(out, span.clone(), path, result);
         }
         Kind::StrArray { each, non_empty } => {
             let Some(items) = v.as_array() else {

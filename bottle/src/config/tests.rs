@@ -372,7 +372,7 @@ fn unknown_keys_name_the_key_suggest_and_list() {
     );
     assert_eq!(
         e.message,
-        "unknown key `imgae`; did you mean `image`? ([agent] allows: image, command, workdir, mounts, env, cpus, memory)"
+        "unknown key `imgae`; did you mean `image`? ([agent] allows: image, command, workdir, mounts, env, cpus, memory, pids)"
     );
     let e = one("[agnet]\n", 1, 2, "agnet", ErrorKind::UnknownKey);
     assert!(e.message.contains("did you mean `agent`?"), "{e}");
