@@ -167,7 +167,8 @@ pub struct SidecarConfig {
     pub idle_timeout: Option<u64>,
     /// Seconds.
     pub body_timeout: Option<u64>,
-    pub audit_max_bytes: Option<Memory>,
+    /// Bytes.
+    pub audit_max_bytes: Option<u64>,
 }
 
 impl Default for SuperviseConfig {
@@ -239,10 +240,7 @@ impl Config {
             handshake_timeout_secs: s.handshake_timeout.unwrap_or(d.handshake_timeout_secs),
             idle_timeout_secs: s.idle_timeout.unwrap_or(d.idle_timeout_secs),
             body_timeout_secs: s.body_timeout.unwrap_or(d.body_timeout_secs),
-            audit_max_bytes: s
-                .audit_max_bytes
-                .map(|m| m.bytes())
-                .unwrap_or(d.audit_max_bytes),
+            audit_max_bytes: s.audit_max_bytes.unwrap_or(d.audit_max_bytes),
         }
     }
 

@@ -294,6 +294,17 @@ pub fn render(plan: &Plan) -> String {
             .map(|p| p.to_string())
             .unwrap_or_else(|| "-".into()),
     );
+    let l = &plan.policy.limits;
+    let _ = writeln!(
+        s,
+        "  sidecar     limits: {} connections ({} per client), {}s handshake, {}s body gap, {}s idle, audit rotated at {} MiB",
+        l.max_connections,
+        l.max_connections_per_client,
+        l.handshake_timeout_secs,
+        l.body_timeout_secs,
+        l.idle_timeout_secs,
+        l.audit_max_bytes >> 20
+    );
     for m in &plan.agent.mounts {
         let _ = writeln!(
             s,

@@ -24,7 +24,8 @@ pub use probe::{weakness_meaning, Capability, CapabilityState, Probe, WEAKNESSES
 pub use process::Version;
 pub use spec::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, Mount,
-    NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Publish, ResourceKind, ResourceRef,
+    MountInfo, NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Publish, ResourceKind,
+    ResourceRef, SecurityInfo,
 };
 
 use async_trait::async_trait;
@@ -123,6 +124,14 @@ pub trait Runtime: Send + Sync {
     /// Whether [`ContainerSpec::sysctls`] is honoured (namespaced kernel
     /// settings per container). Runtimes without it refuse a spec that asks.
     fn supports_sysctls(&self) -> bool {
+        false
+    }
+
+    /// Whether [`ContainerSpec::network_namespace_of`] is honoured: a new
+    /// container can share a running one's network namespace (docker's
+    /// `container:<id>` mode). VM-per-container runtimes (Apple `container`,
+    /// smolvm) cannot, and refuse a spec that asks.
+    fn can_join_network_namespace(&self) -> bool {
         false
     }
 

@@ -90,6 +90,11 @@ pub struct ContainerSpec {
     pub networks: Vec<NetworkAttachment>,
     /// Run in the host's network namespace instead (probe helpers only).
     pub host_network: bool,
+    /// Join the network namespace of this container (id or name) instead of
+    /// any network: its interfaces, routes, resolv.conf and hosts. `networks`,
+    /// `dns` and `publish` must then be empty. Only where
+    /// [`crate::Runtime::can_join_network_namespace`]; others refuse it.
+    pub network_namespace_of: Option<String>,
     pub dns: Vec<IpAddr>,
     pub cap_drop: Vec<String>,
     pub cap_add: Vec<String>,
@@ -133,6 +138,44 @@ pub struct ContainerInfo {
     /// Network name → IPv4 address.
     pub ipv4: BTreeMap<String, Ipv4Addr>,
     pub exit_code: Option<i64>,
+    /// Privileges, mounts and limits as the runtime reports them, when its
+    /// inspect output carries them (`None`: the runtime does not say).
+    pub security: Option<SecurityInfo>,
+}
+
+/// What a runtime's inspect data says a container may do. Read from outside
+/// the container, so nothing running inside can change the answer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SecurityInfo {
+    pub privileged: bool,
+    /// Capabilities as the runtime lists them (`NET_RAW` or `CAP_NET_RAW`).
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub no_new_privileges: bool,
+    /// The user the main process runs as (`uid[:gid]` or a name; empty: the
+    /// image's default, usually root).
+    pub user: String,
+    /// Maximum number of processes; `None` or a value <= 0 means unlimited.
+    pub pids_limit: Option<i64>,
+    /// Memory limit in bytes; `None` or 0 means unlimited.
+    pub memory_bytes: Option<i64>,
+    /// The runtime's network mode (docker: a network name or id, `host`,
+    /// `bridge`, `none`, `container:<id>`).
+    pub network_mode: String,
+    /// Every network the container is attached to, with or without an address.
+    pub networks: Vec<String>,
+    pub mounts: Vec<MountInfo>,
+}
+
+/// One mount as the runtime reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountInfo {
+    /// `bind`, `volume`, `tmpfs`, …
+    pub kind: String,
+    /// Host path for a bind mount (volume name or empty otherwise).
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
 }
 
 /// A command to run inside a running container.

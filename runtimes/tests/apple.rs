@@ -527,6 +527,19 @@ async fn what_the_cli_cannot_do_is_refused_before_any_call() {
         .unwrap_err()
         .to_string()
         .contains("sysctl"));
+    // Each container is its own VM: no sharing of another's network namespace.
+    assert!(!rt.can_join_network_namespace());
+    let joins = ContainerSpec {
+        name: "c".into(),
+        image: "img".into(),
+        network_namespace_of: Some("agent".into()),
+        ..Default::default()
+    };
+    let err = rt.create_container(&joins).await.unwrap_err().to_string();
+    assert!(
+        err.contains("network namespace") && err.contains("own VM"),
+        "{err}"
+    );
     let bad_label = ContainerSpec {
         name: "c".into(),
         image: "img".into(),

@@ -297,7 +297,13 @@ static SIDECAR: TableSchema = TableSchema {
             },
         ),
         opt("body_timeout", Kind::Count { min: 1, max: 3600 }),
-        opt("audit_max_bytes", Kind::Memory),
+        opt(
+            "audit_max_bytes",
+            Kind::Count {
+                min: 1 << 16,
+                max: 1 << 40,
+            },
+        ),
     ],
     check: None,
 };

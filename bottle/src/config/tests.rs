@@ -947,3 +947,39 @@ fn config_serialises_for_dry_run() {
     assert_eq!(json["agent"]["mounts"][0]["source"], "/proj");
     assert_eq!(json["egress"]["allow"][1], "*.pythonhosted.org");
 }
+
+#[test]
+fn limits_load_and_fall_back_to_defaults() {
+    let c = ok("[agent]\npids = 512\n[sidecar]\nmax_connections = 64\nbody_timeout = 5\naudit_max_bytes = 8388608\n");
+    assert_eq!(c.agent.pids, Some(512));
+    let l = c.sidecar_limits();
+    assert_eq!(l.max_connections, 64);
+    assert_eq!(l.body_timeout_secs, 5);
+    assert_eq!(l.audit_max_bytes, 8 << 20);
+    let d = bottle_policy::Limits::default();
+    assert_eq!(l.max_connections_per_client, d.max_connections_per_client);
+    assert_eq!(c.policy().limits, l);
+    assert_eq!(ok("").sidecar_limits(), d);
+}
+
+#[test]
+fn limits_out_of_range_are_placed_errors() {
+    let e = one(
+        "[agent]\npids = 1\n",
+        2,
+        8,
+        "agent.pids",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("from 16 to"), "{e}");
+    let e = one(
+        "[sidecar]\nidle_timeout = \"5m\"\n",
+        2,
+        16,
+        "sidecar.idle_timeout",
+        ErrorKind::WrongType,
+    );
+    assert!(e.message.contains("a whole number from 1 to 86400"), "{e}");
+    let all = errs("[sidecar]\nmax_connections = 0\nhandshake_timeout = -3\nbogus = 1\n");
+    assert_eq!(all.len(), 3, "{all:#?}");
+}

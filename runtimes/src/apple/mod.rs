@@ -356,6 +356,16 @@ impl AppleRuntime {
 
     /// The argv of `container create` for `spec` (no side effects).
     pub fn create_args(spec: &ContainerSpec) -> Result<Vec<String>, RuntimeError> {
+        if let Some(of) = &spec.network_namespace_of {
+            return Err(capability(
+                "network namespace",
+                format!(
+                    "{} asks to join the network namespace of {of}: every Apple container is its own VM and cannot share another's",
+                    spec.name
+                ),
+                "attach a fresh container to the same network instead",
+            ));
+        }
         if spec.host_network {
             return Err(capability(
                 "host network",
@@ -547,6 +557,8 @@ fn info_of(c: &json::Container) -> ContainerInfo {
             .collect(),
         // "No exit code is recorded for a detached container anywhere."
         exit_code: None,
+        // 1.0.0's inspect names no capabilities, mounts or limits.
+        security: None,
     }
 }
 

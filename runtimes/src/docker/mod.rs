@@ -356,6 +356,10 @@ impl Runtime for DockerRuntime {
         true
     }
 
+    fn can_join_network_namespace(&self) -> bool {
+        true
+    }
+
     async fn probe(&self, helper_image: Option<&str>) -> Probe {
         probe::run(self, helper_image).await
     }
@@ -646,7 +650,27 @@ impl Runtime for DockerRuntime {
         if spec.no_new_privileges {
             security_opt.push("no-new-privileges:true".to_string());
         }
-        let network_mode = if spec.host_network {
+        if let Some(of) = &spec.network_namespace_of {
+            if spec.host_network
+                || first.is_some()
+                || !spec.dns.is_empty()
+                || !spec.publish.is_empty()
+            {
+                return Err(RuntimeError::Capability {
+                    runtime: RuntimeKind::Docker,
+                    capability: "network namespace".into(),
+                    detail: format!("{} joins the network namespace of {of} and cannot also ask for networks, DNS servers, published ports or the host network", spec.name),
+                    fix: "leave networks, dns, publish and host_network empty when joining another container's namespace".into(),
+                });
+            }
+        }
+        // A container joining another's namespace takes its interfaces,
+        // resolv.conf, hosts and sysctls as they are; the engine refuses
+        // its own DNS, hostname or network sysctls.
+        let joins = spec.network_namespace_of.is_some();
+        let network_mode = if let Some(of) = &spec.network_namespace_of {
+            Some(format!("container:{of}"))
+        } else if spec.host_network {
             Some("host".to_string())
         } else if let Some((name, _)) = &first {
             Some(name.clone())
@@ -655,7 +679,7 @@ impl Runtime for DockerRuntime {
         };
         // No IPv6 inside bottle containers: the networks carry none, and a
         // link-local path to the host must not exist either.
-        let sysctls = (!spec.host_network).then(|| {
+        let sysctls = (!spec.host_network && !joins).then(|| {
             let mut s: HashMap<String, String> = spec.sysctls.clone().into_iter().collect();
             s.insert("net.ipv6.conf.all.disable_ipv6".into(), "1".into());
             s
@@ -700,7 +724,7 @@ impl Runtime for DockerRuntime {
             labels: Some(spec.labels.clone().into_iter().collect()),
             working_dir: spec.workdir.clone(),
             user: spec.user.clone(),
-            hostname: spec.hostname.clone(),
+            hostname: spec.hostname.clone().filter(|_| !joins),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             healthcheck: spec.healthcheck.as_ref().map(|cmd| HealthConfig {
                 test: Some([vec!["CMD".to_string()], cmd.clone()].concat()),
@@ -812,6 +836,7 @@ impl Runtime for DockerRuntime {
                 .collect(),
             ipv4,
             exit_code: state.and_then(|s| s.exit_code),
+            security: Some(security_of(&c)),
         })
     }
 
@@ -1011,6 +1036,48 @@ impl Runtime for DockerRuntime {
             state: None,
         }));
         Ok(out)
+    }
+}
+
+/// Privileges, limits, networks and mounts from `docker inspect`.
+fn security_of(c: &bollard::models::ContainerInspectResponse) -> crate::SecurityInfo {
+    let hc = c.host_config.clone().unwrap_or_default();
+    let no_new_privileges = hc.security_opt.iter().flatten().any(|o| {
+        let o = o.replace('=', ":");
+        o == "no-new-privileges" || o == "no-new-privileges:true"
+    });
+    let mut networks: Vec<String> = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(|n| n.keys().cloned().collect())
+        .unwrap_or_default();
+    networks.sort();
+    crate::SecurityInfo {
+        privileged: hc.privileged.unwrap_or(false),
+        cap_add: hc.cap_add.clone().unwrap_or_default(),
+        cap_drop: hc.cap_drop.clone().unwrap_or_default(),
+        no_new_privileges,
+        user: c
+            .config
+            .as_ref()
+            .and_then(|cfg| cfg.user.clone())
+            .unwrap_or_default(),
+        pids_limit: hc.pids_limit,
+        memory_bytes: hc.memory,
+        network_mode: hc.network_mode.clone().unwrap_or_default(),
+        networks,
+        mounts: c
+            .mounts
+            .iter()
+            .flatten()
+            .map(|m| crate::MountInfo {
+                kind: m.typ.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                source: m.source.clone().unwrap_or_default(),
+                target: m.destination.clone().unwrap_or_default(),
+                read_only: !m.rw.unwrap_or(true),
+            })
+            .collect(),
     }
 }
 

@@ -309,6 +309,16 @@ impl SmolvmRuntime {
         spec: &ContainerSpec,
         smolfile: Option<&Path>,
     ) -> Result<Vec<String>, RuntimeError> {
+        if let Some(of) = &spec.network_namespace_of {
+            return Err(capability(
+                "network namespace",
+                format!(
+                    "{} asks to join the network namespace of {of}: a smolvm machine is a VM and cannot share another's",
+                    spec.name
+                ),
+                "attach a fresh machine to the same network instead",
+            ));
+        }
         if spec.host_network {
             return Err(capability(
                 "host network",
@@ -488,6 +498,8 @@ impl SmolvmRuntime {
             labels: m.labels.clone(),
             ipv4,
             exit_code: None,
+            // `machine ls --json` names no capabilities, mounts or limits.
+            security: None,
         }
     }
 }
