@@ -1,7 +1,10 @@
 //! `bottle verify` as CI's isolation gate: two bottles with a non-trivial
 //! policy (allowed hosts, an L7 rule, a credential) must pass every check,
 //! and a deliberately broken bottle — its internal bridge given a host
-//! address behind bottle's back — must fail, proving the checks can fail.
+//! address behind bottle's back — must fail, proving the checks can fail,
+//! even when the agent has replaced its own `curl`, `dig`, `getent` and
+//! `python3` with liars (DESIGN §5 item 15): the verdict comes from a probe
+//! container, inspect data and the host, never from the agent's tools.
 
 use bottle_e2e::*;
 
@@ -27,12 +30,13 @@ fn report(b: &Bottle) -> (i32, serde_json::Value, String) {
     (out.status.code().unwrap_or(-1), v, stderr(&out))
 }
 
+/// Counted checks that failed (agent-view rows never count).
 fn failed(v: &serde_json::Value) -> Vec<String> {
     v["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["pass"] != true)
+        .filter(|c| c["counted"] == true && c["pass"] != true)
         .map(|c| {
             format!(
                 "{} (expected {}, observed {})",
@@ -91,7 +95,65 @@ fn two_bottles_with_a_real_policy_pass_verify() {
             "{names:?}"
         );
         assert!(names.contains(&"host 172.17.0.1"), "{names:?}");
+        // Each kind of check ran where it must, and only agent-view rows
+        // are left out of the verdict.
+        let checks = v["checks"].as_array().unwrap();
+        for (name, place) in [
+            ("host 172.17.0.1", "probe"),
+            ("broadcast to the host", "probe"),
+            ("capabilities", "inspect"),
+            ("engine socket", "inspect"),
+            ("pids limit", "inspect"),
+            ("memory limit", "inspect"),
+            ("networks", "inspect"),
+            ("sidecar closed on its egress address", "host"),
+            ("control: broadcast listener answers", "host"),
+        ] {
+            assert!(
+                checks
+                    .iter()
+                    .any(|c| c["name"] == name && c["where"] == place && c["counted"] == true),
+                "{name} in {place}: {names:?}"
+            );
+        }
+        let counted = checks.iter().filter(|c| c["counted"] == true).count();
+        assert_eq!(v["passed"].as_u64().unwrap() as usize, counted);
+        assert!(checks
+            .iter()
+            .filter(|c| c["counted"] != true)
+            .all(|c| c["where"] == "agent-view"));
+        assert!(v["probe"]
+            .as_str()
+            .unwrap()
+            .contains("in the agent's network namespace"));
     }
+}
+
+/// Every check named `name` that ran in `place`.
+fn rows<'a>(v: &'a serde_json::Value, name: &str, place: &str) -> Vec<&'a serde_json::Value> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name && c["where"] == place)
+        .collect()
+}
+
+/// Replaces the agent's network tools, as root, with scripts that print a
+/// refusal and exit 7 (curl's "could not connect").
+fn replace_agent_tools(b: &Bottle) {
+    let agent = format!("bottle-{}-agent", b.name);
+    let script = "for t in curl dig getent python3; do \
+        p=$(command -v $t) || exit 1; rm -f \"$p\"; \
+        printf '#!/bin/sh\\necho \"%s: connection refused\" >&2\\nexit 7\\n' $t > \"$p\"; \
+        chmod 755 \"$p\"; done; curl http://192.0.2.1/; echo \"curl=$?\"";
+    let out = docker(&["exec", "-u", "0", &agent, "sh", "-c", script]);
+    assert!(
+        stdout(&out).contains("curl=7") && stderr(&out).contains("curl: connection refused"),
+        "the agent's tools were not replaced: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -102,6 +164,56 @@ fn verify_fails_on_a_deliberately_broken_bottle() {
     let b = Bottle::up("ver-broken", "");
     let (code, v, err) = report(&b);
     assert_eq!(code, 0, "healthy bottle first: {:?} {err}", failed(&v));
+    // The probe is gone once verify is done.
+    let probes = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=dev.bottle.name={}", b.name),
+        "--filter",
+        "label=dev.bottle.role=probe",
+    ]);
+    assert_eq!(stdout(&probes).trim(), "", "a probe container was left");
+
+    // The agent lies: every network tool it has exits 7. The verdict does
+    // not move (the lying agent-view rows are shown, not counted)...
+    replace_agent_tools(&b);
+    let (code, v, err) = report(&b);
+    assert_eq!(
+        code,
+        0,
+        "lying tools change nothing: {:?} {err}",
+        failed(&v)
+    );
+    let view = rows(&v, "control: sidecar proxy answers", "agent-view");
+    assert_eq!(view.len(), 1, "the agent's own view is shown");
+    assert_eq!(view[0]["pass"], false, "its fake curl fails the control");
+    assert_eq!(view[0]["counted"], false);
+    assert_eq!(
+        rows(&v, "control: sidecar proxy answers", "probe")[0]["pass"],
+        true
+    );
+
+    // ...and a limit removed behind bottle's back is read from inspect, not
+    // from inside the agent.
+    let agent = format!("bottle-{}-agent", b.name);
+    let update = docker(&["update", "--pids-limit", "-1", &agent]);
+    assert!(
+        update.status.success(),
+        "docker update: {}",
+        stderr(&update)
+    );
+    let (code, v, _) = report(&b);
+    assert_eq!(code, 1, "an agent without a pids limit must fail verify");
+    let pids = rows(&v, "pids limit", "inspect");
+    assert_eq!(pids[0]["pass"], false, "{pids:?}");
+    assert_eq!(pids[0]["observed"], "unlimited");
+    let update = docker(&["update", "--pids-limit", "2048", &agent]);
+    assert!(
+        update.status.success(),
+        "docker update: {}",
+        stderr(&update)
+    );
 
     // Break it: give the host an address on the bottle's internal bridge,
     // the very thing `up` refuses to start with.
@@ -143,7 +255,10 @@ fn verify_fails_on_a_deliberately_broken_bottle() {
     let _undo = Undo(gw.clone(), bridge);
 
     let (code, v, _) = report(&b);
-    assert_eq!(code, 1, "verify must fail on a broken bottle");
+    assert_eq!(
+        code, 1,
+        "verify must fail on a broken bottle, lying tools or not"
+    );
     // With a host address on its only network the agent reaches the host's
     // listener — through the bridge address itself or, routed via it, on
     // the host's other addresses (which of them answers first depends on
@@ -156,6 +271,44 @@ fn verify_fails_on_a_deliberately_broken_bottle() {
     assert!(
         !reached.is_empty(),
         "the host address on the bridge ({gw}) was not caught: {fails:?}"
+    );
+    // Those failures came from the probe; the agent's own curl claimed
+    // "no connection" for the same targets, and that claim did not count.
+    let caught: Vec<&serde_json::Value> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["where"] == "probe"
+                && c["pass"] == false
+                && c["observed"] == "REACHED the host listener"
+        })
+        .collect();
+    assert!(!caught.is_empty(), "{fails:?}");
+    let lied = &v["agent_view_disagrees"];
+    for c in &caught {
+        let name = c["name"].as_str().unwrap();
+        let view = rows(&v, name, "agent-view");
+        assert_eq!(view[0]["pass"], true, "the fake curl says no: {view:?}");
+        assert_eq!(view[0]["counted"], false);
+        assert!(
+            lied.as_array().unwrap().iter().any(|l| l == name),
+            "{name} not among the disagreements: {lied}"
+        );
+    }
+    assert_eq!(v["failed"].as_u64().unwrap() as usize, fails.len());
+    // The table says where each row ran.
+    let table = stdout(&b.bottle(&["verify", &b.name]));
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("REACHED the host listener"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains(" probe "), "{line}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("(pass) agent-view") && l.contains("host ")),
+        "{table}"
     );
 }
 

@@ -1,19 +1,48 @@
-//! `bottle verify`: the sandbox checked from inside, not trusted.
+//! `bottle verify`: the sandbox checked from positions the agent cannot alter.
 //!
-//! Every threat of DESIGN §5 that applies to the runtime becomes one or more
-//! checks run in the agent with the agent image's own tools (sh, curl, getent,
-//! dig, python3). Next to them run positive controls — the sidecar's services
-//! answer, an allowed host passes the proxy, the host listener answers where
-//! the host can see it — so that a dead network cannot make the negative
-//! checks pass. Targets are discovered on the host: every host address and
-//! network gateway, other bottles' addresses, and a listener `verify` opens
-//! on 0.0.0.0 itself so a port is known to be open.
+//! The agent controls everything it can write, its own tools included: a
+//! `curl` that exits 7 for every host address would make checks run with it
+//! pass on a broken bottle (DESIGN §5 item 15). So the verdict comes from
+//! three places the agent cannot touch:
+//!
+//! - **probe**: the network checks of DESIGN §5 run in a throwaway container
+//!   from the stock agent image bottle builds ([`images::DEFAULT_AGENT_IMAGE`],
+//!   never the agent's configured image or container), with the proxy
+//!   environment and CA the agent gets. Where the runtime can
+//!   ([`Runtime::can_join_network_namespace`], docker) it joins the agent's
+//!   network namespace, so it sees exactly the agent's interfaces, routes,
+//!   resolv.conf and hosts; elsewhere (Apple `container`, smolvm) it is a
+//!   fresh container on the bottle's internal network with the sidecar as DNS.
+//!   It carries the bottle's labels with role `probe` (so `bottle down`
+//!   removes a leftover) and is removed at the end, error or not.
+//! - **inspect**: the agent's privileges, mounts, limits and networks as the
+//!   runtime reports them ([`bottle_runtimes::SecurityInfo`]).
+//! - **host**: positive controls on the host side (verify's listeners answer,
+//!   so a refusal means isolation rather than a dead listener) and what only
+//!   the host can see: broadcast and multicast the probe sends must not
+//!   reach a host socket, and the sidecar's proxy must not answer on its
+//!   egress address.
+//!
+//! The same network scripts, plus a look at its own capabilities and files,
+//! also run inside the agent with the agent's own tools. Those rows are
+//! reported as `agent-view` and never counted: where they disagree with the
+//! probe, the agent's tools are lying or its view differs, and the report
+//! says so. Targets are discovered on the host: every host address and
+//! network gateway, other bottles' addresses, and listeners `verify` opens on
+//! 0.0.0.0 itself so a port is known to be open.
 
+use crate::images;
 use crate::lifecycle::{self, LifecycleError};
-use bottle_runtimes::{ExecOutput, ExecSpec, ResourceKind, Runtime, LABEL_NAME, LABEL_ROLE};
+use crate::plan::{labels_for, Plan, AGENT_CA_DIR};
+use bottle_runtimes::{
+    ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, Mount, NetworkAttachment,
+    ResourceKind, ResourceRef, Runtime, LABEL_NAME, LABEL_ROLE,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Positive control or negative (attack) check.
@@ -24,11 +53,41 @@ pub enum Kind {
     Attack,
 }
 
+/// Where a check ran, which decides whether the agent could have altered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Where {
+    /// The throwaway probe container from the stock agent image.
+    Probe,
+    /// The runtime's inspect data for the agent.
+    Inspect,
+    /// bottle itself, on the host.
+    Host,
+    /// Inside the agent with its own tools: shown, never counted.
+    AgentView,
+}
+
+impl Where {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Where::Probe => "probe",
+            Where::Inspect => "inspect",
+            Where::Host => "host",
+            Where::AgentView => "agent-view",
+        }
+    }
+}
+
 /// One check's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
     pub name: String,
     pub kind: Kind,
+    /// Where it ran.
+    #[serde(rename = "where")]
+    pub ran: Where,
+    /// Whether it counts toward the verdict (every row but `agent-view`).
+    pub counted: bool,
     /// What was tried.
     pub tried: String,
     pub expected: String,
@@ -41,8 +100,15 @@ pub struct CheckResult {
 pub struct Report {
     pub bottle: String,
     pub runtime: String,
+    /// How the probe container reached the agent's network position.
+    pub probe: String,
+    /// Counted checks that passed / failed: the verdict.
     pub passed: usize,
     pub failed: usize,
+    /// Agent-view rows (shown, not counted).
+    pub not_counted: usize,
+    /// Checks whose agent-view result differs from the probe's.
+    pub agent_view_disagrees: Vec<String>,
     pub checks: Vec<CheckResult>,
 }
 
@@ -142,13 +208,127 @@ async fn host_listener(marker: &'static str) -> std::io::Result<u16> {
 
 const MARKER: &str = "BOTTLE-VERIFY-HOST-LISTENER";
 
-/// Runs every check in bottle `name`'s agent.
+/// Engine sockets that must never be reachable from the agent.
+const ENGINE_SOCKETS: &[&str] = &[
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/podman/podman.sock",
+    "/var/run/podman/podman.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+];
+
+/// How long datagrams the probe sent may take to arrive at the host.
+const DATAGRAM_GRACE: Duration = Duration::from_secs(2);
+
+/// The probe sends every kind of broadcast and multicast an attacker would:
+/// limited broadcast, mDNS multicast and the subnet's directed broadcast,
+/// each unbound and bound to every address of the namespace.
+const BROADCAST_SCRIPT: &str = r#"
+import socket, subprocess, sys
+port, tok = int(sys.argv[1]), sys.argv[2]
+words = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                       capture_output=True, text=True).stdout.split()
+local = [words[i + 1].split("/")[0] for i, w in enumerate(words) if w == "inet"]
+dests = ["255.255.255.255", "224.0.0.251"] + [words[i + 1] for i, w in enumerate(words) if w == "brd"]
+for d in dests:
+    for src in [None] + local:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 4)
+        how = "unbound" if src is None else "bound to " + src
+        try:
+            if src is not None:
+                s.bind((src, 0))
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+            for _ in range(3):
+                s.sendto(("%s %s %s" % (tok, d, how)).encode(), (d, port))
+            print("sent", d, how)
+        except OSError as e:
+            print("not-sent", d, how, e.strerror)
+        s.close()
+"#;
+
+/// A UDP socket on 0.0.0.0 of the host that keeps every datagram it gets.
+struct UdpTrap {
+    port: u16,
+    got: Arc<Mutex<Vec<(SocketAddr, String)>>>,
+}
+
+impl UdpTrap {
+    async fn bind() -> std::io::Result<UdpTrap> {
+        let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+        let port = sock.local_addr()?.port();
+        let got: Arc<Mutex<Vec<(SocketAddr, String)>>> = Arc::default();
+        let keep = got.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                if let Ok(mut g) = keep.lock() {
+                    // Bounded: an agent flooding the port cannot grow it.
+                    if g.len() < 256 {
+                        g.push((from, String::from_utf8_lossy(&buf[..n]).into_owned()));
+                    }
+                }
+            }
+        });
+        Ok(UdpTrap { port, got })
+    }
+
+    /// Datagrams received so far that carry `token`.
+    fn with(&self, token: &str) -> Vec<(SocketAddr, String)> {
+        self.got
+            .lock()
+            .map(|g| {
+                g.iter()
+                    .filter(|(_, t)| t.contains(token))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> LifecycleError + '_ {
+    move |source| {
+        crate::state::StateError::Read {
+            path: what.into(),
+            source,
+        }
+        .into()
+    }
+}
+
+/// Builds the stock agent image the probe runs from, if the engine lacks it.
+async fn ensure_probe_image(rt: &dyn Runtime) -> Result<String, LifecycleError> {
+    let tag = images::DEFAULT_AGENT_IMAGE;
+    if !rt.image_exists(tag).await? {
+        let (base, why) = images::base_image(rt).await?;
+        eprintln!("verify: building the probe image {tag} from base {base} ({why})");
+        let spec = images::agent_build(tag, &base);
+        let mut progress = |line: &str| eprintln!("  {line}");
+        images::ensure(rt, &spec, &base, &mut progress).await?;
+    }
+    Ok(tag.to_string())
+}
+
+/// Runs every check of bottle `name`: network checks in a probe container at
+/// the agent's network position, the agent's privileges from inspect, and
+/// host-side controls; the agent's own view beside them, not counted.
+/// `helper_image` is an image containing `bottle-sidecar` for measuring the
+/// host's addresses (empty: the bottle's sidecar image).
 pub async fn verify(
     rt: &dyn Runtime,
     name: &str,
     helper_image: &str,
 ) -> Result<Report, LifecycleError> {
     let agent = lifecycle::find_container(rt, name, "agent").await?;
+    if agent.state != ContainerState::Running {
+        return Err(LifecycleError::AgentNotRunning {
+            name: name.into(),
+            state: format!("{:?}", agent.state),
+        });
+    }
     let sidecar = lifecycle::find_container(rt, name, "sidecar").await?;
     let helper_image = if helper_image.is_empty() {
         sidecar.image.clone()
@@ -156,7 +336,8 @@ pub async fn verify(
         helper_image.to_string()
     };
     let helper_image = helper_image.as_str();
-    let internal = crate::plan::Plan::resource_name(name, "internal");
+    let probe_image = ensure_probe_image(rt).await?;
+    let internal = Plan::resource_name(name, "internal");
     let sidecar_ip =
         sidecar
             .ipv4
@@ -178,10 +359,10 @@ pub async fn verify(
 
     let port = host_listener(MARKER)
         .await
-        .map_err(|source| crate::state::StateError::Read {
-            path: "0.0.0.0:0 (verify's host listener)".into(),
-            source,
-        })?;
+        .map_err(io_err("0.0.0.0:0 (verify's host listener)"))?;
+    let trap = UdpTrap::bind()
+        .await
+        .map_err(io_err("udp 0.0.0.0:0 (verify's broadcast listener)"))?;
     let mut targets: Vec<IpAddr> = rt.host_targets(helper_image).await?;
     targets.retain(|a| a.is_ipv4());
     // Other bottles: every address of every other bottle's containers.
@@ -191,11 +372,12 @@ pub async fn verify(
         .await?
     {
         let other = r.labels.get(LABEL_NAME).cloned().unwrap_or_default();
-        if other == name || r.kind != ResourceKind::Container {
+        let role = r.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
+        // Another verify's probe shares its agent's addresses: skip it.
+        if other == name || r.kind != ResourceKind::Container || role == "probe" {
             continue;
         }
         if let Ok(info) = rt.inspect_container(&r.id).await {
-            let role = r.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
             for ip in info.ipv4.values() {
                 others.push((format!("{other}/{role}"), IpAddr::V4(*ip)));
             }
@@ -324,14 +506,6 @@ pub async fn verify(
         },
     ));
     checks.push(check(
-        "raw sockets",
-        Kind::Attack,
-        "open a raw ICMP socket",
-        "permission denied",
-        "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)' 2>&1; echo \"exit=$?\"",
-        |o| (o.stdout.contains("PermissionError") || o.stdout.contains("Operation not permitted"), brief(o)),
-    ));
-    checks.push(check(
         "ipv6",
         Kind::Attack,
         "IPv6 enabled in the agent, or a connection to [2606:4700:4700::1111]",
@@ -446,8 +620,9 @@ pub async fn verify(
         ));
     }
 
-    // ---- threat 11: escalation
-    checks.push(check(
+    // ---- threat 11 as the agent sees it: its own tools read its own state.
+    let mut agent_only: Vec<Check> = Vec::new();
+    agent_only.push(check(
         "capabilities",
         Kind::Attack,
         "read CapEff and NoNewPrivs of a process in the agent",
@@ -468,7 +643,7 @@ pub async fn verify(
             )
         },
     ));
-    checks.push(check(
+    agent_only.push(check(
         "engine socket",
         Kind::Attack,
         "look for a container engine socket in the agent",
@@ -476,7 +651,7 @@ pub async fn verify(
         "ls -l /var/run/docker.sock /run/docker.sock /run/containerd/containerd.sock /run/podman/podman.sock 2>/dev/null; echo done",
         |o| (o.stdout.trim() == "done", brief(o)),
     ));
-    checks.push(check(
+    agent_only.push(check(
         "sidecar secrets",
         Kind::Attack,
         "look for the sidecar's policy, CA key and secrets in the agent",
@@ -485,40 +660,97 @@ pub async fn verify(
         |o| (o.stdout.trim() == "done", brief(o)),
     ));
 
-    let futures = checks.iter().map(|c| {
-        let spec = ExecSpec {
-            cmd: vec!["bash".into(), "-c".into(), c.script.clone()],
-            ..Default::default()
-        };
-        let id = agent.id.clone();
-        async move { rt.exec_capture(&id, &spec).await }
-    });
-    let outputs = futures_util::future::join_all(futures).await;
-    let mut results: Vec<CheckResult> = Vec::new();
-    for (c, out) in checks.iter().zip(outputs) {
-        let (pass, observed) = match out {
-            Ok(o) => (c.judge)(&o),
-            Err(e) => (false, format!("could not run: {e}")),
-        };
-        results.push(CheckResult {
-            name: c.name.clone(),
-            kind: c.kind,
-            tried: c.tried.clone(),
-            expected: c.expected.clone(),
-            observed,
-            pass,
-        });
+    agent_only.push(check(
+        "raw sockets",
+        Kind::Attack,
+        "open a raw ICMP socket",
+        "permission denied",
+        "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)' 2>&1; echo \"exit=$?\"",
+        |o| (o.stdout.contains("PermissionError") || o.stdout.contains("Operation not permitted"), brief(o)),
+    ));
+
+    // ---- the probe: network checks from the agent's position, trusted tools
+    let joins = rt.can_join_network_namespace();
+    let probe_name = format!("{}-{}", Plan::resource_name(name, "probe"), random_label());
+    let probe_spec = ContainerSpec {
+        name: probe_name.clone(),
+        image: probe_image.clone(),
+        entrypoint: Some(vec!["sleep".into()]),
+        // Long enough for every check; a leftover stops by itself.
+        command: vec!["900".into()],
+        env: Plan::proxy_env(&sc),
+        labels: labels_for(name, "probe"),
+        network_namespace_of: joins.then(|| agent.id.clone()),
+        networks: if joins {
+            vec![]
+        } else {
+            vec![NetworkAttachment {
+                network: internal.clone(),
+                ipv4: None,
+                aliases: vec![],
+            }]
+        },
+        dns: if joins {
+            vec![]
+        } else {
+            vec![IpAddr::V4(sidecar_ip)]
+        },
+        cap_drop: Plan::agent_cap_drop(),
+        no_new_privileges: true,
+        mounts: vec![Mount {
+            source: state.agent_dir(),
+            target: AGENT_CA_DIR.into(),
+            read_only: true,
+        }],
+        ..Default::default()
+    };
+    let probe_how = if joins {
+        format!(
+            "{probe_image} in the agent's network namespace (container:{})",
+            agent.name
+        )
+    } else {
+        format!("{probe_image} on {internal} beside the agent (this runtime cannot share a network namespace)")
+    };
+    let probe_id = rt.create_container(&probe_spec).await?;
+    let probed = async {
+        rt.start_container(&probe_id).await?;
+        let mut rows = run_checks(rt, &probe_id, checks.iter(), Where::Probe).await;
+        rows.push(broadcast_check(rt, &probe_id, &trap).await);
+        Ok::<_, LifecycleError>(rows)
     }
-    // Host-side control: the listener answers where the host can see it, so a
-    // refusal from inside the agent means isolation, not a dead listener.
+    .await;
+    let _ = rt.remove_container(&probe_id).await;
+    let mut results = probed?;
+
+    // ---- inspect: the agent's privileges as the runtime reports them
+    let internal_ref = rt
+        .list(&labels_for(name, "internal"))
+        .await?
+        .into_iter()
+        .find(|r| r.kind == ResourceKind::Network);
+    results.extend(inspect_checks(
+        &agent,
+        &internal,
+        internal_ref.as_ref(),
+        &state,
+    ));
+
+    // ---- host: controls, and what only the host sees
+    results.push(loopback_datagram_control(&trap).await);
+    results.push(proxy_binding_check(&sidecar, &Plan::resource_name(name, "egress")).await);
+    // The listener answers where the host can see it, so a refusal from
+    // the probe means isolation, not a dead listener.
     for ip in &targets {
-        let addr = std::net::SocketAddr::new(*ip, port);
+        let addr = SocketAddr::new(*ip, port);
         let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
             .await
             .is_ok_and(|r| r.is_ok());
         results.push(CheckResult {
             name: format!("control: host listener on {ip}"),
             kind: Kind::Control,
+            ran: Where::Host,
+            counted: true,
             tried: format!("connect to {addr} from the host"),
             expected: "connected (only meaningful when the engine runs on this machine)".into(),
             observed: if ok {
@@ -531,35 +763,473 @@ pub async fn verify(
             pass: ok || !ip_is_local(ip),
         });
     }
-    let failed = results.iter().filter(|r| !r.pass).count();
+
+    // ---- the agent's own view: shown, never counted
+    let view = run_checks(
+        rt,
+        &agent.id,
+        checks.iter().chain(agent_only.iter()),
+        Where::AgentView,
+    )
+    .await;
+    let agent_view_disagrees: Vec<String> = view
+        .iter()
+        .filter(|v| {
+            results
+                .iter()
+                .any(|r| r.ran == Where::Probe && r.name == v.name && r.pass != v.pass)
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    results.extend(view);
+
+    let counted = results.iter().filter(|r| r.counted).count();
+    let failed = results.iter().filter(|r| r.counted && !r.pass).count();
     Ok(Report {
         bottle: name.into(),
         runtime: rt.kind().to_string(),
-        passed: results.len() - failed,
+        probe: probe_how,
+        passed: counted - failed,
         failed,
+        not_counted: results.len() - counted,
+        agent_view_disagrees,
         checks: results,
     })
 }
 
-/// Is `ip` one of this machine's addresses (so the host-side control applies)?
-fn ip_is_local(ip: &IpAddr) -> bool {
-    std::net::UdpSocket::bind(std::net::SocketAddr::new(*ip, 0)).is_ok()
+/// Runs `checks` in container `id`, all at once; rows for `ran`.
+async fn run_checks<'a>(
+    rt: &dyn Runtime,
+    id: &str,
+    checks: impl Iterator<Item = &'a Check>,
+    ran: Where,
+) -> Vec<CheckResult> {
+    let checks: Vec<&Check> = checks.collect();
+    let outputs = futures_util::future::join_all(checks.iter().map(|c| {
+        let spec = ExecSpec {
+            cmd: vec!["bash".into(), "-c".into(), c.script.clone()],
+            ..Default::default()
+        };
+        async move { rt.exec_capture(id, &spec).await }
+    }))
+    .await;
+    checks
+        .iter()
+        .zip(outputs)
+        .map(|(c, out)| {
+            let (pass, observed) = match out {
+                Ok(o) => (c.judge)(&o),
+                Err(e) => (false, format!("could not run: {e}")),
+            };
+            CheckResult {
+                name: c.name.clone(),
+                kind: c.kind,
+                ran,
+                counted: ran != Where::AgentView,
+                tried: c.tried.clone(),
+                expected: c.expected.clone(),
+                observed,
+                pass,
+            }
+        })
+        .collect()
 }
 
-/// The report as a table.
+/// Threat 13: broadcast and multicast from the agent's position must not
+/// reach a socket on the host.
+async fn broadcast_check(rt: &dyn Runtime, probe: &str, trap: &UdpTrap) -> CheckResult {
+    let token = format!("bottle-verify-bcast-{}", random_label());
+    let spec = ExecSpec {
+        cmd: vec![
+            "python3".into(),
+            "-c".into(),
+            BROADCAST_SCRIPT.into(),
+            trap.port.to_string(),
+            token.clone(),
+        ],
+        ..Default::default()
+    };
+    let out = rt.exec_capture(probe, &spec).await;
+    tokio::time::sleep(DATAGRAM_GRACE).await;
+    let arrived = trap.with(&token);
+    let (pass, observed) = match &out {
+        Err(e) => (false, format!("could not run: {e}")),
+        Ok(o) if o.code != 0 => (false, format!("sender failed: {}", brief(o))),
+        Ok(o) => {
+            let sent: Vec<&str> = o
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("sent "))
+                .collect();
+            if arrived.is_empty() {
+                (
+                    true,
+                    format!(
+                        "nothing arrived; {} of {} sends left the probe",
+                        sent.len(),
+                        o.stdout.lines().count()
+                    ),
+                )
+            } else {
+                let mut what: Vec<String> = arrived
+                    .iter()
+                    .map(|(from, t)| {
+                        format!("{} (from {from})", t.trim_start_matches(&token).trim())
+                    })
+                    .collect();
+                what.sort();
+                what.dedup();
+                (false, format!("ARRIVED at the host: {}", what.join("; ")))
+            }
+        }
+    };
+    CheckResult {
+        name: "broadcast to the host".into(),
+        kind: Kind::Attack,
+        ran: Where::Probe,
+        counted: true,
+        tried: format!(
+            "UDP to 255.255.255.255, 224.0.0.251 and the subnet broadcast, port {} (verify's socket on 0.0.0.0)",
+            trap.port
+        ),
+        expected: "nothing arrives".into(),
+        observed,
+        pass,
+    }
+}
+
+/// The broadcast listener answers: a datagram the host sends itself arrives,
+/// so a silent listener cannot pass [`broadcast_check`].
+async fn loopback_datagram_control(trap: &UdpTrap) -> CheckResult {
+    let token = format!("bottle-verify-ctl-{}", random_label());
+    let sent = async {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        s.send_to(token.as_bytes(), ("127.0.0.1", trap.port)).await
+    }
+    .await;
+    let deadline = tokio::time::Instant::now() + DATAGRAM_GRACE;
+    while trap.with(&token).is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ok = !trap.with(&token).is_empty();
+    CheckResult {
+        name: "control: broadcast listener answers".into(),
+        kind: Kind::Control,
+        ran: Where::Host,
+        counted: true,
+        tried: format!("UDP from the host to 127.0.0.1:{}", trap.port),
+        expected: "arrives".into(),
+        observed: match (sent, ok) {
+            (Err(e), _) => format!("could not send: {e}"),
+            (_, true) => "arrived".into(),
+            (_, false) => "nothing arrived".into(),
+        },
+        pass: ok,
+    }
+}
+
+/// Threat 13: the sidecar's services must not answer on its egress address
+/// (the host and the egress network's neighbours are there).
+async fn proxy_binding_check(sidecar: &ContainerInfo, egress: &str) -> CheckResult {
+    let mut row = CheckResult {
+        name: "sidecar closed on its egress address".into(),
+        kind: Kind::Attack,
+        ran: Where::Host,
+        counted: true,
+        tried: format!(
+            "TCP from the host to the sidecar's address on {egress}, ports 3128, 53, 80, 443"
+        ),
+        expected: "no port open".into(),
+        observed: String::new(),
+        pass: false,
+    };
+    let Some(ip) = sidecar.ipv4.get(egress) else {
+        row.observed = format!("the runtime reports no sidecar address on {egress}; cannot check");
+        return row;
+    };
+    let tries = [3128u16, 53, 80, 443].map(|p| async move {
+        let addr = SocketAddr::new(IpAddr::V4(*ip), p);
+        let r = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await;
+        (
+            p,
+            match r {
+                Ok(Ok(_)) => "OPEN".to_string(),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused".into(),
+                Ok(Err(e)) => e.kind().to_string(),
+                Err(_) => "timed out".into(),
+            },
+        )
+    });
+    let seen = futures_util::future::join_all(tries).await;
+    row.pass = seen.iter().all(|(_, s)| s != "OPEN");
+    row.observed = format!(
+        "{ip}: {}",
+        seen.iter()
+            .map(|(p, s)| format!("{p} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    row
+}
+
+fn inspect_row(
+    name: &str,
+    tried: &str,
+    expected: &str,
+    pass: bool,
+    observed: String,
+) -> CheckResult {
+    CheckResult {
+        name: name.into(),
+        kind: Kind::Attack,
+        ran: Where::Inspect,
+        counted: true,
+        tried: tried.into(),
+        expected: expected.into(),
+        observed,
+        pass,
+    }
+}
+
+/// `NET_RAW`, `cap_net_raw` and `CAP_NET_RAW` are one capability.
+fn cap_name(c: &str) -> String {
+    let c = c.to_ascii_uppercase();
+    c.strip_prefix("CAP_").unwrap_or(&c).to_string()
+}
+
+/// `path` with symlinks resolved when it exists on this machine.
+fn real(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Threat 11 and 14 from outside: the agent's privileges, mounts, limits and
+/// networks as the runtime reports them.
+fn inspect_checks(
+    agent: &ContainerInfo,
+    internal: &str,
+    internal_ref: Option<&ResourceRef>,
+    state: &crate::state::StateDir,
+) -> Vec<CheckResult> {
+    let Some(sec) = &agent.security else {
+        return vec![inspect_row(
+            "privileges from inspect",
+            "read the agent's capabilities, mounts and limits from the runtime",
+            "reported",
+            false,
+            "the runtime's inspect output does not report them; they cannot be checked from outside".into(),
+        )];
+    };
+    let mut rows = Vec::new();
+    rows.push(inspect_row(
+        "privileged",
+        "HostConfig.Privileged of the agent",
+        "false",
+        !sec.privileged,
+        format!("privileged={}", sec.privileged),
+    ));
+    let added: Vec<String> = sec.cap_add.iter().map(|c| cap_name(c)).collect();
+    let dropped: Vec<String> = sec.cap_drop.iter().map(|c| cap_name(c)).collect();
+    let missing: Vec<String> = Plan::agent_cap_drop()
+        .into_iter()
+        .map(|c| cap_name(&c))
+        .filter(|c| !dropped.contains(c) && !dropped.iter().any(|d| d == "ALL"))
+        .collect();
+    rows.push(inspect_row(
+        "capabilities",
+        "CapAdd and CapDrop of the agent",
+        "none added; NET_RAW, NET_ADMIN, SYS_ADMIN, ... dropped",
+        added.is_empty() && missing.is_empty(),
+        format!(
+            "added [{}], not dropped [{}]",
+            added.join(" "),
+            missing.join(" ")
+        ),
+    ));
+    rows.push(inspect_row(
+        "no-new-privileges",
+        "SecurityOpt of the agent",
+        "no-new-privileges",
+        sec.no_new_privileges,
+        format!("no-new-privileges={}", sec.no_new_privileges),
+    ));
+
+    // Engine sockets: the socket itself, a directory holding one, or any
+    // unix socket on this machine.
+    let mut engine: Vec<String> = Vec::new();
+    for m in &sec.mounts {
+        let src = real(Path::new(&m.source));
+        let socket_dirs = ENGINE_SOCKETS.iter().any(|s| {
+            let s = real(Path::new(s));
+            !m.source.is_empty() && (s == src || s.starts_with(&src))
+        });
+        let is_socket = {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(&src).is_ok_and(|md| md.file_type().is_socket())
+        };
+        if socket_dirs || is_socket || ENGINE_SOCKETS.contains(&m.target.as_str()) {
+            engine.push(format!("{} -> {}", m.source, m.target));
+        }
+    }
+    rows.push(inspect_row(
+        "engine socket",
+        "mounts of the agent: engine sockets, directories holding them, unix sockets",
+        "none",
+        engine.is_empty(),
+        if engine.is_empty() {
+            format!("{} mount(s), none a socket", sec.mounts.len())
+        } else {
+            format!("MOUNTED {}", engine.join(", "))
+        },
+    ));
+
+    // The sidecar's state (policy, CA key, secrets): only the agent's own
+    // read-only directory of it may be mounted.
+    let root = real(state.root());
+    let agent_dir = real(&state.agent_dir());
+    let mut exposed: Vec<String> = Vec::new();
+    for m in sec.mounts.iter().filter(|m| !m.source.is_empty()) {
+        let src = real(Path::new(&m.source));
+        let inside = src.starts_with(&root) && !(src == agent_dir && m.read_only);
+        let holds = root.starts_with(&src);
+        if inside || holds {
+            exposed.push(format!(
+                "{} -> {}{}",
+                m.source,
+                m.target,
+                if m.read_only { " (ro)" } else { "" }
+            ));
+        }
+    }
+    rows.push(inspect_row(
+        "sidecar state not mounted",
+        "mounts of the agent against the bottle's state directory",
+        "only its read-only agent/ directory",
+        exposed.is_empty(),
+        if exposed.is_empty() {
+            format!("state dir {} not mounted", root.display())
+        } else {
+            format!("MOUNTED {}", exposed.join(", "))
+        },
+    ));
+
+    // Files the agent writes on a mount must belong to the mount's owner.
+    let uid: Option<u32> = match sec.user.split(':').next().unwrap_or("") {
+        "" | "root" => Some(0),
+        u => u.parse().ok(),
+    };
+    let mut wrong: Vec<String> = Vec::new();
+    let mut writable = 0;
+    for m in sec
+        .mounts
+        .iter()
+        .filter(|m| m.kind == "bind" && !m.read_only)
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(md) = std::fs::metadata(&m.source) else {
+            continue;
+        };
+        writable += 1;
+        if uid != Some(md.uid()) {
+            wrong.push(format!("{} owned by uid {}", m.source, md.uid()));
+        }
+    }
+    let user = if sec.user.is_empty() {
+        "the image's default (root)"
+    } else {
+        sec.user.as_str()
+    };
+    rows.push(inspect_row(
+        "user owns its writable mounts",
+        "the agent's user against the owners of its writable bind mounts",
+        "same uid",
+        wrong.is_empty(),
+        if wrong.is_empty() {
+            format!("user {user}; {writable} writable bind mount(s) owned by it")
+        } else if uid.is_none() {
+            format!(
+                "user {user} is a name, not a uid: cannot compare with {}",
+                wrong.join(", ")
+            )
+        } else {
+            format!("user {user} but {}", wrong.join(", "))
+        },
+    ));
+
+    let pids = sec.pids_limit.filter(|p| *p > 0);
+    rows.push(inspect_row(
+        "pids limit",
+        "PidsLimit of the agent (fork bombs)",
+        "set",
+        pids.is_some(),
+        pids.map(|p| format!("{p}"))
+            .unwrap_or_else(|| "unlimited".into()),
+    ));
+    let mem = sec.memory_bytes.filter(|m| *m > 0);
+    rows.push(inspect_row(
+        "memory limit",
+        "Memory limit of the agent",
+        "set",
+        mem.is_some(),
+        mem.map(|m| format!("{} MiB", m / (1 << 20)))
+            .unwrap_or_else(|| "unlimited".into()),
+    ));
+
+    // Networks: the internal network, nothing else.
+    let mode_ok = sec.network_mode == internal
+        || internal_ref.is_some_and(|r| {
+            !sec.network_mode.is_empty()
+                && (r.id.starts_with(&sec.network_mode) || sec.network_mode.starts_with(&r.id))
+        });
+    let only_internal = sec.networks.iter().all(|n| n == internal)
+        && agent.ipv4.keys().all(|n| n == internal)
+        && !sec.networks.is_empty();
+    rows.push(inspect_row(
+        "networks",
+        "NetworkMode and networks of the agent",
+        "the internal network only",
+        mode_ok && only_internal && internal_ref.is_some(),
+        format!(
+            "mode {}, networks [{}]{}",
+            sec.network_mode,
+            sec.networks.join(" "),
+            if internal_ref.is_none() {
+                format!(", {internal} not found")
+            } else {
+                String::new()
+            }
+        ),
+    ));
+    rows
+}
+
+/// Is `ip` one of this machine's addresses (so the host-side control applies)?
+fn ip_is_local(ip: &IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(*ip, 0)).is_ok()
+}
+
+/// The report as a table. Agent-view rows show their result in brackets:
+/// they ran with the agent's tools and do not count.
 pub fn render(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<6} {:<8} {:<44} {:<34} OBSERVED",
-        "RESULT", "KIND", "CHECK", "EXPECTED"
+        "{:<6} {:<10} {:<8} {:<44} {:<34} OBSERVED",
+        "RESULT", "WHERE", "KIND", "CHECK", "EXPECTED"
     );
     for c in &report.checks {
+        let result = match (c.counted, c.pass) {
+            (true, true) => "pass",
+            (true, false) => "FAIL",
+            (false, true) => "(pass)",
+            (false, false) => "(fail)",
+        };
         let _ = writeln!(
             s,
-            "{:<6} {:<8} {:<44} {:<34} {}",
-            if c.pass { "pass" } else { "FAIL" },
+            "{:<6} {:<10} {:<8} {:<44} {:<34} {}",
+            result,
+            c.ran.as_str(),
             match c.kind {
                 Kind::Control => "control",
                 Kind::Attack => "attack",
@@ -569,10 +1239,18 @@ pub fn render(report: &Report) -> String {
             c.observed
         );
     }
+    let _ = writeln!(s, "\nprobe: {}", report.probe);
+    if !report.agent_view_disagrees.is_empty() {
+        let _ = writeln!(
+            s,
+            "the agent's own tools disagree with the probe on: {}",
+            report.agent_view_disagrees.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
-        "\nverify {}: {} passed, {} failed",
-        report.bottle, report.passed, report.failed
+        "verify {}: {} passed, {} failed ({} agent-view rows not counted)",
+        report.bottle, report.passed, report.failed, report.not_counted
     );
     s
 }
