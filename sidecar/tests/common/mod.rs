@@ -198,6 +198,8 @@ pub struct Options {
     pub limit: RateLimit,
     pub transparent_http_port: u16,
     pub transparent_https_port: u16,
+    /// The policy's `limits` section, if any (defaults otherwise).
+    pub limits: Option<Value>,
 }
 
 impl Options {
@@ -214,6 +216,7 @@ impl Options {
             limit: RateLimit::default(),
             transparent_http_port: 80,
             transparent_https_port: 443,
+            limits: None,
         }
     }
 
@@ -264,7 +267,14 @@ impl Bottle {
     /// upstream CA).
     pub async fn start_in(pki: Pki, opts: Options) -> Bottle {
         let policy_path = pki.dir.join("policy.json");
-        std::fs::write(&policy_path, policy_json(&opts.egress)).unwrap();
+        let policy = match &opts.limits {
+            None => policy_json(&opts.egress),
+            Some(limits) => {
+                json!({"format": 1, "bottle": "test", "egress": opts.egress, "limits": limits})
+                    .to_string()
+            }
+        };
+        std::fs::write(&policy_path, policy).unwrap();
         if let Some(secrets) = &opts.secrets {
             std::fs::write(pki.dir.join("secrets.json"), secrets.to_string()).unwrap();
         }
