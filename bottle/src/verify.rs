@@ -1254,3 +1254,140 @@ pub fn render(report: &Report) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bottle_runtimes::{MountInfo, SecurityInfo};
+
+    const INTERNAL: &str = "bottle-t-internal";
+
+    fn agent(security: Option<SecurityInfo>) -> ContainerInfo {
+        ContainerInfo {
+            id: "a".into(),
+            name: "bottle-t-agent".into(),
+            image: "bottle-agent:latest".into(),
+            state: ContainerState::Running,
+            health: "none".into(),
+            labels: BTreeMap::new(),
+            ipv4: BTreeMap::from([(INTERNAL.to_string(), "10.213.0.3".parse().unwrap())]),
+            exit_code: None,
+            security,
+        }
+    }
+
+    fn bind(source: &Path, target: &str, read_only: bool) -> MountInfo {
+        MountInfo {
+            kind: "bind".into(),
+            source: source.display().to_string(),
+            target: target.into(),
+            read_only,
+        }
+    }
+
+    fn internal_ref() -> ResourceRef {
+        ResourceRef {
+            kind: ResourceKind::Network,
+            id: "31535c4e7bd4".into(),
+            name: INTERNAL.into(),
+            labels: BTreeMap::new(),
+            state: None,
+        }
+    }
+
+    fn verdicts(rows: &[CheckResult]) -> BTreeMap<String, bool> {
+        rows.iter().map(|r| (r.name.clone(), r.pass)).collect()
+    }
+
+    #[test]
+    fn a_hardened_agent_passes_every_inspect_check() {
+        let state = crate::state::StateDir::for_bottle("t").unwrap();
+        let sec = SecurityInfo {
+            cap_drop: Plan::agent_cap_drop()
+                .iter()
+                .map(|c| format!("CAP_{c}"))
+                .collect(),
+            no_new_privileges: true,
+            pids_limit: Some(2048),
+            memory_bytes: Some(4 << 30),
+            network_mode: "31535c4e7bd44472e348f54d".into(),
+            networks: vec![INTERNAL.into()],
+            mounts: vec![bind(&state.agent_dir(), AGENT_CA_DIR, true)],
+            ..Default::default()
+        };
+        let rows = inspect_checks(&agent(Some(sec)), INTERNAL, Some(&internal_ref()), &state);
+        assert!(rows.len() >= 9, "{rows:?}");
+        assert!(
+            rows.iter().all(|r| r.pass && r.ran == Where::Inspect),
+            "{rows:?}"
+        );
+    }
+
+    #[test]
+    fn each_widening_fails_its_own_inspect_check() {
+        let state = crate::state::StateDir::for_bottle("t").unwrap();
+        let sec = SecurityInfo {
+            privileged: true,
+            cap_add: vec!["net_admin".into()],
+            cap_drop: vec!["MKNOD".into()],
+            no_new_privileges: false,
+            pids_limit: Some(0),
+            memory_bytes: None,
+            network_mode: "host".into(),
+            networks: vec!["bridge".into()],
+            mounts: vec![
+                // A directory holding the engine socket is as good as the socket.
+                bind(Path::new("/var/run"), "/host-run", true),
+                bind(&state.sidecar_dir(), "/mnt/s", true),
+                // The agent's own directory, but writable.
+                bind(&state.agent_dir(), AGENT_CA_DIR, false),
+            ],
+            ..Default::default()
+        };
+        let v = verdicts(&inspect_checks(
+            &agent(Some(sec)),
+            INTERNAL,
+            Some(&internal_ref()),
+            &state,
+        ));
+        for name in [
+            "privileged",
+            "capabilities",
+            "no-new-privileges",
+            "engine socket",
+            "sidecar state not mounted",
+            "pids limit",
+            "memory limit",
+            "networks",
+        ] {
+            assert_eq!(v.get(name), Some(&false), "{name}: {v:?}");
+        }
+        // A mount of a directory that holds the state dir exposes it too.
+        let sec = SecurityInfo {
+            mounts: vec![bind(state.root().parent().unwrap(), "/work", true)],
+            ..Default::default()
+        };
+        let rows = inspect_checks(&agent(Some(sec)), INTERNAL, None, &state);
+        let v = verdicts(&rows);
+        assert_eq!(v.get("sidecar state not mounted"), Some(&false), "{rows:?}");
+        assert_eq!(
+            v.get("networks"),
+            Some(&false),
+            "no internal network: {rows:?}"
+        );
+    }
+
+    #[test]
+    fn a_runtime_without_inspect_data_fails_closed() {
+        let state = crate::state::StateDir::for_bottle("t").unwrap();
+        let rows = inspect_checks(&agent(None), INTERNAL, None, &state);
+        assert_eq!(rows.len(), 1);
+        assert!(!rows[0].pass && rows[0].counted, "{rows:?}");
+    }
+
+    #[test]
+    fn capability_spellings_are_one_name() {
+        assert_eq!(cap_name("cap_net_raw"), "NET_RAW");
+        assert_eq!(cap_name("NET_RAW"), "NET_RAW");
+    }
+}

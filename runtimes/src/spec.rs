@@ -108,6 +108,11 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     pub cpus: Option<f64>,
     pub memory_bytes: Option<u64>,
+    /// Most processes (and threads) the container may hold at once, so a
+    /// fork bomb stops there. `None`: the runtime's default (unlimited on
+    /// docker). VM-per-container runtimes bound it with the VM instead (see
+    /// their module docs).
+    pub pids_limit: Option<i64>,
     /// Command the runtime runs to decide the container is healthy.
     pub healthcheck: Option<Vec<String>>,
     pub hostname: Option<String>,

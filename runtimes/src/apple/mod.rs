@@ -18,7 +18,11 @@
 //!   containers go first;
 //! - on an `--internal` network the host stays reachable at the gateway
 //!   (apple/container#1320): the probe reports it as the weakness
-//!   `host-reachable-from-internal`.
+//!   `host-reachable-from-internal`;
+//! - there is no pids flag (1.0.0 to 1.2.x): [`ContainerSpec::pids_limit`]
+//!   is not translated. It is not refused either: each container is its own
+//!   VM, so a fork bomb fills only that VM's process table, bounded by its
+//!   `--memory`/`--cpus`, and the sidecar is another VM.
 
 mod json;
 mod probe;

@@ -8,7 +8,8 @@
 //!   create and everything is removed by id;
 //! - an internal bridge keeps a host address unless
 //!   `com.docker.network.bridge.inhibit_ipv4` is set, and engines < 28 ignore
-//!   `gateway_mode_ipv4`: the result is measured by [`Runtime::host_addresses_on`].
+//!   `gateway_mode_ipv4`: the result is measured by [`Runtime::host_addresses_on`];
+//! - `pids_limit` is `HostConfig.PidsLimit` (the cgroup pids controller).
 
 mod endpoint;
 mod probe;
@@ -712,6 +713,7 @@ impl Runtime for DockerRuntime {
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
             memory: spec.memory_bytes.map(|m| m as i64),
+            pids_limit: spec.pids_limit,
             sysctls,
             init: Some(false),
             ..Default::default()

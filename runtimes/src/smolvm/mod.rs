@@ -22,7 +22,11 @@
 //!   nothing behind (on nested/PVM KVM hosts every boot fails);
 //! - container-level hardening (capabilities, no-new-privileges, read-only
 //!   root) has no machine equivalent: the VM boundary and the host-side
-//!   allow-list stand in for it (docs/runtimes.md).
+//!   allow-list stand in for it (docs/runtimes.md);
+//! - there is no pids option (CLI or Smolfile): [`ContainerSpec::pids_limit`]
+//!   is not translated, and not refused: a machine is its own kernel, so a
+//!   fork bomb fills only its process table, bounded by `--mem`/`--cpus`,
+//!   and the sidecar is another machine.
 
 mod probe;
 

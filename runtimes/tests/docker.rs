@@ -1,0 +1,145 @@
+//! The docker driver against the real engine, through the `Runtime` trait:
+//! a pids limit reaches the engine and stops a fork loop.
+//!
+//! Needs a Docker engine and a Debian-based image (the sidecar image, else
+//! `bottle-base:bookworm` from scripts/setup-engine.sh). Without them the
+//! tests skip (and fail under CI=true).
+
+mod common;
+
+use bottle_runtimes::docker::DockerRuntime;
+use bottle_runtimes::{ContainerSpec, Runtime, LABEL_ROLE};
+use common::present_or_skip;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+/// The engine and an image to run helpers from, or `None` (skipped, printed).
+async fn engine(test: &str) -> Option<(DockerRuntime, String)> {
+    let rt = DockerRuntime::connect().await;
+    if !present_or_skip(
+        test,
+        "a Docker engine",
+        rt.is_ok(),
+        "scripts/setup-engine.sh starts one",
+    ) {
+        return None;
+    }
+    let images = Command::new("docker")
+        .args([
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            "--filter",
+            "label=dev.bottle.image=sidecar",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut candidates: Vec<String> = images.lines().map(str::to_string).collect();
+    candidates.push("bottle-base:bookworm".into());
+    let rt = rt.unwrap();
+    let mut image = None;
+    for c in candidates {
+        if rt.image_exists(&c).await.unwrap_or(false) {
+            image = Some(c);
+            break;
+        }
+    }
+    if !present_or_skip(
+        test,
+        "a Debian-based helper image",
+        image.is_some(),
+        "scripts/setup-engine.sh builds bottle-base:bookworm",
+    ) {
+        return None;
+    }
+    Some((rt, image.unwrap()))
+}
+
+fn scratch_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_ROLE.to_string(), "test".to_string())])
+}
+
+fn docker_inspect(format: &str, what: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, what])
+        .output()
+        .expect("run docker inspect");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn pids_limit_reaches_the_engine_and_stops_a_fork_loop() {
+    let Some((rt, image)) = engine("pids_limit_reaches_the_engine_and_stops_a_fork_loop").await
+    else {
+        return;
+    };
+    let spec = |name: &str, limit: Option<i64>| ContainerSpec {
+        name: format!("bottle-test-pids-{name}-{}", std::process::id()),
+        image: image.clone(),
+        entrypoint: Some(vec!["sleep".into(), "60".into()]),
+        labels: scratch_labels(),
+        cap_drop: vec!["ALL".into()],
+        no_new_privileges: true,
+        pids_limit: limit,
+        ..Default::default()
+    };
+    let limited = rt
+        .create_container(&spec("limited", Some(32)))
+        .await
+        .expect("create");
+    let open = rt
+        .create_container(&spec("open", None))
+        .await
+        .expect("create");
+    let result = async {
+        rt.start_container(&limited).await?;
+        // 100 two-second sleepers against a limit of 32: the shell runs out
+        // of pids and says so; what it started is counted before it fails.
+        let exec = |script: &str| bottle_runtimes::ExecSpec {
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        };
+        // The kernel's own word, from the container's cgroup (v2, else v1),
+        // read first: the exited sleepers stay as zombies (PID 1 is `sleep`).
+        let max = rt
+            .exec_capture(
+                &limited,
+                &exec(
+                    "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max",
+                ),
+            )
+            .await?;
+        let forks = rt
+            .exec_capture(
+                &limited,
+                &exec(
+                    "for i in $(seq 1 100); do sleep 2 & echo started $i; done; echo all-started",
+                ),
+            )
+            .await?;
+        Ok::<_, bottle_runtimes::RuntimeError>((forks, max))
+    }
+    .await;
+    let limit_seen = docker_inspect("{{.HostConfig.PidsLimit}}", &limited);
+    let open_seen = docker_inspect("{{.HostConfig.PidsLimit}}", &open);
+    let _ = rt.remove_container(&limited).await;
+    let _ = rt.remove_container(&open).await;
+    let (forks, max) = result.expect("start and exec");
+    assert_eq!(limit_seen, "32");
+    assert!(
+        open_seen == "<nil>" || open_seen == "0",
+        "no limit asked, engine shows {open_seen}"
+    );
+    assert_eq!(max.stdout.trim(), "32", "{}", max.stderr);
+    let all = format!("{}{}", forks.stdout, forks.stderr);
+    assert!(
+        all.contains("Cannot fork") && !all.contains("all-started"),
+        "the fork loop should have hit the limit: {all}"
+    );
+    let started = forks.stdout.matches("started ").count();
+    assert!(
+        (1..32).contains(&started),
+        "{started} sleepers under a limit of 32: {all}"
+    );
+}
