@@ -8,6 +8,17 @@ use bottle_e2e::*;
 
 const SECRET: &str = "sk-e2e-SECRET-4242-do-not-leak";
 
+/// What the agent sees where an origin echoes [`SECRET`] back: the sidecar's
+/// same-length marker. Seeing it proves the origin received the real value
+/// (the sidecar replaces only that value) without the agent learning it.
+fn redacted() -> String {
+    let mut m: String = "BOTTLE-REDACTED".chars().take(SECRET.len()).collect();
+    while m.len() < SECRET.len() {
+        m.push('*');
+    }
+    m
+}
+
 /// A bottle whose egress network holds the echo origin under several names.
 /// Fields drop in order: the origin leaves the bottle's network before
 /// `bottle down` removes it.
@@ -113,7 +124,7 @@ fn intercepted_https_rules_credentials_and_guard() {
     assert_eq!(v["path"], "/hello", "{text}");
 
     // The credential: the agent holds a placeholder and sends it; the origin
-    // receives the real value.
+    // receives the real value, and its echo of it comes back redacted.
     let placeholder = sh(b, "printf %s \"$E2E_API_KEY\"");
     assert!(
         placeholder.starts_with("bottle-placeholder-"),
@@ -123,10 +134,10 @@ fn intercepted_https_rules_credentials_and_guard() {
         b,
         "curl -sS --max-time 10 -H \"x-api-key: $E2E_API_KEY\" https://origin.test/cred",
     );
-    assert_eq!(json_of(&text)["headers"]["x-api-key"], SECRET, "{text}");
+    assert_eq!(json_of(&text)["headers"]["x-api-key"], redacted(), "{text}");
     // Injected even when the agent sends nothing.
     let text = sh(b, "curl -sS --max-time 10 https://origin.test/cred2");
-    assert_eq!(json_of(&text)["headers"]["x-api-key"], SECRET, "{text}");
+    assert_eq!(json_of(&text)["headers"]["x-api-key"], redacted(), "{text}");
     // The placeholder sent to another (allowed) host is refused, not forwarded.
     let text = sh(b, "curl -s --max-time 10 -w '\\nstatus=%{http_code}' -H \"authorization: Bearer $E2E_API_KEY\" https://other.test/x");
     assert!(text.contains("status=403"), "{text}");
@@ -327,7 +338,7 @@ fn sidecar_dns_and_the_transparent_path() {
             b,
             &format!("{unset} curl -sS --max-time 10 https://origin.test/c")
         ))["headers"]["x-api-key"],
-        SECRET
+        redacted()
     );
     // A denied name does not resolve, so there is nowhere to connect.
     let text = sh(
@@ -419,4 +430,144 @@ fn policy_reload_applies_without_restart() {
     assert!(stderr(&out).contains("egress.allow[0]"), "{}", stderr(&out));
     let text = sh(b, "curl -sS --max-time 10 https://late.test/still");
     assert_eq!(json_of(&text)["path"], "/still", "{text}");
+}
+
+/// From a host address on the egress side, whether each sidecar port
+/// accepts: `refused:PORT` / `open:PORT` / `other:PORT:WHY`, and whether DNS
+/// answered a UDP query (`dns:answered` or `dns:<error>`). Run by python3
+/// in a container.
+fn probe_script(ip: &str) -> String {
+    format!(
+        r#"python3 - <<'PY'
+import socket
+ip = "{ip}"
+for p in (3128, 53, 80, 443):
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((ip, p)); print(f"open:{{p}}")
+    except ConnectionRefusedError:
+        print(f"refused:{{p}}")
+    except Exception as e:
+        print(f"other:{{p}}:{{type(e).__name__}}")
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06origin\x04test\x00\x00\x01\x00\x01"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+u.sendto(q, (ip, 53))
+try:
+    u.recvfrom(512); print("dns:answered")
+except Exception as e:
+    print("dns:" + type(e).__name__)
+PY"#
+    )
+}
+
+fn assert_nothing_answers(from: &str, text: &str) {
+    for p in [3128, 53, 80, 443] {
+        assert!(
+            text.contains(&format!("refused:{p}")),
+            "{from}: port {p} of the sidecar's egress side must refuse: {text}"
+        );
+    }
+    assert!(
+        text.contains("dns:") && !text.contains("dns:answered"),
+        "{from}: DNS answered on the egress side: {text}"
+    );
+}
+
+#[test]
+fn the_sidecar_serves_its_internal_side_only_and_echoes_come_back_redacted() {
+    let Some(s) = setup("edge") else { return };
+    let b = &s.b;
+    let egress_side = b.ip("sidecar", "egress");
+    let sidecar = format!("bottle-{}-sidecar", b.name);
+
+    // A neighbour container on the bottle's egress network (the echo origin)
+    // tries every sidecar port on the egress side: nothing is there.
+    let out = docker(&[
+        "exec",
+        &s._origin.0,
+        "sh",
+        "-c",
+        &probe_script(&egress_side),
+    ]);
+    assert_nothing_answers("neighbour", &format!("{}{}", stdout(&out), stderr(&out)));
+
+    // The host, which has an address on the egress bridge, the same.
+    let addr = |p: u16| std::net::SocketAddr::new(egress_side.parse().unwrap(), p);
+    for p in [3128u16, 53, 80, 443] {
+        let err = std::net::TcpStream::connect_timeout(&addr(p), std::time::Duration::from_secs(3))
+            .expect_err("the host reached a sidecar port on the egress side");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "host -> {egress_side}:{p}: {err}"
+        );
+    }
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    udp.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let q =
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06origin\x04test\x00\x00\x01\x00\x01";
+    let _ = udp.send_to(q, addr(53));
+    let mut buf = [0u8; 512];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "DNS answered the host on the egress side"
+    );
+
+    // The health check still finds the proxy, with no arguments, as the
+    // lifecycle runs it.
+    let out = docker(&["exec", &sidecar, "bottle-sidecar", "health"]);
+    assert!(
+        out.status.success(),
+        "health: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    // From the agent, the proxy serves, and the origin's echo of the
+    // injected credential comes back redacted, even when the agent asks for
+    // a compressed answer.
+    let text = sh(
+        b,
+        "curl -sS --compressed --max-time 10 -H \"x-api-key: $E2E_API_KEY\" https://origin.test/echo",
+    );
+    assert!(!text.contains(SECRET), "the credential came back: {text}");
+    let v = json_of(&text);
+    assert_eq!(v["headers"]["x-api-key"], redacted(), "{text}");
+    assert_eq!(v["headers"]["accept-encoding"], "identity", "{text}");
+
+    // A method override on a host whose rule allows only GET is refused,
+    // naming the header and the rule; on a host without method rules the
+    // same header passes.
+    let text = sh(
+        b,
+        "curl -s --max-time 10 -w '\\nstatus=%{http_code}' -H 'X-HTTP-Method-Override: DELETE' https://api.test/repos/acme/app",
+    );
+    assert!(text.contains("status=403"), "{text}");
+    assert!(text.contains("method-override"), "{text}");
+    assert!(text.contains("x-http-method-override"), "{text}");
+    assert!(text.contains("GET /repos/acme/"), "{text}");
+    assert!(!text.contains("\"path\""), "the origin was reached: {text}");
+    let text = sh(
+        b,
+        "curl -sS --max-time 10 -H 'X-HTTP-Method-Override: DELETE' https://other.test/override",
+    );
+    assert_eq!(
+        json_of(&text)["headers"]["x-http-method-override"],
+        "DELETE",
+        "{text}"
+    );
+
+    // Redactions are audited by name only.
+    let log = std::fs::read_to_string(
+        b.state
+            .0
+            .join("bottle")
+            .join(&b.name)
+            .join("logs/egress.jsonl"),
+    )
+    .expect("audit log");
+    assert!(log.contains("\"event\":\"credential-redacted\""), "{log}");
+    assert!(log.contains("E2E_API_KEY"), "{log}");
+    assert!(!log.contains(SECRET), "secret in the audit log");
 }
