@@ -716,7 +716,20 @@ impl Session {
             return ex.forwarded(&rule, up, resp, redaction);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (parts, _) = resp.into_parts();
+        let (mut parts, _) = resp.into_parts();
+        // The 101's headers go to the agent too (the frames after it are
+        // spliced unfiltered; see `crate::redact`).
+        let mut found = std::collections::BTreeSet::new();
+        redaction
+            .needles
+            .redact_headers(&mut parts.headers, &mut found);
+        if !found.is_empty() {
+            self.shared.logger.audit_event(
+                self.client,
+                "credential-redacted",
+                json!({"host": self.host(), "port": self.port(), "credentials": found}),
+            );
+        }
         let mut record = ex.record.clone();
         record.rule = rule;
         record.decision = Verdict::Allow;
