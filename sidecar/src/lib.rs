@@ -3,7 +3,8 @@
 //!
 //! [`Sidecar::start`] loads the rendered policy, the secrets and the bottle CA
 //! from the policy file's directory (refusing to start without a valid
-//! policy and CA: fail closed), binds every listener, and
+//! policy and CA: fail closed), binds every listener (on the internal
+//! address only, as `main.rs` resolves it), and
 //! [`Sidecar::serve`] runs them on one tokio runtime with live reload. The
 //! binary (`main.rs`) only parses arguments and calls [`run`],
 //! [`health::check`] or [`netinfo::collect`].
@@ -19,6 +20,10 @@
 //!   checks, upstream forwarding, WebSocket. [`tls`]: the CA, leaves and the
 //!   upstream TLS client. [`secrets`]: credential injection.
 //! - [`forward`], [`exchange`], [`io`], [`listen`]: the plumbing those share.
+//! - [`limits`]: the policy's connection caps and idle deadline on every
+//!   client socket; [`body`]: the agent's request body (gap deadline, a
+//!   broken body is the agent's 400/408 and the upstream request is
+//!   aborted); [`redact`]: credential values never come back in responses.
 //! - [`log`]: lifecycle events on stdout and the audit JSONL, rate-limited
 //!   per client. [`policy_file`] and [`reload`]: the policy in force.
 
