@@ -108,7 +108,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Production defaults for the policy at `policy_path`, with every
-    /// listener off: see [`RunConfig::on_internal_address`].
+    /// listener off (`main.rs` puts each on the internal address).
     pub fn new(policy_path: impl Into<PathBuf>) -> Self {
         RunConfig {
             policy_path: policy_path.into(),
