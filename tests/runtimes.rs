@@ -84,6 +84,8 @@ fn apple_container_up_exec_down_against_the_fake() {
             &name,
             "--accept-weakness",
             "host-reachable-from-internal",
+            "--accept-weakness",
+            "broadcast-reaches-host",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -239,6 +241,8 @@ fn smolvm_up_fails_at_boot_and_leaves_nothing() {
             &name,
             "--accept-weakness",
             "dns-forwarded-unfiltered",
+            "--accept-weakness",
+            "broadcast-reaches-host",
         ],
     );
     let err = stderr(&out);

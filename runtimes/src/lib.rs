@@ -101,6 +101,32 @@ pub trait Runtime: Send + Sync {
         helper_image: &str,
     ) -> Result<Vec<std::net::IpAddr>, RuntimeError>;
 
+    /// Makes the host drop what arrives on `network`'s host side for its own
+    /// sockets (broadcast, multicast, anything not routed back the way it
+    /// came), then reads the setting back: on docker, strict reverse-path
+    /// filtering on the bridge of a network where the host holds no address.
+    /// Returns what was read back. Runtimes that cannot do it return
+    /// [`RuntimeError::Capability`] naming the weakness
+    /// `broadcast-reaches-host`, so the orchestrator refuses unless the user
+    /// accepted it.
+    async fn isolate_host_from(
+        &self,
+        network: &NetworkInfo,
+        helper_image: &str,
+    ) -> Result<String, RuntimeError> {
+        let _ = helper_image;
+        Err(RuntimeError::Capability {
+            runtime: self.kind(),
+            capability: "broadcast-isolated".into(),
+            detail: format!(
+                "{} cannot stop what the agent broadcasts on {} from reaching the host's sockets",
+                self.kind(),
+                network.name
+            ),
+            fix: "use the docker runtime, or accept it knowingly with --accept-weakness broadcast-reaches-host".into(),
+        })
+    }
+
     /// Addresses at which the host (the machine the runtime's networks live
     /// on) answers: its interface addresses and the gateway of every network
     /// the runtime knows. `bottle verify` tries each from inside the agent.

@@ -83,6 +83,10 @@ pub const WEAKNESSES: &[(&str, &str)] = &[
         "dns-forwarded-unfiltered",
         "the agent can send DNS queries for any name past the sidecar to the runtime's resolver, a channel for leaking data (smolvm forwards DNS unfiltered unless a host allow-list is active)",
     ),
+    (
+        "broadcast-reaches-host",
+        "what the agent broadcasts or multicasts (255.255.255.255, 224.0.0.0/4, the subnet broadcast) reaches programs on your machine listening on all addresses (mDNS, DHCP, SSDP, NetBIOS), which may answer or misbehave",
+    ),
 ];
 
 /// What accepting the weakness `name` means, if it is one.

@@ -602,10 +602,19 @@ async fn probe_measures_and_names_the_host_weakness() {
     assert_eq!(host.weakness, Some("host-reachable-from-internal"));
     assert!(host.required);
     assert_eq!(host.how, "measured");
+    let bcast = probe.capability("broadcast-isolated").unwrap();
+    assert_eq!(
+        (bcast.state, bcast.weakness, bcast.how),
+        (
+            CapabilityState::No,
+            Some("broadcast-reaches-host"),
+            "inferred"
+        )
+    );
     assert_eq!(
         probe.unmet().len(),
-        1,
-        "only the named weakness stands in the way: {:?}",
+        2,
+        "only the named weaknesses stand in the way: {:?}",
         probe.unmet()
     );
     // Nothing of the probe is left.

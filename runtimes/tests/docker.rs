@@ -1,5 +1,7 @@
 //! The docker driver against the real engine, through the `Runtime` trait:
-//! a pids limit reaches the engine and stops a fork loop.
+//! what the agent broadcasts on an internal network reaches host sockets
+//! until [`Runtime::isolate_host_from`] closes the bridge, and the probe says
+//! so; a pids limit reaches the engine and stops a fork loop.
 //!
 //! Needs a Docker engine and a Debian-based image (the sidecar image, else
 //! `bottle-base:bookworm` from scripts/setup-engine.sh). Without them the
@@ -8,7 +10,9 @@
 mod common;
 
 use bottle_runtimes::docker::DockerRuntime;
-use bottle_runtimes::{ContainerSpec, Runtime, LABEL_ROLE};
+use bottle_runtimes::{
+    CapabilityState, ContainerSpec, NetworkKind, NetworkSpec, Runtime, LABEL_ROLE,
+};
 use common::present_or_skip;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -66,6 +70,72 @@ fn docker_inspect(format: &str, what: &str) -> String {
         .output()
         .expect("run docker inspect");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn broadcast_reaches_the_host_until_the_bridge_is_isolated() {
+    let Some((rt, image)) = engine("broadcast_reaches_the_host_until_the_bridge_is_isolated").await
+    else {
+        return;
+    };
+    let net = rt
+        .create_network(&NetworkSpec {
+            name: format!("bottle-test-bcast-{}", std::process::id()),
+            kind: NetworkKind::Internal,
+            labels: scratch_labels(),
+        })
+        .await
+        .expect("create internal network");
+    let result = async {
+        // The attack is real: an internal network without an address on the
+        // host still hands broadcast and joined multicast to host sockets.
+        let before = rt.broadcast_reaching_host(&net, &image).await?;
+        let set = rt.isolate_host_from(&net, &image).await?;
+        let after = rt.broadcast_reaching_host(&net, &image).await?;
+        Ok::<_, bottle_runtimes::RuntimeError>((before, set, after))
+    }
+    .await;
+    let bridge = net.host_interface.clone().unwrap_or_default();
+    let _ = rt.remove_network(&net.id).await;
+    let (before, set, after) = result.expect("measure, isolate, measure");
+    assert!(
+        before.received.iter().any(|r| r.ends_with("to 255.255.255.255")),
+        "before isolation the host should have received the limited broadcast (the attack this closes); got {:?}",
+        before.received
+    );
+    assert!(
+        before.received.iter().any(|r| r.ends_with("to 224.0.0.251")),
+        "before isolation a socket that joined 224.0.0.251 on {bridge} should have received it; got {:?}",
+        before.received
+    );
+    assert!(set.contains("rp_filter=1 (strict)"), "{set}");
+    assert!(
+        after.received.is_empty(),
+        "after isolation ({set}) the host still received {:?}",
+        after.received
+    );
+    assert_eq!(after.sent_to.len(), 3, "{:?}", after.sent_to);
+}
+
+#[tokio::test]
+async fn probe_measures_broadcast_isolated() {
+    let Some((rt, image)) = engine("probe_measures_broadcast_isolated").await else {
+        return;
+    };
+    let probe = rt.probe(Some(&image)).await;
+    let cap = probe
+        .capability("broadcast-isolated")
+        .unwrap_or_else(|| panic!("no broadcast-isolated in {:#?}", probe.capabilities));
+    assert_eq!(cap.state, CapabilityState::Yes, "{}", cap.detail);
+    assert_eq!(cap.how, "measured");
+    assert!(cap.required);
+    assert!(cap.detail.contains("rp_filter=1"), "{}", cap.detail);
+    assert!(cap.detail.contains("255.255.255.255"), "{}", cap.detail);
+    assert!(cap.detail.contains("224.0.0.251"), "{}", cap.detail);
+    // Without a helper image it is not measured, and says so.
+    let blind = rt.probe(None).await;
+    let cap = blind.capability("broadcast-isolated").expect("listed");
+    assert_eq!(cap.state, CapabilityState::Unknown, "{}", cap.detail);
 }
 
 #[tokio::test]

@@ -485,7 +485,16 @@ async fn probe_reads_back_what_it_created_and_names_the_dns_weakness() {
         (dns.state, dns.weakness),
         (CapabilityState::No, Some("dns-forwarded-unfiltered"))
     );
-    assert_eq!(probe.unmet().len(), 1, "{:?}", probe.unmet());
+    let bcast = probe.capability("broadcast-isolated").unwrap();
+    assert_eq!(
+        (bcast.state, bcast.weakness, bcast.how),
+        (
+            CapabilityState::No,
+            Some("broadcast-reaches-host"),
+            "inferred"
+        )
+    );
+    assert_eq!(probe.unmet().len(), 2, "{:?}", probe.unmet());
     assert!(
         rt.machines().await.unwrap().is_empty(),
         "the probe removed its machines"

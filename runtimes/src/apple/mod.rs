@@ -19,6 +19,10 @@
 //! - on an `--internal` network the host stays reachable at the gateway
 //!   (apple/container#1320): the probe reports it as the weakness
 //!   `host-reachable-from-internal`;
+//! - what the agent broadcasts or multicasts on an `--internal` network
+//!   reaches the host's sockets on the vmnet bridge, which holds the gateway
+//!   address, and nothing in the CLI closes it: the probe reports the
+//!   weakness `broadcast-reaches-host` (inferred);
 //! - there is no pids flag (1.0.0 to 1.2.x): [`ContainerSpec::pids_limit`]
 //!   is not translated. It is not refused either: each container is its own
 //!   VM, so a fork bomb fills only that VM's process table, bounded by its

@@ -17,6 +17,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// The weakness an internal network has on this runtime.
 pub const HOST_REACHABLE: &str = "host-reachable-from-internal";
+/// The weakness of a host that takes the agent's broadcast in.
+pub const BROADCAST_REACHES_HOST: &str = "broadcast-reaches-host";
 
 pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     let mut probe = Probe {
@@ -274,6 +276,18 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
             how,
             true,
             detail,
+        )
+    });
+    // Inferred, not measured: the fake CLI has no network to send on, and
+    // the CLI has nothing that would change the answer.
+    probe.capabilities.push(Capability {
+        weakness: Some(BROADCAST_REACHES_HOST),
+        ..Capability::new(
+            "broadcast-isolated",
+            CapabilityState::No,
+            "inferred",
+            true,
+            "an --internal network is a vmnet host-only segment whose host bridge holds the gateway address, so what the agent sends to 255.255.255.255, the subnet broadcast or a multicast group reaches host sockets bound to 0.0.0.0; container has no option to filter it".into(),
         )
     });
     probe.capabilities.push(Capability::new(

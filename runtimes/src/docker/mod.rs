@@ -9,11 +9,17 @@
 //! - an internal bridge keeps a host address unless
 //!   `com.docker.network.bridge.inhibit_ipv4` is set, and engines < 28 ignore
 //!   `gateway_mode_ipv4`: the result is measured by [`Runtime::host_addresses_on`];
+//! - an internal bridge without an address still hands the agent's broadcast
+//!   and multicast to host sockets bound to 0.0.0.0: [`Runtime::isolate_host_from`]
+//!   sets strict reverse-path filtering on it from a host-network helper and
+//!   reads it back (broadcast.rs);
 //! - `pids_limit` is `HostConfig.PidsLimit` (the cgroup pids controller).
 
+mod broadcast;
 mod endpoint;
 mod probe;
 
+pub use broadcast::Leak;
 pub use endpoint::{resolve as resolve_endpoint, resolve_from as resolve_endpoint_from, Endpoint};
 
 use crate::{
@@ -173,32 +179,33 @@ impl DockerRuntime {
     /// container is removed whatever happens.
     pub async fn run_capture(&self, spec: &ContainerSpec) -> Result<ExecOutput, RuntimeError> {
         let id = self.create_container(spec).await?;
-        let result = async {
-            self.start_container(&id).await?;
-            let mut wait = self
-                .docker
-                .wait_container(&id, Some(WaitContainerOptionsBuilder::default().build()));
-            let mut code = -1;
-            while let Some(item) = wait.next().await {
-                match item {
-                    Ok(r) => code = r.status_code,
-                    // A non-zero exit is reported as an error by bollard.
-                    Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => {
-                        code = c
-                    }
-                    Err(e) => return Err(call("wait for container")(e)),
-                }
-            }
-            let (stdout, stderr) = self.collect_logs(&id).await?;
-            Ok(ExecOutput {
-                code,
-                stdout,
-                stderr,
-            })
-        }
-        .await;
+        let result = self.run_to_end(&id).await;
         let _ = self.remove_container(&id).await;
         result
+    }
+
+    /// Starts created container `id`, waits for it to exit and returns its
+    /// exit code and output (the container stays).
+    async fn run_to_end(&self, id: &str) -> Result<ExecOutput, RuntimeError> {
+        self.start_container(id).await?;
+        let mut wait = self
+            .docker
+            .wait_container(id, Some(WaitContainerOptionsBuilder::default().build()));
+        let mut code = -1;
+        while let Some(item) = wait.next().await {
+            match item {
+                Ok(r) => code = r.status_code,
+                // A non-zero exit is reported as an error by bollard.
+                Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = c,
+                Err(e) => return Err(call("wait for container")(e)),
+            }
+        }
+        let (stdout, stderr) = self.collect_logs(id).await?;
+        Ok(ExecOutput {
+            code,
+            stdout,
+            stderr,
+        })
     }
 
     async fn collect_logs(&self, id: &str) -> Result<(String, String), RuntimeError> {
@@ -590,6 +597,14 @@ impl Runtime for DockerRuntime {
             });
         };
         Ok(addrs.clone())
+    }
+
+    async fn isolate_host_from(
+        &self,
+        network: &NetworkInfo,
+        helper_image: &str,
+    ) -> Result<String, RuntimeError> {
+        broadcast::isolate(self, network, helper_image).await
     }
 
     async fn host_targets(&self, helper_image: &str) -> Result<Vec<IpAddr>, RuntimeError> {

@@ -182,6 +182,22 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
         (None, Some(_)) => {}
     }
 
+    // What the agent broadcasts must not reach a host socket, with the
+    // hardening `bottle up` applies.
+    match (&internal, helper) {
+        (Some(net), Some(image)) => probe
+            .capabilities
+            .push(broadcast_isolated(rt, net, image).await),
+        (_, None) => probe.capabilities.push(Capability::new(
+            "broadcast-isolated",
+            CapabilityState::Unknown,
+            "measured",
+            true,
+            "not measured: needs the sidecar image to run a host-network helper".into(),
+        )),
+        (None, Some(_)) => {}
+    }
+
     // An egress network, a container on both, and a per-IP published port.
     let egress = rt
         .create_network(&NetworkSpec {
@@ -324,6 +340,58 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
     }
     probe
 }
+
+/// Applies [`Runtime::isolate_host_from`] to `net`, then sends broadcast and
+/// multicast from a container on it while a host-network helper listens on
+/// 0.0.0.0 (the engine's host: on Docker Desktop or a remote engine, the
+/// host whose sockets are at risk is the engine's VM or machine).
+async fn broadcast_isolated(rt: &DockerRuntime, net: &NetworkInfo, image: &str) -> Capability {
+    let weak = |detail: String| Capability {
+        weakness: Some(BROADCAST_REACHES_HOST),
+        ..Capability::new(
+            "broadcast-isolated",
+            CapabilityState::No,
+            "measured",
+            true,
+            detail,
+        )
+    };
+    let set = match rt.isolate_host_from(net, image).await {
+        Ok(set) => set,
+        Err(e) => {
+            return weak(format!(
+                "closing the internal bridge failed: {}",
+                e.to_string().replace('\n', " ")
+            ))
+        }
+    };
+    match super::broadcast::measure(rt, net, image).await {
+        Ok(leak) if leak.received.is_empty() => Capability::new(
+            "broadcast-isolated",
+            CapabilityState::Yes,
+            "measured",
+            true,
+            format!(
+                "with {set}: nothing sent to {} from the internal network reached a host socket on 0.0.0.0",
+                leak.sent_to.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Ok(leak) => weak(format!(
+            "with {set}, a host socket on 0.0.0.0 still received: {}",
+            leak.received.join("; ")
+        )),
+        Err(e) => Capability::new(
+            "broadcast-isolated",
+            CapabilityState::Unknown,
+            "measured",
+            true,
+            format!("with {set}, the measurement failed: {e}"),
+        ),
+    }
+}
+
+/// The weakness of an internal network whose host side takes broadcast in.
+const BROADCAST_REACHES_HOST: &str = "broadcast-reaches-host";
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,10 @@
 //! - there is no pids option (CLI or Smolfile): [`ContainerSpec::pids_limit`]
 //!   is not translated, and not refused: a machine is its own kernel, so a
 //!   fork bomb fills only its process table, bounded by `--mem`/`--cpus`,
-//!   and the sidecar is another machine.
+//!   and the sidecar is another machine;
+//! - the fabric is a virtio-net segment between VMs and the host's relay:
+//!   whether the agent's broadcast reaches a host socket is not measurable
+//!   without a boot, so the probe infers the weakness `broadcast-reaches-host`.
 
 mod probe;
 

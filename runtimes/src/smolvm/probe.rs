@@ -12,6 +12,8 @@ use crate::{Capability, CapabilityState, Probe, RuntimeKind, LABEL_ROLE};
 pub const DNS_UNFILTERED: &str = "dns-forwarded-unfiltered";
 /// The weakness of a host reachable from the agent's network.
 pub const HOST_REACHABLE: &str = "host-reachable-from-internal";
+/// The weakness of a host that may take the agent's broadcast in.
+pub const BROADCAST_REACHES_HOST: &str = "broadcast-reaches-host";
 
 pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
     let v = rt.version;
@@ -161,6 +163,16 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
             "inferred",
             true,
             "the agent's resolver is pinned to the sidecar (--dns), but smolvm's own resolver on the gateway forwards any name upstream unless a host allow-list (--allow-host) is active, and bottle's agent has none".into(),
+        )
+    });
+    probe.capabilities.push(Capability {
+        weakness: Some(BROADCAST_REACHES_HOST),
+        ..Capability::new(
+            "broadcast-isolated",
+            CapabilityState::No,
+            "inferred",
+            true,
+            "not measurable without a boot: the fabric is a virtio-net segment served by smolvm's host-side relay, which bottle cannot configure, and nothing in the CLI says broadcast or multicast stays off host sockets; counted as open".into(),
         )
     });
     probe.capabilities.push(Capability::new(
