@@ -296,6 +296,29 @@ async fn create_all(
         report.detail("none: the agent cannot reach the host through this network");
     }
 
+    report.step("closing the internal bridge to broadcast");
+    match rt.isolate_host_from(&internal, &images.sidecar).await {
+        Ok(set) => report.detail(&set),
+        Err(_) if accepted.iter().any(|w| w == "broadcast-reaches-host") => report.detail(
+            "WEAKNESS ACCEPTED: what the agent broadcasts may reach host sockets on 0.0.0.0",
+        ),
+        Err(e) => {
+            let (detail, fix) = match e {
+                RuntimeError::Capability { detail, fix, .. } => (detail, fix),
+                other => (
+                    other.to_string(),
+                    "see `bottle probe`, or accept it knowingly with --accept-weakness broadcast-reaches-host".into(),
+                ),
+            };
+            return Err(LifecycleError::Refused {
+                runtime: rt.kind().to_string(),
+                capability: "broadcast-isolated".into(),
+                detail,
+                fix,
+            });
+        }
+    }
+
     report.step(&format!("creating egress network {}", plan.egress_network));
     let egress = rt
         .create_network(&NetworkSpec {
