@@ -542,6 +542,20 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
                 )
             }
         );
+        let l = &summary.limits;
+        let _ = writeln!(
+            out,
+            "  limits   agent: cpus {}, memory {} MiB, pids {}, runs as {}; sidecar: {} connections ({} per client), deadlines {}s handshake / {}s body / {}s idle",
+            l.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            l.memory_bytes.map(|m| m >> 20).unwrap_or_default(),
+            l.pids.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            summary.agent_user.as_deref().unwrap_or("the image's user"),
+            l.sidecar.max_connections,
+            l.sidecar.max_connections_per_client,
+            l.sidecar.handshake_timeout_secs,
+            l.sidecar.body_timeout_secs,
+            l.sidecar.idle_timeout_secs,
+        );
         let _ = writeln!(
             out,
             "  next     bottle exec {} -- bash   |   bottle down {}",

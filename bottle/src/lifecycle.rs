@@ -49,6 +49,13 @@ pub enum LifecycleError {
     NoSidecarAddress { network: String },
     #[error("bottle `{name}`: the sidecar did not report loading the new policy within 10 s; the old policy may still apply\n  fix: check `bottle logs {name} --service sidecar`")]
     ReloadNotSeen { name: String },
+    #[error("mount source {was} now resolves to {now}: it changed after the plan was made, so it is not what was shown and pinned\n  fix: check what replaced it, then run `bottle up` again")]
+    MountMoved {
+        was: std::path::PathBuf,
+        now: std::path::PathBuf,
+    },
+    #[error(transparent)]
+    Mount(#[from] crate::mounts::MountError),
     #[error("interrupted; everything created so far was removed")]
     Interrupted,
     #[error(transparent)]
@@ -75,6 +82,18 @@ pub struct UpSummary {
     pub proxy: String,
     pub allow: Vec<String>,
     pub state_dir: String,
+    /// `uid:gid` the agent runs as; `None`: the image's user.
+    pub agent_user: Option<String>,
+    pub limits: Limits,
+}
+
+/// The limits a bottle runs under, for the summary and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub sidecar: bottle_policy::Limits,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -426,7 +445,25 @@ async fn create_all(
     ));
 
     report.step(&format!("starting agent {}", plan.agent_name));
+    // The sources were resolved when the plan was made; one replaced by a
+    // symlink since then is not what was pinned and shown.
+    for m in &plan.agent.mounts {
+        if let Ok(now) = std::fs::canonicalize(&m.source) {
+            if now != m.source {
+                return Err(LifecycleError::MountMoved {
+                    was: m.source.clone(),
+                    now,
+                });
+            }
+        }
+    }
+    crate::mounts::plant(&plan.agent.plant)?;
     let mut env = plan.agent.env.clone();
+    if plan.agent.user.is_some() && !env.contains_key("HOME") {
+        // The agent runs as the mount owner's uid, which has no home in the
+        // image; a writable one keeps tools that write dotfiles working.
+        env.insert("HOME".into(), "/tmp".into());
+    }
     env.extend(rendered.placeholders.clone());
     env.extend(Plan::proxy_env(&sidecar_internal_ip.to_string()));
     env.insert("BOTTLE_NAME".into(), plan.name.clone());
@@ -456,8 +493,10 @@ async fn create_all(
             }])
             .collect(),
         workdir: Some(plan.agent.workdir.clone()),
+        user: plan.agent.user.clone(),
         cpus: plan.agent.cpus,
         memory_bytes: plan.agent.memory_bytes,
+        pids_limit: plan.agent.pids.and_then(|p| i64::try_from(p).ok()),
         hostname: Some(plan.name.clone()),
         ..Default::default()
     };
@@ -501,6 +540,13 @@ async fn create_all(
             .map(|a| a.to_string())
             .collect(),
         state_dir: state.root().display().to_string(),
+        agent_user: plan.agent.user.clone(),
+        limits: Limits {
+            cpus: plan.agent.cpus,
+            memory_bytes: plan.agent.memory_bytes,
+            pids: plan.agent.pids,
+            sidecar: plan.policy.limits,
+        },
     })
 }
 

@@ -1,0 +1,273 @@
+//! The host side of the boundary, attacked on a real Docker engine: what the
+//! agent writes in its workspace (bottle.toml, symlinks, `.git/`, file modes)
+//! and what it asks of the host's processes (forks) must never be turned
+//! against the user. Each attack is performed from inside the agent, then the
+//! user acts as they would afterwards — plain `bottle up` with no terminal,
+//! `git status` in the workspace, listing file owners — and the exact refusal
+//! is asserted, with nothing created and nothing run.
+
+use bottle_e2e::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+/// The workspace's owner: not root, so "owned by the mount's owner" is
+/// visible.
+const OWNER: u32 = 4242;
+
+fn chown_r(p: &Path, uid: u32) {
+    let st = Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(p)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+}
+
+/// `git` as the host user would run it in `dir` (root here, so the
+/// ownership check is waived exactly as a same-user run would pass it).
+fn host_git(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("git")
+        .args(["-c", "safe.directory=*"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git")
+}
+
+/// `bottle up` as a script would run it: no terminal, no flags but `extra`.
+fn up(b: &Bottle, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["up"];
+    args.extend_from_slice(extra);
+    let out = Command::new(bottle_bin())
+        .args(&args)
+        .current_dir(&b.dir.0)
+        .env("XDG_STATE_HOME", &b.state.0)
+        .env_remove("BOTTLE_RUNTIME")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bottle up");
+    out
+}
+
+#[test]
+fn what_the_agent_writes_cannot_be_turned_against_the_user() {
+    if !engine_or_skip("what_the_agent_writes_cannot_be_turned_against_the_user") {
+        return;
+    }
+    // The user's project: a git repository with a cache directory, owned by
+    // an ordinary user, and a directory elsewhere the agent must never get.
+    let secret = TempDir::new("host-secret");
+    std::fs::write(secret.0.join("id_rsa"), "PRIVATE KEY\n").unwrap();
+    // Same owner as the workspace, so only the pin stands in the way.
+    chown_r(&secret.0, OWNER);
+    let name = unique_name("hostside");
+    let dir = TempDir::new("hostside");
+    let state = TempDir::new("hostside-state");
+    let ws = dir.0.clone();
+    std::fs::create_dir(ws.join("cache")).unwrap();
+    let config = format!(
+        "name = \"{name}\"\n\
+         [agent]\n\
+         mounts = [\"./:/workspace:rw\", \"./cache:/cache:rw\"]\n\
+         [egress]\n\
+         allow = [\"api.example.com\"]\n\
+         [[egress.rule]]\n\
+         host = \"api.example.com\"\n\
+         methods = [\"GET\"]\n"
+    );
+    std::fs::write(ws.join("bottle.toml"), &config).unwrap();
+    let g = host_git(&ws, &["init", "-q"]);
+    assert!(g.status.success(), "{}", stderr(&g));
+    chown_r(&ws, OWNER);
+    let b = Bottle {
+        name: name.clone(),
+        dir,
+        state,
+    };
+    let first = up(&b, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+
+    // ---- item 4: the agent writes as the mount's owner, never as root.
+    let out = b.sh(
+        "id -u; cp /bin/sh /workspace/rootshell && chmod 4755 /workspace/rootshell && echo planted",
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with(&format!("{OWNER}\n")), "agent uid: {text}");
+    assert!(text.contains("planted"), "{text}{}", stderr(&out));
+    let meta = std::fs::metadata(ws.join("rootshell")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (OWNER, OWNER),
+        "a file the agent wrote is owned by {}:{}",
+        meta.uid(),
+        meta.gid()
+    );
+
+    // ---- item 7: a fork bomb stops at the pids limit, not at the host.
+    let out = b.sh("python3 -c \"
+import os, signal, time
+kids = []
+try:
+    for i in range(6000):
+        p = os.fork()
+        if p == 0:
+            time.sleep(30)
+            os._exit(0)
+        kids.append(p)
+    print('forked', len(kids))
+except OSError as e:
+    print('refused after', len(kids), 'errno', e.errno)
+for p in kids:
+    os.kill(p, signal.SIGKILL)
+\"");
+    let text = stdout(&out);
+    assert!(text.starts_with("refused after"), "{text}{}", stderr(&out));
+    let n: usize = text.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(n < 2048, "{text}");
+    let inspect = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.PidsLimit}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+        &format!("bottle-{name}-agent"),
+    ]);
+    let limits = stdout(&inspect);
+    assert!(
+        limits.starts_with(&format!("2048 {} ", 4u64 << 30)),
+        "agent limits: {limits}"
+    );
+
+    // ---- item 5: the repository's executable configuration is read-only.
+    let out = b.sh(
+        "cd /workspace; \
+         printf '[core]\\n\\tfsmonitor = \"touch /workspace/PWNED-fsmonitor; false\"\\n' >> .git/config && echo config-written; \
+         printf '#!/bin/sh\\ntouch /workspace/PWNED-hook\\n' > .git/hooks/post-checkout && echo hook-written; \
+         mkdir -p evil/objects evil/refs && printf '[core]\\n\\tfsmonitor = \"touch /workspace/PWNED-commondir; false\"\\n' > evil/config; \
+         echo ../evil > .git/commondir && echo commondir-written; \
+         mv .git .git-old && echo git-moved; \
+         rm -rf .git 2>/dev/null; ls -d .git && echo still-there",
+    );
+    let text = stdout(&out);
+    let err = stderr(&out);
+    for written in [
+        "config-written",
+        "hook-written",
+        "commondir-written",
+        "git-moved",
+    ] {
+        assert!(!text.contains(written), "{written}: {text}{err}");
+    }
+    assert!(text.contains("still-there"), "{text}{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    // The user's next `git status` runs nothing the agent wrote.
+    let st = host_git(&ws, &["status", "--short"]);
+    assert!(st.status.success(), "{}", stderr(&st));
+    for planted in ["PWNED-fsmonitor", "PWNED-hook", "PWNED-commondir"] {
+        assert!(!ws.join(planted).exists(), "{planted} ran on the host");
+    }
+    // The agent can still read the history.
+    assert_eq!(
+        b.exec_code(&["git", "-C", "/workspace", "status", "--short"]),
+        0
+    );
+
+    // ---- items 1, 2, 3, 12: edits to bottle.toml and the mounts, made by the
+    // agent, then plain `bottle up`. Each variant is written by the agent.
+    let variants = [
+        // 1: a new name with the engine socket inside.
+        format!(
+            "name = \"fresh-{n}\"\n[agent]\nmounts = [\"./:/workspace:rw\", \"/var/run/docker.sock:/var/run/docker.sock\"]\n",
+            n = name
+        ),
+        // 1: a new name, nothing else widened.
+        format!(
+            "name = \"fresh-{n}\"\n[agent]\nmounts = [\"./:/workspace:rw\", \"./cache:/cache:rw\"]\n[egress]\nallow = [\"api.example.com\"]\n",
+            n = name
+        ),
+        // 2: an added rule on a method-restricted host.
+        format!(
+            "{config}[[egress.rule]]\nhost = \"api.example.com\"\n"
+        ),
+        // 12: a root that never ends.
+        format!("{config}[sidecar]\nmax_connections = 100000\n"),
+        config.replace("[egress]\n", "[egress]\nupstream_roots = [\"/dev/zero\"]\n"),
+    ];
+    for (i, v) in variants.iter().enumerate() {
+        let path = format!("/workspace/variant{i}.toml");
+        let out = b.sh(&format!("cat > {path} <<'EOF'\n{v}EOF"));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // 3: the cache directory becomes a symlink to a host directory, and to /etc.
+    let out = b.sh(&format!(
+        "cd /workspace && mv cache cache.old && ln -s {} cache && echo swapped",
+        secret.0.display()
+    ));
+    assert!(
+        stdout(&out).contains("swapped"),
+        "{:?} {} {}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    let down = b.bottle(&["down", &name]);
+    assert!(down.status.success());
+
+    let expect_refusal = |variant: Option<usize>, needle: &str| {
+        if let Some(i) = variant {
+            std::fs::copy(ws.join(format!("variant{i}.toml")), ws.join("bottle.toml")).unwrap();
+        }
+        let out = up(&b, &[]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "variant {variant:?} started: {err}"
+        );
+        assert!(err.contains(needle), "variant {variant:?}: {err}");
+        assert!(labelled(&name).is_empty(), "resources created: {err}");
+        assert!(
+            labelled(&format!("fresh-{name}")).is_empty(),
+            "resources created: {err}"
+        );
+        err
+    };
+    // 3: the symlinked mount resolves to the secret directory: a new mount.
+    let err = expect_refusal(
+        None,
+        &format!(
+            "agent.mounts gains `{}:/cache:rw`",
+            std::fs::canonicalize(&secret.0).unwrap().display()
+        ),
+    );
+    assert!(err.contains("--accept-changes"), "{err}");
+    std::fs::remove_file(ws.join("cache")).unwrap();
+    std::os::unix::fs::symlink("/etc", ws.join("cache")).unwrap();
+    expect_refusal(None, "refusing to mount /etc (`");
+    std::fs::remove_file(ws.join("cache")).unwrap();
+    std::fs::rename(ws.join("cache.old"), ws.join("cache")).unwrap();
+    // 1: the engine socket is never mounted silently, whatever the name.
+    let err = expect_refusal(Some(0), "refusing to mount /run/docker.sock");
+    assert!(err.contains("--allow-mount /run/docker.sock"), "{err}");
+    // 1: a new name from the same file is the same file's consent.
+    expect_refusal(
+        Some(1),
+        &format!("was accepted as bottle `{name}`; it now names `fresh-{name}`"),
+    );
+    // 2: an added rule opens more.
+    expect_refusal(Some(2), "[[egress.rule]] added for api.example.com");
+    // Larger limits are more.
+    expect_refusal(Some(3), "sidecar.max_connections grows from 1024 to 100000");
+    // 12: /dev/zero is refused before a byte is read.
+    expect_refusal(Some(4), "/dev/zero is not a regular file");
+
+    // 14: a config error is printed once.
+    std::fs::write(ws.join("bottle.toml"), "nmae = \"x\"\n").unwrap();
+    let out = up(&b, &[]);
+    let err = stderr(&out);
+    assert_eq!(err.matches("unknown key `nmae`").count(), 1, "{err}");
+
+    // Control: the accepted config still starts silently.
+    std::fs::write(ws.join("bottle.toml"), &config).unwrap();
+    let again = up(&b, &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
