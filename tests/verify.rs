@@ -326,7 +326,7 @@ fn up_with_verify_checks_before_handing_over() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("verifying the sandbox from inside the agent"),
+        err.contains("verifying the sandbox (a probe in the agent's network"),
         "{err}"
     );
     assert!(

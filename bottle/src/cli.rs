@@ -80,7 +80,7 @@ pub enum Command {
     },
     /// Create a bottle: networks, sidecar, agent.
     Up(UpArgs),
-    /// Check the sandbox from inside the agent: every escape tried, with controls.
+    /// Check the sandbox from where the agent sits, with probes it cannot alter: every escape tried, with controls.
     Verify {
         name: String,
         #[arg(long)]
@@ -466,7 +466,7 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
     )
     .map_err(LifecycleError::from)?;
     if verify {
-        report.step("verifying the sandbox from inside the agent");
+        report.step("verifying the sandbox (a probe in the agent's network, the runtime's inspect data, the host)");
         let checked = crate::verify::verify(rt.as_ref(), &plan.name, &images.sidecar).await;
         let failed = match &checked {
             Ok(r) => {
