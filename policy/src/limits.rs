@@ -42,7 +42,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_connections_per_client: 256,
             handshake_timeout_secs: 10,
-            idle_timeout_secs: 300,
+            idle_timeout_secs: 900,
             body_timeout_secs: 30,
             audit_max_bytes: 64 * 1024 * 1024,
         }
