@@ -651,7 +651,11 @@ fn an_agent_cannot_widen_its_own_next_run() {
         return;
     }
     // The project directory (holding bottle.toml) is mounted read-write.
-    let b = Bottle::up("selfwiden", "[agent]\nmounts = [\"./:/workspace:rw\"]\n");
+    let b = Bottle::up_owned(
+        "selfwiden",
+        "[agent]\nmounts = [\"./:/workspace:rw\"]\n",
+        4242,
+    );
     // The attack, from inside: rewrite the policy of the next run.
     let out = b.sh(&format!(
         "printf 'name = \"{}\"\\n[agent]\\nmounts = [\"./:/workspace:rw\"]\\n[egress]\\nallow = [\"evil.example\"]\\n' > /workspace/bottle.toml",

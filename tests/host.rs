@@ -15,15 +15,6 @@ use std::process::Command;
 /// visible.
 const OWNER: u32 = 4242;
 
-fn chown_r(p: &Path, uid: u32) {
-    let st = Command::new("chown")
-        .args(["-R", &format!("{uid}:{uid}")])
-        .arg(p)
-        .status()
-        .expect("chown");
-    assert!(st.success());
-}
-
 /// `git` as the host user would run it in `dir` (root here, so the
 /// ownership check is waived exactly as a same-user run would pass it).
 fn host_git(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -79,6 +70,35 @@ fn what_the_agent_writes_cannot_be_turned_against_the_user() {
     std::fs::write(ws.join("bottle.toml"), &config).unwrap();
     let g = host_git(&ws, &["init", "-q"]);
     assert!(g.status.success(), "{}", stderr(&g));
+    // A submodule `lib` the user has not checked out: a gitlink in the index.
+    let c = host_git(
+        &ws,
+        &[
+            "-c",
+            "user.email=u@h",
+            "-c",
+            "user.name=u",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "init",
+        ],
+    );
+    assert!(c.status.success(), "{}", stderr(&c));
+    let head = stdout(&host_git(&ws, &["rev-parse", "HEAD"]))
+        .trim()
+        .to_string();
+    let sub = host_git(
+        &ws,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{head},lib"),
+        ],
+    );
+    assert!(sub.status.success(), "{}", stderr(&sub));
     chown_r(&ws, OWNER);
     let b = Bottle {
         name: name.clone(),
@@ -140,12 +160,14 @@ for p in kids:
     // ---- item 5: the repository's executable configuration is read-only.
     let out = b.sh(
         "cd /workspace; \
-         printf '[core]\\n\\tfsmonitor = \"touch /workspace/PWNED-fsmonitor; false\"\\n' >> .git/config && echo config-written; \
-         printf '#!/bin/sh\\ntouch /workspace/PWNED-hook\\n' > .git/hooks/post-checkout && echo hook-written; \
-         mkdir -p evil/objects evil/refs && printf '[core]\\n\\tfsmonitor = \"touch /workspace/PWNED-commondir; false\"\\n' > evil/config; \
+         printf '[core]\\n\\tfsmonitor = \"touch PWNED-fsmonitor; false\"\\n' >> .git/config && echo config-written; \
+         printf '#!/bin/sh\\ntouch PWNED-hook\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit && echo hook-written; \
+         mkdir -p evil/objects evil/refs && printf '[core]\\n\\tfsmonitor = \"touch PWNED-commondir; false\"\\n' > evil/config; \
          echo ../evil > .git/commondir && echo commondir-written; \
          mv .git .git-old && echo git-moved; \
-         rm -rf .git 2>/dev/null; ls -d .git && echo still-there",
+         rm -rf .git 2>/dev/null; ls -d .git && echo still-there; \
+         mkdir -p lib/.git/objects lib/.git/refs && echo 'ref: refs/heads/main' > lib/.git/HEAD && echo submodule-written; \
+         printf '[core]\\n\\tfsmonitor = \"touch ../PWNED-submodule; false\"\\n' > lib/.git/config",
     );
     let text = stdout(&out);
     let err = stderr(&out);
@@ -154,16 +176,68 @@ for p in kids:
         "hook-written",
         "commondir-written",
         "git-moved",
+        "submodule-written",
     ] {
         assert!(!text.contains(written), "{written}: {text}{err}");
     }
     assert!(text.contains("still-there"), "{text}{err}");
     assert!(err.contains("Read-only file system"), "{err}");
-    // The user's next `git status` runs nothing the agent wrote.
+    // The user's next `git status` and `git commit` run nothing the agent
+    // wrote.
     let st = host_git(&ws, &["status", "--short"]);
     assert!(st.status.success(), "{}", stderr(&st));
-    for planted in ["PWNED-fsmonitor", "PWNED-hook", "PWNED-commondir"] {
+    let ci = host_git(
+        &ws,
+        &[
+            "-c",
+            "user.email=u@h",
+            "-c",
+            "user.name=u",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "after",
+        ],
+    );
+    assert!(ci.status.success(), "{}", stderr(&ci));
+    for planted in [
+        "PWNED-fsmonitor",
+        "PWNED-hook",
+        "PWNED-commondir",
+        "PWNED-submodule",
+    ] {
         assert!(!ws.join(planted).exists(), "{planted} ran on the host");
+    }
+    // Control: the same payloads, written where they could be, do run, so
+    // the absence above means "not written", not "would never run".
+    let scratch = TempDir::new("host-scratch");
+    assert!(host_git(&scratch.0, &["init", "-q"]).status.success());
+    std::fs::write(
+        scratch.0.join(".git/config"),
+        "[core]\n\tfsmonitor = \"touch PWNED-fsmonitor; false\"\n",
+    )
+    .unwrap();
+    let hook = scratch.0.join(".git/hooks/pre-commit");
+    std::fs::write(&hook, "#!/bin/sh\ntouch PWNED-hook\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    host_git(&scratch.0, &["status", "--short"]);
+    host_git(
+        &scratch.0,
+        &[
+            "-c",
+            "user.email=u@h",
+            "-c",
+            "user.name=u",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "c",
+        ],
+    );
+    for ran in ["PWNED-fsmonitor", "PWNED-hook"] {
+        assert!(scratch.0.join(ran).exists(), "control: {ran} did not run");
     }
     // The agent can still read the history.
     assert_eq!(
@@ -211,6 +285,8 @@ for p in kids:
     );
     let down = b.bottle(&["down", &name]);
     assert!(down.status.success());
+    // The empty `.git` planted in the unchecked-out submodule went with it.
+    assert!(!ws.join("lib").exists(), "the planted lib was left behind");
 
     let expect_refusal = |variant: Option<usize>, needle: &str| {
         if let Some(i) = variant {
@@ -259,6 +335,14 @@ for p in kids:
     expect_refusal(Some(3), "sidecar.max_connections grows from 1024 to 100000");
     // 12: /dev/zero is refused before a byte is read.
     expect_refusal(Some(4), "/dev/zero is not a regular file");
+
+    // 4: a root-owned project: the agent would write as root.
+    chown_r(&ws, 0);
+    expect_refusal(
+        None,
+        "belongs to root, so the agent would write there as root",
+    );
+    chown_r(&ws, OWNER);
 
     // 14: a config error is printed once.
     std::fs::write(ws.join("bottle.toml"), "nmae = \"x\"\n").unwrap();

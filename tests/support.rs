@@ -120,6 +120,23 @@ impl Bottle {
         files: &[(&str, &[u8])],
         env: &[(&str, &str)],
     ) -> Bottle {
+        Bottle::up_full(prefix, config, files, env, None)
+    }
+
+    /// Like [`Bottle::up`], with the project directory (and everything in it)
+    /// given to `uid:uid` first: bottle refuses to let the agent write as root
+    /// in a root-owned read-write mount, and runs it as the mount's owner.
+    pub fn up_owned(prefix: &str, config: &str, uid: u32) -> Bottle {
+        Bottle::up_full(prefix, config, &[], &[], Some(uid))
+    }
+
+    fn up_full(
+        prefix: &str,
+        config: &str,
+        files: &[(&str, &[u8])],
+        env: &[(&str, &str)],
+        owner: Option<u32>,
+    ) -> Bottle {
         let name = unique_name(prefix);
         let dir = TempDir::new(prefix);
         let state = TempDir::new(&format!("{prefix}-state"));
@@ -130,6 +147,9 @@ impl Bottle {
         .expect("write config");
         for (f, data) in files {
             std::fs::write(dir.0.join(f), data).expect("write file");
+        }
+        if let Some(uid) = owner {
+            chown_r(&dir.0, uid);
         }
         let b = Bottle { name, dir, state };
         let out = Command::new(bottle_bin())
@@ -185,6 +205,16 @@ impl Drop for Bottle {
     fn drop(&mut self) {
         let _ = self.bottle(&["down", &self.name]);
     }
+}
+
+/// `chown -R uid:uid path`.
+pub fn chown_r(path: &Path, uid: u32) {
+    let st = Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown -R {uid} {}", path.display());
 }
 
 /// Ids of every container and network labelled with bottle `name`.

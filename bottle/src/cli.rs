@@ -65,6 +65,10 @@ pub struct UpArgs {
     /// exact path the refusal printed; asked again at every `up`.
     #[arg(long = "allow-mount", value_name = "PATH")]
     pub allow_mount: Vec<PathBuf>,
+    /// Let the agent write as root in read-write mounts owned by root
+    /// (setuid-root files become possible there); asked again at every `up`.
+    #[arg(long)]
+    pub allow_root_owner: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -405,11 +409,16 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
         accept_changes,
         accept_weakness,
         allow_mount,
+        allow_root_owner,
     } = args;
     let (cfg, source) = load_config(file)?;
     let chosen = choose_runtime(runtime, crate::plan::config_runtime(&cfg));
     let kind = chosen.unwrap_or(RuntimeKind::Docker);
-    let plan = crate::plan::build(&cfg, &source, name.as_deref(), kind, &allow_mount)?;
+    let grants = crate::mounts::Grants {
+        mounts: allow_mount,
+        root_owner: allow_root_owner,
+    };
+    let plan = crate::plan::build(&cfg, &source, name.as_deref(), kind, &grants)?;
     if dry_run {
         if json {
             println!(
@@ -421,7 +430,8 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
         }
         return Ok(0);
     }
-    consent(&plan, accept_changes)?;
+    let pinned = crate::pin::Pinned::of(&plan);
+    consent(&plan, &pinned, accept_changes)?;
     let mut report = Reporter::new(quiet || json);
     for note in &plan.notes {
         report.detail(&format!("note: {note}"));
@@ -462,7 +472,7 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
     let summary = lifecycle::up(rt.as_ref(), &plan, &images, &accepted, &mut report).await?;
     crate::pin::accept(
         &crate::state::StateDir::for_bottle(&plan.name).map_err(LifecycleError::from)?,
-        &plan,
+        &pinned,
     )
     .map_err(LifecycleError::from)?;
     if verify {
@@ -665,9 +675,13 @@ async fn logs(
 /// Refuses a plan that the user has not accepted for this bottle's identity
 /// (see [`crate::pin::judge`]) unless they say so (flag, or y at a terminal
 /// prompt). Prints every reason.
-fn consent(plan: &crate::plan::Plan, accept_changes: bool) -> Result<(), CliError> {
+fn consent(
+    plan: &crate::plan::Plan,
+    pinned: &crate::pin::Pinned,
+    accept_changes: bool,
+) -> Result<(), CliError> {
     let pins = crate::pin::load_all();
-    let widened = crate::pin::judge(&plan.name, &crate::pin::Pinned::of(plan), &pins);
+    let widened = crate::pin::judge(&plan.name, pinned, &pins);
     if widened.is_empty() {
         return Ok(());
     }
@@ -701,23 +715,31 @@ async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Resu
         .or_else(|| lifecycle::recorded_source(name))
         .ok_or_else(|| CliError::NoConfigToReload { name: name.into() })?;
     let cfg = config::load(&file)?;
-    // Mounts do not change on reload; the running agent keeps those it has.
+    let state = crate::state::StateDir::for_bottle(name).map_err(LifecycleError::from)?;
+    let old = crate::pin::load(&state);
+    // Mounts, image and the agent's limits do not change on reload: the
+    // running agent keeps what it was started with, so those stay as pinned
+    // (and the sources it already has are not refused again).
+    let grants = crate::mounts::Grants {
+        mounts: old
+            .iter()
+            .flat_map(|p| p.mounts.iter().map(|m| m.source.clone()))
+            .collect(),
+        root_owner: true,
+    };
     let plan = crate::plan::build(
         &cfg,
         &file.display().to_string(),
         Some(name),
         bottle_runtime(name),
-        &[],
+        &grants,
     )?;
-    consent(&plan, accept_changes)?;
+    let pinned = crate::pin::Pinned::for_reload(&plan, old.as_ref());
+    consent(&plan, &pinned, accept_changes)?;
     let rt = connect(bottle_runtime(name)).await?;
     let sidecar = lifecycle::find_container(rt.as_ref(), name, "sidecar").await?;
     let summary = lifecycle::reload(rt.as_ref(), &plan, &sidecar).await?;
-    crate::pin::accept(
-        &crate::state::StateDir::for_bottle(name).map_err(LifecycleError::from)?,
-        &plan,
-    )
-    .map_err(LifecycleError::from)?;
+    crate::pin::accept(&state, &pinned).map_err(LifecycleError::from)?;
     eprintln!("{summary}");
     Ok(0)
 }

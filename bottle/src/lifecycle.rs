@@ -457,7 +457,12 @@ async fn create_all(
             }
         }
     }
-    crate::mounts::plant(&plan.agent.plant)?;
+    let made = crate::mounts::plant(&plan.agent.plant)?;
+    if !made.is_empty() {
+        // `down` removes them again (while still empty).
+        let json = serde_json::to_vec(&made).unwrap_or_default();
+        crate::state::write_private(&state.root().join(PLANTED), &json)?;
+    }
     let mut env = plan.agent.env.clone();
     if plan.agent.user.is_some() && !env.contains_key("HOME") {
         // The agent runs as the mount owner's uid, which has no home in the
@@ -656,8 +661,12 @@ pub async fn reload(
     ))
 }
 
+/// The state file listing the empty `.git` directories `up` made.
+const PLANTED: &str = "planted.json";
+
 /// Removes every container, then every network, carrying the bottle's name
-/// label. Idempotent: returns what it removed (nothing the second time).
+/// label, then the empty `.git` directories `up` planted in its mounts.
+/// Idempotent: returns what it removed (nothing the second time).
 pub async fn down(
     rt: &dyn Runtime,
     name: &str,
@@ -685,6 +694,14 @@ pub async fn down(
             },
             r.name
         ));
+    }
+    if let Ok(state) = StateDir::for_bottle(name) {
+        let list = state.root().join(PLANTED);
+        if let Ok(text) = std::fs::read(&list) {
+            let made: Vec<std::path::PathBuf> = serde_json::from_slice(&text).unwrap_or_default();
+            crate::mounts::unplant(&made);
+            let _ = std::fs::remove_file(&list);
+        }
     }
     Ok(found)
 }

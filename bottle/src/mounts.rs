@@ -82,12 +82,27 @@ pub enum MountError {
     },
     #[error("{path} is a symlink to {target}, outside the mount: bottle cannot keep that git dir read-only for the agent\n  fix: mount the repository the symlink points to instead")]
     GitOutside { path: PathBuf, target: PathBuf },
+    #[error("refusing a read-write mount of {canonical}: it is (inside) a git directory, whose config and hooks your `git` runs\n  fix: mount it :ro, or mount the work tree instead (bottle keeps its .git read-only)")]
+    GitWritable { canonical: PathBuf },
+    #[error("the read-write mount {sources} belongs to root, so the agent would write there as root: setuid-root programs and files owned by anyone, left in a directory on your host\n  fix: give the directory to your user (`chown -R USER {sources}`; the agent then runs as that user), mount it :ro, or pass --allow-root-owner to accept it for this run")]
+    RootOwned { sources: String },
     #[error("cannot prepare {path}: {source}")]
     Prepare {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What the user allowed on the command line for this run only (never
+/// pinned: asked again at every `up`).
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// `--allow-mount`: sources mounted although [`refusal`] names them.
+    pub mounts: Vec<PathBuf>,
+    /// `--allow-root-owner`: the agent may write as root in root-owned
+    /// read-write mounts.
+    pub root_owner: bool,
 }
 
 /// What the refusal rules need to know of the host.
@@ -121,25 +136,14 @@ impl HostFacts {
     }
 }
 
-/// Directories under a home whose contents are credentials or configuration
-/// the host executes.
-const HOME_SECRETS: &[&str] = &[
-    ".ssh",
-    ".aws",
-    ".config",
-    ".gnupg",
-    ".kube",
-    ".docker",
-    ".azure",
-    ".netrc",
-    ".git-credentials",
-    ".gitconfig",
-    ".password-store",
-    ".local/share/keyrings",
-    "Library",
-];
+/// Non-dot paths under a home that hold credentials or what the user's shell
+/// and tools run. Every dot-file and dot-directory directly in a home is
+/// refused too: shell start-up files, `~/.ssh`, `~/.aws`, `~/.config`,
+/// `~/.cargo/bin`, engine VMs' sockets (`~/.colima`, `~/.lima`, …).
+const HOME_SECRETS: &[&str] = &["bin", "Library"];
 
-/// Host paths never mounted silently, each with the reason.
+/// Host paths never mounted silently, each with the reason: refused when the
+/// source is one of them, inside one, or holds one.
 const SYSTEM: &[(&str, &str)] = &[
     ("/etc", "the host's configuration"),
     ("/run", "the host's runtime directory (engine sockets)"),
@@ -151,6 +155,23 @@ const SYSTEM: &[(&str, &str)] = &[
     ("/sys", "the host's kernel settings"),
     ("/dev", "the host's devices"),
     ("/boot", "the host's boot files"),
+    ("/usr", "the host's programs"),
+    ("/bin", "the host's programs"),
+    ("/sbin", "the host's programs"),
+    ("/lib", "the host's libraries"),
+    ("/lib64", "the host's libraries"),
+    ("/opt", "the host's installed software"),
+];
+
+/// Shared directories refused only as a whole (or a directory holding
+/// them): they hold other users' and services' sockets; a project inside
+/// them is fine.
+const SHARED: &[(&str, &str)] = &[
+    (
+        "/tmp",
+        "the shared temporary directory (ssh-agent and X11 sockets)",
+    ),
+    ("/var/tmp", "the shared temporary directory"),
 ];
 
 /// Why mounting `canonical` would give the agent the host, if it would.
@@ -167,23 +188,47 @@ pub fn refusal(canonical: &Path, host: &HostFacts) -> Option<String> {
             return Some("a device".into());
         }
     }
+    if let Some(sock) = socket_near(canonical) {
+        return Some(format!(
+            "a directory holding the unix socket {} (an engine socket is root on the host)",
+            sock.display()
+        ));
+    }
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     // `p` is refused when it is `danger`, inside it, or contains it.
     let touches = |danger: &Path| {
-        let danger = std::fs::canonicalize(danger).unwrap_or_else(|_| danger.to_path_buf());
+        let danger = canon(danger);
         canonical.starts_with(&danger) || danger.starts_with(canonical)
     };
     for home in &host.homes {
-        let home_c = std::fs::canonicalize(home).unwrap_or_else(|_| home.clone());
+        let home_c = canon(home);
         if home_c.starts_with(canonical) {
             return Some(format!(
                 "your home directory {} or a directory containing it",
                 home.display()
             ));
         }
+        if let Ok(rest) = canonical.strip_prefix(&home_c) {
+            let first = rest
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            if let Some(first) = first.filter(|f| f.starts_with('.')) {
+                return Some(format!(
+                    "{}: dot-files in your home hold credentials and what your shell and tools run",
+                    home.join(first).display()
+                ));
+            }
+        }
         for s in HOME_SECRETS {
             if touches(&home.join(s)) {
                 return Some(format!("{}, or holds it", home.join(s).display()));
             }
+        }
+    }
+    for (p, why) in SHARED {
+        if canon(Path::new(p)).starts_with(canonical) {
+            return Some(format!("{why} ({p}), or holds it"));
         }
     }
     for (p, why) in SYSTEM {
@@ -202,6 +247,37 @@ pub fn refusal(canonical: &Path, host: &HostFacts) -> Option<String> {
     None
 }
 
+/// A unix socket in `dir` or one level below it, if any (bounded: a
+/// project's top levels, not its whole tree).
+fn socket_near(dir: &Path) -> Option<PathBuf> {
+    let is_sock = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket());
+    let mut seen = 0usize;
+    let top = std::fs::read_dir(dir).ok()?;
+    for e in top.flatten() {
+        seen += 1;
+        if seen > 4096 {
+            return None;
+        }
+        let p = e.path();
+        if is_sock(&p) {
+            return Some(p);
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            for e2 in std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .take(1024)
+            {
+                if is_sock(&e2.path()) {
+                    return Some(e2.path());
+                }
+            }
+        }
+    }
+    None
+}
+
 fn entry(m: &config::Mount) -> String {
     m.to_string()
 }
@@ -212,10 +288,12 @@ fn entry(m: &config::Mount) -> String {
 pub fn resolve(
     mounts: &[config::Mount],
     source_file: &str,
-    allow: &[PathBuf],
+    grants: &Grants,
     host: &HostFacts,
 ) -> Result<Exposure, MountError> {
-    let allow: Vec<PathBuf> = allow
+    let allow_root_owner = grants.root_owner;
+    let allow: Vec<PathBuf> = grants
+        .mounts
         .iter()
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
         .collect();
@@ -256,18 +334,36 @@ pub fn resolve(
                 canonical.display()
             ));
         }
+        if !m.read_only && canonical.components().any(|c| c.as_os_str() == ".git") {
+            return Err(MountError::GitWritable { canonical });
+        }
         out.push(Mount {
             source: canonical,
-            target: m.target.clone(),
+            target: m.target.trim_end_matches('/').to_string(),
             read_only: m.read_only,
         });
     }
     let user = owner(&out)?;
+    if user.is_some_and(|(uid, _)| uid == 0) && !allow_root_owner {
+        let list = out
+            .iter()
+            .filter(|m| !m.read_only)
+            .map(|m| m.source.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(MountError::RootOwned { sources: list });
+    }
     let rw: Vec<Mount> = out.iter().filter(|m| !m.read_only).cloned().collect();
     for m in &rw {
         if m.source.is_dir() {
             protect_git(m, &rw, user, &mut out, &mut planted, &mut notes)?;
         }
+    }
+    if user.is_some_and(|(uid, _)| uid == 0) {
+        notes.push(
+            "WARNING: the agent writes as root in its read-write mounts (--allow-root-owner)"
+                .into(),
+        );
     }
     Ok(Exposure {
         mounts: out,
@@ -277,18 +373,24 @@ pub fn resolve(
     })
 }
 
-/// Creates the empty `.git` directories of [`Exposure::plant`] (an existing
-/// one is left as it is: only an empty directory is ever made).
-pub fn plant(dirs: &[(PathBuf, Option<(u32, u32)>)]) -> Result<(), MountError> {
+/// Creates the empty directories of [`Exposure::plant`], in order; returns
+/// those it made (an existing empty directory is kept and not returned, so
+/// [`unplant`] never removes what it did not make).
+pub fn plant(dirs: &[(PathBuf, Option<(u32, u32)>)]) -> Result<Vec<PathBuf>, MountError> {
+    let mut made = Vec::new();
     for (dir, owner) in dirs {
         match std::fs::create_dir(dir) {
-            Ok(()) => {}
+            Ok(()) => made.push(dir.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Something appeared since the plan: only a real, empty
-                // directory is what the plan meant to cover.
-                let real_empty = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
-                    && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-                if real_empty {
+                // directory is what the plan meant to cover (a planted
+                // parent holds its planted `.git`, which is fine).
+                let real = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+                let empty = std::fs::read_dir(dir).is_ok_and(|d| {
+                    d.flatten()
+                        .all(|e| made.contains(&e.path()) || e.file_name() == ".git")
+                });
+                if real && empty {
                     continue;
                 }
                 return Err(MountError::Prepare {
@@ -312,7 +414,15 @@ pub fn plant(dirs: &[(PathBuf, Option<(u32, u32)>)]) -> Result<(), MountError> {
             })?;
         }
     }
-    Ok(())
+    Ok(made)
+}
+
+/// Removes directories [`plant`] made, deepest first, where they are still
+/// empty (`rmdir`: never follows a symlink, never removes content).
+pub fn unplant(made: &[PathBuf]) {
+    for dir in made.iter().rev() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// The single owner of every read-write mount, if there is one.
@@ -346,7 +456,11 @@ fn in_agent(host_path: &Path, mounts: &[Mount]) -> Vec<String> {
         .filter(|m| host_path.starts_with(&m.source))
         .map(|m| {
             let rest = host_path.strip_prefix(&m.source).unwrap_or(Path::new(""));
-            Path::new(&m.target).join(rest).display().to_string()
+            if rest.as_os_str().is_empty() {
+                m.target.clone()
+            } else {
+                Path::new(&m.target).join(rest).display().to_string()
+            }
         })
         .collect()
 }
@@ -369,8 +483,7 @@ fn add_read_only(out: &mut Vec<Mount>, source: PathBuf, target: String) {
     }
 }
 
-/// Keeps the git dir (and hooks and included config it names inside a
-/// read-write mount) of mount `m` read-only for the agent.
+/// Keeps the repository metadata of mount `m`'s work tree read-only.
 fn protect_git(
     m: &Mount,
     rw: &[Mount],
@@ -379,57 +492,206 @@ fn protect_git(
     planted: &mut Vec<(PathBuf, Option<(u32, u32)>)>,
     notes: &mut Vec<String>,
 ) -> Result<(), MountError> {
-    let dot_git = m.source.join(".git");
-    if std::fs::symlink_metadata(&dot_git).is_err() {
-        // The source is canonical and `.git` does not exist: the path is
-        // canonical as it stands.
+    let mut cx = GitCover {
+        rw,
+        covered: Vec::new(),
+        owner,
+        out,
+        planted,
+    };
+    if std::fs::symlink_metadata(m.source.join(".git")).is_err() {
         notes.push(format!(
-            "an empty read-only {} is created so the agent cannot plant a repository your next `git` would run",
-            dot_git.display()
+            "an empty read-only {} is made for the life of the bottle, so the agent cannot plant a repository your next `git` would run",
+            m.source.join(".git").display()
         ));
-        planted.push((dot_git.clone(), owner));
-        cover(out, &dot_git, rw);
-        return Ok(());
     }
-    let git_c = std::fs::canonicalize(&dot_git).map_err(|source| MountError::Resolve {
-        path: dot_git.clone(),
-        source,
-    })?;
-    if !git_c.starts_with(&m.source) {
-        return Err(MountError::GitOutside {
-            path: dot_git,
-            target: git_c,
-        });
+    cx.work_tree(&m.source, 0)
+}
+
+/// What [`protect_git`] adds to, shared down the submodule walk.
+struct GitCover<'a> {
+    rw: &'a [Mount],
+    /// What this walk already mounted read-only (with every path of it).
+    covered: Vec<PathBuf>,
+    owner: Option<(u32, u32)>,
+    out: &'a mut Vec<Mount>,
+    planted: &'a mut Vec<(PathBuf, Option<(u32, u32)>)>,
+}
+
+/// How deep submodules of submodules are followed.
+const SUBMODULE_DEPTH: usize = 4;
+
+impl GitCover<'_> {
+    fn cover(&mut self, p: &Path) {
+        if self.covered.iter().any(|c| p.starts_with(c)) {
+            return;
+        }
+        cover(self.out, p, self.rw);
+        self.covered.push(p.to_path_buf());
     }
-    cover(out, &git_c, rw);
-    let config = git_c.join("config");
-    if !git_c.is_dir() || !config.is_file() {
-        return Ok(());
+
+    /// Plants an empty read-only `.git` in the mount root `dir`: git skips
+    /// an empty `.git` when it looks for a repository, and the agent cannot
+    /// make one there.
+    fn plant_git(&mut self, dir: &Path) {
+        let git = dir.join(".git");
+        self.planted.push((git.clone(), self.owner));
+        self.cover(&git);
     }
-    for (what, path) in git_paths(&config, &m.source, &git_c) {
-        match std::fs::canonicalize(&path) {
-            // Only what the agent could write needs covering; a path that
-            // resolves out of every read-write mount is not shown to it.
-            Ok(c) => {
-                if !c.starts_with(&git_c) {
-                    cover(out, &c, rw);
-                }
+
+    /// An unpopulated submodule's directory (made empty when missing, as a
+    /// checkout does) is read-only as a whole: with a gitlink in the index,
+    /// a `.git` the agent put there would be run by the superproject's
+    /// `git status`, and an empty `.git` there makes that command fail.
+    fn unpopulated(&mut self, dir: &Path) {
+        if std::fs::symlink_metadata(dir).is_err() {
+            self.planted.push((dir.to_path_buf(), self.owner));
+        }
+        self.cover(dir);
+    }
+
+    /// The `.git` of work tree `wt`, the git dir and common dir it leads to,
+    /// the hooks and config files those name, the `.git` files of their
+    /// linked worktrees, and (recursively) their submodules' work trees.
+    fn work_tree(&mut self, wt: &Path, depth: usize) -> Result<(), MountError> {
+        let dot_git = wt.join(".git");
+        let Ok(meta) = std::fs::symlink_metadata(&dot_git) else {
+            if depth == 0 {
+                self.plant_git(wt);
+            } else {
+                self.unpopulated(wt);
             }
-            Err(_) if in_agent(&lexical(&path), rw).is_empty() => {}
-            Err(_) => {
-                return Err(MountError::GitConfig {
-                    fix: format!(
-                        "create {} yourself (bottle mounts it read-only), or remove the setting from {}",
-                        path.display(),
-                        config.display()
-                    ),
-                    what,
-                    path,
-                })
+            return Ok(());
+        };
+        let resolved = std::fs::canonicalize(&dot_git).map_err(|source| MountError::Resolve {
+            path: dot_git.clone(),
+            source,
+        })?;
+        if meta.file_type().is_symlink() && !resolved.starts_with(wt) {
+            return Err(MountError::GitOutside {
+                path: dot_git,
+                target: resolved,
+            });
+        }
+        self.cover(&resolved);
+        // A `.git` file (`gitdir: PATH`): linked worktrees, submodules,
+        // `--separate-git-dir` layouts.
+        let git_dir = if resolved.is_file() {
+            let Some(dir) = gitfile_target(&resolved, wt) else {
+                return Ok(());
+            };
+            self.cover(&dir);
+            dir
+        } else {
+            resolved
+        };
+        let common = match std::fs::read_to_string(git_dir.join("commondir")) {
+            Ok(rel) => match std::fs::canonicalize(git_dir.join(rel.trim())) {
+                Ok(c) => {
+                    self.cover(&c);
+                    c
+                }
+                Err(_) => git_dir.clone(),
+            },
+            Err(_) => git_dir.clone(),
+        };
+        for config in [common.join("config"), git_dir.join("config.worktree")] {
+            if config.is_file() {
+                self.named_by(&config, wt, &git_dir)?;
             }
         }
+        // Each linked worktree's `.git` file: rewritten, it would send the
+        // host's `git` in that worktree to a config the agent wrote.
+        for e in std::fs::read_dir(common.join("worktrees"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_to_string(e.path().join("gitdir")) {
+                if let Ok(c) = std::fs::canonicalize(target.trim()) {
+                    self.cover(&c);
+                }
+            }
+        }
+        if depth < SUBMODULE_DEPTH {
+            for sub in gitlinks(&git_dir, wt) {
+                let sub_wt = lexical(&wt.join(sub));
+                if sub_wt.starts_with(wt) {
+                    self.work_tree(&sub_wt, depth + 1)?;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Covers `core.hooksPath` and included config files named by `config`
+    /// that lie in a read-write mount; one that does not exist yet is
+    /// refused (the agent could create it).
+    fn named_by(&mut self, config: &Path, wt: &Path, git_dir: &Path) -> Result<(), MountError> {
+        for (what, path) in git_paths(config, wt, git_dir) {
+            match std::fs::canonicalize(&path) {
+                // Only what the agent could write needs covering; a path
+                // that resolves out of every read-write mount is not shown
+                // to it.
+                Ok(c) => self.cover(&c),
+                Err(_) if in_agent(&lexical(&path), self.rw).is_empty() => {}
+                Err(_) => {
+                    return Err(MountError::GitConfig {
+                        fix: format!(
+                            "create {} yourself (bottle mounts it read-only), or remove the setting from {}",
+                            path.display(),
+                            config.display()
+                        ),
+                        what,
+                        path,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directory a `.git` file (`gitdir: PATH`, relative to the work tree)
+/// points at, canonical.
+fn gitfile_target(file: &Path, wt: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let target = text.lines().next()?.strip_prefix("gitdir:")?.trim();
+    std::fs::canonicalize(wt.join(target)).ok()
+}
+
+/// Paths of the submodules (gitlinks) in the index of `git_dir`, relative to
+/// the work tree. The agent cannot add one (the git dir is read-only to it),
+/// so the set is fixed when the bottle starts. Read with `git ls-files`, with
+/// the only index hook that command could run (`core.fsmonitor`) switched
+/// off and no system or global config.
+fn gitlinks(git_dir: &Path, wt: &Path) -> Vec<PathBuf> {
+    let Ok(git) = which::which("git") else {
+        return Vec::new();
+    };
+    let Ok(out) = std::process::Command::new(git)
+        .args(["-c", "core.fsmonitor=false", "-c", "safe.directory=*"])
+        .arg("--git-dir")
+        .arg(git_dir)
+        .arg("--work-tree")
+        .arg(wt)
+        .args(["ls-files", "--stage", "-z"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .split('\0')
+        .filter_map(|rec| {
+            let (meta, path) = rec.split_once('\t')?;
+            meta.starts_with("160000 ").then(|| PathBuf::from(path))
+        })
+        .collect()
 }
 
 /// `path` without `.` and `..` parts (for a path that does not exist yet).
@@ -510,6 +772,40 @@ mod tests {
         std::fs::canonicalize(d).unwrap()
     }
 
+    /// Grants for tests whose temporary directories belong to whoever runs
+    /// them (root on CI).
+    fn g() -> Grants {
+        Grants {
+            mounts: vec![],
+            root_owner: true,
+        }
+    }
+
+    fn git(dir: &Path, args: &[&str]) {
+        let st = Command::new("git")
+            .args([
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "user.name=t",
+                "-c",
+                "protocol.file.allow=always",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "git {args:?}: {st:?}");
+    }
+
+    fn ro_targets(e: &Exposure) -> Vec<&str> {
+        e.mounts
+            .iter()
+            .filter(|m| m.read_only)
+            .map(|m| m.target.as_str())
+            .collect()
+    }
+
     fn host(home: &Path) -> HostFacts {
         HostFacts {
             homes: vec![home.to_path_buf()],
@@ -533,7 +829,7 @@ mod tests {
         let e = resolve(
             &[mount("./cache:/cache:ro", &ws)],
             "bottle.toml",
-            &[],
+            &g(),
             &host(&home),
         )
         .unwrap();
@@ -543,7 +839,7 @@ mod tests {
         let err = resolve(
             &[mount("./cache:/cache:ro", &ws)],
             "bottle.toml",
-            &[],
+            &g(),
             &host(&home),
         )
         .unwrap_err();
@@ -563,7 +859,10 @@ mod tests {
         let ok = resolve(
             &[mount("./cache:/cache:ro", &ws)],
             "bottle.toml",
-            &[home.join(".ssh")],
+            &Grants {
+                mounts: vec![home.join(".ssh")],
+                root_owner: false,
+            },
             &host(&home),
         )
         .unwrap();
@@ -603,7 +902,7 @@ mod tests {
         let home = tmp("home3");
         let ws = home.join("ws");
         std::fs::create_dir_all(&ws).unwrap();
-        let e = resolve(&[mount("./:/workspace:rw", &ws)], "f", &[], &host(&home)).unwrap();
+        let e = resolve(&[mount("./:/workspace:rw", &ws)], "f", &g(), &host(&home)).unwrap();
         assert!(!ws.join(".git").exists(), "resolving changes nothing");
         assert_eq!(e.plant.len(), 1);
         assert_eq!(e.plant[0].0, ws.join(".git"));
@@ -639,7 +938,7 @@ mod tests {
         };
         git(&["init", "-q"]);
         git(&["config", "core.hooksPath", ".githooks"]);
-        let err = resolve(&[mount("./:/w:rw", &ws)], "f", &[], &host(&home)).unwrap_err();
+        let err = resolve(&[mount("./:/w:rw", &ws)], "f", &g(), &host(&home)).unwrap_err();
         assert!(
             err.to_string().contains("core.hooksPath `.githooks`"),
             "{err}"
@@ -647,7 +946,7 @@ mod tests {
         std::fs::create_dir(ws.join(".githooks")).unwrap();
         git(&["config", "include.path", "../shared.gitconfig"]);
         std::fs::write(ws.join("shared.gitconfig"), "").unwrap();
-        let e = resolve(&[mount("./:/w:rw", &ws)], "f", &[], &host(&home)).unwrap();
+        let e = resolve(&[mount("./:/w:rw", &ws)], "f", &g(), &host(&home)).unwrap();
         let ro: Vec<_> = e
             .mounts
             .iter()
@@ -669,7 +968,7 @@ mod tests {
                 mount("./cache:/cache:rw", &ws),
             ],
             "f",
-            &[],
+            &g(),
             &host(&home),
         )
         .unwrap();
@@ -696,7 +995,7 @@ mod tests {
             let err = resolve(
                 &[mount("./a:/a:rw", &home), mount("./b:/b:rw", &home)],
                 "f",
-                &[],
+                &g(),
                 &host(&home),
             )
             .unwrap_err();
@@ -705,13 +1004,160 @@ mod tests {
             let e = resolve(
                 &[mount("./a:/a:rw", &home), mount("./b:/b:ro", &home)],
                 "f",
-                &[],
+                &g(),
                 &host(&home),
             )
             .unwrap();
             assert_eq!(e.user, None, "a is root's: the agent stays root");
-            let e = resolve(&[mount("./b:/b:rw", &home)], "f", &[], &host(&home)).unwrap();
+            let e = resolve(&[mount("./b:/b:rw", &home)], "f", &g(), &host(&home)).unwrap();
             assert_eq!(e.user, Some((4242, 4242)));
         }
+    }
+
+    #[test]
+    fn a_root_owned_read_write_mount_is_refused_unless_allowed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: needs root to own the directory");
+            return;
+        }
+        let home = tmp("home7");
+        let ws = home.join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        let err = resolve(
+            &[mount("./:/w:rw", &ws)],
+            "f",
+            &Grants::default(),
+            &host(&home),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("belongs to root") && msg.contains("--allow-root-owner"),
+            "{msg}"
+        );
+        // Read-only, root's files are fine.
+        assert!(resolve(
+            &[mount("./:/w:ro", &ws)],
+            "f",
+            &Grants::default(),
+            &host(&home)
+        )
+        .is_ok());
+        let e = resolve(&[mount("./:/w:rw", &ws)], "f", &g(), &host(&home)).unwrap();
+        assert!(
+            e.notes.iter().any(|n| n.contains("writes as root")),
+            "{:?}",
+            e.notes
+        );
+    }
+
+    #[test]
+    fn a_read_write_mount_of_a_git_dir_is_refused() {
+        let home = tmp("home8");
+        let ws = home.join("ws");
+        std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+        for spec in ["./.git:/g:rw", "./.git/hooks:/h:rw"] {
+            let err = resolve(&[mount(spec, &ws)], "f", &g(), &host(&home)).unwrap_err();
+            assert!(
+                matches!(err, MountError::GitWritable { .. }),
+                "{spec}: {err}"
+            );
+        }
+        assert!(resolve(&[mount("./.git:/g:ro", &ws)], "f", &g(), &host(&home)).is_ok());
+    }
+
+    #[test]
+    fn dot_files_of_a_home_and_directories_holding_sockets_are_refused() {
+        let home = tmp("home9");
+        let h = host(&home);
+        for p in [".colima", ".cargo/bin", ".bashrc", ".local/bin"] {
+            assert!(refusal(&home.join(p), &h).is_some(), "{p}");
+        }
+        assert!(refusal(&home.join("src/app"), &h).is_none());
+        let proj = home.join("src/app");
+        std::fs::create_dir_all(proj.join("run")).unwrap();
+        let _l = std::os::unix::net::UnixListener::bind(proj.join("run/agent.sock")).unwrap();
+        let why = refusal(&proj, &h).unwrap();
+        assert!(why.contains("agent.sock"), "{why}");
+        let tmp_c = std::fs::canonicalize("/tmp").unwrap();
+        assert!(refusal(&tmp_c, &h).is_some());
+    }
+
+    #[test]
+    fn submodules_are_covered_even_when_not_checked_out() {
+        if which::which("git").is_err() {
+            eprintln!("SKIP: no git");
+            return;
+        }
+        let home = tmp("home10");
+        let ws = home.join("repo");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "-q"]);
+        git(&ws, &["commit", "-q", "--allow-empty", "-m", "x"]);
+        let head = String::from_utf8(
+            Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(&ws)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        // A gitlink for an unpopulated submodule `lib`, and one whose work
+        // tree has a `.git` file.
+        git(
+            &ws,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{},lib", head.trim()),
+            ],
+        );
+        git(
+            &ws,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{},vendor/x", head.trim()),
+            ],
+        );
+        std::fs::create_dir_all(ws.join(".git/modules/x")).unwrap();
+        std::fs::create_dir_all(ws.join("vendor/x")).unwrap();
+        std::fs::write(ws.join("vendor/x/.git"), "gitdir: ../../.git/modules/x\n").unwrap();
+        let e = resolve(&[mount("./:/w:rw", &ws)], "f", &g(), &host(&home)).unwrap();
+        assert_eq!(
+            ro_targets(&e),
+            vec!["/w/.git", "/w/lib", "/w/vendor/x/.git"]
+        );
+        let planted: Vec<_> = e.plant.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(planted, vec![ws.join("lib")]);
+        let made = plant(&e.plant).unwrap();
+        assert_eq!(made, planted);
+        unplant(&made);
+        assert!(!ws.join("lib").exists());
+    }
+
+    #[test]
+    fn a_bare_repository_with_worktrees_is_covered_through_its_gitfiles() {
+        if which::which("git").is_err() {
+            eprintln!("SKIP: no git");
+            return;
+        }
+        let home = tmp("home11");
+        let ws = home.join("proj");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "-q", "--bare", ".bare"]);
+        std::fs::write(ws.join(".git"), "gitdir: ./.bare\n").unwrap();
+        git(
+            &ws,
+            &["worktree", "add", "-q", "--orphan", "-b", "main", "main"],
+        );
+        let e = resolve(&[mount("./:/w:rw", &ws)], "f", &g(), &host(&home)).unwrap();
+        assert_eq!(ro_targets(&e), vec!["/w/.git", "/w/.bare", "/w/main/.git"]);
+        // From inside the worktree's own mount, the same.
+        let e = resolve(&[mount("./main:/m:rw", &ws)], "f", &g(), &host(&home)).unwrap();
+        assert_eq!(ro_targets(&e), vec!["/m/.git"]);
     }
 }

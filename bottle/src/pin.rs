@@ -122,6 +122,30 @@ impl Pinned {
         }
     }
 
+    /// The pin of a `reload` of `plan` over the pin `old`: the policy part
+    /// from the plan; mounts, image and the agent's limits from `old`,
+    /// because a reload does not change what the running agent has (pinning
+    /// the plan's would let a narrowed-then-reloaded config hide mounts the
+    /// agent still holds).
+    pub fn for_reload(plan: &Plan, old: Option<&Pinned>) -> Self {
+        let new = Pinned::of(plan);
+        match old {
+            Some(old) => new.keeping_agent_of(old),
+            None => new,
+        }
+    }
+
+    /// This pin with `old`'s mounts, image and agent limits.
+    pub fn keeping_agent_of(mut self, old: &Pinned) -> Self {
+        self.mounts = old.mounts.clone();
+        self.image = old.image.clone();
+        self.limits.retain(|k, _| !k.starts_with("agent."));
+        for (k, v) in old.limits.iter().filter(|(k, _)| k.starts_with("agent.")) {
+            self.limits.insert(k.clone(), *v);
+        }
+        self
+    }
+
     /// A pin that grants nothing and belongs to no file: what a bottle never
     /// accepted is compared against, and what an unreadable pin reads as.
     pub fn nothing() -> Self {
@@ -141,11 +165,15 @@ fn path(state: &StateDir) -> PathBuf {
 }
 
 /// The last accepted pin of a bottle, if it has one. A pin file that exists
-/// but cannot be read (damaged, or written by an older bottle) reads as
-/// [`Pinned::nothing`], so it matches no config and consent is asked.
+/// but cannot be read or parsed (permissions, damage, an older bottle's
+/// format) reads as [`Pinned::nothing`], so it matches no config and consent
+/// is asked; only a missing file means "never accepted".
 pub fn load(state: &StateDir) -> Option<Pinned> {
-    let text = std::fs::read_to_string(path(state)).ok()?;
-    Some(serde_json::from_str(&text).unwrap_or_else(|_| Pinned::nothing()))
+    match std::fs::read(path(state)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(Pinned::nothing()),
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| Pinned::nothing())),
+    }
 }
 
 /// Every bottle's pin, by name.
@@ -169,10 +197,10 @@ pub fn load_all() -> BTreeMap<String, Pinned> {
     out
 }
 
-/// Records `plan` as accepted.
-pub fn accept(state: &StateDir, plan: &Plan) -> Result<(), StateError> {
+/// Records `pinned` as accepted.
+pub fn accept(state: &StateDir, pinned: &Pinned) -> Result<(), StateError> {
     state.create()?;
-    let json = serde_json::to_vec_pretty(&Pinned::of(plan)).unwrap_or_default();
+    let json = serde_json::to_vec_pretty(pinned).unwrap_or_default();
     write_private(&path(state), &json)
 }
 
@@ -431,5 +459,35 @@ mod tests {
         // An unreadable pin matches no file.
         let pins = BTreeMap::from([("demo".to_string(), Pinned::nothing())]);
         assert!(!judge("demo", &pin(&[]), &pins).is_empty());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_mounts_the_agent_still_has() {
+        let old = pin(&["a.example.com"]);
+        let mut narrowed = old.clone();
+        narrowed.mounts[0].source = "/home/u/proj/src".into();
+        narrowed.limits.insert("agent.pids".into(), 16);
+        // What a reload pins: the plan's policy, the old pin's mounts.
+        let reloaded = narrowed.clone().keeping_agent_of(&old);
+        assert_eq!(reloaded.mounts, old.mounts);
+        assert_eq!(reloaded.limits["agent.pids"], 2048);
+        let pins = BTreeMap::from([("demo".to_string(), reloaded)]);
+        // A file the agent writes anywhere in the still-mounted project is
+        // still inside demo's read-write mount.
+        let mut planted = pin(&[]);
+        planted.config = Some("/home/u/proj/evil/bottle.toml".into());
+        assert!(!judge("evil", &planted, &pins).is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_pin_is_no_pin_only_when_missing() {
+        let dir = std::env::temp_dir().join(format!("bottle-pin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateDir::at(dir.join("p"));
+        assert_eq!(load(&state), None);
+        state.create().unwrap();
+        std::fs::write(path(&state), b"\xff not json").unwrap();
+        assert_eq!(load(&state), Some(Pinned::nothing()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -138,14 +138,14 @@ pub fn config_runtime(cfg: &crate::config::Config) -> Option<RuntimeKind> {
 
 /// Resolves a config (and an optional `--name`) into a plan. Reads the file
 /// system (mount sources, git config, upstream roots); changes nothing.
-/// `allow_mounts` are the canonical sources the user allowed with
-/// `--allow-mount` on this run.
+/// `grants` are what the user allowed on the command line for this run
+/// (`--allow-mount`, `--allow-root-owner`).
 pub fn build(
     cfg: &crate::config::Config,
     source: &str,
     name_override: Option<&str>,
     runtime: RuntimeKind,
-    allow_mounts: &[PathBuf],
+    grants: &crate::mounts::Grants,
 ) -> Result<Plan, PlanError> {
     let name = match name_override {
         Some(n) => crate::config::BottleName::parse(n)
@@ -160,7 +160,7 @@ pub fn build(
     let exposure = crate::mounts::resolve(
         cfg.mounts(),
         source,
-        allow_mounts,
+        grants,
         &crate::mounts::HostFacts::from_env(),
     )?;
     let upstream_roots = cfg

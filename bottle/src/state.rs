@@ -57,6 +57,11 @@ impl StateDir {
         })
     }
 
+    /// The state dir at `root` (tests, and callers that already know it).
+    pub fn at(root: PathBuf) -> Self {
+        StateDir { root }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
