@@ -116,7 +116,7 @@ pub fn check_readback(bridge: &str, out: &str) -> Result<String, (String, String
     if rp.max(all_rp) != 1 {
         return Err((
             format!("reverse-path filtering on {bridge} is {} (interface {rp}, all {all_rp}), not strict (1): the agent's broadcast still reaches host sockets", rp.max(all_rp)),
-            "set net.ipv4.conf.all.rp_filter to 0 or 1 on the engine's host (2, loose mode, overrides strict mode on every interface)".into(),
+            "on the engine's host run `sysctl -w net.ipv4.conf.all.rp_filter=0` (and set it in /etc/sysctl.d to keep it): loose mode in `all` (2, Ubuntu's default) overrides strict mode on every interface, while with 0 each interface keeps its own setting and bottle makes its bridges strict; or accept it knowingly with --accept-weakness broadcast-reaches-host".into(),
         ));
     }
     if local != 0 {
