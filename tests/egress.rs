@@ -558,6 +558,82 @@ fn the_sidecar_serves_its_internal_side_only_and_echoes_come_back_redacted() {
         "{text}"
     );
 
+    // Slow clients and floods, from inside the agent, with short limits
+    // applied live by a reload (narrower limits need no consent).
+    std::fs::write(
+        b.dir.0.join("bottle.toml"),
+        format!(
+            "name = \"{}\"\n{}[sidecar]\nhandshake_timeout = 2\nmax_connections_per_client = 8\n",
+            b.name,
+            config(&[])
+        ),
+    )
+    .unwrap();
+    let reload = std::process::Command::new(bottle_bin())
+        .args(["reload", &b.name])
+        .current_dir(&b.dir.0)
+        .env("XDG_STATE_HOME", &b.state.0)
+        .env("E2E_API_KEY", SECRET)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{}", stderr(&reload));
+    // A slow-loris after an allowed CONNECT: one byte every half second,
+    // never a whole TLS hello. The sidecar closes it at the deadline.
+    let text = sh(
+        b,
+        r#"python3 - <<'PY'
+import os, socket, time, urllib.parse
+p = urllib.parse.urlparse(os.environ["HTTP_PROXY"])
+s = socket.create_connection((p.hostname, p.port), timeout=30)
+s.sendall(b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+head = s.recv(4096)
+start = time.time()
+s.settimeout(0.5)
+closed = None
+while time.time() - start < 20:
+    try:
+        s.send(b"\x16")
+        if s.recv(1) == b"":
+            closed = time.time() - start
+            break
+    except socket.timeout:
+        continue
+    except OSError:
+        closed = time.time() - start
+        break
+print("connect", head.split(b"\r\n")[0].decode(), "closed-after", closed)
+PY"#,
+    );
+    assert!(text.contains("connect HTTP/1.1 200"), "{text}");
+    let after: f64 = text
+        .split("closed-after ")
+        .nth(1)
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the slow client was never closed: {text}"));
+    assert!(
+        (1.0..10.0).contains(&after),
+        "closed after {after} s: {text}"
+    );
+    // Eight connections held open, then a ninth request: refused by the
+    // per-client cap, naming it; once they close, the proxy serves again.
+    let text = sh(
+        b,
+        r#"python3 - <<'PY'
+import os, socket, urllib.parse
+p = urllib.parse.urlparse(os.environ["HTTP_PROXY"])
+held = [socket.create_connection((p.hostname, p.port), timeout=5) for _ in range(8)]
+s = socket.create_connection((p.hostname, p.port), timeout=5)
+s.sendall(b"GET http://other.test/flood HTTP/1.1\r\nHost: other.test\r\n\r\n")
+print("ninth:", s.recv(4096).decode(errors="replace").replace("\r\n", " | "))
+for h in held: h.close()
+PY
+sleep 1; curl -s -o /dev/null -w 'after:%{http_code}\n' --max-time 10 http://other.test/after"#,
+    );
+    assert!(text.contains("ninth: HTTP/1.1 503"), "{text}");
+    assert!(text.contains("max_connections_per_client"), "{text}");
+    assert!(text.contains("after:200"), "{text}");
+
     // Redactions are audited by name only.
     let log = std::fs::read_to_string(
         b.state
