@@ -7,7 +7,7 @@
 use crate::{RuntimeError, RuntimeKind};
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -232,31 +232,10 @@ impl Tool {
     }
 }
 
-/// `name` if it contains a slash, else the first executable `name` on `PATH`.
+/// `name` if it contains a slash (and is executable), else the first
+/// executable `name` on `PATH` (the `which` crate's lookup).
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
-    let p = Path::new(name);
-    if name.contains('/') {
-        return is_executable(p).then(|| p.to_path_buf());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|c| is_executable(c))
-    })
-}
-
-fn is_executable(p: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    }
-    #[cfg(not(unix))]
-    {
-        p.is_file()
-    }
+    which::which(name).ok()
 }
 
 /// The binary named by env var `var` (when set and non-empty), else
