@@ -21,7 +21,7 @@ echo; echo "== bottle up"
 echo; echo "== a command inside the agent"
 "$bottle" exec "$name" -- sh -c 'echo "hello from $(hostname), uid $(id -u)"; ip -4 -o addr show | grep -v " lo "'
 
-echo; echo "== isolation check: bottle verify (every escape tried from inside the agent, with controls)"
+echo; echo "== isolation check: bottle verify (every escape tried from the agent's network with probes it cannot alter, its settings read from the engine, with controls)"
 "$bottle" verify "$name"
 
 echo; echo "== what the agent sees when it asks for a host that is not allowed"
