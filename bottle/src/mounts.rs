@@ -505,7 +505,56 @@ fn protect_git(
             m.source.join(".git").display()
         ));
     }
-    cx.work_tree(&m.source, 0)
+    cx.work_tree(&m.source, 0)?;
+    // Repositories nested in the tree (a clone inside the project, not a
+    // submodule) are run by `git` in their own directory just the same.
+    let (nested, complete) = nested_repositories(&m.source);
+    for wt in nested {
+        cx.work_tree(&wt, 1)?;
+    }
+    if !complete {
+        notes.push(format!(
+            "{} is larger than bottle searches for nested repositories ({NESTED_SEARCH_LIMIT} entries): those past the limit are not read-only to the agent",
+            m.source.display()
+        ));
+    }
+    Ok(())
+}
+
+/// How many directory entries [`nested_repositories`] reads at most.
+pub const NESTED_SEARCH_LIMIT: usize = 200_000;
+
+/// Directories below `root` (not `root` itself) that hold a `.git`, found by
+/// a bounded walk that follows no symlink and does not enter `.git`
+/// directories or `node_modules`. Returns whether the walk finished.
+fn nested_repositories(root: &Path) -> (Vec<PathBuf>, bool) {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > NESTED_SEARCH_LIMIT {
+                return (found, false);
+            }
+            let name = e.file_name();
+            let Ok(ft) = e.file_type() else { continue };
+            if name == ".git" {
+                if dir != root {
+                    found.push(dir.clone());
+                }
+                continue;
+            }
+            if ft.is_dir() && name != "node_modules" {
+                stack.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    (found, true)
 }
 
 /// What [`protect_git`] adds to, shared down the submodule walk.
@@ -1159,5 +1208,21 @@ mod tests {
         // From inside the worktree's own mount, the same.
         let e = resolve(&[mount("./main:/m:rw", &ws)], "f", &g(), &host(&home)).unwrap();
         assert_eq!(ro_targets(&e), vec!["/m/.git"]);
+    }
+
+    #[test]
+    fn a_repository_cloned_inside_the_project_is_covered_too() {
+        if which::which("git").is_err() {
+            eprintln!("SKIP: no git");
+            return;
+        }
+        let home = tmp("home12");
+        let ws = home.join("proj");
+        std::fs::create_dir_all(ws.join("vendor/dep")).unwrap();
+        git(&ws, &["init", "-q"]);
+        git(&ws.join("vendor/dep"), &["init", "-q"]);
+        std::fs::create_dir_all(ws.join("node_modules/pkg/.git")).unwrap();
+        let e = resolve(&[mount("./:/w:rw", &ws)], "f", &g(), &host(&home)).unwrap();
+        assert_eq!(ro_targets(&e), vec!["/w/.git", "/w/vendor/dep/.git"]);
     }
 }
