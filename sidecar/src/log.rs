@@ -7,10 +7,21 @@
 //!   ([`EgressRecord`]); `"service":"dns"` lines one DNS query
 //!   ([`DnsRecord`]).
 //!
-//! Every line a client can cause goes through a per-client-IP token bucket,
-//! so an agent in a loop cannot flood the host's disk; what the bucket drops
-//! is counted and reported in one `"event":"suppressed"` audit line when that
-//! client is logged again (or at shutdown).
+//! Lines a client can cause in unbounded numbers go through per-client-IP
+//! token buckets, so an agent in a loop cannot flood the host's disk. There
+//! is one bucket per client and [`Budget`]: DNS lines (UDP has no connection
+//! cap) and refusals (including client errors) spend separate budgets, so a
+//! DNS flood cannot starve the refusal lines and neither can starve the rest.
+//! Lines about traffic that was let through (an `allow` decision, a
+//! `credential-redacted` event) are never dropped: each one stands for an
+//! upstream connection or round trip, which the connection caps bound, and
+//! the audit file's rotation bounds the disk. Dropping them would let an
+//! agent hide the requests that actually left the bottle.
+//!
+//! What a bucket drops is reported in one `"event":"suppressed"` audit line
+//! when that client's bucket admits a line again (or at shutdown): the count,
+//! the count per kind (`dns/deny`, `egress/deny`, `event/<name>`), and the
+//! hosts (DNS names or destinations) that were dropped most, with counts.
 //!
 //! Nothing here ever receives a header value or a secret: the records have no
 //! field that could carry one.
@@ -18,7 +29,7 @@
 use bottle_policy::Verdict;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -181,28 +192,90 @@ impl Default for RateLimit {
 /// would be recreated full anyway).
 const MAX_BUCKETS: usize = 4096;
 
+/// Distinct hosts counted per bucket between two summaries; drops for further
+/// hosts are counted as `other_hosts`.
+const MAX_DROPPED_HOSTS: usize = 64;
+
+/// Hosts named in a `suppressed` summary.
+const TOP_HOSTS: usize = 5;
+
+/// Which rate-limit budget a client-caused line spends. Lines about traffic
+/// that was let through spend none (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Budget {
+    /// DNS queries (`"service":"dns"`).
+    Dns,
+    /// Refused requests and tunnels, and client errors.
+    Refused,
+}
+
+/// What one line is, for the `suppressed` summary should it be dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct LineKind<'a> {
+    /// `dns/deny`, `egress/deny`, `event/<name>`.
+    pub kind: &'a str,
+    /// The DNS name or destination host, when the line has one.
+    pub host: Option<&'a str>,
+}
+
+/// What a bucket dropped since its last admitted line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub count: u64,
+    /// Count per [`LineKind::kind`].
+    pub kinds: BTreeMap<String, u64>,
+    /// Count per host, for at most [`MAX_DROPPED_HOSTS`] hosts (drops for
+    /// further hosts, or of lines without one, are only in `count`).
+    pub hosts: HashMap<String, u64>,
+}
+
+impl Dropped {
+    fn add(&mut self, line: LineKind<'_>) {
+        self.count += 1;
+        *self.kinds.entry(truncate(line.kind, 64)).or_default() += 1;
+        let Some(host) = line.host.map(|h| truncate(h, MAX_FIELD)) else {
+            return;
+        };
+        if let Some(n) = self.hosts.get_mut(&host) {
+            *n += 1;
+        } else if self.hosts.len() < MAX_DROPPED_HOSTS {
+            self.hosts.insert(host, 1);
+        }
+    }
+
+    /// The [`TOP_HOSTS`] most dropped hosts, most first (ties by name).
+    pub fn top_hosts(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.hosts.iter().map(|(h, n)| (h.clone(), *n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(TOP_HOSTS);
+        v
+    }
+}
+
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
     last: Instant,
-    suppressed: u64,
+    dropped: Dropped,
 }
 
 /// What [`RateLimiter::admit`] says about one line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
-    /// Write it; first report `suppressed` lines dropped since the last one
-    /// written (when non-zero).
-    Yes { suppressed: u64 },
+    /// Write it; first report what was dropped since the last line written
+    /// from this bucket (when anything was).
+    Yes { dropped: Option<Dropped> },
     /// Drop it; it has been counted.
     No,
 }
 
-/// Per-IP token buckets. The clock is a parameter so tests need no sleeps.
+/// Per-IP, per-[`Budget`] token buckets. The clock is a parameter so tests
+/// need no sleeps.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: RateLimit,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<(IpAddr, Budget), Bucket>,
 }
 
 impl RateLimiter {
@@ -213,38 +286,40 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token from `ip`'s bucket at time `now`.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admit {
-        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&ip) {
+    /// Takes one token from `ip`'s `budget` bucket at time `now`.
+    pub fn admit(&mut self, ip: IpAddr, budget: Budget, line: LineKind<'_>, now: Instant) -> Admit {
+        let key = (ip, budget);
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(&key) {
             self.forget_full(now);
         }
         let limit = self.limit;
-        let bucket = self.buckets.entry(ip).or_insert(Bucket {
+        let bucket = self.buckets.entry(key).or_insert(Bucket {
             tokens: limit.burst,
             last: now,
-            suppressed: 0,
+            dropped: Dropped::default(),
         });
         refill(bucket, limit, now);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
+            let dropped = std::mem::take(&mut bucket.dropped);
             Admit::Yes {
-                suppressed: std::mem::take(&mut bucket.suppressed),
+                dropped: (dropped.count > 0).then_some(dropped),
             }
         } else {
-            bucket.suppressed += 1;
+            bucket.dropped.add(line);
             Admit::No
         }
     }
 
-    /// Returns and clears every pending suppressed count (for shutdown).
-    pub fn drain_suppressed(&mut self) -> Vec<(IpAddr, u64)> {
-        let mut out: Vec<(IpAddr, u64)> = self
+    /// Returns and clears every pending drop summary (for shutdown).
+    pub fn drain_suppressed(&mut self) -> Vec<(IpAddr, Budget, Dropped)> {
+        let mut out: Vec<(IpAddr, Budget, Dropped)> = self
             .buckets
             .iter_mut()
-            .filter(|(_, b)| b.suppressed > 0)
-            .map(|(ip, b)| (*ip, std::mem::take(&mut b.suppressed)))
+            .filter(|(_, b)| b.dropped.count > 0)
+            .map(|((ip, budget), b)| (*ip, *budget, std::mem::take(&mut b.dropped)))
             .collect();
-        out.sort();
+        out.sort_by_key(|(ip, budget, _)| (*ip, *budget));
         out
     }
 
@@ -252,7 +327,7 @@ impl RateLimiter {
         let limit = self.limit;
         self.buckets.retain(|_, b| {
             refill(b, limit, now);
-            b.suppressed > 0 || b.tokens < limit.burst
+            b.dropped.count > 0 || b.tokens < limit.burst
         });
     }
 }
@@ -423,28 +498,36 @@ impl Logger {
     }
 
     /// A lifecycle line a client caused (e.g. a malformed request), subject to
-    /// `client`'s rate limit.
+    /// `client`'s [`Budget::Refused`] rate limit.
     pub fn client_event(&self, client: SocketAddr, event: &str, mut fields: Value) {
+        let host = fields
+            .get("host")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let Value::Object(map) = &mut fields {
             map.insert("client".into(), client.to_string().into());
         }
         let body = event_body(event, fields);
-        self.limited(client.ip(), Instant::now(), || {
+        let kind = format!("event/{event}");
+        let line = LineKind {
+            kind: &kind,
+            host: host.as_deref(),
+        };
+        self.limited(client.ip(), Budget::Refused, line, Instant::now(), || {
             write(&*self.events, "sidecar", &body)
         });
     }
 
-    /// An audit line about a client's traffic that is not a decision (e.g.
-    /// `credential-redacted`): `{"ts","service":"egress","event":…,"client",
-    /// …fields}`, subject to the client's rate limit.
+    /// An audit line about a forwarded request that is not its decision (the
+    /// `credential-redacted` event): `{"ts","service":"egress","event":…,
+    /// "client",…fields}`. Never rate-limited, like the forwarded request's
+    /// own line (see the module doc): use it for nothing a client can cause
+    /// without a forwarded request.
     pub fn audit_event(&self, client: SocketAddr, event: &str, mut fields: Value) {
         if let Value::Object(map) = &mut fields {
             map.insert("client".into(), client.to_string().into());
         }
-        let body = event_body(event, fields);
-        self.limited(client.ip(), Instant::now(), || {
-            write(&*self.audit, "egress", &body)
-        });
+        write(&*self.audit, "egress", &event_body(event, fields));
     }
 
     /// Sets the audit sink's size bound (`limits.audit_max_bytes`).
@@ -452,20 +535,43 @@ impl Logger {
         self.audit.limit_size(max_bytes);
     }
 
-    /// An egress decision, subject to the client's rate limit.
+    /// An egress decision. An `allow` is always written; a refusal is subject
+    /// to the client's [`Budget::Refused`] rate limit.
     pub fn egress(&self, client: SocketAddr, record: &EgressRecord) {
         self.egress_at(client.ip(), Instant::now(), record);
     }
 
     /// [`Logger::egress`] with an explicit clock, for tests.
     pub fn egress_at(&self, ip: IpAddr, now: Instant, record: &EgressRecord) {
-        self.limited(ip, now, || write(&*self.audit, "egress", record));
+        if record.decision == Verdict::Allow {
+            write(&*self.audit, "egress", record);
+            return;
+        }
+        let line = LineKind {
+            kind: "egress/deny",
+            host: record.host.as_deref(),
+        };
+        self.limited(ip, Budget::Refused, line, now, || {
+            write(&*self.audit, "egress", record)
+        });
     }
 
-    /// A DNS decision, subject to the client's rate limit (shared with its
-    /// egress lines).
+    /// A DNS decision, subject to the client's [`Budget::Dns`] rate limit.
     pub fn dns(&self, client: SocketAddr, record: &DnsRecord) {
-        self.limited(client.ip(), Instant::now(), || {
+        self.dns_at(client.ip(), Instant::now(), record);
+    }
+
+    /// [`Logger::dns`] with an explicit clock, for tests.
+    pub fn dns_at(&self, ip: IpAddr, now: Instant, record: &DnsRecord) {
+        let kind = match record.decision {
+            Verdict::Allow => "dns/allow",
+            Verdict::Deny => "dns/deny",
+        };
+        let line = LineKind {
+            kind,
+            host: record.name.as_deref(),
+        };
+        self.limited(ip, Budget::Dns, line, now, || {
             write(&*self.audit, "dns", record)
         });
     }
@@ -473,35 +579,61 @@ impl Logger {
     /// Writes the pending `suppressed` summaries (call at shutdown).
     pub fn flush_suppressed(&self) {
         let pending = self.lock_limiter().drain_suppressed();
-        for (ip, count) in pending {
-            self.write_suppressed(ip, count);
+        for (ip, budget, dropped) in pending {
+            self.write_suppressed(ip, budget, &dropped);
         }
     }
 
-    fn limited(&self, ip: IpAddr, now: Instant, write: impl FnOnce()) {
-        let admit = self.lock_limiter().admit(ip, now);
-        if let Admit::Yes { suppressed } = admit {
-            if suppressed > 0 {
-                self.write_suppressed(ip, suppressed);
+    fn limited(
+        &self,
+        ip: IpAddr,
+        budget: Budget,
+        line: LineKind<'_>,
+        now: Instant,
+        write: impl FnOnce(),
+    ) {
+        let admit = self.lock_limiter().admit(ip, budget, line, now);
+        if let Admit::Yes { dropped } = admit {
+            if let Some(dropped) = dropped {
+                self.write_suppressed(ip, budget, &dropped);
             }
             write();
         }
     }
 
-    fn write_suppressed(&self, ip: IpAddr, count: u64) {
+    fn write_suppressed(&self, ip: IpAddr, budget: Budget, dropped: &Dropped) {
         #[derive(Serialize)]
-        struct Suppressed {
-            event: &'static str,
-            client: String,
+        struct Host {
+            host: String,
             count: u64,
         }
+        #[derive(Serialize)]
+        struct Suppressed<'a> {
+            event: &'static str,
+            client: String,
+            budget: Budget,
+            count: u64,
+            kinds: &'a BTreeMap<String, u64>,
+            top_hosts: Vec<Host>,
+            /// Dropped lines not counted in `top_hosts`.
+            other_hosts: u64,
+        }
+        let top = dropped.top_hosts();
+        let shown: u64 = top.iter().map(|(_, n)| n).sum();
         write(
             &*self.audit,
             "egress",
             &Suppressed {
                 event: "suppressed",
                 client: ip.to_string(),
-                count,
+                budget,
+                count: dropped.count,
+                kinds: &dropped.kinds,
+                top_hosts: top
+                    .into_iter()
+                    .map(|(host, count)| Host { host, count })
+                    .collect(),
+                other_hosts: dropped.count - shown,
             },
         );
     }
@@ -612,6 +744,11 @@ mod tests {
         assert_eq!(at(4_107_542_399, 999), "2100-02-28T23:59:59.999Z");
     }
 
+    const DENY: LineKind<'static> = LineKind {
+        kind: "egress/deny",
+        host: Some("evil.example"),
+    };
+
     #[test]
     fn bucket_allows_burst_then_refills() {
         let limit = RateLimit {
@@ -622,23 +759,70 @@ mod tests {
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
         let other: IpAddr = "10.0.0.3".parse().unwrap();
         let t0 = Instant::now();
+        let yes = Admit::Yes { dropped: None };
         for _ in 0..3 {
-            assert_eq!(rl.admit(ip, t0), Admit::Yes { suppressed: 0 });
+            assert_eq!(rl.admit(ip, Budget::Refused, DENY, t0), yes);
         }
-        assert_eq!(rl.admit(ip, t0), Admit::No);
-        assert_eq!(rl.admit(ip, t0), Admit::No);
-        // Another client has its own bucket.
-        assert_eq!(rl.admit(other, t0), Admit::Yes { suppressed: 0 });
-        // Half a second later one token is back, and the two drops are reported.
+        assert_eq!(rl.admit(ip, Budget::Refused, DENY, t0), Admit::No);
+        let dns = LineKind {
+            kind: "dns/deny",
+            host: None,
+        };
+        assert_eq!(rl.admit(ip, Budget::Refused, dns, t0), Admit::No);
+        // Another client, and the same client's DNS budget, have their own
+        // buckets.
+        assert_eq!(rl.admit(other, Budget::Refused, DENY, t0), yes);
+        assert_eq!(rl.admit(ip, Budget::Dns, dns, t0), yes);
+        // Half a second later one token is back, and the two drops are
+        // reported by kind and host.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(rl.admit(ip, t1), Admit::Yes { suppressed: 2 });
-        assert_eq!(rl.admit(ip, t1), Admit::No);
-        assert_eq!(rl.drain_suppressed(), vec![(ip, 1)]);
+        let Admit::Yes {
+            dropped: Some(dropped),
+        } = rl.admit(ip, Budget::Refused, DENY, t1)
+        else {
+            panic!("a token is back and two lines were dropped");
+        };
+        assert_eq!(dropped.count, 2);
+        assert_eq!(
+            dropped.kinds,
+            BTreeMap::from([("dns/deny".into(), 1), ("egress/deny".into(), 1)])
+        );
+        assert_eq!(dropped.top_hosts(), vec![("evil.example".into(), 1)]);
+        assert_eq!(rl.admit(ip, Budget::Refused, DENY, t1), Admit::No);
+        let pending = rl.drain_suppressed();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (pending[0].0, pending[0].1, pending[0].2.count),
+            (ip, Budget::Refused, 1)
+        );
         assert!(rl.drain_suppressed().is_empty());
     }
 
     #[test]
-    fn logger_suppresses_and_summarises() {
+    fn dropped_hosts_are_bounded_and_ranked() {
+        let mut d = Dropped::default();
+        for i in 0..200 {
+            let host = format!("n{i}.exfil.example");
+            d.add(LineKind {
+                kind: "dns/deny",
+                host: Some(&host),
+            });
+        }
+        for _ in 0..3 {
+            d.add(LineKind {
+                kind: "dns/deny",
+                host: Some("n7.exfil.example"),
+            });
+        }
+        assert_eq!(d.count, 203);
+        assert_eq!(d.hosts.len(), MAX_DROPPED_HOSTS);
+        let top = d.top_hosts();
+        assert_eq!(top.len(), TOP_HOSTS);
+        assert_eq!(top[0], ("n7.exfil.example".into(), 4));
+    }
+
+    #[test]
+    fn logger_suppresses_refusals_and_summarises_but_never_drops_allowed_lines() {
         let lines = Arc::new(Lines::default());
         let log = Logger::new(
             lines.clone(),
@@ -657,25 +841,78 @@ mod tests {
             log.egress_at(client.ip(), t0, &rec);
         }
         assert_eq!(lines.json().len(), 2);
+        // Allowed lines spend no budget and are never dropped.
+        let mut ok = EgressRecord::new(client, "GET").host("api.example", Some(443));
+        ok.decision = Verdict::Allow;
+        for _ in 0..50 {
+            log.egress_at(client.ip(), t0, &ok);
+        }
+        assert_eq!(lines.json().len(), 52);
         log.egress_at(client.ip(), t0 + Duration::from_secs(1), &rec);
         let all = lines.json();
-        assert_eq!(all.len(), 4, "{all:?}");
-        assert_eq!(all[2]["event"], "suppressed");
-        assert_eq!(all[2]["service"], "egress");
-        assert_eq!(all[2]["client"], "10.0.0.2");
-        assert_eq!(all[2]["count"], 3);
-        assert_eq!(all[3]["decision"], "deny");
-        assert_eq!(all[3]["host"], "evil.example");
-        assert_eq!(all[3]["port"], 443);
-        assert!(all[3].get("path").is_none());
-        assert!(all[3]["ts"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(all.len(), 54, "{all:?}");
+        assert_eq!(all[52]["event"], "suppressed");
+        assert_eq!(all[52]["service"], "egress");
+        assert_eq!(all[52]["client"], "10.0.0.2");
+        assert_eq!(all[52]["budget"], "refused");
+        assert_eq!(all[52]["count"], 3);
+        assert_eq!(all[52]["kinds"], serde_json::json!({"egress/deny": 3}));
+        assert_eq!(
+            all[52]["top_hosts"],
+            serde_json::json!([{"host": "evil.example", "count": 3}])
+        );
+        assert_eq!(all[52]["other_hosts"], 0);
+        assert_eq!(all[53]["decision"], "deny");
+        assert_eq!(all[53]["host"], "evil.example");
+        assert_eq!(all[53]["port"], 443);
+        assert!(all[53].get("path").is_none());
+        assert!(all[53]["ts"].as_str().unwrap().ends_with('Z'));
         // Lifecycle events are never limited.
         for _ in 0..5 {
             log.event("listening", serde_json::json!({"addr": "0.0.0.0:3128"}));
         }
-        assert_eq!(lines.json().len(), 9);
-        assert_eq!(lines.json()[8]["service"], "sidecar");
-        assert_eq!(lines.json()[8]["event"], "listening");
+        assert_eq!(lines.json().len(), 59);
+        assert_eq!(lines.json()[58]["service"], "sidecar");
+        assert_eq!(lines.json()[58]["event"], "listening");
+    }
+
+    #[test]
+    fn a_dns_flood_spends_only_the_dns_budget() {
+        let lines = Arc::new(Lines::default());
+        let log = Logger::new(
+            lines.clone(),
+            lines.clone(),
+            RateLimit {
+                per_second: 0.0,
+                burst: 2.0,
+            },
+        );
+        let client: SocketAddr = "10.0.0.2:5555".parse().unwrap();
+        let t0 = Instant::now();
+        let mut q = DnsRecord::new(client, "udp").name("x.invalid");
+        q.rule = "default-deny".into();
+        for _ in 0..1000 {
+            log.dns_at(client.ip(), t0, &q);
+        }
+        let mut rec = EgressRecord::new(client, "CONNECT").host("evil.example", Some(443));
+        rec.rule = "default-deny".into();
+        log.egress_at(client.ip(), t0, &rec);
+        let all = lines.json();
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(
+            all[2]["host"], "evil.example",
+            "the refusal has its own budget"
+        );
+        log.flush_suppressed();
+        let all = lines.json();
+        assert_eq!(all[3]["event"], "suppressed");
+        assert_eq!(all[3]["budget"], "dns");
+        assert_eq!(all[3]["count"], 998);
+        assert_eq!(all[3]["kinds"], serde_json::json!({"dns/deny": 998}));
+        assert_eq!(
+            all[3]["top_hosts"],
+            serde_json::json!([{"host": "x.invalid", "count": 998}])
+        );
     }
 
     #[test]
@@ -700,6 +937,8 @@ mod tests {
         assert_eq!(all[1]["event"], "suppressed");
         assert_eq!(all[1]["client"], "fd00::2");
         assert_eq!(all[1]["count"], 3);
+        assert_eq!(all[1]["kinds"], serde_json::json!({"egress/deny": 3}));
+        assert_eq!(all[1]["other_hosts"], 3, "the records name no host");
     }
 
     #[test]

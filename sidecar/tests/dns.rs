@@ -1,13 +1,14 @@
 //! The sidecar's DNS over real UDP and TCP sockets: allowed names answer the
 //! sidecar's address, everything else is REFUSED, and the log is
-//! rate-limited. (That no query ever leaves is checked on the binary in
+//! rate-limited in its own budget, which a flood cannot spend for the egress
+//! lines. (That no query ever leaves is checked on the binary in
 //! `cli.rs`, by the sockets the process holds.)
 
 mod common;
 
 use bottle_sidecar::log::RateLimit;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -131,4 +132,84 @@ async fn dns_log_lines_are_rate_limited() {
         .filter(|v| v["event"] == "suppressed")
         .collect();
     assert_eq!(summary[0]["count"], 4);
+}
+
+/// The agent floods UDP DNS (no connection cap applies) to exhaust its log
+/// budget, then sends allowed requests: every one of them is still in the
+/// audit log, and the flood is summarised by kind and name.
+#[tokio::test]
+async fn a_dns_flood_never_hides_forwarded_requests_from_the_audit_log() {
+    let origin = http_origin().await;
+    let port = origin.port();
+    let mut opts = Options::new(json!({
+        "allow": [format!("api.test:{port}"), format!("127.0.0.1:{port}")],
+    }));
+    opts.hosts = vec![("api.test", vec![ip("127.0.0.1")])];
+    // The default budget: 50 lines/s, 100 at once.
+    let b = Bottle::start(opts).await;
+    let dns = b.addrs.dns_udp.unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let q = query(0x1234, "x.invalid", 1);
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u64;
+        loop {
+            for _ in 0..20 {
+                if sock.send_to(&q, dns).await.is_ok() {
+                    sent += 1;
+                }
+            }
+            if sent > 100_000 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    const N: usize = 20;
+    for i in 0..N {
+        let req = format!(
+            "GET http://api.test:{port}/exfil-{i} HTTP/1.1\r\nHost: api.test:{port}\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(raw_request(b.addr, &req).await.status, 200);
+    }
+    flood.abort();
+    assert_eq!(origin.seen().len(), N);
+    let logged = eventually("a line for every forwarded request", || {
+        let found: Vec<Value> = b
+            .log
+            .decisions()
+            .into_iter()
+            .filter(|v| v["path"].as_str().is_some_and(|p| p.starts_with("/exfil-")))
+            .collect();
+        (found.len() >= N).then_some(found)
+    })
+    .await;
+    for i in 0..N {
+        let path = format!("/exfil-{i}");
+        let line = logged.iter().find(|v| v["path"] == path.as_str());
+        let line = line.unwrap_or_else(|| panic!("no audit line for {path}"));
+        assert_eq!(line["decision"], "allow");
+        assert_eq!(line["status"], 200);
+    }
+    // The flood did exceed the DNS budget, and what was dropped is named.
+    b.logger.flush_suppressed();
+    let summaries: Vec<Value> = b
+        .log
+        .json()
+        .into_iter()
+        .filter(|v| v["event"] == "suppressed" && v["budget"] == "dns")
+        .collect();
+    assert!(!summaries.is_empty(), "the flood was never rate-limited");
+    let dropped: u64 = summaries.iter().map(|s| s["count"].as_u64().unwrap()).sum();
+    assert!(dropped > 0);
+    for s in &summaries {
+        assert_eq!(s["client"], "127.0.0.1");
+        assert_eq!(s["kinds"], json!({"dns/deny": s["count"]}));
+        assert_eq!(s["top_hosts"][0]["host"], "x.invalid");
+        assert_eq!(s["top_hosts"][0]["count"], s["count"]);
+    }
+    assert!(
+        b.log.json().iter().all(|v| v["budget"] != "refused"),
+        "no refusal was dropped"
+    );
 }
