@@ -8,13 +8,17 @@
 
 use crate::body::BodyFailure;
 use crate::egress::{self, Refusal};
-use crate::forward::{full, Counter, Metered, ProxyBody};
+use crate::forward::{full, strip_hop_headers, Counter, Metered, ProxyBody};
 use crate::log::{EgressRecord, Logger};
 use crate::redact::{Hits, Needles, RedactBody};
 use bottle_policy::{Decision, Verdict};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_RANGE, CONTENT_TYPE,
+    TRANSFER_ENCODING,
+};
+use hyper::http::Extensions;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -92,9 +96,14 @@ impl Exchange {
     /// Wraps a forwarded response so its record is logged, with the final byte
     /// counts, when the body ends, and every credential value is redacted from
     /// its headers and body ([`crate::redact`]). `up` counted the request
-    /// body. An encoded response to a request that carried an injected
-    /// credential is refused instead: it could carry the value past the
-    /// filter.
+    /// body. `resp` is the upstream's response exactly as received: its head
+    /// is checked ([`unfilterable`]) before the hop-by-hop headers are
+    /// stripped here, so a `Connection` option cannot hide a header from the
+    /// check. A response the filter cannot search, or one that could carry a
+    /// part of an injected value, is refused (502) instead. The answer is
+    /// rebuilt from the status, the filtered headers and the body: nothing
+    /// else of the upstream's head (its reason phrase, which hyper keeps as
+    /// an extension and would write back out) reaches the agent.
     pub fn forwarded(
         self,
         rule: &str,
@@ -102,6 +111,18 @@ impl Exchange {
         resp: Response<Incoming>,
         redaction: Redaction,
     ) -> Response<ProxyBody> {
+        if let Some(decision) = unfilterable(resp.status(), resp.headers(), redaction.injected) {
+            let refusal = Refusal {
+                what: self.what.clone(),
+                decision,
+                hint: "the origin answered in a form the sidecar cannot search for credentials; ask the user to check the host, or use an endpoint that answers plainly".into(),
+            };
+            return self.refuse(StatusCode::BAD_GATEWAY, &refusal);
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_headers(&mut parts.headers);
+        parts.extensions = Extensions::new();
+        let resp = Response::from_parts(parts, body);
         if redaction.injected {
             if let Some(encoding) = content_encoding(resp.headers()) {
                 let refusal = Refusal {
@@ -145,11 +166,81 @@ impl Exchange {
 }
 
 /// How a forwarded response is filtered: the values to redact, and whether
-/// the request carried one of them (then an encoded response is refused).
+/// the request carried one of them (then an encoded or partial response is
+/// refused).
 #[derive(Debug, Clone, Default)]
 pub struct Redaction {
     pub needles: Needles,
     pub injected: bool,
+}
+
+/// Why an upstream response head, as received (before hop-by-hop
+/// stripping), cannot go through the redaction filter; `None` when it can.
+///
+/// - A `Transfer-Encoding` with any coding but `chunked` (e.g. `gzip,
+///   chunked`): hyper removes only the chunking, and stripping the header
+///   would hand the agent a compressed body the filter never saw decoded.
+///   Always refused (`unsupported-transfer-coding`).
+/// - When the request carried an injected credential: a `Connection` option
+///   naming `transfer-encoding` or a `content-*` header (`Connection:
+///   content-encoding` would make the stripping remove the very header the
+///   encoded-answer check reads; `content-range` the partial-answer check's),
+///   rule `credential-hidden-header`; and a partial answer (`206` or any
+///   `Content-Range`): the value could be split across answers that are each
+///   searched alone; the request went without `Range` ([`crate::secrets`]),
+///   rule `credential-partial-response`.
+pub fn unfilterable(status: StatusCode, headers: &HeaderMap, injected: bool) -> Option<Decision> {
+    let codings: Vec<String> = list(headers, TRANSFER_ENCODING)
+        .into_iter()
+        .filter(|c| c != "chunked")
+        .collect();
+    if !codings.is_empty() {
+        return Some(egress::refusal(
+            "unsupported-transfer-coding",
+            format!(
+                "the origin sent its answer with the transfer coding {}, which the sidecar does not decode and so cannot search for credentials; only `chunked` is forwarded",
+                codings.join(",")
+            ),
+        ));
+    }
+    if !injected {
+        return None;
+    }
+    let hidden: Vec<String> = list(headers, CONNECTION)
+        .into_iter()
+        .filter(|name| name.starts_with("content-") || name == "transfer-encoding")
+        .collect();
+    if !hidden.is_empty() {
+        return Some(egress::refusal(
+            "credential-hidden-header",
+            format!(
+                "the origin answered a request that carried an injected credential with a Connection header naming {}, which would hide how the body is encoded from the sidecar's credential filter",
+                hidden.join(",")
+            ),
+        ));
+    }
+    if status == StatusCode::PARTIAL_CONTENT || headers.contains_key(CONTENT_RANGE) {
+        return Some(egress::refusal(
+            "credential-partial-response",
+            "the origin answered a request that carried an injected credential with a part of a resource (206 / Content-Range); parts are searched for the credential one by one, so a value split across them would pass; the request was sent without Range".to_string(),
+        ));
+    }
+    None
+}
+
+/// The comma-separated, lower-cased items of every `name` header.
+fn list(headers: &HeaderMap, name: HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// The response's content coding, when it has one other than `identity`.

@@ -112,9 +112,9 @@ where
     Ok(sender)
 }
 
-/// Sends `req` over `io` on a new connection and returns the response head
-/// with its body still streaming. Hop-by-hop headers are removed from the
-/// response too.
+/// Sends `req` over `io` on a new connection and returns the response head,
+/// as received, with its body still streaming. Its hop-by-hop headers are
+/// removed by [`crate::exchange::Exchange::forwarded`], after it checked them.
 pub async fn send<I, B>(io: I, req: Request<B>) -> Result<Response<Incoming>, ForwardError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -123,9 +123,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut sender = client(io).await?;
-    let mut resp = sender.send_request(req).await.map_err(ForwardError::Send)?;
-    strip_hop_headers(resp.headers_mut());
-    Ok(resp)
+    sender.send_request(req).await.map_err(ForwardError::Send)
 }
 
 /// `host[:port]` as a `Host` header for the destination that was checked;

@@ -31,8 +31,7 @@ use crate::egress::{
 };
 use crate::exchange::{describe, raw_refusal, Exchange, Redaction};
 use crate::forward::{
-    self, host_header, host_header_mismatch, same_host, strip_hop_headers, Counter, ForwardError,
-    ProxyBody,
+    self, host_header, host_header_mismatch, same_host, Counter, ForwardError, ProxyBody,
 };
 use crate::io::{MeteredIo, Prefixed};
 use crate::limits::Deadlines;
@@ -657,12 +656,9 @@ impl Session {
         let Some(sender) = slot.sender.as_mut() else {
             return Err(UpstreamError::Name(self.host().into()));
         };
-        let mut resp = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Send)?;
-        strip_hop_headers(resp.headers_mut());
-        Ok(resp)
+        // Hop-by-hop headers are stripped by `Exchange::forwarded`, after it
+        // checked them.
+        sender.send_request(req).await.map_err(UpstreamError::Send)
     }
 
     /// A new upstream connection (TLS verified when the tunnel is TLS).
@@ -712,11 +708,13 @@ impl Session {
             Err(e) => return ex.unreachable(&target, &rule, UpstreamError::Send(e).to_string()),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            strip_hop_headers(resp.headers_mut());
             return ex.forwarded(&rule, up, resp, redaction);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
+        // Rebuilt from status and headers only: the upstream's reason phrase
+        // (a hyper extension) is not written back out.
+        parts.extensions = hyper::http::Extensions::new();
         // The 101's headers go to the agent too (the frames after it are
         // spliced unfiltered; see `crate::redact`).
         let mut found = std::collections::BTreeSet::new();

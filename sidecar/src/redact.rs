@@ -23,6 +23,17 @@
 //! `identity`. Responses to requests without an injected credential are
 //! filtered the same way when not encoded; the value was never sent on them.
 //!
+//! The same goes for the other ways a response could get past the filter
+//! ([`crate::exchange::unfilterable`], checked on the head as received,
+//! before hop-by-hop stripping): a transfer coding other than `chunked` is
+//! always refused (`unsupported-transfer-coding`); with an injected
+//! credential, a `Connection` option naming `transfer-encoding` or a
+//! `content-*` header (`credential-hidden-header`), and a partial answer,
+//! `206` or `Content-Range` (`credential-partial-response`: pieces are
+//! searched one by one; such requests go upstream without `Range` and
+//! `If-Range`). The upstream's reason phrase is never forwarded: the agent
+//! gets the standard one for the status.
+//!
 //! What was redacted is logged as a `credential-redacted` audit event with
 //! the credential's name, never its value. WebSocket frames after a `101`
 //! are not filtered.

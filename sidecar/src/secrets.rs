@@ -13,7 +13,7 @@
 //! Values never appear in `Debug` output, errors or logs.
 
 use bottle_policy::{Decision, EgressPolicy, Verdict};
-use hyper::header::{HeaderName, HeaderValue, ACCEPT_ENCODING};
+use hyper::header::{HeaderName, HeaderValue, ACCEPT_ENCODING, IF_RANGE, RANGE};
 use hyper::HeaderMap;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -167,8 +167,9 @@ fn refusal(rule: &str, reason: String) -> Decision {
 /// the upstream hop is encrypted. On success the named headers carry the real
 /// values; the agent's own copies of those headers are gone. Returns whether
 /// a value was injected; if so the request also asks for an unencoded
-/// response (`accept-encoding: identity`), so the response can be searched
-/// for the value ([`crate::redact`]).
+/// response (`accept-encoding: identity`) and loses `Range` and `If-Range`
+/// (it asks for the whole resource), so the response can be searched for the
+/// value in one piece ([`crate::redact`]).
 pub fn apply(
     policy: &EgressPolicy,
     secrets: &Secrets,
@@ -245,6 +246,11 @@ pub fn apply(
         headers.insert(name, value);
     }
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    // A byte range would let the agent fetch an echoed value in pieces, each
+    // searched alone by the redactor; ask for the whole answer (a partial
+    // one is refused, `crate::exchange::unfilterable`).
+    headers.remove(RANGE);
+    headers.remove(IF_RANGE);
     Ok(true)
 }
 
@@ -288,12 +294,16 @@ mod tests {
             ("x-api-key", PLACEHOLDER),
             ("x-api-key", "second"),
             ("accept-encoding", "gzip, br"),
+            ("range", "bytes=0-7"),
+            ("if-range", "\"etag\""),
         ]);
         assert!(apply(&p, &s, "api.anthropic.com", "/v1/messages", true, &mut h).unwrap());
         let all: Vec<_> = h.get_all("x-api-key").iter().collect();
         assert_eq!(all, [VALUE]);
-        // The response must come back searchable for the value.
+        // The response must come back searchable for the value, whole.
         assert_eq!(h["accept-encoding"], "identity");
+        assert!(h.get("range").is_none());
+        assert!(h.get("if-range").is_none());
         // Also set when the agent sent none.
         let mut h = HeaderMap::new();
         apply(&p, &s, "api.anthropic.com", "/", true, &mut h).unwrap();

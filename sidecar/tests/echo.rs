@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::header::HeaderMap;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,7 +47,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 async fn echo_origin(pki: &Pki) -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.origin_tls(&["echo.test"]));
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.origin_tls(&["echo.test", "plain.test"]));
     let heads: Arc<Mutex<Vec<String>>> = Arc::default();
     let record = heads.clone();
     tokio::spawn(async move {
@@ -101,6 +101,37 @@ async fn echo_origin(pki: &Pki) -> (u16, Arc<Mutex<Vec<String>>>) {
                         let mut resp = format!("HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", gz.len()).into_bytes();
                         resp.extend_from_slice(&gz);
                         let _ = s.write_all(&resp).await;
+                    }
+                    "/reason" => {
+                        // The value in a non-standard reason phrase.
+                        let resp = format!("HTTP/1.1 401 invalid key {key}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                        let _ = s.write_all(resp.as_bytes()).await;
+                    }
+                    "/ws-reason" => {
+                        let resp = format!("HTTP/1.1 101 switching for {key}\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+                        let _ = s.write_all(resp.as_bytes()).await;
+                    }
+                    "/conn-ce" => {
+                        // Content-Encoding named as a connection option, so
+                        // hop-by-hop stripping would remove it.
+                        let gz = gzip(body.as_bytes());
+                        let mut resp = format!("HTTP/1.1 200 OK\r\nconnection: close, content-encoding\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n", gz.len()).into_bytes();
+                        resp.extend_from_slice(&gz);
+                        let _ = s.write_all(&resp).await;
+                    }
+                    "/te-gzip" => {
+                        // gzip as a transfer coding under the chunking.
+                        let gz = gzip(body.as_bytes());
+                        let mut resp = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n{:x}\r\n", gz.len()).into_bytes();
+                        resp.extend_from_slice(&gz);
+                        resp.extend_from_slice(b"\r\n0\r\n\r\n");
+                        let _ = s.write_all(&resp).await;
+                    }
+                    "/range" => {
+                        // A part of the echo, asked for or not.
+                        let part = &body[..8];
+                        let resp = format!("HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 0-7/{}\r\ncontent-length: 8\r\nconnection: close\r\n\r\n{part}", body.len());
+                        let _ = s.write_all(resp.as_bytes()).await;
                     }
                     _ => {
                         let _ = s
@@ -306,4 +337,174 @@ async fn method_override_is_refused_where_rules_restrict_methods() {
     let seen = origin.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1].header("x-http-method-override"), ["DELETE"]);
+}
+
+/// A bottle in front of the echo origin: `echo.test` gets the injected
+/// credential, `plain.test` (same origin) gets none.
+async fn echo_bottle() -> (Bottle, u16, Arc<Mutex<Vec<String>>>) {
+    let pki = Pki::new();
+    let (port, heads) = echo_origin(&pki).await;
+    let mut opts = Options::new(json!({
+        "allow": [
+            format!("echo.test:{port}"),
+            format!("plain.test:{port}"),
+            format!("127.0.0.1:{port}"),
+        ],
+        "credentials": [{"host": "echo.test", "header": "x-api-key", "from_env": "ECHO_KEY"}],
+    }));
+    opts.hosts = vec![
+        ("echo.test", vec![ip("127.0.0.1")]),
+        ("plain.test", vec![ip("127.0.0.1")]),
+    ];
+    opts.secrets =
+        Some(json!({"credentials": {"ECHO_KEY": {"value": VALUE, "placeholder": PLACEHOLDER}}}));
+    (Bottle::start_in(pki, opts).await, port, heads)
+}
+
+/// One request written byte for byte by the agent through a CONNECT tunnel
+/// and TLS; everything the agent reads back, undecoded.
+async fn agent_raw(b: &Bottle, host: &str, port: u16, path: &str, extra: &str) -> String {
+    let tcp = tunnel(b.addr, &format!("{host}:{port}")).await;
+    let mut tls = tls_over(&b.pki.agent_tls(), tcp, host).await;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {host}:{port}\r\nx-api-key: {PLACEHOLDER}\r\n{extra}connection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The request heads the origin received for `path`.
+fn heads_for(heads: &Mutex<Vec<String>>, path: &str) -> Vec<String> {
+    let start = format!("GET {path} ");
+    heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.starts_with(&start))
+        .cloned()
+        .collect()
+}
+
+fn has_header(head: &str, name: &str) -> bool {
+    head.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+    })
+}
+
+#[tokio::test]
+async fn the_upstreams_reason_phrase_never_reaches_the_agent() {
+    let (b, port, heads) = echo_bottle().await;
+
+    // `HTTP/1.1 401 invalid key <value>`: the agent gets the standard phrase.
+    let resp = agent_raw(&b, "echo.test", port, "/reason", "").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{resp:?}"
+    );
+    assert!(!resp.contains(VALUE), "{resp:?}");
+
+    // The same on the WebSocket path's 101.
+    let resp = agent_raw(
+        &b,
+        "echo.test",
+        port,
+        "/ws-reason",
+        "upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n",
+    )
+    .await;
+    assert!(
+        resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{resp:?}"
+    );
+    assert!(!resp.contains(VALUE), "{resp:?}");
+
+    // The origin did get the value both times: the phrase really carried it.
+    for path in ["/reason", "/ws-reason"] {
+        let got = heads_for(&heads, path);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains(&format!("x-api-key: {VALUE}")));
+    }
+    assert!(b.log.raw().iter().all(|l| !l.contains(VALUE)));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_cannot_smuggle_an_encoded_body() {
+    let (b, port, heads) = echo_bottle().await;
+
+    // `Connection: content-encoding` would have the stripping remove the
+    // header the encoded-answer check reads.
+    let (status, headers, body) = agent_get(&b, "echo.test", port, "/conn-ce", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("credential-hidden-header"), "{text}");
+    assert!(text.contains("content-encoding"), "{text}");
+    assert!(headers.get("content-encoding").is_none());
+    let line = b.decision_with_rule("credential-hidden-header").await;
+    assert_eq!(line["status"], 502);
+    assert_eq!(line["decision"], "deny");
+
+    // `Transfer-Encoding: gzip, chunked`: refused with or without a
+    // credential.
+    for host in ["echo.test", "plain.test"] {
+        let (status, _, body) = agent_get(&b, host, port, "/te-gzip", &[]).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{host}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("unsupported-transfer-coding"),
+            "{host}: {text}"
+        );
+        assert!(text.contains("gzip"), "{host}: {text}");
+    }
+    let lines: Vec<Value> = b
+        .log
+        .decisions()
+        .into_iter()
+        .filter(|v| v["rule"] == "unsupported-transfer-coding")
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l["status"] == 502));
+
+    assert_eq!(heads_for(&heads, "/conn-ce").len(), 1);
+    assert_eq!(heads_for(&heads, "/te-gzip").len(), 2);
+    assert!(b.log.raw().iter().all(|l| !l.contains(VALUE)));
+}
+
+#[tokio::test]
+async fn byte_ranges_never_split_an_injected_value() {
+    let (b, port, heads) = echo_bottle().await;
+    let redacted = "BOTTLE-REDACTED************";
+    let range = [("range", "bytes=16-23"), ("if-range", "\"v1\"")];
+
+    // Asked in pieces, the answer comes whole (and redacted): the origin
+    // never saw the Range.
+    let (status, _, body) = agent_get(&b, "echo.test", port, "/body", &range).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("{{\"x-api-key\": \"{redacted}\"}}"));
+    let got = heads_for(&heads, "/body");
+    assert_eq!(got.len(), 1);
+    assert!(!has_header(&got[0], "range"), "{}", got[0]);
+    assert!(!has_header(&got[0], "if-range"), "{}", got[0]);
+
+    // An origin that answers with a part anyway is refused.
+    let (status, headers, body) = agent_get(&b, "echo.test", port, "/range", &range).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("credential-partial-response"), "{text}");
+    assert!(headers.get("content-range").is_none());
+    let got = heads_for(&heads, "/range");
+    assert!(!has_header(&got[0], "range"), "{}", got[0]);
+    let line = b.decision_with_rule("credential-partial-response").await;
+    assert_eq!(line["status"], 502);
+
+    // Without a credential, ranges are the origin's business.
+    let (status, headers, body) = agent_get(&b, "plain.test", port, "/range", &range).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(headers.get("content-range").is_some());
+    assert_eq!(body.len(), 8);
+    let got = heads_for(&heads, "/range");
+    assert_eq!(got.len(), 2);
+    assert!(has_header(&got[1], "range"), "{}", got[1]);
 }
