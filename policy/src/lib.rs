@@ -21,7 +21,10 @@ pub use egress::{
 };
 pub use host::{normalize_host, HostError, HostPattern};
 pub use limits::{Limits, LimitsError};
-pub use request::{check_path, PathError, FORBIDDEN_METHODS, METHOD_OVERRIDE_HEADERS};
+pub use request::{
+    check_path, method_override_param, PathError, FORBIDDEN_METHODS, METHOD_OVERRIDE_HEADERS,
+    METHOD_OVERRIDE_PARAMS,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -25,11 +25,71 @@ pub const FORBIDDEN_METHODS: [&str; 2] = ["TRACE", "TRACK"];
 
 /// Headers that ask an origin to treat a request as another method (many
 /// frameworks honour them on `POST`). Compared case-insensitively.
+///
+/// The query parameter `_method` does the same in Rails, Laravel and Symfony
+/// ([`method_override_param`]). The same parameter in a form body
+/// (`application/x-www-form-urlencoded`, `multipart/form-data`) is NOT
+/// checked: the policy decides on the request head, and the sidecar streams
+/// bodies without parsing them. A host whose rules restrict methods and whose
+/// framework honours a body `_method` can still be asked for another method
+/// that way.
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
 ];
+
+/// Query parameters that ask an origin to treat a request as another method
+/// (Rails' `Rack::MethodOverride`, Laravel, Symfony's
+/// `http_method_override`).
+pub const METHOD_OVERRIDE_PARAMS: [&str; 1] = ["_method"];
+
+/// The method-override parameter ([`METHOD_OVERRIDE_PARAMS`]) that `query`
+/// (a request target's query, without the `?`) carries, if any. Names are
+/// compared as an origin could read them: percent-decoded (`%5Fmethod`),
+/// case-insensitively, and with PHP's renaming of ` `, `.` and `[` to `_`
+/// (`.method` arrives in Laravel as `_method`); pairs are split on `&` and
+/// `;`.
+pub fn method_override_param(query: &str) -> Option<&'static str> {
+    query
+        .split(['&', ';'])
+        .map(|pair| pair.split('=').next().unwrap_or(""))
+        .map(|name| {
+            percent_decode(name)
+                .into_iter()
+                .map(|b| match b {
+                    b' ' | b'.' | b'[' | b'+' => b'_',
+                    b => b.to_ascii_lowercase(),
+                })
+                .collect::<Vec<u8>>()
+        })
+        .find_map(|name| {
+            METHOD_OVERRIDE_PARAMS
+                .iter()
+                .find(|p| p.as_bytes() == name.as_slice())
+                .copied()
+        })
+}
+
+/// `s` with every valid `%XX` decoded (others kept as they are).
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
 
 /// Why a request path is not canonical.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,12 +222,14 @@ impl EgressPolicy {
         self.rules.iter().filter(move |r| r.host.matches(host))
     }
 
-    /// The refusal for a request to `host` that carries the method-override
-    /// header `header` (one of [`METHOD_OVERRIDE_HEADERS`]), when an
-    /// `[[egress.rule]]` for `host` restricts methods: the origin could run the
-    /// request as a method the rule does not allow, so it is refused rather
-    /// than stripped (stripping would silently run another request than the
-    /// one the agent asked for). `None` when no rule for `host` names methods.
+    /// The refusal for a request to `host` that carries a method override
+    /// (`header`: one of [`METHOD_OVERRIDE_HEADERS`], or a description of the
+    /// query parameter found by [`method_override_param`], e.g. ``the query
+    /// parameter `_method` ``), when an `[[egress.rule]]` for `host` restricts
+    /// methods: the origin could run the request as a method the rule does
+    /// not allow, so it is refused rather than stripped (stripping would
+    /// silently run another request than the one the agent asked for). `None`
+    /// when no rule for `host` names methods.
     pub fn decide_method_override(&self, host: &str, header: &str) -> Option<Decision> {
         let host = normalize_host(host).ok()?;
         let rules: Vec<String> = self
@@ -301,6 +363,35 @@ mod tests {
         }];
         assert_eq!(
             paths_only.decide_method_override("open.example.org", "x-method-override"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_method_query_parameter_is_found_however_it_is_spelled() {
+        for query in [
+            "_method=DELETE",
+            "a=1&_method=delete",
+            "a=1;_METHOD=PUT",
+            "%5Fmethod=DELETE",
+            "_%6Dethod=DELETE",
+            ".method=DELETE",
+            "%20method=DELETE",
+            "[method=DELETE",
+            "_method",
+        ] {
+            assert_eq!(method_override_param(query), Some("_method"), "{query}");
+        }
+        for query in ["", "method=DELETE", "x_method=DELETE", "a=_method", "%5"] {
+            assert_eq!(method_override_param(query), None, "{query}");
+        }
+        let d = policy()
+            .decide_method_override("api.github.com", "the query parameter `_method`")
+            .unwrap();
+        assert_eq!(d.rule, "method-override");
+        assert!(d.reason.contains("`_method`"), "{}", d.reason);
+        assert_eq!(
+            policy().decide_method_override("open.example.org", "the query parameter `_method`"),
             None
         );
     }

@@ -181,23 +181,31 @@ pub fn host_header_mismatch(
 }
 
 /// The refusal for a request carrying a method-override header
-/// ([`bottle_policy::METHOD_OVERRIDE_HEADERS`]) to a host whose rules
-/// restrict methods; `None` when there is no such header or no such rule.
+/// ([`bottle_policy::METHOD_OVERRIDE_HEADERS`]) or query parameter
+/// ([`bottle_policy::method_override_param`], `_method`) to a host whose rules
+/// restrict methods; `None` when there is no such header or parameter, or no
+/// such rule. A `_method` in a form body is not looked for (bodies are
+/// streamed unparsed; see the policy crate).
 pub fn method_override(
     policy: &bottle_policy::EgressPolicy,
     host: &str,
     headers: &HeaderMap,
+    query: Option<&str>,
 ) -> Option<bottle_policy::Decision> {
     let header = headers.keys().find(|k| {
         bottle_policy::METHOD_OVERRIDE_HEADERS
             .iter()
             .any(|h| k.as_str().eq_ignore_ascii_case(h))
-    })?;
-    policy.decide_method_override(host, header.as_str())
+    });
+    if let Some(header) = header {
+        return policy.decide_method_override(host, header.as_str());
+    }
+    let param = bottle_policy::method_override_param(query?)?;
+    policy.decide_method_override(host, &format!("the query parameter `{param}`"))
 }
 
 /// The hint for a method-override refusal.
-pub const METHOD_OVERRIDE_HINT: &str = "send the real method (e.g. DELETE) without a method-override header; the egress.rule for this host lists the methods it accepts";
+pub const METHOD_OVERRIDE_HINT: &str = "send the real method (e.g. DELETE) without a method-override header or `_method` parameter; the egress.rule for this host lists the methods it accepts";
 
 /// Do two hosts name the same destination once normalised?
 pub fn same_host(a: &str, b: &str) -> bool {

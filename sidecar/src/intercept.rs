@@ -552,7 +552,9 @@ impl Session {
             };
             return ex.forbid(decision, hint);
         }
-        if let Some(d) = forward::method_override(&policy.egress, &host, req.headers()) {
+        if let Some(d) =
+            forward::method_override(&policy.egress, &host, req.headers(), req.uri().query())
+        {
             return ex.forbid(d, forward::METHOD_OVERRIDE_HINT.into());
         }
         let upgrade = match upgrade_kind(&req) {

@@ -337,7 +337,12 @@ pub(crate) async fn forward_plain(
         };
         return deny_destination(ex, &denied);
     }
-    if let Some(d) = forward::method_override(&policy.egress, allowed.host(), req.headers()) {
+    if let Some(d) = forward::method_override(
+        &policy.egress,
+        allowed.host(),
+        req.headers(),
+        req.uri().query(),
+    ) {
         return ex.forbid(d, forward::METHOD_OVERRIDE_HINT.into());
     }
     let target = req

@@ -1,8 +1,9 @@
 //! What an origin sends back: an echo origin (httpbin-style) returns the
 //! credential the sidecar injected in a header, in a body, split across two
 //! writes of a chunked body, and gzip-compressed; the agent must never see
-//! the value. And method-override headers, refused where rules restrict
-//! methods and untouched elsewhere.
+//! the value; nor in a reason phrase, behind a smuggled coding or in byte
+//! ranges. And method-override headers and the `_method` query parameter,
+//! refused where rules restrict methods and untouched elsewhere.
 //!
 //! The echo origin is a raw TLS server (test upstream CA) on 127.0.0.1 that
 //! reads one request head and answers per path, so the bytes on the wire are
@@ -507,4 +508,57 @@ async fn byte_ranges_never_split_an_injected_value() {
     let got = heads_for(&heads, "/range");
     assert_eq!(got.len(), 2);
     assert!(has_header(&got[1], "range"), "{}", got[1]);
+}
+
+#[tokio::test]
+async fn the_method_query_parameter_is_refused_where_rules_restrict_methods() {
+    let origin = http_origin().await;
+    let port = origin.port();
+    let mut opts = Options::new(json!({
+        "allow": [
+            format!("api.test:{port}"),
+            format!("open.test:{port}"),
+            format!("127.0.0.1:{port}"),
+        ],
+        "rules": [{"host": "api.test", "methods": ["GET", "POST"], "paths": ["/repos/acme/"]}],
+    }));
+    opts.hosts = vec![
+        ("api.test", vec![ip("127.0.0.1")]),
+        ("open.test", vec![ip("127.0.0.1")]),
+    ];
+    let b = Bottle::start(opts).await;
+    let post = |host: &str, target: &str| {
+        format!(
+            "POST http://{host}:{port}{target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    // Rails, Laravel and Symfony would run these as DELETE.
+    for target in [
+        "/repos/acme/issues?_method=DELETE",
+        "/repos/acme/issues?page=2&_METHOD=delete",
+        "/repos/acme/issues?%5Fmethod=DELETE",
+        "/repos/acme/issues?.method=DELETE",
+    ] {
+        let resp = raw_request(b.addr, &post("api.test", target)).await;
+        assert_eq!(resp.status, 403, "{target}: {resp:?}");
+        assert!(resp.body.contains("method-override"), "{}", resp.body);
+        assert!(
+            resp.body.contains("the query parameter `_method`"),
+            "{}",
+            resp.body
+        );
+    }
+    assert!(origin.seen().is_empty(), "{:?}", origin.seen());
+    let line = b.decision_with_rule("method-override").await;
+    assert_eq!(line["status"], 403);
+    assert_eq!(line["path"], "/repos/acme/issues");
+
+    // Another parameter, or a host without method rules: forwarded as sent.
+    let resp = raw_request(b.addr, &post("api.test", "/repos/acme/issues?method=x")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let resp = raw_request(b.addr, &post("open.test", "/x?_method=DELETE")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].target, "/x?_method=DELETE");
 }
