@@ -247,21 +247,34 @@ pub struct Dns {
 impl Dns {
     /// Binds UDP on `addr`, then TCP on the same address and port (the port
     /// UDP got, when `addr` asks for port 0).
+    /// UDP and TCP on the same port. With port 0 the system picks the UDP
+    /// port, which another process may already hold for TCP: that pick is
+    /// retried a few times rather than failing.
     pub async fn bind(addr: SocketAddr, answer_ip: Ipv4Addr) -> Result<Self, ListenError> {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| ListenError::Bind {
-                listener: "dns (udp)",
-                addr,
-                source,
-            })?;
-        let port = udp.local_addr().map(|a| a.port()).unwrap_or(addr.port());
-        let tcp = listen::bind_tcp("dns (tcp)", SocketAddr::new(addr.ip(), port)).await?;
-        Ok(Dns {
-            udp,
-            tcp,
-            answer_ip,
-        })
+        let mut tries = if addr.port() == 0 { 16 } else { 1 };
+        loop {
+            tries -= 1;
+            let udp = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| ListenError::Bind {
+                    listener: "dns (udp)",
+                    addr,
+                    source,
+                })?;
+            let port = udp.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+            match listen::bind_tcp("dns (tcp)", SocketAddr::new(addr.ip(), port)).await {
+                Ok(tcp) => {
+                    return Ok(Dns {
+                        udp,
+                        tcp,
+                        answer_ip,
+                    })
+                }
+                Err(ListenError::Bind { source, .. })
+                    if tries > 0 && source.kind() == std::io::ErrorKind::AddrInUse => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn udp_addr(&self) -> SocketAddr {
