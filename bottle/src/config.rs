@@ -248,18 +248,6 @@ impl Config {
     pub fn mounts(&self) -> &[Mount] {
         &self.agent.mounts
     }
-
-    /// A writable mount whose host path contains this config file, if any:
-    /// through it the agent could edit the policy of its own next run
-    /// (threat model §11), so `bottle up` should pin and diff the file.
-    /// The comparison is lexical; symlinks are not followed.
-    pub fn mount_exposing_config(&self) -> Option<&Mount> {
-        let file = self.source.as_deref()?;
-        self.agent
-            .mounts
-            .iter()
-            .find(|m| !m.read_only && file.starts_with(&m.source))
-    }
 }
 
 /// Reads and checks `path`. A missing or unreadable file is an error naming

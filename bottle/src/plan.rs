@@ -180,15 +180,23 @@ pub fn build(
             "[[git.remote]] entries are ignored: the git gate is not part of this version".into(),
         );
     }
-    if let Some(m) = cfg.mount_exposing_config() {
-        notes.push(format!(
-            "WARNING: the read-write mount of {} exposes {} to the agent: it can edit the policy your next `bottle up` reads",
-            m.source.display(),
-            cfg.source
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "bottle.toml".into())
-        ));
+    let config_path = cfg
+        .source
+        .as_deref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+    // Both sides canonical: a symlink on the way does not hide it.
+    if let Some(file) = &config_path {
+        if let Some(m) = exposure
+            .mounts
+            .iter()
+            .find(|m| !m.read_only && file.starts_with(&m.source))
+        {
+            notes.push(format!(
+                "WARNING: the read-write mount of {} exposes {} to the agent: it can edit the policy your next `bottle up` reads",
+                m.source.display(),
+                file.display()
+            ));
+        }
     }
     let state = crate::state::StateDir::for_bottle(&name)?;
     Ok(Plan {
@@ -198,10 +206,7 @@ pub fn build(
         },
         runtime,
         config_source: source.into(),
-        config_path: cfg
-            .source
-            .as_deref()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())),
+        config_path,
         state_dir: state.root().to_path_buf(),
         internal_network: Plan::resource_name(&name, "internal"),
         egress_network: Plan::resource_name(&name, "egress"),

@@ -151,7 +151,6 @@ fn empty_file_gets_the_defaults() {
     assert_eq!(c.egress_policy(), EgressPolicy::default());
     assert!(c.git.remotes.is_empty());
     assert!(c.supervise.enabled);
-    assert!(c.mount_exposing_config().is_none());
     // Empty sections are the same as absent ones.
     let c2 = ok("[agent]\n[egress]\n[git]\n[supervise]\n");
     assert_eq!(
