@@ -247,6 +247,15 @@ pub fn refusal(canonical: &Path, host: &HostFacts) -> Option<String> {
     None
 }
 
+/// The read-write mount whose source holds `file` (the config), if any:
+/// through it the agent can edit the policy of its own next run. Compare
+/// canonical paths on both sides, or a symlink hides it.
+pub fn exposing<'a>(file: &Path, mounts: &'a [Mount]) -> Option<&'a Mount> {
+    mounts
+        .iter()
+        .find(|m| !m.read_only && file.starts_with(&m.source))
+}
+
 /// A unix socket in `dir` or one level below it, if any (bounded: a
 /// project's top levels, not its whole tree).
 fn socket_near(dir: &Path) -> Option<PathBuf> {

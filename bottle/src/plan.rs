@@ -186,11 +186,7 @@ pub fn build(
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
     // Both sides canonical: a symlink on the way does not hide it.
     if let Some(file) = &config_path {
-        if let Some(m) = exposure
-            .mounts
-            .iter()
-            .find(|m| !m.read_only && file.starts_with(&m.source))
-        {
+        if let Some(m) = crate::mounts::exposing(file, &exposure.mounts) {
             notes.push(format!(
                 "WARNING: the read-write mount of {} exposes {} to the agent: it can edit the policy your next `bottle up` reads",
                 m.source.display(),

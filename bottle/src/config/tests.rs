@@ -7,6 +7,13 @@ use bottle_policy::{HostPattern, Unknown, Verdict};
 
 const PATH: &str = "/proj/bottle.toml";
 
+/// The read-write mount exposing the config file, over the mounts as
+/// written (the plan does the same over canonical ones).
+fn exposing(c: &Config) -> Option<bottle_runtimes::Mount> {
+    let mounts: Vec<bottle_runtimes::Mount> = c.mounts().iter().cloned().map(Into::into).collect();
+    crate::mounts::exposing(c.source.as_deref()?, &mounts).cloned()
+}
+
 fn ok(src: &str) -> Config {
     match parse(src, Path::new(PATH)) {
         Ok(c) => c,
@@ -131,8 +138,8 @@ fn design_example_parses() {
     assert_eq!(c.policy().bottle, "demo");
     // `./` is writable and holds the file: the agent could edit its policy.
     assert_eq!(
-        c.mount_exposing_config().map(|m| m.target.as_str()),
-        Some("/workspace")
+        exposing(&c).map(|m| m.target.clone()),
+        Some("/workspace".to_string())
     );
 }
 
@@ -151,6 +158,7 @@ fn empty_file_gets_the_defaults() {
     assert_eq!(c.egress_policy(), EgressPolicy::default());
     assert!(c.git.remotes.is_empty());
     assert!(c.supervise.enabled);
+    assert!(exposing(&c).is_none());
     // Empty sections are the same as absent ones.
     let c2 = ok("[agent]\n[egress]\n[git]\n[supervise]\n");
     assert_eq!(
@@ -240,8 +248,8 @@ mounts = ["./:/workspace:ro", "src/../data:/data", "/abs/x/.:/x:rw", "..:/parent
     );
     // Read-only: the config is not exposed. `..` is writable and holds it.
     assert_eq!(
-        c.mount_exposing_config().map(|m| m.target.as_str()),
-        Some("/parent")
+        exposing(&c).map(|m| m.target.clone()),
+        Some("/parent".to_string())
     );
 }
 
