@@ -26,6 +26,25 @@ fn host_git(dir: &Path, args: &[&str]) -> std::process::Output {
         .expect("git")
 }
 
+/// An empty commit by the host user, which runs the repository's commit
+/// hooks.
+fn host_commit(dir: &Path, message: &str) -> std::process::Output {
+    host_git(
+        dir,
+        &[
+            "-c",
+            "user.email=u@h",
+            "-c",
+            "user.name=u",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            message,
+        ],
+    )
+}
+
 /// `bottle up` as a script would run it: no terminal, no flags but `extra`.
 fn up(b: &Bottle, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["up"];
@@ -71,20 +90,7 @@ fn what_the_agent_writes_cannot_be_turned_against_the_user() {
     let g = host_git(&ws, &["init", "-q"]);
     assert!(g.status.success(), "{}", stderr(&g));
     // A submodule `lib` the user has not checked out: a gitlink in the index.
-    let c = host_git(
-        &ws,
-        &[
-            "-c",
-            "user.email=u@h",
-            "-c",
-            "user.name=u",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "init",
-        ],
-    );
+    let c = host_commit(&ws, "init");
     assert!(c.status.success(), "{}", stderr(&c));
     let head = stdout(&host_git(&ws, &["rev-parse", "HEAD"]))
         .trim()
@@ -186,20 +192,7 @@ for p in kids:
     // wrote.
     let st = host_git(&ws, &["status", "--short"]);
     assert!(st.status.success(), "{}", stderr(&st));
-    let ci = host_git(
-        &ws,
-        &[
-            "-c",
-            "user.email=u@h",
-            "-c",
-            "user.name=u",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "after",
-        ],
-    );
+    let ci = host_commit(&ws, "after");
     assert!(ci.status.success(), "{}", stderr(&ci));
     for planted in [
         "PWNED-fsmonitor",
@@ -222,20 +215,7 @@ for p in kids:
     std::fs::write(&hook, "#!/bin/sh\ntouch PWNED-hook\n").unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     host_git(&scratch.0, &["status", "--short"]);
-    host_git(
-        &scratch.0,
-        &[
-            "-c",
-            "user.email=u@h",
-            "-c",
-            "user.name=u",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "c",
-        ],
-    );
+    host_commit(&scratch.0, "c");
     for ran in ["PWNED-fsmonitor", "PWNED-hook"] {
         assert!(scratch.0.join(ran).exists(), "control: {ran} did not run");
     }
