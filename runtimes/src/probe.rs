@@ -59,6 +59,20 @@ impl Capability {
             weakness: None,
         }
     }
+
+    /// A required capability found missing, whose absence is the named
+    /// weakness (`up` refuses unless `--accept-weakness NAME`).
+    pub fn weak(
+        name: &str,
+        weakness: &'static str,
+        how: &'static str,
+        detail: String,
+    ) -> Capability {
+        Capability {
+            weakness: Some(weakness),
+            ..Capability::new(name, CapabilityState::No, how, true, detail)
+        }
+    }
 }
 
 impl CapabilityState {

@@ -280,16 +280,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     });
     // Inferred, not measured: the fake CLI has no network to send on, and
     // the CLI has nothing that would change the answer.
-    probe.capabilities.push(Capability {
-        weakness: Some(BROADCAST_REACHES_HOST),
-        ..Capability::new(
-            "broadcast-isolated",
-            CapabilityState::No,
-            "inferred",
-            true,
-            "an --internal network is a vmnet host-only segment whose host bridge holds the gateway address, so what the agent sends to 255.255.255.255, the subnet broadcast or a multicast group reaches host sockets bound to 0.0.0.0; container has no option to filter it".into(),
-        )
-    });
+    probe.capabilities.push(Capability::weak("broadcast-isolated", BROADCAST_REACHES_HOST, "inferred", "an --internal network is a vmnet host-only segment whose host bridge holds the gateway address, so what the agent sends to 255.255.255.255, the subnet broadcast or a multicast group reaches host sockets bound to 0.0.0.0; container has no option to filter it".into()));
     probe.capabilities.push(Capability::new(
         "internal-dns-isolated",
         CapabilityState::Unknown,

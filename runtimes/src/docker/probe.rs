@@ -346,13 +346,11 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
 /// 0.0.0.0 (the engine's host: on Docker Desktop or a remote engine, the
 /// host whose sockets are at risk is the engine's VM or machine).
 async fn broadcast_isolated(rt: &DockerRuntime, net: &NetworkInfo, image: &str) -> Capability {
-    let weak = |detail: String| Capability {
-        weakness: Some(BROADCAST_REACHES_HOST),
-        ..Capability::new(
+    let weak = |detail: String| {
+        Capability::weak(
             "broadcast-isolated",
-            CapabilityState::No,
+            BROADCAST_REACHES_HOST,
             "measured",
-            true,
             detail,
         )
     };

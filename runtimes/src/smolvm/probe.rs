@@ -155,26 +155,8 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
             },
         )
     });
-    probe.capabilities.push(Capability {
-        weakness: Some(DNS_UNFILTERED),
-        ..Capability::new(
-            "internal-dns-isolated",
-            CapabilityState::No,
-            "inferred",
-            true,
-            "the agent's resolver is pinned to the sidecar (--dns), but smolvm's own resolver on the gateway forwards any name upstream unless a host allow-list (--allow-host) is active, and bottle's agent has none".into(),
-        )
-    });
-    probe.capabilities.push(Capability {
-        weakness: Some(BROADCAST_REACHES_HOST),
-        ..Capability::new(
-            "broadcast-isolated",
-            CapabilityState::No,
-            "inferred",
-            true,
-            "not measurable without a boot: the fabric is a virtio-net segment served by smolvm's host-side relay, which bottle cannot configure, and nothing in the CLI says broadcast or multicast stays off host sockets; counted as open".into(),
-        )
-    });
+    probe.capabilities.push(Capability::weak("internal-dns-isolated", DNS_UNFILTERED, "inferred", "the agent's resolver is pinned to the sidecar (--dns), but smolvm's own resolver on the gateway forwards any name upstream unless a host allow-list (--allow-host) is active, and bottle's agent has none".into()));
+    probe.capabilities.push(Capability::weak("broadcast-isolated", BROADCAST_REACHES_HOST, "inferred", "not measurable without a boot: the fabric is a virtio-net segment served by smolvm's host-side relay, which bottle cannot configure, and nothing in the CLI says broadcast or multicast stays off host sockets; counted as open".into()));
     probe.capabilities.push(Capability::new(
         "fabric-filtered",
         CapabilityState::No,
