@@ -99,6 +99,18 @@ fn setup(prefix: &str) -> Option<Setup> {
     })
 }
 
+/// The bottle's audit log, as the host reads it from the state dir.
+fn audit_log(b: &Bottle) -> String {
+    std::fs::read_to_string(
+        b.state
+            .0
+            .join("bottle")
+            .join(&b.name)
+            .join("logs/egress.jsonl"),
+    )
+    .expect("audit log")
+}
+
 /// Runs a shell script in the agent; returns stdout (stderr on failure too).
 fn sh(b: &Bottle, script: &str) -> String {
     let out = b.sh(script);
@@ -276,14 +288,7 @@ PY"#,
     assert_eq!(text.trim(), "403", "private via CONNECT: {text}");
 
     // The audit log recorded decisions but never the secret.
-    let log = std::fs::read_to_string(
-        b.state
-            .0
-            .join("bottle")
-            .join(&b.name)
-            .join("logs/egress.jsonl"),
-    )
-    .expect("audit log");
+    let log = audit_log(b);
     assert!(log.contains("\"host\":\"origin.test\""), "{log}");
     assert!(log.contains("placeholder-leak"), "{log}");
     assert!(!log.contains(SECRET), "secret in the audit log");
@@ -635,14 +640,7 @@ sleep 1; curl -s -o /dev/null -w 'after:%{http_code}\n' --max-time 10 http://oth
     assert!(text.contains("after:200"), "{text}");
 
     // Redactions are audited by name only.
-    let log = std::fs::read_to_string(
-        b.state
-            .0
-            .join("bottle")
-            .join(&b.name)
-            .join("logs/egress.jsonl"),
-    )
-    .expect("audit log");
+    let log = audit_log(b);
     assert!(log.contains("\"event\":\"credential-redacted\""), "{log}");
     assert!(log.contains("E2E_API_KEY"), "{log}");
     assert!(!log.contains(SECRET), "secret in the audit log");
