@@ -2,9 +2,14 @@
 //! library (config → plan → lifecycle). Nothing below this module sees a flag.
 
 use crate::config::{self, ConfigErrors};
+use crate::exit::{Classify, Exit};
+use crate::host::Host;
+use crate::interrupt::Interrupt;
 use crate::lifecycle::{self, LifecycleError};
 use crate::plan::PlanError;
 use crate::report::Reporter;
+use crate::state::StateError;
+use crate::up::{self, RuntimeRequest, UpError};
 use bottle_runtimes::{CapabilityState, ExecSpec, Probe, Runtime, RuntimeError, RuntimeKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
@@ -168,13 +173,13 @@ pub enum CliError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
+    Up(#[from] UpError),
+    #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
-    Refused(#[from] crate::runtime_select::RefusalReason),
-    #[error(transparent)]
-    NoRuntime(#[from] crate::runtime_select::NoRuntime),
+    State(#[from] StateError),
     #[error("{path} already exists; pass --force to overwrite it")]
     InitExists { path: PathBuf },
     #[error("cannot write {path}: {source}")]
@@ -201,14 +206,43 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
-    #[error("refusing to start bottle `{name}` without your consent: {count} reason(s) listed above; an agent may have written them\n  fix: review them, then rerun with --accept-changes")]
-    Widened { name: String, count: usize },
-    #[error(
-        "bottle `{name}` failed {failed} isolation check(s) and was removed; see the table above"
-    )]
-    VerifyFailed { name: String, failed: usize },
     #[error("bottle `{name}` has no recorded config file\n  fix: pass it with -f FILE")]
     NoConfigToReload { name: String },
+    /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
+    /// an error and ends bottle quietly.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// True when stdout was closed by the reader (`| head`): exit quietly.
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+impl Classify for CliError {
+    fn exit(&self) -> Exit {
+        match self {
+            CliError::Config(_) => Exit::Usage,
+            CliError::Plan(e) => e.exit(),
+            CliError::Up(e) => e.exit(),
+            CliError::Lifecycle(e) => e.exit(),
+            CliError::Runtime(e) => e.exit(),
+            CliError::InitExists { .. }
+            | CliError::BadEnv(_)
+            | CliError::NotATerminal
+            | CliError::NoService(_)
+            | CliError::NoConfigToReload { .. } => Exit::Usage,
+            CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
+            CliError::State(_)
+            | CliError::Write { .. }
+            | CliError::Cwd(_)
+            | CliError::Terminal(_)
+            | CliError::ReadLog { .. }
+            | CliError::Output(_) => Exit::Failed,
+        }
+    }
 }
 
 /// Runs one command; returns the process exit code.
@@ -217,10 +251,16 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Init { file, force } => init(&file, force),
         Command::Up(args) => up(args).await,
         Command::Verify { name, json } => {
-            let rt = connect(bottle_runtime(&name)).await?;
-            let report = crate::verify::verify(rt.as_ref(), &name, "").await?;
-            print_verify(&report, json);
-            Ok(if report.failed == 0 { 0 } else { 1 })
+            let host = Host::from_env()?;
+            let rt = connect(bottle_runtime(&host, &name)).await?;
+            let report = crate::verify::verify(rt.as_ref(), &host, &name, "").await?;
+            print_verify(&report, json)?;
+            Ok(if report.failed == 0 {
+                Exit::Done
+            } else {
+                Exit::Hole
+            }
+            .code())
         }
         Command::Exec {
             interactive,
@@ -231,14 +271,17 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             cmd,
         } => exec(&name, cmd, interactive, tty, workdir, env).await,
         Command::Down { name, json } => {
-            let rt = connect(bottle_runtime(&name)).await?;
+            let host = Host::from_env()?;
+            let rt = connect(bottle_runtime(&host, &name)).await?;
             let mut report = Reporter::new(json);
-            let removed = lifecycle::down(rt.as_ref(), &name, &mut report).await?;
+            let removed = lifecycle::down(rt.as_ref(), &host.state, &name, &mut report).await?;
             if json {
-                println!(
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
                     "{}",
                     serde_json::json!({ "name": name, "removed": removed })
-                );
+                )?;
             } else if removed.is_empty() {
                 eprintln!("bottle `{name}`: nothing to remove");
             } else {
@@ -247,6 +290,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Ps { json } => {
+            let host = Host::from_env()?;
             // Every runtime that answers; one that is absent has no bottles.
             let mut list = Vec::new();
             for kind in [
@@ -254,37 +298,15 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 RuntimeKind::AppleContainer,
                 RuntimeKind::Smolvm,
             ] {
-                if let Ok(rt) = connect(kind).await {
-                    list.extend(lifecycle::ps(rt.as_ref()).await?);
+                if let Ok(rt) = crate::runtime_select::connect(kind).await {
+                    list.extend(lifecycle::ps(rt.as_ref(), &host.state).await?);
                 }
             }
+            let mut out = std::io::stdout().lock();
             if json {
-                println!("{}", serde_json::to_string(&list).unwrap_or_default());
+                writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default())?;
             } else {
-                println!(
-                    "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} ACCEPTED WEAKNESS",
-                    "NAME", "RUNTIME", "AGENT", "SIDECAR", "HEALTH", "AGENT IP", "SIDECAR IP"
-                );
-                for b in list {
-                    let ip = |i: Option<std::net::Ipv4Addr>| {
-                        i.map(|i| i.to_string()).unwrap_or_else(|| "-".into())
-                    };
-                    println!(
-                        "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} {}",
-                        b.name,
-                        b.runtime,
-                        b.agent,
-                        b.sidecar,
-                        b.sidecar_health,
-                        ip(b.agent_ip),
-                        ip(b.sidecar_ip),
-                        if b.accepted_weaknesses.is_empty() {
-                            "-".to_string()
-                        } else {
-                            b.accepted_weaknesses.join(",")
-                        }
-                    );
-                }
+                render_ps(&mut out, &list)?;
             }
             Ok(0)
         }
@@ -304,6 +326,36 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
     }
 }
 
+/// `bottle ps` as a table.
+pub fn render_ps(out: &mut dyn Write, list: &[lifecycle::BottleStatus]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} ACCEPTED WEAKNESS",
+        "NAME", "RUNTIME", "AGENT", "SIDECAR", "HEALTH", "AGENT IP", "SIDECAR IP"
+    )?;
+    for b in list {
+        let ip =
+            |i: Option<std::net::Ipv4Addr>| i.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} {}",
+            b.name,
+            b.runtime,
+            b.agent,
+            b.sidecar,
+            b.sidecar_health,
+            ip(b.agent_ip),
+            ip(b.sidecar_ip),
+            if b.accepted_weaknesses.is_empty() {
+                "-".to_string()
+            } else {
+                b.accepted_weaknesses.join(",")
+            }
+        )?;
+    }
+    Ok(())
+}
+
 fn init(file: &Path, force: bool) -> Result<i32, CliError> {
     if file.exists() && !force {
         return Err(CliError::InitExists {
@@ -321,27 +373,36 @@ fn init(file: &Path, force: bool) -> Result<i32, CliError> {
     Ok(0)
 }
 
-/// Flag, else `BOTTLE_RUNTIME` (clap reads it), else the config; `None`
-/// means auto.
-fn choose_runtime(flag: Option<RuntimeArg>, config: Option<RuntimeKind>) -> Option<RuntimeKind> {
-    match flag {
-        Some(RuntimeArg::Docker) => Some(RuntimeKind::Docker),
-        Some(RuntimeArg::AppleContainer) => Some(RuntimeKind::AppleContainer),
-        Some(RuntimeArg::Smolvm) => Some(RuntimeKind::Smolvm),
-        Some(RuntimeArg::Auto) => None,
-        None => config,
+/// What `--runtime` asks for.
+fn runtime_request(flag: Option<RuntimeArg>) -> Option<RuntimeRequest> {
+    Some(match flag? {
+        RuntimeArg::Docker => RuntimeRequest::Named(RuntimeKind::Docker),
+        RuntimeArg::AppleContainer => RuntimeRequest::Named(RuntimeKind::AppleContainer),
+        RuntimeArg::Smolvm => RuntimeRequest::Named(RuntimeKind::Smolvm),
+        RuntimeArg::Auto => RuntimeRequest::Auto,
+    })
+}
+
+/// The real runtimes, offering to start a stopped Apple container service.
+struct Terminal;
+
+#[async_trait::async_trait]
+impl crate::runtime_select::Connect for Terminal {
+    async fn connect(&self, kind: RuntimeKind) -> Result<Box<dyn Runtime>, RuntimeError> {
+        match crate::runtime_select::connect(kind).await {
+            Err(RuntimeError::Unavailable { .. })
+                if kind == RuntimeKind::AppleContainer && offer_apple_start().await =>
+            {
+                crate::runtime_select::connect(kind).await
+            }
+            other => other,
+        }
     }
 }
 
 async fn connect(kind: RuntimeKind) -> Result<Box<dyn Runtime>, CliError> {
-    match crate::runtime_select::connect(kind).await {
-        Err(RuntimeError::Unavailable { .. })
-            if kind == RuntimeKind::AppleContainer && offer_apple_start().await =>
-        {
-            Ok(crate::runtime_select::connect(kind).await?)
-        }
-        other => Ok(other?),
-    }
+    use crate::runtime_select::Connect;
+    Ok(Terminal.connect(kind).await?)
 }
 
 /// The Apple container service is installed but stopped (it does not start
@@ -373,28 +434,10 @@ async fn offer_apple_start() -> bool {
 }
 
 /// The runtime bottle `name` was brought up on (docker when unrecorded).
-fn bottle_runtime(name: &str) -> RuntimeKind {
-    lifecycle::recorded(name)
+fn bottle_runtime(host: &Host, name: &str) -> RuntimeKind {
+    lifecycle::recorded(&host.state.bottle(name))
         .map(|r| r.runtime)
         .unwrap_or(RuntimeKind::Docker)
-}
-
-fn load_config(file: Option<PathBuf>) -> Result<(config::Config, String), CliError> {
-    let cwd = std::env::current_dir().map_err(CliError::Cwd)?;
-    let path = file.or_else(|| {
-        let p = cwd.join("bottle.toml");
-        p.exists().then_some(p)
-    });
-    match path {
-        Some(p) => {
-            let cfg = config::load(&p)?;
-            Ok((cfg, p.display().to_string()))
-        }
-        None => Ok((
-            config::default_for_dir(&cwd),
-            "built-in default (deny all egress)".into(),
-        )),
-    }
 }
 
 async fn up(args: UpArgs) -> Result<i32, CliError> {
@@ -411,178 +454,160 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
         allow_mount,
         allow_root_owner,
     } = args;
-    let (cfg, source) = load_config(file)?;
-    let chosen = choose_runtime(runtime, crate::plan::config_runtime(&cfg));
-    let kind = chosen.unwrap_or(RuntimeKind::Docker);
-    let grants = crate::mounts::Grants {
-        mounts: allow_mount,
-        root_owner: allow_root_owner,
+    let host = Host::from_env()?;
+    // From here on Ctrl-C removes what `up` made instead of killing bottle.
+    let interrupt = Interrupt::install();
+    let request = up::Request {
+        file,
+        cwd: std::env::current_dir().map_err(CliError::Cwd)?,
+        name,
+        runtime: runtime_request(runtime),
+        accept_weakness,
+        grants: crate::mounts::Grants {
+            mounts: allow_mount,
+            root_owner: allow_root_owner,
+        },
+        verify,
     };
-    let plan = crate::plan::build(&cfg, &source, name.as_deref(), kind, &grants)?;
+    let mut report = Reporter::new(quiet || json);
+    let mut prepared = up::prepare(
+        &host,
+        &request,
+        &Terminal,
+        &crate::runtime_select::auto_order(),
+        &interrupt,
+        &mut report,
+    )
+    .await?;
     if dry_run {
+        let mut out = std::io::stdout().lock();
         if json {
-            println!(
+            writeln!(
+                out,
                 "{}",
-                serde_json::to_string_pretty(&plan).unwrap_or_default()
-            );
+                serde_json::to_string_pretty(&prepared.plan).unwrap_or_default()
+            )?;
         } else {
-            print!("{}", crate::plan::render(&plan));
+            write!(out, "{}", crate::plan::render(&prepared.plan))?;
         }
         return Ok(0);
     }
-    let pinned = crate::pin::Pinned::of(&plan);
-    consent(&plan, &pinned, accept_changes)?;
-    let mut report = Reporter::new(quiet || json);
-    for note in &plan.notes {
-        report.detail(&format!("note: {note}"));
-    }
-    let rt = match chosen {
-        Some(kind) => {
-            report.step(&format!("connecting to {kind}"));
-            connect(kind).await?
-        }
-        None => {
-            report.step("choosing a runtime (auto)");
-            let sel = crate::runtime_select::auto(&accept_weakness).await?;
-            for (k, why) in &sel.skipped {
-                report.detail(&format!("skipped {k}: {why}"));
-            }
-            sel.runtime
-        }
-    };
-    let plan = crate::plan::Plan {
-        runtime: rt.kind(),
-        ..plan
-    };
-    report.step("preparing images");
-    let images = lifecycle::prepare_images(rt.as_ref(), &plan.agent.image, &mut report).await?;
-    report.step("probing the runtime");
-    let probe = rt.probe(Some(&images.sidecar)).await;
-    let accepted = crate::runtime_select::check_weaknesses(&probe, &accept_weakness)?;
-    report.detail(&format!(
-        "{} {}: every required capability present{}",
-        probe.runtime,
-        probe.version.as_deref().unwrap_or("?"),
-        if accepted.is_empty() {
-            String::new()
-        } else {
-            format!("; ACCEPTED WEAKNESS: {}", accepted.join(", "))
-        }
-    ));
-    let summary = lifecycle::up(rt.as_ref(), &plan, &images, &accepted, &mut report).await?;
-    crate::pin::accept(
-        &crate::state::StateDir::for_bottle(&plan.name).map_err(LifecycleError::from)?,
-        &pinned,
+    let plan = &prepared.plan;
+    prepared.consented = ask_consent(
+        &plan.name,
+        &plan.config_source,
+        &plan.consent,
+        accept_changes,
+        &interrupt,
     )
-    .map_err(LifecycleError::from)?;
-    if verify {
-        report.step("verifying the sandbox (a probe in the agent's network, the runtime's inspect data, the host)");
-        let checked = crate::verify::verify(rt.as_ref(), &plan.name, &images.sidecar).await;
-        let failed = match &checked {
-            Ok(r) => {
-                if !json {
-                    eprint!("{}", crate::verify::render(r));
-                }
-                r.failed
-            }
-            Err(e) => {
-                report.detail(&format!("verify could not run: {e}"));
-                1
-            }
-        };
-        if failed > 0 {
-            report.step("verify failed; removing the bottle");
-            lifecycle::down(rt.as_ref(), &plan.name, &mut report).await?;
-            if json {
-                if let Ok(r) = &checked {
-                    print_verify(r, true);
-                }
-            }
-            return Err(CliError::VerifyFailed {
-                name: plan.name.clone(),
+    .await?;
+    let outcome = match up::execute(&host, prepared, &interrupt, &mut report).await {
+        Ok(o) => o,
+        Err(UpError::VerifyFailed {
+            name,
+            failed,
+            report: Some(checked),
+        }) => {
+            print_verify(&checked, json)?;
+            return Err(UpError::VerifyFailed {
+                name,
                 failed,
-            });
-        }
-    }
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
-    } else {
-        let mut out = std::io::stdout().lock();
-        let ip = |m: &std::collections::BTreeMap<String, std::net::Ipv4Addr>, k: &str| {
-            m.get(k)
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "-".into())
-        };
-        let _ = writeln!(out, "bottle `{}` is up ({})", summary.name, summary.runtime);
-        let _ = writeln!(
-            out,
-            "  agent    {} ({}) at {} on {} only",
-            summary.agent.name,
-            summary.agent.image,
-            ip(&summary.agent.ipv4, &summary.internal_network.name),
-            summary.internal_network.name
-        );
-        let _ = writeln!(
-            out,
-            "  sidecar  {} at {} (internal), proxy {}",
-            summary.sidecar.name,
-            ip(&summary.sidecar.ipv4, &summary.internal_network.name),
-            summary.proxy
-        );
-        let _ = writeln!(
-            out,
-            "  networks {} ({}, internal, no host address), {} ({}, egress)",
-            summary.internal_network.name,
-            summary.internal_network.subnet.as_deref().unwrap_or("?"),
-            summary.egress_network.name,
-            summary.egress_network.subnet.as_deref().unwrap_or("?")
-        );
-        let _ = writeln!(
-            out,
-            "  egress   {}",
-            if summary.allow.is_empty() {
-                "deny all".to_string()
-            } else {
-                format!(
-                    "allow {} (everything else denied)",
-                    summary.allow.join(", ")
-                )
+                report: None,
             }
-        );
-        let l = &summary.limits;
-        let _ = writeln!(
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let (Some(checked), false) = (&outcome.verified, json) {
+        eprint!("{}", crate::verify::render(checked));
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
             out,
-            "  limits   agent: cpus {}, memory {} MiB, pids {}, runs as {}; sidecar: {} connections ({} per client), deadlines {}s handshake / {}s body / {}s idle",
-            l.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-            l.memory_bytes.map(|m| m >> 20).unwrap_or_default(),
-            l.pids.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            summary.agent_user.as_deref().unwrap_or("the image's user"),
-            l.sidecar.max_connections,
-            l.sidecar.max_connections_per_client,
-            l.sidecar.handshake_timeout_secs,
-            l.sidecar.body_timeout_secs,
-            l.sidecar.idle_timeout_secs,
-        );
-        let _ = writeln!(
-            out,
-            "  next     bottle exec {} -- bash   |   bottle down {}",
-            summary.name, summary.name
-        );
+            "{}",
+            serde_json::to_string_pretty(&outcome.summary).unwrap_or_default()
+        )?;
+    } else {
+        render_summary(&mut out, &outcome.summary)?;
     }
     Ok(0)
 }
 
-fn print_verify(report: &crate::verify::Report, json: bool) {
+/// The summary `up` prints.
+pub fn render_summary(out: &mut dyn Write, summary: &lifecycle::UpSummary) -> std::io::Result<()> {
+    let ip = |m: &std::collections::BTreeMap<String, std::net::Ipv4Addr>, k: &str| {
+        m.get(k)
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    writeln!(out, "bottle `{}` is up ({})", summary.name, summary.runtime)?;
+    writeln!(
+        out,
+        "  agent    {} ({}) at {} on {} only",
+        summary.agent.name,
+        summary.agent.image,
+        ip(&summary.agent.ipv4, &summary.internal_network.name),
+        summary.internal_network.name
+    )?;
+    writeln!(
+        out,
+        "  sidecar  {} at {} (internal), proxy {}",
+        summary.sidecar.name,
+        ip(&summary.sidecar.ipv4, &summary.internal_network.name),
+        summary.proxy
+    )?;
+    writeln!(
+        out,
+        "  networks {} ({}, internal, no host address), {} ({}, egress)",
+        summary.internal_network.name,
+        summary.internal_network.subnet.as_deref().unwrap_or("?"),
+        summary.egress_network.name,
+        summary.egress_network.subnet.as_deref().unwrap_or("?")
+    )?;
+    writeln!(
+        out,
+        "  egress   {}",
+        if summary.allow.is_empty() {
+            "deny all".to_string()
+        } else {
+            format!(
+                "allow {} (everything else denied)",
+                summary.allow.join(", ")
+            )
+        }
+    )?;
+    let l = &summary.limits;
+    writeln!(
+        out,
+        "  limits   agent: cpus {}, memory {} MiB, pids {}, runs as {}; sidecar: {} connections ({} per client), deadlines {}s handshake / {}s body / {}s idle",
+        l.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        l.memory_bytes.map(|m| m >> 20).unwrap_or_default(),
+        l.pids.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        summary.agent_user.as_deref().unwrap_or("the image's user"),
+        l.sidecar.max_connections,
+        l.sidecar.max_connections_per_client,
+        l.sidecar.handshake_timeout_secs,
+        l.sidecar.body_timeout_secs,
+        l.sidecar.idle_timeout_secs,
+    )?;
+    writeln!(
+        out,
+        "  next     bottle exec {} -- bash   |   bottle down {}",
+        summary.name, summary.name
+    )
+}
+
+fn print_verify(report: &crate::verify::Report, json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     if json {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(report).unwrap_or_default()
-        );
+        )
     } else {
-        print!("{}", crate::verify::render(report));
+        write!(out, "{}", crate::verify::render(report))
     }
 }
 
@@ -604,7 +629,8 @@ async fn exec(
     if tty && !std::io::stdin().is_terminal() {
         return Err(CliError::NotATerminal);
     }
-    let rt = connect(bottle_runtime(name)).await?;
+    let host = Host::from_env()?;
+    let rt = connect(bottle_runtime(&host, name)).await?;
     let agent = lifecycle::find_container(rt.as_ref(), name, "agent").await?;
     if agent.state != bottle_runtimes::ContainerState::Running {
         return Err(LifecycleError::AgentNotRunning {
@@ -652,11 +678,10 @@ async fn logs(
         Service::GitGate => return Err(CliError::NoService("git-gate")),
         Service::Supervise => return Err(CliError::NoService("supervise")),
     };
+    let host = Host::from_env()?;
     if filter == Some("egress") {
         // The audit log lives in the state dir, so it outlives the sidecar.
-        let path = crate::state::StateDir::for_bottle(name)
-            .map_err(LifecycleError::from)?
-            .audit_path();
+        let path = host.state.bottle(name).audit_path();
         let mut sink = crate::logview::LogSink::new(None, json, std::io::stdout());
         crate::logview::follow_file(&path, follow, tail, &mut sink)
             .await
@@ -664,7 +689,7 @@ async fn logs(
         sink.finish();
         return Ok(0);
     }
-    let rt = connect(bottle_runtime(name)).await?;
+    let rt = connect(bottle_runtime(&host, name)).await?;
     let c = lifecycle::find_container(rt.as_ref(), name, role).await?;
     let mut sink = crate::logview::LogSink::new(filter, json, std::io::stdout());
     rt.logs(&c.id, follow, tail, &mut sink).await?;
@@ -672,50 +697,57 @@ async fn logs(
     Ok(0)
 }
 
-/// Refuses a plan that the user has not accepted for this bottle's identity
-/// (see [`crate::pin::judge`]) unless they say so (flag, or y at a terminal
-/// prompt). Prints every reason.
-fn consent(
-    plan: &crate::plan::Plan,
-    pinned: &crate::pin::Pinned,
+/// Asks for consent to `reasons` (see [`crate::pin::judge`]): none needed,
+/// `--accept-changes`, or y at a terminal prompt. Prints every reason.
+/// An interrupt at the prompt ends `up` (nothing of the bottle exists yet).
+async fn ask_consent(
+    name: &str,
+    source: &str,
+    reasons: &[String],
     accept_changes: bool,
-) -> Result<(), CliError> {
-    let pins = crate::pin::load_all();
-    let widened = crate::pin::judge(&plan.name, pinned, &pins);
-    if widened.is_empty() {
-        return Ok(());
+    interrupt: &Interrupt,
+) -> Result<bool, CliError> {
+    if reasons.is_empty() {
+        return Ok(true);
     }
-    eprintln!(
-        "bottle `{}`: {} asks for more than you accepted:",
-        plan.name, plan.config_source
-    );
-    for w in &widened {
+    eprintln!("bottle `{name}`: {source} asks for more than you accepted:");
+    for w in reasons {
         eprintln!("  + {w}");
     }
     if accept_changes {
         eprintln!("  accepted (--accept-changes)");
-        return Ok(());
+        return Ok(true);
     }
     if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         eprint!("apply these changes? [y/N] ");
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        if matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Ok(());
+        let answer = tokio::task::spawn_blocking(|| {
+            let mut answer = String::new();
+            let _ = std::io::stdin().read_line(&mut answer);
+            answer
+        });
+        match interrupt.unless(answer).await {
+            Ok(Ok(a)) if matches!(a.trim(), "y" | "Y" | "yes") => return Ok(true),
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!();
+                return Err(UpError::Interrupted { name: name.into() }.into());
+            }
         }
     }
-    Err(CliError::Widened {
-        name: plan.name.clone(),
-        count: widened.len(),
-    })
+    Err(UpError::Widened {
+        name: name.into(),
+        count: reasons.len(),
+    }
+    .into())
 }
 
 async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Result<i32, CliError> {
+    let host = Host::from_env()?;
+    let state = host.state.bottle(name);
     let file = file
-        .or_else(|| lifecycle::recorded_source(name))
+        .or_else(|| lifecycle::recorded_source(&state))
         .ok_or_else(|| CliError::NoConfigToReload { name: name.into() })?;
     let cfg = config::load(&file)?;
-    let state = crate::state::StateDir::for_bottle(name).map_err(LifecycleError::from)?;
     let old = crate::pin::load(&state);
     // Mounts, image and the agent's limits do not change on reload: the
     // running agent keeps what it was started with, so those stay as pinned
@@ -728,30 +760,44 @@ async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Resu
         root_owner: true,
     };
     let plan = crate::plan::build(
+        &host,
         &cfg,
         &file.display().to_string(),
         Some(name),
-        bottle_runtime(name),
+        bottle_runtime(&host, name),
         &grants,
     )?;
     let pinned = crate::pin::Pinned::for_reload(&plan, old.as_ref());
-    consent(&plan, &pinned, accept_changes)?;
-    let rt = connect(bottle_runtime(name)).await?;
+    let reasons = crate::pin::judge(&plan.name, &pinned, &crate::pin::load_all(&host.state));
+    ask_consent(
+        &plan.name,
+        &plan.config_source,
+        &reasons,
+        accept_changes,
+        &Interrupt::new(),
+    )
+    .await?;
+    let rt = connect(bottle_runtime(&host, name)).await?;
     let sidecar = lifecycle::find_container(rt.as_ref(), name, "sidecar").await?;
-    let summary = lifecycle::reload(rt.as_ref(), &plan, &sidecar).await?;
-    crate::pin::accept(&state, &pinned).map_err(LifecycleError::from)?;
+    let summary = lifecycle::reload(rt.as_ref(), &host, &plan, &sidecar).await?;
+    crate::pin::accept(&state, &pinned)?;
     eprintln!("{summary}");
     Ok(0)
 }
 
 async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError> {
-    let kind = choose_runtime(runtime, None).unwrap_or(RuntimeKind::Docker);
+    let kind = match runtime_request(runtime) {
+        Some(RuntimeRequest::Named(kind)) => kind,
+        _ => RuntimeKind::Docker,
+    };
+    let host = Host::from_env()?;
     let probe = match connect(kind).await {
         Ok(rt) => {
             let mut report = Reporter::new(json);
             report.step("preparing the sidecar image the probe runs its helpers from");
-            let helper = match lifecycle::prepare_images(
+            let helper = match lifecycle::ensure_images(
                 rt.as_ref(),
+                &host,
                 crate::images::DEFAULT_AGENT_IMAGE,
                 &mut report,
             )
@@ -771,49 +817,63 @@ async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError>
         }
         Err(e) => return Err(e),
     };
+    let mut out = std::io::stdout().lock();
     if json {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&probe).unwrap_or_default()
-        );
+        )?;
     } else {
-        println!("runtime   {}", probe.runtime);
-        println!("endpoint  {}", probe.endpoint);
-        println!(
-            "version   {}",
-            probe.version.as_deref().unwrap_or("(not reachable)")
-        );
-        println!();
-        println!(
-            "{:<30} {:<8} {:<9} {:<9} DETAIL",
-            "CAPABILITY", "STATE", "HOW", "REQUIRED"
-        );
-        for c in &probe.capabilities {
-            let state = match c.state {
-                CapabilityState::Yes => "yes",
-                CapabilityState::No => "NO",
-                CapabilityState::Unknown => "unknown",
-            };
-            println!(
-                "{:<30} {:<8} {:<9} {:<9} {}",
-                c.name,
-                state,
-                c.how,
-                if c.required { "yes" } else { "no" },
-                c.detail
-            );
-        }
-        match probe.first_missing() {
-            None => println!("\nresult    bottles can run on {}", probe.runtime),
-            Some(c) => println!(
-                "\nresult    `bottle up` would refuse: {} is not available",
-                c.name
-            ),
-        }
+        render_probe(&mut out, &probe)?;
     }
-    Ok(if probe.first_missing().is_none() {
-        0
+    Ok(if !probe.present || !probe.running {
+        Exit::Unavailable
+    } else if probe.first_missing().is_some() {
+        Exit::Refused
     } else {
-        1
-    })
+        Exit::Done
+    }
+    .code())
+}
+
+/// `bottle probe` as a table.
+pub fn render_probe(out: &mut dyn Write, probe: &Probe) -> std::io::Result<()> {
+    writeln!(out, "runtime   {}", probe.runtime)?;
+    writeln!(out, "endpoint  {}", probe.endpoint)?;
+    writeln!(
+        out,
+        "version   {}",
+        probe.version.as_deref().unwrap_or("(not reachable)")
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<30} {:<8} {:<9} {:<9} DETAIL",
+        "CAPABILITY", "STATE", "HOW", "REQUIRED"
+    )?;
+    for c in &probe.capabilities {
+        let state = match c.state {
+            CapabilityState::Yes => "yes",
+            CapabilityState::No => "NO",
+            CapabilityState::Unknown => "unknown",
+        };
+        writeln!(
+            out,
+            "{:<30} {:<8} {:<9} {:<9} {}",
+            c.name,
+            state,
+            c.how,
+            if c.required { "yes" } else { "no" },
+            c.detail
+        )?;
+    }
+    match probe.first_missing() {
+        None => writeln!(out, "\nresult    bottles can run on {}", probe.runtime),
+        Some(c) => writeln!(
+            out,
+            "\nresult    `bottle up` would refuse: {} is not available",
+            c.name
+        ),
+    }
 }

@@ -8,6 +8,7 @@
 //! local `bottle-base:bookworm` made by `scripts/setup-engine.sh` when that is
 //! all the engine has.
 
+use crate::host::Host;
 use bottle_runtimes::{BuildSpec, Runtime, RuntimeError};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub enum ImageError {
     },
     #[error("image {image} is missing and bottle does not know how to build it; build or pull it yourself, or use the default {DEFAULT_AGENT_IMAGE}")]
     UnknownImage { image: String },
+    #[error("the bottle-sidecar binary changed while `up` ran (planned image {planned}, now {now})\n  fix: run `bottle up` again once the build is done")]
+    Changed { planned: String, now: String },
     #[error("{source}\n  hint: base image {base} could not be used; on machines without a registry run scripts/setup-engine.sh and set BOTTLE_BASE_IMAGE={LOCAL_BASE}")]
     Build {
         base: String,
@@ -44,8 +47,8 @@ pub enum ImageError {
 }
 
 /// Where the sidecar binary is.
-pub fn sidecar_binary() -> Result<PathBuf, ImageError> {
-    if let Some(p) = std::env::var_os("BOTTLE_SIDECAR_BIN").filter(|v| !v.is_empty()) {
+pub fn sidecar_binary(host: &Host) -> Result<PathBuf, ImageError> {
+    if let Some(p) = host.var("BOTTLE_SIDECAR_BIN").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
@@ -70,8 +73,8 @@ pub fn sidecar_binary() -> Result<PathBuf, ImageError> {
 }
 
 /// The sidecar image for this build of bottle: tag and build context.
-pub fn sidecar_build(base: &str) -> Result<BuildSpec, ImageError> {
-    let bin = sidecar_binary()?;
+pub fn sidecar_build(base: &str, host: &Host) -> Result<BuildSpec, ImageError> {
+    let bin = sidecar_binary(host)?;
     let data = std::fs::read(&bin).map_err(|source| ImageError::Read {
         path: bin.clone(),
         source,
@@ -113,11 +116,11 @@ pub fn agent_build(tag: &str, base: &str) -> BuildSpec {
 /// Picks the base image: `BOTTLE_BASE_IMAGE`; else the upstream Debian image
 /// if the engine has it; else the local debootstrap base if the engine has
 /// that; else the upstream name (the engine will try to pull it).
-pub async fn base_image(rt: &dyn Runtime) -> Result<(String, &'static str), RuntimeError> {
-    if let Some(b) = std::env::var("BOTTLE_BASE_IMAGE")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
+pub async fn base_image(
+    rt: &dyn Runtime,
+    host: &Host,
+) -> Result<(String, &'static str), RuntimeError> {
+    if let Some(b) = host.var("BOTTLE_BASE_IMAGE").filter(|v| !v.is_empty()) {
         return Ok((b, "BOTTLE_BASE_IMAGE"));
     }
     if rt.image_exists(UPSTREAM_BASE).await? {

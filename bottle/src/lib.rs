@@ -11,8 +11,11 @@
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod exit;
 pub mod hardening;
+pub mod host;
 pub mod images;
+pub mod interrupt;
 pub mod lifecycle;
 pub mod logview;
 pub mod materials;
@@ -23,4 +26,5 @@ pub mod report;
 pub mod runtime_select;
 pub mod secrets;
 pub mod state;
+pub mod up;
 pub mod verify;

@@ -7,10 +7,14 @@
 //! interrupted `up` left behind. Any failure after the first resource exists
 //! rolls everything back before the error is returned.
 
+use crate::host::Host;
 use crate::images::{self, ImageError};
-use crate::plan::{labels_for, Plan, AGENT_CA_DIR, SIDECAR_LOG_MOUNT, SIDECAR_STATE_MOUNT};
+use crate::interrupt::Interrupt;
+use crate::plan::{
+    labels_for, ImagePlan, Plan, AGENT_CA_DIR, SIDECAR_LOG_MOUNT, SIDECAR_STATE_MOUNT,
+};
 use crate::report::Reporter;
-use crate::state::{StateDir, StateError};
+use crate::state::{StateDir, StateError, StateRoot};
 use bottle_runtimes::{
     ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Mount, NetworkAttachment, NetworkInfo,
     NetworkKind, NetworkSpec, ResourceKind, ResourceRef, Runtime, RuntimeError, LABEL_NAME,
@@ -58,6 +62,12 @@ pub enum LifecycleError {
     Mount(#[from] crate::mounts::MountError),
     #[error("interrupted; everything created so far was removed")]
     Interrupted,
+    #[error("interrupted again while removing what `up` had made; left behind: {}\n  fix: `bottle down {name}` removes the bottle's part{}", .left.join(", "), if .left.iter().any(|l| l.contains("bottle-probe-") || l.contains("bottle-netinfo-")) { "; the next `bottle probe` or `up` sweeps the probe's scratch" } else { "" })]
+    InterruptedTwice { name: String, left: Vec<String> },
+    #[error("cannot read random bytes from the system: {0}\n  fix: check that the kernel's random source (getrandom, /dev/urandom) works")]
+    Random(String),
+    #[error("the plan for bottle `{name}` has no images; it was not made by `up::prepare`")]
+    Unplanned { name: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -115,48 +125,84 @@ impl From<&ContainerInfo> for ContainerSummary {
     }
 }
 
-/// Images a bottle runs on, resolved (and built when missing).
-pub struct Images {
-    pub sidecar: String,
-    pub agent: String,
+/// Resolves the images a bottle runs on without building anything: which
+/// base, which sidecar tag (a digest of this build's sidecar binary), and
+/// which of them are missing.
+pub async fn plan_images(
+    rt: &dyn Runtime,
+    host: &Host,
+    agent_image: &str,
+) -> Result<ImagePlan, LifecycleError> {
+    let (base, why) = images::base_image(rt, host).await?;
+    let sidecar = images::sidecar_build(&base, host)?;
+    let build_sidecar = !rt.image_exists(&sidecar.tag).await?;
+    let build_agent = !rt.image_exists(agent_image).await?;
+    if build_agent && agent_image != images::DEFAULT_AGENT_IMAGE {
+        return Err(ImageError::UnknownImage {
+            image: agent_image.into(),
+        }
+        .into());
+    }
+    Ok(ImagePlan {
+        base,
+        base_why: why.into(),
+        sidecar: sidecar.tag,
+        build_sidecar,
+        agent: agent_image.into(),
+        build_agent,
+    })
 }
 
-/// Makes sure both images exist, building what is missing with progress.
-pub async fn prepare_images(
+/// Builds what [`plan_images`] found missing, with progress.
+pub async fn build_images(
     rt: &dyn Runtime,
-    agent_image: &str,
+    host: &Host,
+    plan: &ImagePlan,
     report: &mut Reporter,
-) -> Result<Images, LifecycleError> {
-    let (base, why) = images::base_image(rt).await?;
-    let sidecar = images::sidecar_build(&base)?;
+) -> Result<(), LifecycleError> {
     let mut progress = report.progress();
-    if !rt.image_exists(&sidecar.tag).await? {
-        progress(&format!(
-            "building {} from base {base} ({why})",
-            sidecar.tag
-        ));
-        images::ensure(rt, &sidecar, &base, &mut progress).await?;
-        // Older sidecar images (earlier builds of bottle) only take space.
-        let repo = sidecar.tag.split(':').next().unwrap_or_default();
-        if let Ok(n @ 1..) = rt.prune_images(repo, &sidecar.tag).await {
-            progress(&format!("removed {n} unused older {repo} image(s)"));
-        }
-    }
-    if !rt.image_exists(agent_image).await? {
-        if agent_image != images::DEFAULT_AGENT_IMAGE {
-            return Err(ImageError::UnknownImage {
-                image: agent_image.into(),
+    if plan.build_sidecar {
+        let spec = images::sidecar_build(&plan.base, host)?;
+        if spec.tag != plan.sidecar {
+            // The binary changed since the plan was made.
+            return Err(ImageError::Changed {
+                planned: plan.sidecar.clone(),
+                now: spec.tag,
             }
             .into());
         }
-        progress(&format!("building {agent_image} from base {base} ({why})"));
-        let spec = images::agent_build(agent_image, &base);
-        images::ensure(rt, &spec, &base, &mut progress).await?;
+        progress(&format!(
+            "building {} from base {} ({})",
+            spec.tag, plan.base, plan.base_why
+        ));
+        images::ensure(rt, &spec, &plan.base, &mut progress).await?;
+        // Older sidecar images (earlier builds of bottle) only take space.
+        let repo = spec.tag.split(':').next().unwrap_or_default();
+        if let Ok(n @ 1..) = rt.prune_images(repo, &spec.tag).await {
+            progress(&format!("removed {n} unused older {repo} image(s)"));
+        }
     }
-    Ok(Images {
-        sidecar: sidecar.tag,
-        agent: agent_image.to_string(),
-    })
+    if plan.build_agent {
+        progress(&format!(
+            "building {} from base {} ({})",
+            plan.agent, plan.base, plan.base_why
+        ));
+        let spec = images::agent_build(&plan.agent, &plan.base);
+        images::ensure(rt, &spec, &plan.base, &mut progress).await?;
+    }
+    Ok(())
+}
+
+/// Plans and builds in one go (`bottle probe` needs the sidecar image).
+pub async fn ensure_images(
+    rt: &dyn Runtime,
+    host: &Host,
+    agent_image: &str,
+    report: &mut Reporter,
+) -> Result<ImagePlan, LifecycleError> {
+    let plan = plan_images(rt, host, agent_image).await?;
+    build_images(rt, host, &plan, report).await?;
+    Ok(plan)
 }
 
 /// Everything carrying `dev.bottle.name=<name>`.
@@ -168,23 +214,35 @@ pub async fn resources_of(rt: &dyn Runtime, name: &str) -> Result<Vec<ResourceRe
     .await
 }
 
-/// Creates the bottle described by `plan`. Rolls back on any failure.
-pub async fn up(
+/// Creates the bottle described by `plan` (made by `up::prepare`, so its
+/// images exist). Rolls back on any failure and on an interrupt; a second
+/// interrupt stops the rollback and the error names what is left.
+pub async fn create(
     rt: &dyn Runtime,
+    host: &Host,
     plan: &Plan,
-    images: &Images,
     accepted: &[String],
+    interrupt: &Interrupt,
     report: &mut Reporter,
 ) -> Result<UpSummary, LifecycleError> {
-    let existing = resources_of(rt, &plan.name).await?;
+    let images = plan
+        .images
+        .as_ref()
+        .ok_or_else(|| LifecycleError::Unplanned {
+            name: plan.name.clone(),
+        })?;
+    let existing = interrupt
+        .unless(resources_of(rt, &plan.name))
+        .await
+        .map_err(|_| LifecycleError::Interrupted)??;
     if !existing.is_empty() {
         return Err(LifecycleError::Exists {
             name: plan.name.clone(),
             count: existing.len(),
         });
     }
-    let state = StateDir::for_bottle(&plan.name)?;
-    let rendered = crate::materials::render(&state, plan, |k| std::env::var(k).ok())?;
+    let state = host.state.bottle(&plan.name);
+    let rendered = crate::materials::render(&state, plan, |k| host.var(k))?;
     report.step(&format!(
         "policy, CA{} and credentials written to {}",
         if rendered.minted_ca { " (new)" } else { "" },
@@ -192,22 +250,130 @@ pub async fn up(
     ));
     record(&state, plan, accepted)?;
 
-    let result = tokio::select! {
-        r = create_all(rt, plan, images, &state, &rendered, accepted, report) => r,
-        _ = tokio::signal::ctrl_c() => Err(LifecycleError::Interrupted),
+    let result = match interrupt
+        .unless(create_all(
+            rt, plan, images, &state, &rendered, accepted, report,
+        ))
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(LifecycleError::Interrupted),
     };
     match result {
         Ok(summary) => Ok(summary),
         Err(e) => {
-            report.step("failed; removing what was created");
-            if let Err(cleanup) = down(rt, &plan.name, report).await {
-                report.detail(&format!(
-                    "cleanup also failed: {cleanup}; run `bottle down {}`",
-                    plan.name
-                ));
-            }
+            report.step(if matches!(e, LifecycleError::Interrupted) {
+                "interrupted; removing what was created (Ctrl-C again to stop)"
+            } else {
+                "failed; removing what was created"
+            });
+            rollback(rt, &host.state, &plan.name, interrupt, report).await?;
             Err(e)
         }
+    }
+}
+
+/// Removes what a stopped `up` made: the bottle's resources, then the
+/// scratch its probe and checks left. Runs to the end unless a second
+/// interrupt arrives; then [`LifecycleError::InterruptedTwice`] names what
+/// is left. A failure to remove is reported, not returned: the caller's
+/// error is the one that matters.
+pub async fn rollback(
+    rt: &dyn Runtime,
+    root: &StateRoot,
+    name: &str,
+    interrupt: &Interrupt,
+    report: &mut Reporter,
+) -> Result<(), LifecycleError> {
+    let mut left = Vec::new();
+    let outcome = remove_all(rt, root, name, Some(interrupt), report, &mut left).await;
+    if let Err(Stop::Interrupted) = outcome {
+        return Err(LifecycleError::InterruptedTwice {
+            name: name.into(),
+            left,
+        });
+    }
+    if let Err(Stop::Failed(e)) = outcome {
+        report.detail(&format!(
+            "cleanup also failed: {e}; run `bottle down {name}`"
+        ));
+        return Ok(());
+    }
+    let mut scratch = Vec::new();
+    match remove_probe_scratch(rt, Some(interrupt), &mut scratch).await {
+        Err(Stop::Interrupted) => Err(LifecycleError::InterruptedTwice {
+            name: name.into(),
+            left: scratch,
+        }),
+        Err(Stop::Failed(e)) => {
+            report.detail(&format!("could not remove the probe's scratch: {e}"));
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Why a removal stopped early.
+enum Stop {
+    Interrupted,
+    Failed(RuntimeError),
+}
+
+/// Runs one removal, stopping on the second interrupt when `stop` is given.
+async fn step<T>(
+    stop: Option<&Interrupt>,
+    work: impl std::future::Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, Stop> {
+    match stop {
+        Some(i) => match i.unless_level(2, work).await {
+            Ok(r) => r.map_err(Stop::Failed),
+            Err(_) => Err(Stop::Interrupted),
+        },
+        None => work.await.map_err(Stop::Failed),
+    }
+}
+
+/// Names of this process's probe scratch (`bottle-probe-<pid>-…`,
+/// `bottle-netinfo-<pid>-…`): what a probe or a host check dropped mid-way
+/// leaves behind.
+fn is_own_scratch(name: &str) -> bool {
+    let pid = std::process::id();
+    let name = name.trim_start_matches('/');
+    name.starts_with(&format!("bottle-probe-{pid}-"))
+        || name.starts_with(&format!("bottle-netinfo-{pid}-"))
+}
+
+/// Removes this process's probe scratch (containers first). `left` ends
+/// up holding what is still there when it stops.
+async fn remove_probe_scratch(
+    rt: &dyn Runtime,
+    stop: Option<&Interrupt>,
+    left: &mut Vec<String>,
+) -> Result<(), Stop> {
+    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    let mut found: Vec<ResourceRef> = step(stop, rt.list(&labels))
+        .await?
+        .into_iter()
+        .filter(|r| is_own_scratch(&r.name))
+        .collect();
+    found.sort_by_key(|r| r.kind == ResourceKind::Network);
+    left.extend(found.iter().map(|r| r.name.clone()));
+    for r in &found {
+        match r.kind {
+            ResourceKind::Container => step(stop, rt.remove_container(&r.id)).await?,
+            ResourceKind::Network => step(stop, rt.remove_network(&r.id)).await?,
+        }
+        left.retain(|l| l != &r.name);
+    }
+    Ok(())
+}
+
+/// Removes this process's probe scratch after an interrupted probe.
+pub async fn sweep_probe_scratch(rt: &dyn Runtime) -> Result<(), RuntimeError> {
+    let mut left = Vec::new();
+    match remove_probe_scratch(rt, None, &mut left).await {
+        Err(Stop::Failed(e)) => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -234,15 +400,14 @@ fn record(state: &StateDir, plan: &Plan, accepted: &[String]) -> Result<(), Stat
     crate::state::write_private(&state.root().join("bottle.json"), &json)
 }
 
-/// What bottle `name`'s last `up` recorded, if anything.
-pub fn recorded(name: &str) -> Option<Recorded> {
-    let state = StateDir::for_bottle(name).ok()?;
+/// What a bottle's last `up` recorded in its state dir, if anything.
+pub fn recorded(state: &StateDir) -> Option<Recorded> {
     serde_json::from_str(&std::fs::read_to_string(state.root().join("bottle.json")).ok()?).ok()
 }
 
-/// The config file bottle `name` was last brought up from, if it had one.
-pub fn recorded_source(name: &str) -> Option<std::path::PathBuf> {
-    let p = std::path::PathBuf::from(recorded(name)?.config);
+/// The config file a bottle was last brought up from, if it had one.
+pub fn recorded_source(state: &StateDir) -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from(recorded(state)?.config);
     p.is_file().then_some(p)
 }
 
@@ -260,7 +425,7 @@ fn state_owner(state: &StateDir) -> Result<String, StateError> {
 async fn create_all(
     rt: &dyn Runtime,
     plan: &Plan,
-    images: &Images,
+    images: &ImagePlan,
     state: &StateDir,
     rendered: &crate::materials::Rendered,
     accepted: &[String],
@@ -611,10 +776,11 @@ async fn wait_sidecar_ready(
 /// flight continue); this waits until it reports the reload.
 pub async fn reload(
     rt: &dyn Runtime,
+    host: &Host,
     plan: &Plan,
     sidecar: &ContainerInfo,
 ) -> Result<String, LifecycleError> {
-    let state = StateDir::for_bottle(&plan.name)?;
+    let state = host.state.bottle(&plan.name);
     let before: Option<bottle_policy::Policy> = std::fs::read_to_string(state.policy_path())
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
@@ -627,8 +793,8 @@ pub async fn reload(
     let mut logs = Vec::new();
     rt.logs(&sidecar.id, false, None, &mut logs).await?;
     let seen = reloads(&logs);
-    crate::materials::render(&state, plan, |k| std::env::var(k).ok())?;
-    let accepted = recorded(&plan.name)
+    crate::materials::render(&state, plan, |k| host.var(k))?;
+    let accepted = recorded(&state)
         .map(|r| r.accepted_weaknesses)
         .unwrap_or_default();
     record(&state, plan, &accepted)?;
@@ -669,10 +835,29 @@ const PLANTED: &str = "planted.json";
 /// Idempotent: returns what it removed (nothing the second time).
 pub async fn down(
     rt: &dyn Runtime,
+    root: &StateRoot,
     name: &str,
     report: &mut Reporter,
 ) -> Result<Vec<ResourceRef>, RuntimeError> {
-    let mut found = resources_of(rt, name).await?;
+    let mut left = Vec::new();
+    match remove_all(rt, root, name, None, report, &mut left).await {
+        Ok(found) => Ok(found),
+        Err(Stop::Failed(e)) => Err(e),
+        Err(Stop::Interrupted) => unreachable!("no interrupt was given"),
+    }
+}
+
+/// [`down`], stopping at the second interrupt when `stop` is given; `left`
+/// holds the names not yet removed when it stops.
+async fn remove_all(
+    rt: &dyn Runtime,
+    root: &StateRoot,
+    name: &str,
+    stop: Option<&Interrupt>,
+    report: &mut Reporter,
+    left: &mut Vec<String>,
+) -> Result<Vec<ResourceRef>, Stop> {
+    let mut found = step(stop, resources_of(rt, name)).await?;
     // Agent first, then the sidecar, then networks.
     found.sort_by_key(
         |r| match (r.kind, r.labels.get(LABEL_ROLE).map(String::as_str)) {
@@ -681,11 +866,13 @@ pub async fn down(
             (ResourceKind::Network, _) => 2,
         },
     );
+    left.extend(found.iter().map(|r| r.name.clone()));
     for r in &found {
         match r.kind {
-            ResourceKind::Container => rt.remove_container(&r.id).await?,
-            ResourceKind::Network => rt.remove_network(&r.id).await?,
+            ResourceKind::Container => step(stop, rt.remove_container(&r.id)).await?,
+            ResourceKind::Network => step(stop, rt.remove_network(&r.id)).await?,
         }
+        left.retain(|l| l != &r.name);
         report.detail(&format!(
             "removed {} {}",
             match r.kind {
@@ -695,13 +882,11 @@ pub async fn down(
             r.name
         ));
     }
-    if let Ok(state) = StateDir::for_bottle(name) {
-        let list = state.root().join(PLANTED);
-        if let Ok(text) = std::fs::read(&list) {
-            let made: Vec<std::path::PathBuf> = serde_json::from_slice(&text).unwrap_or_default();
-            crate::mounts::unplant(&made);
-            let _ = std::fs::remove_file(&list);
-        }
+    let list = root.bottle(name).root().join(PLANTED);
+    if let Ok(text) = std::fs::read(&list) {
+        let made: Vec<std::path::PathBuf> = serde_json::from_slice(&text).unwrap_or_default();
+        crate::mounts::unplant(&made);
+        let _ = std::fs::remove_file(&list);
     }
     Ok(found)
 }
@@ -735,7 +920,7 @@ pub struct BottleStatus {
 }
 
 /// Every bottle the runtime holds, found by label.
-pub async fn ps(rt: &dyn Runtime) -> Result<Vec<BottleStatus>, RuntimeError> {
+pub async fn ps(rt: &dyn Runtime, root: &StateRoot) -> Result<Vec<BottleStatus>, RuntimeError> {
     let all = rt
         .list(&BTreeMap::from([(LABEL_NAME.to_string(), String::new())]))
         .await?;
@@ -753,7 +938,7 @@ pub async fn ps(rt: &dyn Runtime) -> Result<Vec<BottleStatus>, RuntimeError> {
             agent_ip: None,
             sidecar_ip: None,
             networks: vec![],
-            accepted_weaknesses: recorded(name)
+            accepted_weaknesses: recorded(&root.bottle(name))
                 .map(|r| r.accepted_weaknesses)
                 .unwrap_or_default(),
         });

@@ -1,5 +1,7 @@
-//! The `bottle` binary: parse flags, run, map the outcome to an exit code.
+//! The `bottle` binary: parse flags, run, map the outcome to an exit code
+//! (see [`bottle::exit`]).
 
+use bottle::exit::Classify;
 use clap::Parser;
 
 fn main() {
@@ -11,12 +13,15 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result: anyhow::Result<i32> = runtime.block_on(bottle::cli::run(cli)).map_err(Into::into);
-    let code = match result {
+    let code = match runtime.block_on(bottle::cli::run(cli)) {
         Ok(code) => code,
+        // The reader went away (`bottle ps | head`): nothing to say.
+        Err(e) if e.is_closed_pipe() => 0,
         Err(e) => {
+            let code = e.exit().code();
+            let e: anyhow::Error = e.into();
             eprintln!("bottle: {e:#}");
-            1
+            code
         }
     };
     // Exit without waiting for a blocked stdin reader of `exec -i`.

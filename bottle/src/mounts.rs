@@ -116,7 +116,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     /// From the environment: `$HOME`, `$SUDO_USER`'s home, root's home.
-    pub fn from_env() -> Self {
+    pub fn from_env(state: &crate::state::StateRoot) -> Self {
         let mut homes: Vec<PathBuf> = Vec::new();
         if let Some(h) = dirs::home_dir() {
             homes.push(h);
@@ -129,9 +129,7 @@ impl HostFacts {
         homes.push(PathBuf::from("/root"));
         homes.sort();
         homes.dedup();
-        let state_root = crate::state::StateDir::for_bottle("x")
-            .ok()
-            .and_then(|s| s.root().parent().map(Path::to_path_buf));
+        let state_root = Some(state.path().to_path_buf());
         HostFacts { homes, state_root }
     }
 }

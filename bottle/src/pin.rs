@@ -32,7 +32,7 @@ use crate::state::{write_private, StateDir, StateError};
 use bottle_policy::{EgressPolicy, Unknown};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One agent mount as pinned (canonical source).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,24 +177,11 @@ pub fn load(state: &StateDir) -> Option<Pinned> {
 }
 
 /// Every bottle's pin, by name.
-pub fn load_all() -> BTreeMap<String, Pinned> {
-    let mut out = BTreeMap::new();
-    let Some(base) = StateDir::for_bottle("x")
-        .ok()
-        .and_then(|s| s.root().parent().map(Path::to_path_buf))
-    else {
-        return out;
-    };
-    let Ok(dir) = std::fs::read_dir(base) else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pin) = StateDir::for_bottle(&name).ok().and_then(|s| load(&s)) {
-            out.insert(name, pin);
-        }
-    }
-    out
+pub fn load_all(root: &crate::state::StateRoot) -> BTreeMap<String, Pinned> {
+    root.names()
+        .into_iter()
+        .filter_map(|name| load(&root.bottle(&name)).map(|pin| (name, pin)))
+        .collect()
 }
 
 /// Records `pinned` as accepted.

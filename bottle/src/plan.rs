@@ -52,11 +52,43 @@ pub struct AgentPlan {
     pub cap_drop: Vec<String>,
 }
 
+/// How the runtime was chosen.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeChoice {
+    /// `--runtime` / `BOTTLE_RUNTIME`, `bottle.toml`, or `auto`.
+    pub by: String,
+    /// Under `auto`: runtimes tried first and why each was passed over.
+    pub skipped: Vec<(RuntimeKind, String)>,
+}
+
+/// The images a bottle runs on, and which of them `up` builds first.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePlan {
+    /// What the images are built from, and why that one.
+    pub base: String,
+    pub base_why: String,
+    /// The sidecar image of this build of bottle (a digest of the binary).
+    pub sidecar: String,
+    pub build_sidecar: bool,
+    pub agent: String,
+    pub build_agent: bool,
+}
+
 /// A fully resolved bottle.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub name: String,
     pub runtime: RuntimeKind,
+    /// How [`Plan::runtime`] was chosen (`None` until a runtime answered).
+    pub runtime_choice: Option<RuntimeChoice>,
+    /// Filled in once the runtime is known (`None` before).
+    pub images: Option<ImagePlan>,
+    /// Weaknesses the user accepts (`--accept-weakness`); the probe decides
+    /// which of them are present.
+    pub accept_weakness: Vec<String>,
+    /// Why this config needs the user's consent (see [`crate::pin::judge`]);
+    /// empty when it may start silently.
+    pub consent: Vec<String>,
     /// Path of bottle.toml, or `built-in default`.
     pub config_source: String,
     /// Canonical path of bottle.toml (`None` for the built-in default): half
@@ -141,6 +173,7 @@ pub fn config_runtime(cfg: &crate::config::Config) -> Option<RuntimeKind> {
 /// `grants` are what the user allowed on the command line for this run
 /// (`--allow-mount`, `--allow-root-owner`).
 pub fn build(
+    host: &crate::host::Host,
     cfg: &crate::config::Config,
     source: &str,
     name_override: Option<&str>,
@@ -157,12 +190,7 @@ pub fn build(
             .to_string(),
         None => cfg.name().to_string(),
     };
-    let exposure = crate::mounts::resolve(
-        cfg.mounts(),
-        source,
-        grants,
-        &crate::mounts::HostFacts::from_env(),
-    )?;
+    let exposure = crate::mounts::resolve(cfg.mounts(), source, grants, &host.facts)?;
     let upstream_roots = cfg
         .upstream_roots
         .iter()
@@ -194,13 +222,17 @@ pub fn build(
             ));
         }
     }
-    let state = crate::state::StateDir::for_bottle(&name)?;
+    let state = host.state.bottle(&name);
     Ok(Plan {
         policy: Policy {
             limits: cfg.sidecar_limits(),
             ..Policy::new(name.clone(), cfg.egress_policy())
         },
         runtime,
+        runtime_choice: None,
+        images: None,
+        accept_weakness: Vec::new(),
+        consent: Vec::new(),
         config_source: source.into(),
         config_path,
         state_dir: state.root().to_path_buf(),
@@ -249,6 +281,28 @@ pub fn render(plan: &Plan) -> String {
         "bottle `{}` on {} (config: {})",
         plan.name, plan.runtime, plan.config_source
     );
+    if let Some(c) = &plan.runtime_choice {
+        let _ = writeln!(s, "  runtime     {} (chosen by {})", plan.runtime, c.by);
+        for (k, why) in &c.skipped {
+            let _ = writeln!(s, "              skipped {k}: {why}");
+        }
+    }
+    if let Some(i) = &plan.images {
+        let how = |build: bool| if build { "built first" } else { "present" };
+        let _ = writeln!(
+            s,
+            "  images      sidecar {} ({}), agent {} ({}), base {} ({})",
+            i.sidecar,
+            how(i.build_sidecar),
+            i.agent,
+            how(i.build_agent),
+            i.base,
+            i.base_why
+        );
+    }
+    for w in &plan.accept_weakness {
+        let _ = writeln!(s, "  accepts     weakness {w} (if the probe finds it)");
+    }
     let _ = writeln!(s, "  state dir   {}", plan.state_dir.display());
     let _ = writeln!(
         s,
@@ -353,6 +407,9 @@ pub fn render(plan: &Plan) -> String {
     }
     for n in &plan.notes {
         let _ = writeln!(s, "  note        {n}");
+    }
+    for c in &plan.consent {
+        let _ = writeln!(s, "  consent     + {c}");
     }
     s
 }

@@ -12,12 +12,29 @@
 //! unless accepted; an accepted name that is no weakness at all refuses too,
 //! so a typo never reads as consent.
 
+use crate::interrupt::{Interrupt, Interrupted};
 use bottle_runtimes::apple::AppleRuntime;
 use bottle_runtimes::docker::DockerRuntime;
 use bottle_runtimes::smolvm::SmolvmRuntime;
 use bottle_runtimes::{
     weakness_meaning, CapabilityState, Probe, Runtime, RuntimeError, RuntimeKind, WEAKNESSES,
 };
+
+/// How the orchestrator reaches a runtime: [`Real`] outside tests.
+#[async_trait::async_trait]
+pub trait Connect: Send + Sync {
+    async fn connect(&self, kind: RuntimeKind) -> Result<Box<dyn Runtime>, RuntimeError>;
+}
+
+/// The runtimes of this machine, found from the environment.
+pub struct Real;
+
+#[async_trait::async_trait]
+impl Connect for Real {
+    async fn connect(&self, kind: RuntimeKind) -> Result<Box<dyn Runtime>, RuntimeError> {
+        connect(kind).await
+    }
+}
 
 /// Connects to the runtime `kind` (environment: `DOCKER_HOST`/context,
 /// `BOTTLE_CONTAINER_BIN`, `BOTTLE_SMOLVM_BIN`, `BOTTLE_SMOLVM_STATE_DIR`).
@@ -69,29 +86,42 @@ pub struct NoRuntime {
     pub tried: Vec<(RuntimeKind, String)>,
 }
 
-/// Tries [`auto_order`] in turn; the first runtime that connects and whose
-/// probe (without a helper image) passes [`passes`] wins.
-pub async fn auto(accepted: &[String]) -> Result<Selected, NoRuntime> {
+/// Tries `order` ([`auto_order`] outside tests) in turn; the first runtime
+/// that connects and whose probe (without a helper image) passes
+/// [`passes`] wins. An interrupt abandons the probe in flight and removes
+/// its scratch.
+pub async fn auto(
+    connector: &dyn Connect,
+    order: &[RuntimeKind],
+    accepted: &[String],
+    interrupt: &Interrupt,
+) -> Result<Result<Selected, NoRuntime>, Interrupted> {
     let mut skipped = Vec::new();
-    for kind in auto_order() {
-        match connect(kind).await {
+    for &kind in order {
+        match interrupt.unless(connector.connect(kind)).await? {
             Err(e) => skipped.push((kind, first_line(&e.to_string()))),
             Ok(rt) => {
-                let probe = rt.probe(None).await;
+                let probe = match interrupt.unless(rt.probe(None)).await {
+                    Ok(p) => p,
+                    Err(i) => {
+                        let _ = crate::lifecycle::sweep_probe_scratch(rt.as_ref()).await;
+                        return Err(i);
+                    }
+                };
                 match passes(&probe, accepted) {
                     Ok(()) => {
-                        return Ok(Selected {
+                        return Ok(Ok(Selected {
                             runtime: rt,
                             probe,
                             skipped,
-                        })
+                        }))
                     }
                     Err(why) => skipped.push((kind, why.to_string())),
                 }
             }
         }
     }
-    Err(NoRuntime { tried: skipped })
+    Ok(Err(NoRuntime { tried: skipped }))
 }
 
 fn first_line(s: &str) -> String {
@@ -137,19 +167,7 @@ pub enum RefusalReason {
 /// weaknesses present AND accepted (for `bottle ps` to show for the life of
 /// the bottle), or the first reason to refuse.
 pub fn check_weaknesses(probe: &Probe, accepted: &[String]) -> Result<Vec<String>, RefusalReason> {
-    if let Some(name) = accepted
-        .iter()
-        .find(|a| weakness_meaning(a.as_str()).is_none())
-    {
-        return Err(RefusalReason::UnknownWeakness {
-            name: name.clone(),
-            known: WEAKNESSES
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
+    known_weaknesses(accepted)?;
     let mut used = Vec::new();
     for c in probe.unmet() {
         match c.weakness {
@@ -185,6 +203,24 @@ pub fn check_weaknesses(probe: &Probe, accepted: &[String]) -> Result<Vec<String
         }
     }
     Ok(used)
+}
+
+/// Refuses an `--accept-weakness` name that is no weakness at all.
+pub fn known_weaknesses(accepted: &[String]) -> Result<(), RefusalReason> {
+    match accepted
+        .iter()
+        .find(|a| weakness_meaning(a.as_str()).is_none())
+    {
+        Some(name) => Err(RefusalReason::UnknownWeakness {
+            name: name.clone(),
+            known: WEAKNESSES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

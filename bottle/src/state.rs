@@ -38,6 +38,57 @@ pub enum StateError {
     },
 }
 
+/// Where every bottle's state dir lives: `$XDG_STATE_HOME/bottle`
+/// (default `~/.local/state/bottle`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRoot {
+    base: PathBuf,
+}
+
+impl StateRoot {
+    /// From the environment (`XDG_STATE_HOME`, else the home directory).
+    pub fn from_env() -> Result<Self, StateError> {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| dirs::home_dir().map(|h| h.join(".local").join("state")))
+            .ok_or(StateError::NoHome)?;
+        Ok(StateRoot {
+            base: base.join("bottle"),
+        })
+    }
+
+    /// The root at `base` (tests, and callers that already know it).
+    pub fn at(base: PathBuf) -> Self {
+        StateRoot { base }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.base
+    }
+
+    /// The state dir of bottle `name`.
+    pub fn bottle(&self, name: &str) -> StateDir {
+        StateDir {
+            root: self.base.join(name),
+        }
+    }
+
+    /// Names of every bottle that has a state dir.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(&self.base) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = dir
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
 /// Paths of one bottle's state.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -47,14 +98,7 @@ pub struct StateDir {
 impl StateDir {
     /// The state dir of bottle `name`, from the environment.
     pub fn for_bottle(name: &str) -> Result<Self, StateError> {
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| dirs::home_dir().map(|h| h.join(".local").join("state")))
-            .ok_or(StateError::NoHome)?;
-        Ok(StateDir {
-            root: base.join("bottle").join(name),
-        })
+        Ok(StateRoot::from_env()?.bottle(name))
     }
 
     /// The state dir at `root` (tests, and callers that already know it).

@@ -178,11 +178,12 @@ fn must_not_connect(marker: &'static str) -> impl Fn(&ExecOutput) -> (bool, Stri
     }
 }
 
-fn random_label() -> String {
-    use std::io::Read;
+/// Twelve hex digits from the system's random source; no fallback: labels
+/// an agent could predict would let it forge a probe's answers.
+fn random_label() -> Result<String, LifecycleError> {
     let mut b = [0u8; 6];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    hex::encode(b)
+    getrandom::fill(&mut b).map_err(|e| LifecycleError::Random(e.to_string()))?;
+    Ok(hex::encode(b))
 }
 
 /// A listener on 0.0.0.0 of the host, answering every connection with a marker.
@@ -300,10 +301,13 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> LifecycleError + '_ {
 }
 
 /// Builds the stock agent image the probe runs from, if the engine lacks it.
-async fn ensure_probe_image(rt: &dyn Runtime) -> Result<String, LifecycleError> {
+async fn ensure_probe_image(
+    rt: &dyn Runtime,
+    host: &crate::host::Host,
+) -> Result<String, LifecycleError> {
     let tag = images::DEFAULT_AGENT_IMAGE;
     if !rt.image_exists(tag).await? {
-        let (base, why) = images::base_image(rt).await?;
+        let (base, why) = images::base_image(rt, host).await?;
         eprintln!("verify: building the probe image {tag} from base {base} ({why})");
         let spec = images::agent_build(tag, &base);
         let mut progress = |line: &str| eprintln!("  {line}");
@@ -319,6 +323,7 @@ async fn ensure_probe_image(rt: &dyn Runtime) -> Result<String, LifecycleError> 
 /// host's addresses (empty: the bottle's sidecar image).
 pub async fn verify(
     rt: &dyn Runtime,
+    host: &crate::host::Host,
     name: &str,
     helper_image: &str,
 ) -> Result<Report, LifecycleError> {
@@ -336,7 +341,7 @@ pub async fn verify(
         helper_image.to_string()
     };
     let helper_image = helper_image.as_str();
-    let probe_image = ensure_probe_image(rt).await?;
+    let probe_image = ensure_probe_image(rt, host).await?;
     let internal = Plan::resource_name(name, "internal");
     let sidecar_ip =
         sidecar
@@ -346,7 +351,7 @@ pub async fn verify(
             .ok_or(LifecycleError::NoSidecarAddress {
                 network: internal.clone(),
             })?;
-    let state = crate::state::StateDir::for_bottle(name)?;
+    let state = host.state.bottle(name);
     let policy: Option<bottle_policy::Policy> = std::fs::read_to_string(state.policy_path())
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
@@ -554,7 +559,7 @@ pub async fn verify(
     }
 
     // ---- threat 4: DNS exfiltration
-    let label = random_label();
+    let label = random_label()?;
     checks.push(check(
         "dns exfiltration via the sidecar",
         Kind::Attack,
@@ -671,7 +676,7 @@ pub async fn verify(
 
     // ---- the probe: network checks from the agent's position, trusted tools
     let joins = rt.can_join_network_namespace();
-    let probe_name = format!("{}-{}", Plan::resource_name(name, "probe"), random_label());
+    let probe_name = format!("{}-{}", Plan::resource_name(name, "probe"), random_label()?);
     let probe_spec = ContainerSpec {
         name: probe_name.clone(),
         image: probe_image.clone(),
@@ -716,7 +721,7 @@ pub async fn verify(
     let probed = async {
         rt.start_container(&probe_id).await?;
         let mut rows = run_checks(rt, &probe_id, checks.iter(), Where::Probe).await;
-        rows.push(broadcast_check(rt, &probe_id, &trap).await);
+        rows.push(broadcast_check(rt, &probe_id, &trap, &random_label()?).await);
         Ok::<_, LifecycleError>(rows)
     }
     .await;
@@ -737,7 +742,7 @@ pub async fn verify(
     ));
 
     // ---- host: controls, and what only the host sees
-    results.push(loopback_datagram_control(&trap).await);
+    results.push(loopback_datagram_control(&trap, &random_label()?).await);
     results.push(proxy_binding_check(&sidecar, &Plan::resource_name(name, "egress")).await);
     // The listener answers where the host can see it, so a refusal from
     // the probe means isolation, not a dead listener.
@@ -837,8 +842,13 @@ async fn run_checks<'a>(
 
 /// Threat 13: broadcast and multicast from the agent's position must not
 /// reach a socket on the host.
-async fn broadcast_check(rt: &dyn Runtime, probe: &str, trap: &UdpTrap) -> CheckResult {
-    let token = format!("bottle-verify-bcast-{}", random_label());
+async fn broadcast_check(
+    rt: &dyn Runtime,
+    probe: &str,
+    trap: &UdpTrap,
+    nonce: &str,
+) -> CheckResult {
+    let token = format!("bottle-verify-bcast-{nonce}");
     let spec = ExecSpec {
         cmd: vec![
             "python3".into(),
@@ -900,8 +910,8 @@ async fn broadcast_check(rt: &dyn Runtime, probe: &str, trap: &UdpTrap) -> Check
 
 /// The broadcast listener answers: a datagram the host sends itself arrives,
 /// so a silent listener cannot pass [`broadcast_check`].
-async fn loopback_datagram_control(trap: &UdpTrap) -> CheckResult {
-    let token = format!("bottle-verify-ctl-{}", random_label());
+async fn loopback_datagram_control(trap: &UdpTrap, nonce: &str) -> CheckResult {
+    let token = format!("bottle-verify-ctl-{nonce}");
     let sent = async {
         let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
         s.send_to(token.as_bytes(), ("127.0.0.1", trap.port)).await

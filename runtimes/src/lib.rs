@@ -14,6 +14,8 @@
 pub mod apple;
 pub mod docker;
 mod error;
+#[cfg(feature = "test-util")]
+pub mod fake;
 mod probe;
 mod process;
 pub mod smolvm;

@@ -1,0 +1,297 @@
+//! `bottle up` as two library calls: [`prepare`] resolves the request into
+//! a complete [`Plan`] (config, name, mounts, policy, the runtime chosen,
+//! the images and whether they must be built, what needs consent) and
+//! creates nothing a bottle is made of; [`execute`] carries the plan out
+//! (builds missing images, probes, creates, pins, verifies). Between the two
+//! the binary prints the plan (`--dry-run`) or asks for consent.
+//!
+//! Under `auto`, choosing a runtime means probing it, so [`prepare`] may
+//! create and remove a probe's scratch networks; an interrupt at any point
+//! removes what `up` and its probes made ([`crate::interrupt`]).
+
+use crate::config::{self, ConfigErrors};
+use crate::host::Host;
+use crate::interrupt::Interrupt;
+use crate::lifecycle::{self, LifecycleError, UpSummary};
+use crate::mounts::Grants;
+use crate::pin::{self, Pinned};
+use crate::plan::{self, Plan, PlanError, RuntimeChoice};
+use crate::report::Reporter;
+use crate::runtime_select::{self, Connect, NoRuntime, RefusalReason};
+use bottle_runtimes::{Runtime, RuntimeError, RuntimeKind};
+use std::path::{Path, PathBuf};
+
+/// What the user asked the runtime to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeRequest {
+    Named(RuntimeKind),
+    Auto,
+}
+
+/// Everything `bottle up` was asked, flags resolved.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `-f FILE`; else `bottle.toml` in `cwd`; else the built-in default.
+    pub file: Option<PathBuf>,
+    pub cwd: PathBuf,
+    pub name: Option<String>,
+    /// `--runtime` / `BOTTLE_RUNTIME`; `None` leaves it to the config.
+    pub runtime: Option<RuntimeRequest>,
+    pub accept_weakness: Vec<String>,
+    pub grants: Grants,
+    pub verify: bool,
+}
+
+/// A complete plan and the runtime it runs on.
+pub struct Prepared {
+    pub plan: Plan,
+    pub runtime: Box<dyn Runtime>,
+    /// The caller sets this once the user agreed to `plan.consent`;
+    /// [`execute`] refuses a plan that needs consent without it.
+    pub consented: bool,
+    pub verify: bool,
+}
+
+/// What a successful `up` made.
+pub struct Outcome {
+    pub summary: UpSummary,
+    /// The checks `--verify` ran (all passed).
+    pub verified: Option<crate::verify::Report>,
+}
+
+/// Why `up` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    NoRuntime(#[from] NoRuntime),
+    #[error(transparent)]
+    Refused(#[from] RefusalReason),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error("cannot read the current directory: {0}")]
+    Cwd(std::io::Error),
+    #[error("refusing to start bottle `{name}` without your consent: {count} reason(s) listed above; an agent may have written them\n  fix: review them, then rerun with --accept-changes")]
+    Widened { name: String, count: usize },
+    #[error(
+        "bottle `{name}` failed {failed} isolation check(s) and was removed; see the table above"
+    )]
+    VerifyFailed {
+        name: String,
+        failed: usize,
+        report: Option<Box<crate::verify::Report>>,
+    },
+    #[error("interrupted before bottle `{name}` existed; the probe's scratch was removed")]
+    Interrupted { name: String },
+}
+
+/// The config `up` reads: `file`, else `bottle.toml` in `cwd`, else the
+/// built-in deny-all default. Returns it with a description of its source.
+pub fn load_config(
+    file: Option<&Path>,
+    cwd: &Path,
+) -> Result<(config::Config, String), ConfigErrors> {
+    let path = file.map(Path::to_path_buf).or_else(|| {
+        let p = cwd.join("bottle.toml");
+        p.exists().then_some(p)
+    });
+    match path {
+        Some(p) => Ok((config::load(&p)?, p.display().to_string())),
+        None => Ok((
+            config::default_for_dir(cwd),
+            "built-in default (deny all egress)".into(),
+        )),
+    }
+}
+
+/// Resolves `req` into a complete plan. Reads files, connects to the
+/// runtime and asks it which images it has; under `auto` it probes
+/// runtimes to choose one. Creates no part of a bottle.
+pub async fn prepare(
+    host: &Host,
+    req: &Request,
+    connector: &dyn Connect,
+    auto_order: &[RuntimeKind],
+    interrupt: &Interrupt,
+    report: &mut Reporter,
+) -> Result<Prepared, UpError> {
+    let (cfg, source) = load_config(req.file.as_deref(), &req.cwd)?;
+    let named = match req.runtime {
+        Some(RuntimeRequest::Named(kind)) => Some((kind, "--runtime / BOTTLE_RUNTIME")),
+        Some(RuntimeRequest::Auto) => None,
+        None => plan::config_runtime(&cfg).map(|k| (k, "bottle.toml")),
+    };
+    let mut plan = plan::build(
+        host,
+        &cfg,
+        &source,
+        req.name.as_deref(),
+        named.map_or(RuntimeKind::Docker, |(k, _)| k),
+        &req.grants,
+    )?;
+    // A misspelt weakness is refused before anything is touched.
+    runtime_select::known_weaknesses(&req.accept_weakness)?;
+    plan.accept_weakness = req.accept_weakness.clone();
+    for note in &plan.notes {
+        report.detail(&format!("note: {note}"));
+    }
+    let interrupted = || UpError::Interrupted {
+        name: plan.name.clone(),
+    };
+    let (rt, choice) = match named {
+        Some((kind, by)) => {
+            report.step(&format!("connecting to {kind}"));
+            let rt = interrupt
+                .unless(connector.connect(kind))
+                .await
+                .map_err(|_| interrupted())??;
+            (
+                rt,
+                RuntimeChoice {
+                    by: by.into(),
+                    skipped: vec![],
+                },
+            )
+        }
+        None => {
+            report.step("choosing a runtime (auto)");
+            let sel = runtime_select::auto(connector, auto_order, &req.accept_weakness, interrupt)
+                .await
+                .map_err(|_| interrupted())??;
+            for (k, why) in &sel.skipped {
+                report.detail(&format!("skipped {k}: {why}"));
+            }
+            (
+                sel.runtime,
+                RuntimeChoice {
+                    by: "auto".into(),
+                    skipped: sel.skipped,
+                },
+            )
+        }
+    };
+    plan.runtime = rt.kind();
+    plan.runtime_choice = Some(choice);
+    report.step("resolving images");
+    let images = interrupt
+        .unless(lifecycle::plan_images(rt.as_ref(), host, &plan.agent.image))
+        .await
+        .map_err(|_| interrupted())??;
+    plan.images = Some(images);
+    plan.consent = pin::judge(&plan.name, &Pinned::of(&plan), &pin::load_all(&host.state));
+    Ok(Prepared {
+        plan,
+        runtime: rt,
+        consented: false,
+        verify: req.verify,
+    })
+}
+
+/// Carries out a prepared plan: builds the images it lacks, probes the
+/// runtime with them, creates the bottle, records the accepted pin, and
+/// (with `verify`) checks the sandbox, removing it if a check fails. An
+/// interrupt at any step removes what was made.
+pub async fn execute(
+    host: &Host,
+    prepared: Prepared,
+    interrupt: &Interrupt,
+    report: &mut Reporter,
+) -> Result<Outcome, UpError> {
+    let Prepared {
+        plan,
+        runtime: rt,
+        consented,
+        verify,
+    } = prepared;
+    let rt = rt.as_ref();
+    if !plan.consent.is_empty() && !consented {
+        return Err(UpError::Widened {
+            name: plan.name.clone(),
+            count: plan.consent.len(),
+        });
+    }
+    let images = plan
+        .images
+        .clone()
+        .ok_or_else(|| LifecycleError::Unplanned {
+            name: plan.name.clone(),
+        })?;
+    let interrupted = || UpError::Interrupted {
+        name: plan.name.clone(),
+    };
+    if images.build_sidecar || images.build_agent {
+        report.step("building images");
+        interrupt
+            .unless(lifecycle::build_images(rt, host, &images, report))
+            .await
+            .map_err(|_| interrupted())??;
+    }
+    report.step("probing the runtime");
+    let probe = match interrupt.unless(rt.probe(Some(&images.sidecar))).await {
+        Ok(p) => p,
+        Err(_) => {
+            report.detail("interrupted; removing the probe's scratch");
+            let _ = lifecycle::sweep_probe_scratch(rt).await;
+            return Err(interrupted());
+        }
+    };
+    let accepted = runtime_select::check_weaknesses(&probe, &plan.accept_weakness)?;
+    report.detail(&format!(
+        "{} {}: every required capability present{}",
+        probe.runtime,
+        probe.version.as_deref().unwrap_or("?"),
+        if accepted.is_empty() {
+            String::new()
+        } else {
+            format!("; ACCEPTED WEAKNESS: {}", accepted.join(", "))
+        }
+    ));
+    let summary = lifecycle::create(rt, host, &plan, &accepted, interrupt, report).await?;
+    pin::accept(&host.state.bottle(&plan.name), &Pinned::of(&plan))
+        .map_err(LifecycleError::from)?;
+    if !verify {
+        return Ok(Outcome {
+            summary,
+            verified: None,
+        });
+    }
+    report.step(
+        "verifying the sandbox (a probe in the agent's network, the runtime's inspect data, the host)",
+    );
+    let checked = match interrupt
+        .unless(crate::verify::verify(rt, host, &plan.name, &images.sidecar))
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            report.step("interrupted; removing the bottle (Ctrl-C again to stop)");
+            lifecycle::rollback(rt, &host.state, &plan.name, interrupt, report).await?;
+            return Err(LifecycleError::Interrupted.into());
+        }
+    };
+    let (failed, checked) = match checked {
+        Ok(r) if r.failed == 0 => {
+            return Ok(Outcome {
+                summary,
+                verified: Some(r),
+            })
+        }
+        Ok(r) => (r.failed, Some(Box::new(r))),
+        Err(e) => {
+            report.detail(&format!("verify could not run: {e}"));
+            (1, None)
+        }
+    };
+    report.step("verify failed; removing the bottle");
+    lifecycle::rollback(rt, &host.state, &plan.name, interrupt, report).await?;
+    Err(UpError::VerifyFailed {
+        name: plan.name.clone(),
+        failed,
+        report: checked,
+    })
+}
