@@ -585,7 +585,7 @@ fn agent_is_hardened_and_tty_works() {
 
     // Without a terminal, -t is refused with a clear message.
     let out = b.bottle(&["exec", "-t", &b.name, "--", "tty"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(
         stderr(&out).contains("--tty needs a terminal"),
         "{}",
@@ -667,8 +667,8 @@ fn an_agent_cannot_widen_its_own_next_run() {
     let up = b.bottle(&["up"]);
     assert_eq!(
         up.status.code(),
-        Some(1),
-        "widened run started: {}",
+        Some(4),
+        "widened run started (exit 4: refused): {}",
         stderr(&up)
     );
     let err = stderr(&up);
@@ -686,4 +686,26 @@ fn an_agent_cannot_widen_its_own_next_run() {
         "{}",
         stderr(&up)
     );
+}
+
+/// A reader that stops early (`| head`, `| true`) ends bottle quietly with
+/// 0, not a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_ends_bottle_quietly() {
+    if !engine_or_skip("a_closed_stdout_ends_bottle_quietly") {
+        return;
+    }
+    // `probe` measures for seconds before it prints: `true` is long gone.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; {} probe --runtime docker | true",
+            bottle_bin().display()
+        ))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
 }

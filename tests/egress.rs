@@ -399,7 +399,7 @@ fn policy_reload_applies_without_restart() {
     };
     // The file may have been written by the agent: a widening needs consent.
     let out = reload(&[]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(4), "refused: {}", stderr(&out));
     assert!(
         stderr(&out).contains("+ egress.allow gains `late.test`"),
         "{}",
@@ -431,7 +431,7 @@ fn policy_reload_applies_without_restart() {
     )
     .unwrap();
     let out = b.bottle(&["reload", &b.name]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a config error");
     assert!(stderr(&out).contains("egress.allow[0]"), "{}", stderr(&out));
     let text = sh(b, "curl -sS --max-time 10 https://late.test/still");
     assert_eq!(json_of(&text)["path"], "/still", "{text}");

@@ -56,7 +56,7 @@ fn apple_container_up_exec_down_against_the_fake() {
         &env,
         &["up", "--runtime", "apple-container", "--name", &name],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(4), "refused: {}", stderr(&out));
     assert!(
         stderr(&out).contains("host-reachable-from-internal"),
         "{}",
@@ -222,7 +222,7 @@ fn smolvm_up_fails_at_boot_and_leaves_nothing() {
         &env,
         &["up", "--runtime", "smolvm", "--name", &name],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4), "refused by the probe");
     assert!(
         stderr(&out).contains("dns-forwarded-unfiltered"),
         "{}",

@@ -204,7 +204,10 @@ fn verify_fails_on_a_deliberately_broken_bottle() {
         stderr(&update)
     );
     let (code, v, _) = report(&b);
-    assert_eq!(code, 1, "an agent without a pids limit must fail verify");
+    assert_eq!(
+        code, 3,
+        "an agent without a pids limit must fail verify (exit 3: a hole)"
+    );
     let pids = rows(&v, "pids limit", "inspect");
     assert_eq!(pids[0]["pass"], false, "{pids:?}");
     assert_eq!(pids[0]["observed"], "unlimited");
@@ -256,7 +259,7 @@ fn verify_fails_on_a_deliberately_broken_bottle() {
 
     let (code, v, _) = report(&b);
     assert_eq!(
-        code, 1,
+        code, 3,
         "verify must fail on a broken bottle, lying tools or not"
     );
     // With a host address on its only network the agent reaches the host's

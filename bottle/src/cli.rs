@@ -877,3 +877,95 @@ pub fn render_probe(out: &mut dyn Write, probe: &Probe) -> std::io::Result<()> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bottle").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn up_flags_become_a_request() {
+        let Command::Up(args) = parse(&[
+            "up",
+            "--runtime",
+            "auto",
+            "--accept-weakness",
+            "broadcast-reaches-host",
+            "--allow-mount",
+            "/srv/x",
+            "--dry-run",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not up");
+        };
+        assert_eq!(runtime_request(args.runtime), Some(RuntimeRequest::Auto));
+        assert_eq!(args.accept_weakness, ["broadcast-reaches-host"]);
+        assert_eq!(args.allow_mount, [PathBuf::from("/srv/x")]);
+        assert!(args.dry_run);
+        assert_eq!(
+            runtime_request(Some(RuntimeArg::AppleContainer)),
+            Some(RuntimeRequest::Named(RuntimeKind::AppleContainer))
+        );
+        assert_eq!(runtime_request(None), None);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for args in [
+            &["up", "--runtime", "podman"][..],
+            &["exec", "b"][..],
+            &["frobnicate"][..],
+        ] {
+            let err = parse(args).expect_err("refused");
+            assert_eq!(err.exit_code(), Exit::Usage.code(), "{args:?}");
+        }
+        assert_eq!(CliError::BadEnv("X".into()).exit(), Exit::Usage);
+        assert!(CliError::BadEnv("X".into())
+            .to_string()
+            .contains("KEY=VALUE"));
+    }
+
+    /// A reader that went away, as `| head` leaves stdout.
+    struct Closed;
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_quietly() {
+        let err: CliError = render_ps(&mut Closed, &[]).unwrap_err().into();
+        assert!(err.is_closed_pipe());
+        assert_eq!(err.exit(), Exit::Done);
+        let other: CliError = std::io::Error::other("disk full").into();
+        assert!(!other.is_closed_pipe());
+        assert_eq!(other.exit(), Exit::Failed);
+    }
+
+    #[test]
+    fn probe_table_says_what_up_would_do() {
+        let mut probe = Probe::absent(RuntimeKind::Smolvm, "smolvm".into(), "not found".into());
+        let mut out = Vec::new();
+        render_probe(&mut out, &probe).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("`bottle up` would refuse: reachable is not available"),
+            "{text}"
+        );
+        probe.capabilities.clear();
+        let mut out = Vec::new();
+        render_probe(&mut out, &probe).unwrap();
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("bottles can run on smolvm"));
+    }
+}

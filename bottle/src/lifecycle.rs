@@ -62,7 +62,7 @@ pub enum LifecycleError {
     Mount(#[from] crate::mounts::MountError),
     #[error("interrupted; everything created so far was removed")]
     Interrupted,
-    #[error("interrupted again while removing what `up` had made; left behind: {}\n  fix: `bottle down {name}` removes the bottle's part{}", .left.join(", "), if .left.iter().any(|l| l.contains("bottle-probe-") || l.contains("bottle-netinfo-")) { "; the next `bottle probe` or `up` sweeps the probe's scratch" } else { "" })]
+    #[error("interrupted again while removing what `up` had made; left behind: {}\n  fix: {}", .left.join(", "), leftover_fix(name, left))]
     InterruptedTwice { name: String, left: Vec<String> },
     #[error("cannot read random bytes from the system: {0}\n  fix: check that the kernel's random source (getrandom, /dev/urandom) works")]
     Random(String),
@@ -78,6 +78,23 @@ pub enum LifecycleError {
     Materials(#[from] crate::materials::MaterialError),
     #[error("cannot render the policy: {0}")]
     Policy(#[from] serde_json::Error),
+}
+
+/// How to remove what a stopped rollback left: the bottle's resources go
+/// with `bottle down`; a probe's scratch with the next probe's sweep.
+fn leftover_fix(name: &str, left: &[String]) -> String {
+    let scratch = |l: &String| l.starts_with("bottle-probe-") || l.starts_with("bottle-netinfo-");
+    let mut fixes = Vec::new();
+    if left.iter().any(|l| !scratch(l)) {
+        fixes.push(format!(
+            "`bottle down {name}` removes the bottle's resources"
+        ));
+    }
+    if left.iter().any(scratch) {
+        fixes
+            .push("the next `bottle probe` or `bottle up` removes the probe's scratch".to_string());
+    }
+    fixes.join("; ")
 }
 
 /// What `up` made, for the summary and `--json`.

@@ -86,7 +86,7 @@ pub enum UpError {
         failed: usize,
         report: Option<Box<crate::verify::Report>>,
     },
-    #[error("interrupted before bottle `{name}` existed; the probe's scratch was removed")]
+    #[error("interrupted before bottle `{name}` was created; nothing was left behind")]
     Interrupted { name: String },
 }
 
