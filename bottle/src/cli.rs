@@ -206,8 +206,8 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bottle `{name}` has no recorded config file\n  fix: pass it with -f FILE")]
-    NoConfigToReload { name: String },
+    #[error(transparent)]
+    Reload(#[from] crate::reload::ReloadError),
     /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
     /// an error and ends bottle quietly.
     #[error("cannot write the output: {0}")]
@@ -232,8 +232,8 @@ impl Classify for CliError {
             CliError::InitExists { .. }
             | CliError::BadEnv(_)
             | CliError::NotATerminal
-            | CliError::NoService(_)
-            | CliError::NoConfigToReload { .. } => Exit::Usage,
+            | CliError::NoService(_) => Exit::Usage,
+            CliError::Reload(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
             CliError::State(_)
             | CliError::Write { .. }
@@ -252,7 +252,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Up(args) => up(args).await,
         Command::Verify { name, json } => {
             let host = Host::from_env()?;
-            let rt = connect(bottle_runtime(&host, &name)).await?;
+            let rt = connect(crate::reload::runtime_of(&host, &name)).await?;
             let report = crate::verify::verify(rt.as_ref(), &host, &name, "").await?;
             print_verify(&report, json)?;
             Ok(if report.failed == 0 {
@@ -272,7 +272,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         } => exec(&name, cmd, interactive, tty, workdir, env).await,
         Command::Down { name, json } => {
             let host = Host::from_env()?;
-            let rt = connect(bottle_runtime(&host, &name)).await?;
+            let rt = connect(crate::reload::runtime_of(&host, &name)).await?;
             let mut report = Reporter::new(json);
             let removed = lifecycle::down(rt.as_ref(), &host.state, &name, &mut report).await?;
             if json {
@@ -431,13 +431,6 @@ async fn offer_apple_start() -> bool {
             false
         }
     }
-}
-
-/// The runtime bottle `name` was brought up on (docker when unrecorded).
-fn bottle_runtime(host: &Host, name: &str) -> RuntimeKind {
-    lifecycle::recorded(&host.state.bottle(name))
-        .map(|r| r.runtime)
-        .unwrap_or(RuntimeKind::Docker)
 }
 
 async fn up(args: UpArgs) -> Result<i32, CliError> {
@@ -630,7 +623,7 @@ async fn exec(
         return Err(CliError::NotATerminal);
     }
     let host = Host::from_env()?;
-    let rt = connect(bottle_runtime(&host, name)).await?;
+    let rt = connect(crate::reload::runtime_of(&host, name)).await?;
     let agent = lifecycle::find_container(rt.as_ref(), name, "agent").await?;
     if agent.state != bottle_runtimes::ContainerState::Running {
         return Err(LifecycleError::AgentNotRunning {
@@ -689,7 +682,7 @@ async fn logs(
         sink.finish();
         return Ok(0);
     }
-    let rt = connect(bottle_runtime(&host, name)).await?;
+    let rt = connect(crate::reload::runtime_of(&host, name)).await?;
     let c = lifecycle::find_container(rt.as_ref(), name, role).await?;
     let mut sink = crate::logview::LogSink::new(filter, json, std::io::stdout());
     rt.logs(&c.id, follow, tail, &mut sink).await?;
@@ -743,44 +736,18 @@ async fn ask_consent(
 
 async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Result<i32, CliError> {
     let host = Host::from_env()?;
-    let state = host.state.bottle(name);
-    let file = file
-        .or_else(|| lifecycle::recorded_source(&state))
-        .ok_or_else(|| CliError::NoConfigToReload { name: name.into() })?;
-    let cfg = config::load(&file)?;
-    let old = crate::pin::load(&state);
-    // Mounts, image and the agent's limits do not change on reload: the
-    // running agent keeps what it was started with, so those stay as pinned
-    // (and the sources it already has are not refused again).
-    let grants = crate::mounts::Grants {
-        mounts: old
-            .iter()
-            .flat_map(|p| p.mounts.iter().map(|m| m.source.clone()))
-            .collect(),
-        root_owner: true,
-    };
-    let plan = crate::plan::build(
-        &host,
-        &cfg,
-        &file.display().to_string(),
-        Some(name),
-        bottle_runtime(&host, name),
-        &grants,
-    )?;
-    let pinned = crate::pin::Pinned::for_reload(&plan, old.as_ref());
-    let reasons = crate::pin::judge(&plan.name, &pinned, &crate::pin::load_all(&host.state));
-    ask_consent(
+    let mut prepared = crate::reload::prepare(&host, name, file)?;
+    let plan = &prepared.plan;
+    prepared.consented = ask_consent(
         &plan.name,
         &plan.config_source,
-        &reasons,
+        &prepared.consent,
         accept_changes,
         &Interrupt::new(),
     )
     .await?;
-    let rt = connect(bottle_runtime(&host, name)).await?;
-    let sidecar = lifecycle::find_container(rt.as_ref(), name, "sidecar").await?;
-    let summary = lifecycle::reload(rt.as_ref(), &host, &plan, &sidecar).await?;
-    crate::pin::accept(&state, &pinned)?;
+    let rt = connect(crate::reload::runtime_of(&host, name)).await?;
+    let summary = crate::reload::execute(&host, rt.as_ref(), prepared).await?;
     eprintln!("{summary}");
     Ok(0)
 }

@@ -120,6 +120,19 @@ impl Classify for LifecycleError {
     }
 }
 
+impl Classify for crate::reload::ReloadError {
+    fn exit(&self) -> Exit {
+        use crate::reload::ReloadError as R;
+        match self {
+            R::NoConfig { .. } | R::Config(_) => Exit::Usage,
+            R::Plan(e) => e.exit(),
+            R::Lifecycle(e) => e.exit(),
+            R::State(_) => Exit::Failed,
+            R::Widened { .. } => Exit::Refused,
+        }
+    }
+}
+
 impl Classify for UpError {
     fn exit(&self) -> Exit {
         match self {

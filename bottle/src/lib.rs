@@ -22,6 +22,7 @@ pub mod materials;
 pub mod mounts;
 pub mod pin;
 pub mod plan;
+pub mod reload;
 pub mod report;
 pub mod runtime_select;
 pub mod secrets;

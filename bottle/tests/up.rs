@@ -598,3 +598,43 @@ async fn an_interrupt_while_auto_probes_removes_the_probes_scratch() {
     // This process's scratch is gone; another process's probe is left alone.
     assert_eq!(fake.resources(), [theirs]);
 }
+
+#[tokio::test]
+async fn a_widening_reload_needs_consent_before_any_call() {
+    let m = Machine::new();
+    m.config(CONFIG);
+    let (fake, fakes) = docker();
+    up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
+    let policy = m.host.state.bottle("t").policy_path();
+    let before = std::fs::read(&policy).unwrap();
+    m.config(
+        r#"
+name = "t"
+[egress]
+allow = ["api.anthropic.com", "exfil.example"]
+"#,
+    );
+    let prepared = bottle::reload::prepare(&m.host, "t", None).unwrap();
+    assert!(
+        prepared.consent.iter().any(|c| c.contains("exfil.example")),
+        "{:?}",
+        prepared.consent
+    );
+    let calls = fake.calls().len();
+    let err = bottle::reload::execute(&m.host, &fake, prepared)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("without your consent"), "{err}");
+    assert_eq!(err.exit(), Exit::Refused);
+    assert_eq!(fake.calls().len(), calls, "refused before any call");
+    assert_eq!(
+        std::fs::read(&policy).unwrap(),
+        before,
+        "the running policy is untouched"
+    );
+    // A bottle that was never brought up has no config to reload.
+    let err = bottle::reload::prepare(&m.host, "never", None)
+        .err()
+        .unwrap();
+    assert_eq!(err.exit(), Exit::Usage);
+}
