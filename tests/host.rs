@@ -268,7 +268,8 @@ for p in kids:
     // The empty `.git` planted in the unchecked-out submodule went with it.
     assert!(!ws.join("lib").exists(), "the planted lib was left behind");
 
-    let expect_refusal = |variant: Option<usize>, needle: &str| {
+    // Exit 4: refused (consent, a mount bottle never makes); 2: bad input.
+    let expect_exit = |code: i32, variant: Option<usize>, needle: &str| {
         if let Some(i) = variant {
             std::fs::copy(ws.join(format!("variant{i}.toml")), ws.join("bottle.toml")).unwrap();
         }
@@ -276,7 +277,7 @@ for p in kids:
         let err = stderr(&out);
         assert_eq!(
             out.status.code(),
-            Some(4),
+            Some(code),
             "variant {variant:?} started (or not refused): {err}"
         );
         assert!(err.contains(needle), "variant {variant:?}: {err}");
@@ -287,6 +288,7 @@ for p in kids:
         );
         err
     };
+    let expect_refusal = |variant: Option<usize>, needle: &str| expect_exit(4, variant, needle);
     // 3: the symlinked mount resolves to the secret directory: a new mount.
     let err = expect_refusal(
         None,
@@ -314,7 +316,7 @@ for p in kids:
     // Larger limits are more.
     expect_refusal(Some(3), "sidecar.max_connections grows from 1024 to 100000");
     // 12: /dev/zero is refused before a byte is read.
-    expect_refusal(Some(4), "/dev/zero is not a regular file");
+    expect_exit(2, Some(4), "/dev/zero is not a regular file");
 
     // 4: a root-owned project: the agent would write as root.
     chown_r(&ws, 0);
@@ -329,6 +331,7 @@ for p in kids:
     let out = up(&b, &[]);
     let err = stderr(&out);
     assert_eq!(err.matches("unknown key `nmae`").count(), 1, "{err}");
+    assert_eq!(out.status.code(), Some(2), "a config error: {err}");
 
     // Control: the accepted config still starts silently.
     std::fs::write(ws.join("bottle.toml"), &config).unwrap();
