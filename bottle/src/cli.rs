@@ -208,6 +208,8 @@ pub enum CliError {
     },
     #[error(transparent)]
     Reload(#[from] crate::reload::ReloadError),
+    #[error("interrupted; nothing was left behind")]
+    Interrupted,
     /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
     /// an error and ends bottle quietly.
     #[error("cannot write the output: {0}")]
@@ -235,6 +237,7 @@ impl Classify for CliError {
             | CliError::NoService(_) => Exit::Usage,
             CliError::Reload(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
+            CliError::Interrupted => Exit::Interrupted,
             CliError::State(_)
             | CliError::Write { .. }
             | CliError::Cwd(_)
@@ -253,7 +256,18 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Verify { name, json } => {
             let host = Host::from_env()?;
             let rt = connect(crate::reload::runtime_of(&host, &name)).await?;
-            let report = crate::verify::verify(rt.as_ref(), &host, &name, "").await?;
+            let interrupt = Interrupt::install();
+            let report = match interrupt
+                .unless(crate::verify::verify(rt.as_ref(), &host, &name, ""))
+                .await
+            {
+                Ok(r) => r?,
+                Err(_) => {
+                    // The probe container carries the bottle's labels.
+                    crate::verify::remove_probes(rt.as_ref(), &name).await?;
+                    return Err(CliError::Interrupted);
+                }
+            };
             print_verify(&report, json)?;
             Ok(if report.failed == 0 {
                 Exit::Done
@@ -758,18 +772,21 @@ async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError>
         _ => RuntimeKind::Docker,
     };
     let host = Host::from_env()?;
+    let interrupt = Interrupt::install();
     let probe = match connect(kind).await {
         Ok(rt) => {
             let mut report = Reporter::new(json);
             report.step("preparing the sidecar image the probe runs its helpers from");
-            let helper = match lifecycle::ensure_images(
-                rt.as_ref(),
-                &host,
-                crate::images::DEFAULT_AGENT_IMAGE,
-                &mut report,
-            )
-            .await
-            {
+            let images = interrupt
+                .unless(lifecycle::ensure_images(
+                    rt.as_ref(),
+                    &host,
+                    crate::images::DEFAULT_AGENT_IMAGE,
+                    &mut report,
+                ))
+                .await
+                .map_err(|_| CliError::Interrupted)?;
+            let helper = match images {
                 Ok(images) => Some(images.sidecar),
                 Err(e) => {
                     report.detail(&format!("cannot prepare the sidecar image: {e}"));
@@ -777,7 +794,13 @@ async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError>
                 }
             };
             report.step(&format!("probing {kind}"));
-            rt.probe(helper.as_deref()).await
+            match interrupt.unless(rt.probe(helper.as_deref())).await {
+                Ok(probe) => probe,
+                Err(_) => {
+                    lifecycle::sweep_probe_scratch(rt.as_ref()).await?;
+                    return Err(CliError::Interrupted);
+                }
+            }
         }
         Err(CliError::Runtime(RuntimeError::Unavailable { reason, fix, .. })) => {
             Probe::absent(kind, "-".into(), format!("{reason} (fix: {fix})"))

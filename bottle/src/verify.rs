@@ -316,6 +316,20 @@ async fn ensure_probe_image(
     Ok(tag.to_string())
 }
 
+/// Removes bottle `name`'s verify probe containers (after an interrupted
+/// verify; a finished one removes its own).
+pub async fn remove_probes(
+    rt: &dyn Runtime,
+    name: &str,
+) -> Result<(), bottle_runtimes::RuntimeError> {
+    for r in rt.list(&labels_for(name, "probe")).await? {
+        if r.kind == bottle_runtimes::ResourceKind::Container {
+            rt.remove_container(&r.id).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs every check of bottle `name`: network checks in a probe container at
 /// the agent's network position, the agent's privileges from inspect, and
 /// host-side controls; the agent's own view beside them, not counted.
