@@ -458,7 +458,10 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
     let images = lifecycle::prepare_images(rt.as_ref(), &plan.agent.image, &mut report).await?;
     report.step("probing the runtime");
     let probe = rt.probe(Some(&images.sidecar)).await;
-    let accepted = crate::runtime_select::check_weaknesses(&probe, &accept_weakness)?;
+    let accepted: Vec<String> = crate::runtime_select::check_weaknesses(&probe, &accept_weakness)?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     report.detail(&format!(
         "{} {}: every required capability present{}",
         probe.runtime,
@@ -605,7 +608,7 @@ async fn exec(
         return Err(CliError::NotATerminal);
     }
     let rt = connect(bottle_runtime(name)).await?;
-    let agent = lifecycle::find_container(rt.as_ref(), name, "agent").await?;
+    let agent = lifecycle::find_container(rt.as_ref(), name, bottle_runtimes::Role::Agent).await?;
     if agent.state != bottle_runtimes::ContainerState::Running {
         return Err(LifecycleError::AgentNotRunning {
             name: name.into(),
@@ -646,9 +649,9 @@ async fn logs(
     tail: Option<usize>,
 ) -> Result<i32, CliError> {
     let (role, filter) = match service {
-        Service::Agent => ("agent", None),
-        Service::Sidecar => ("sidecar", None),
-        Service::Egress => ("sidecar", Some("egress")),
+        Service::Agent => (bottle_runtimes::Role::Agent, None),
+        Service::Sidecar => (bottle_runtimes::Role::Sidecar, None),
+        Service::Egress => (bottle_runtimes::Role::Sidecar, Some("egress")),
         Service::GitGate => return Err(CliError::NoService("git-gate")),
         Service::Supervise => return Err(CliError::NoService("supervise")),
     };
@@ -737,7 +740,8 @@ async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Resu
     let pinned = crate::pin::Pinned::for_reload(&plan, old.as_ref());
     consent(&plan, &pinned, accept_changes)?;
     let rt = connect(bottle_runtime(name)).await?;
-    let sidecar = lifecycle::find_container(rt.as_ref(), name, "sidecar").await?;
+    let sidecar =
+        lifecycle::find_container(rt.as_ref(), name, bottle_runtimes::Role::Sidecar).await?;
     let summary = lifecycle::reload(rt.as_ref(), &plan, &sidecar).await?;
     crate::pin::accept(&state, &pinned).map_err(LifecycleError::from)?;
     eprintln!("{summary}");

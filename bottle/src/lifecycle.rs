@@ -274,7 +274,7 @@ async fn create_all(
         .create_network(&NetworkSpec {
             name: plan.internal_network.clone(),
             kind: NetworkKind::Internal,
-            labels: plan.labels("internal"),
+            labels: plan.labels(bottle_runtimes::Role::Internal),
         })
         .await?;
     report.detail(&format!(
@@ -343,7 +343,7 @@ async fn create_all(
         .create_network(&NetworkSpec {
             name: plan.egress_network.clone(),
             kind: NetworkKind::Egress,
-            labels: plan.labels("egress"),
+            labels: plan.labels(bottle_runtimes::Role::Egress),
         })
         .await?;
 
@@ -380,7 +380,7 @@ async fn create_all(
             "--dns-answer".into(),
             dns_answer,
         ],
-        labels: plan.labels("sidecar"),
+        labels: plan.labels(bottle_runtimes::Role::Sidecar),
         networks: vec![
             NetworkAttachment {
                 network: egress.id.clone(),
@@ -477,7 +477,7 @@ async fn create_all(
         image: images.agent.clone(),
         command: plan.agent.command.clone(),
         env,
-        labels: plan.labels("agent"),
+        labels: plan.labels(bottle_runtimes::Role::Agent),
         networks: vec![NetworkAttachment {
             network: internal.id.clone(),
             ipv4: agent_ip,
@@ -710,7 +710,7 @@ pub async fn down(
 pub async fn find_container(
     rt: &dyn Runtime,
     name: &str,
-    role: &str,
+    role: bottle_runtimes::Role,
 ) -> Result<ContainerInfo, LifecycleError> {
     let found = rt.list(&labels_for(name, role)).await?;
     let Some(c) = found.iter().find(|r| r.kind == ResourceKind::Container) else {

@@ -4,7 +4,7 @@
 
 use crate::hardening;
 use bottle_policy::Policy;
-use bottle_runtimes::{Mount, RuntimeKind, LABEL_NAME, LABEL_ROLE};
+use bottle_runtimes::{Mount, Role, RuntimeKind, LABEL_NAME};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -96,7 +96,7 @@ impl Plan {
     }
 
     /// Labels for a resource of this bottle in `role`.
-    pub fn labels(&self, role: &str) -> BTreeMap<String, String> {
+    pub fn labels(&self, role: Role) -> BTreeMap<String, String> {
         labels_for(&self.name, role)
     }
 
@@ -124,11 +124,8 @@ impl Plan {
     }
 }
 
-pub fn labels_for(name: &str, role: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_string(), name.to_string()),
-        (LABEL_ROLE.to_string(), role.to_string()),
-    ])
+pub fn labels_for(name: &str, role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_NAME.to_string(), name.to_string()), role.label()])
 }
 
 /// The runtime `bottle.toml` asks for, if it names one (`auto` names none).

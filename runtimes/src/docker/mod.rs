@@ -243,7 +243,7 @@ impl DockerRuntime {
             ),
             image: helper_image.into(),
             entrypoint: Some(vec!["bottle-sidecar".into(), "netinfo".into()]),
-            labels: BTreeMap::from([(crate::LABEL_ROLE.into(), "probe".into())]),
+            labels: BTreeMap::from([crate::Role::Probe.label()]),
             host_network: true,
             cap_drop: vec!["ALL".into()],
             no_new_privileges: true,

@@ -36,8 +36,8 @@ mod probe;
 use crate::process::{locate, Output, Tool, Version};
 use crate::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, NetworkInfo,
-    NetworkKind, NetworkSpec, Probe, Progress, ResourceKind, ResourceRef, Runtime, RuntimeError,
-    RuntimeKind, LABEL_ROLE,
+    NetworkKind, NetworkSpec, Probe, Progress, ResourceKind, ResourceRef, Role, Runtime,
+    RuntimeError, RuntimeKind,
 };
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -608,9 +608,9 @@ impl Runtime for SmolvmRuntime {
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let smolfile = match spec.labels.get(LABEL_ROLE).map(String::as_str) {
-            Some("agent") => Some(AGENT_SMOLFILE),
-            Some("sidecar") => Some(SIDECAR_SMOLFILE),
+        let smolfile = match Role::of(&spec.labels) {
+            Some(Role::Agent) => Some(AGENT_SMOLFILE),
+            Some(Role::Sidecar) => Some(SIDECAR_SMOLFILE),
             _ => None,
         };
         let path = smolfile
