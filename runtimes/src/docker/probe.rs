@@ -109,7 +109,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             let inhibited = inspected
                 .as_ref()
                 .and_then(|n| n.options.as_ref())
-                .and_then(|o| o.get(super::INHIBIT_IPV4).cloned())
+                .and_then(|o| o.get(super::networks::INHIBIT_IPV4).cloned())
                 .is_some_and(|v| v == "true");
             probe.capabilities.push(Capability::new(
                 "internal-network",
@@ -120,7 +120,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                     "created {} (subnet {}): internal={is_internal}, {}={inhibited}",
                     net.name,
                     net.subnet.as_deref().unwrap_or("?"),
-                    super::INHIBIT_IPV4
+                    super::networks::INHIBIT_IPV4
                 ),
             ));
             networks.push(net.clone());
