@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apple;
+mod cli_shared;
 pub mod docker;
 mod error;
 mod probe;

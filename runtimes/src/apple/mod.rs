@@ -31,6 +31,7 @@
 mod json;
 mod probe;
 
+use crate::cli_shared::{labels_match, parse_json};
 use crate::process::{locate, Output, Tool, Version};
 use crate::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, NetworkInfo,
@@ -161,13 +162,6 @@ fn valid_network_name(name: &str) -> bool {
         && edge(b[b.len() - 1])
         && b.iter()
             .all(|&c| edge(c) || c == b'.' || c == b'_' || c == b'-')
-}
-
-fn labels_match(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> bool {
-    want.iter().all(|(k, v)| match have.get(k) {
-        Some(h) => v.is_empty() || h == v,
-        None => false,
-    })
 }
 
 fn state_of(s: &str) -> ContainerState {
@@ -537,11 +531,12 @@ async fn service_status_of(tool: &Tool) -> Result<ServiceState, RuntimeError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, RuntimeError> {
-    serde_json::from_str(text.trim()).map_err(|e| RuntimeError::Call {
-        runtime: RuntimeKind::AppleContainer,
-        operation: format!("read `{what}`"),
-        message: format!("unexpected JSON ({e}); bottle expects the container 1.0.0 shapes"),
-    })
+    parse_json(
+        RuntimeKind::AppleContainer,
+        text,
+        what,
+        Some("the container 1.0.0 shapes"),
+    )
 }
 
 fn info_of(c: &json::Container) -> ContainerInfo {
@@ -937,18 +932,5 @@ mod tests {
             let bad = BTreeMap::from([(k.to_string(), v.to_string())]);
             assert!(check_labels("x", &bad).is_err(), "{k}={v}");
         }
-    }
-
-    #[test]
-    fn label_filter_matches_like_docker() {
-        let have = BTreeMap::from([
-            ("dev.bottle.name".to_string(), "a".to_string()),
-            ("dev.bottle.role".to_string(), "agent".to_string()),
-        ]);
-        let any = BTreeMap::from([("dev.bottle.name".to_string(), String::new())]);
-        let other = BTreeMap::from([("dev.bottle.name".to_string(), "b".to_string())]);
-        assert!(labels_match(&have, &any));
-        assert!(!labels_match(&have, &other));
-        assert!(labels_match(&have, &BTreeMap::new()));
     }
 }

@@ -33,6 +33,7 @@
 
 mod probe;
 
+use crate::cli_shared::{labels_match, parse_json};
 use crate::process::{locate, Output, Tool, Version};
 use crate::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, NetworkInfo,
@@ -168,13 +169,6 @@ fn state_of(s: &str) -> ContainerState {
         "stopped" | "failed" => ContainerState::Exited,
         _ => ContainerState::Other,
     }
-}
-
-fn labels_match(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> bool {
-    want.iter().all(|(k, v)| match have.get(k) {
-        Some(h) => v.is_empty() || h == v,
-        None => false,
-    })
 }
 
 /// A shell-quoted word for `--init` (which runs its argument with `sh -c`).
@@ -512,11 +506,7 @@ impl SmolvmRuntime {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, RuntimeError> {
-    serde_json::from_str(text.trim()).map_err(|e| RuntimeError::Call {
-        runtime: RuntimeKind::Smolvm,
-        operation: format!("read `{what}`"),
-        message: format!("unexpected JSON ({e})"),
-    })
+    parse_json(RuntimeKind::Smolvm, text, what, None)
 }
 
 /// Writes `text` to a fresh private file and returns its path.
