@@ -363,7 +363,11 @@ pub fn render_ps(out: &mut dyn Write, list: &[lifecycle::BottleStatus]) -> std::
             if b.accepted_weaknesses.is_empty() {
                 "-".to_string()
             } else {
-                b.accepted_weaknesses.join(",")
+                b.accepted_weaknesses
+                    .iter()
+                    .map(|w| w.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
             }
         )?;
     }
@@ -638,7 +642,7 @@ async fn exec(
     }
     let host = Host::from_env()?;
     let rt = connect(crate::reload::runtime_of(&host, name)).await?;
-    let agent = lifecycle::find_container(rt.as_ref(), name, "agent").await?;
+    let agent = lifecycle::find_container(rt.as_ref(), name, bottle_runtimes::Role::Agent).await?;
     if agent.state != bottle_runtimes::ContainerState::Running {
         return Err(LifecycleError::AgentNotRunning {
             name: name.into(),
@@ -679,9 +683,9 @@ async fn logs(
     tail: Option<usize>,
 ) -> Result<i32, CliError> {
     let (role, filter) = match service {
-        Service::Agent => ("agent", None),
-        Service::Sidecar => ("sidecar", None),
-        Service::Egress => ("sidecar", Some("egress")),
+        Service::Agent => (bottle_runtimes::Role::Agent, None),
+        Service::Sidecar => (bottle_runtimes::Role::Sidecar, None),
+        Service::Egress => (bottle_runtimes::Role::Sidecar, Some("egress")),
         Service::GitGate => return Err(CliError::NoService("git-gate")),
         Service::Supervise => return Err(CliError::NoService("supervise")),
     };

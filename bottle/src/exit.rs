@@ -186,8 +186,7 @@ mod tests {
         );
         let weak = RefusalReason::Weakness {
             runtime: RuntimeKind::Smolvm,
-            weakness: "dns-forwarded-unfiltered".into(),
-            meaning: "m".into(),
+            weakness: bottle_runtimes::Weakness::DnsForwardedUnfiltered,
             detail: "d".into(),
         };
         assert_eq!(UpError::Refused(weak).exit().code(), 4);

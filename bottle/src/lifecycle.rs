@@ -17,8 +17,8 @@ use crate::report::Reporter;
 use crate::state::{StateDir, StateError, StateRoot};
 use bottle_runtimes::{
     ContainerInfo, ContainerSpec, ContainerState, ExecSpec, Mount, NetworkAttachment, NetworkInfo,
-    NetworkKind, NetworkSpec, ResourceKind, ResourceRef, Runtime, RuntimeError, LABEL_NAME,
-    LABEL_ROLE,
+    NetworkKind, NetworkSpec, ResourceKind, ResourceRef, Role, Runtime, RuntimeError, Weakness,
+    LABEL_NAME,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -238,7 +238,7 @@ pub async fn create(
     rt: &dyn Runtime,
     host: &Host,
     plan: &Plan,
-    accepted: &[String],
+    accepted: &[Weakness],
     interrupt: &Interrupt,
     report: &mut Reporter,
 ) -> Result<UpSummary, LifecycleError> {
@@ -367,7 +367,7 @@ async fn remove_probe_scratch(
     stop: Option<&Interrupt>,
     left: &mut Vec<String>,
 ) -> Result<(), Stop> {
-    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    let labels = BTreeMap::from([Role::Probe.label()]);
     let mut found: Vec<ResourceRef> = step(stop, rt.list(&labels))
         .await?
         .into_iter()
@@ -403,10 +403,10 @@ pub struct Recorded {
     pub runtime: bottle_runtimes::RuntimeKind,
     /// Weaknesses accepted with `--accept-weakness`; shown by `ps`.
     #[serde(default)]
-    pub accepted_weaknesses: Vec<String>,
+    pub accepted_weaknesses: Vec<Weakness>,
 }
 
-fn record(state: &StateDir, plan: &Plan, accepted: &[String]) -> Result<(), StateError> {
+fn record(state: &StateDir, plan: &Plan, accepted: &[Weakness]) -> Result<(), StateError> {
     let rec = Recorded {
         name: plan.name.clone(),
         config: plan.config_source.clone(),
@@ -445,7 +445,7 @@ async fn create_all(
     images: &ImagePlan,
     state: &StateDir,
     rendered: &crate::materials::Rendered,
-    accepted: &[String],
+    accepted: &[Weakness],
     report: &mut Reporter,
 ) -> Result<UpSummary, LifecycleError> {
     report.step(&format!(
@@ -456,7 +456,7 @@ async fn create_all(
         .create_network(&NetworkSpec {
             name: plan.internal_network.clone(),
             kind: NetworkKind::Internal,
-            labels: plan.labels("internal"),
+            labels: plan.labels(bottle_runtimes::Role::Internal),
         })
         .await?;
     report.detail(&format!(
@@ -472,7 +472,7 @@ async fn create_all(
         .into_iter()
         .filter(|a| a.is_ipv4())
         .collect();
-    let host_ok = accepted.iter().any(|w| w == "host-reachable-from-internal");
+    let host_ok = accepted.contains(&Weakness::HostReachableFromInternal);
     if !host_addrs.is_empty() && host_ok {
         report.detail(&format!(
             "WEAKNESS ACCEPTED: the host answers at {} on the internal network",
@@ -500,7 +500,7 @@ async fn create_all(
     report.step("closing the internal bridge to broadcast");
     match rt.isolate_host_from(&internal, &images.sidecar).await {
         Ok(set) => report.detail(&set),
-        Err(_) if accepted.iter().any(|w| w == "broadcast-reaches-host") => report.detail(
+        Err(_) if accepted.contains(&Weakness::BroadcastReachesHost) => report.detail(
             "WEAKNESS ACCEPTED: what the agent broadcasts may reach host sockets on 0.0.0.0",
         ),
         Err(e) => {
@@ -525,7 +525,7 @@ async fn create_all(
         .create_network(&NetworkSpec {
             name: plan.egress_network.clone(),
             kind: NetworkKind::Egress,
-            labels: plan.labels("egress"),
+            labels: plan.labels(bottle_runtimes::Role::Egress),
         })
         .await?;
 
@@ -562,7 +562,7 @@ async fn create_all(
             "--dns-answer".into(),
             dns_answer,
         ],
-        labels: plan.labels("sidecar"),
+        labels: plan.labels(bottle_runtimes::Role::Sidecar),
         networks: vec![
             NetworkAttachment {
                 network: egress.id.clone(),
@@ -659,7 +659,7 @@ async fn create_all(
         image: images.agent.clone(),
         command: plan.agent.command.clone(),
         env,
-        labels: plan.labels("agent"),
+        labels: plan.labels(bottle_runtimes::Role::Agent),
         networks: vec![NetworkAttachment {
             network: internal.id.clone(),
             ipv4: agent_ip,
@@ -876,13 +876,11 @@ async fn remove_all(
 ) -> Result<Vec<ResourceRef>, Stop> {
     let mut found = step(stop, resources_of(rt, name)).await?;
     // Agent first, then the sidecar, then networks.
-    found.sort_by_key(
-        |r| match (r.kind, r.labels.get(LABEL_ROLE).map(String::as_str)) {
-            (ResourceKind::Container, Some("agent")) => 0,
-            (ResourceKind::Container, _) => 1,
-            (ResourceKind::Network, _) => 2,
-        },
-    );
+    found.sort_by_key(|r| match (r.kind, Role::of(&r.labels)) {
+        (ResourceKind::Container, Some(Role::Agent)) => 0,
+        (ResourceKind::Container, _) => 1,
+        (ResourceKind::Network, _) => 2,
+    });
     left.extend(found.iter().map(|r| r.name.clone()));
     for r in &found {
         match r.kind {
@@ -912,7 +910,7 @@ async fn remove_all(
 pub async fn find_container(
     rt: &dyn Runtime,
     name: &str,
-    role: &str,
+    role: bottle_runtimes::Role,
 ) -> Result<ContainerInfo, LifecycleError> {
     let found = rt.list(&labels_for(name, role)).await?;
     let Some(c) = found.iter().find(|r| r.kind == ResourceKind::Container) else {
@@ -933,7 +931,7 @@ pub struct BottleStatus {
     pub sidecar_ip: Option<Ipv4Addr>,
     pub networks: Vec<String>,
     /// Weaknesses accepted at `up` (`--accept-weakness`).
-    pub accepted_weaknesses: Vec<String>,
+    pub accepted_weaknesses: Vec<Weakness>,
 }
 
 /// Every bottle the runtime holds, found by label.
@@ -959,17 +957,17 @@ pub async fn ps(rt: &dyn Runtime, root: &StateRoot) -> Result<Vec<BottleStatus>,
                 .map(|r| r.accepted_weaknesses)
                 .unwrap_or_default(),
         });
-        let internal = Plan::resource_name(name, "internal");
-        match (r.kind, r.labels.get(LABEL_ROLE).map(String::as_str)) {
+        let internal = Plan::resource_name(name, Role::Internal);
+        match (r.kind, Role::of(&r.labels)) {
             (ResourceKind::Network, _) => entry.networks.push(r.name.clone()),
-            (ResourceKind::Container, Some(role @ ("agent" | "sidecar"))) => {
+            (ResourceKind::Container, Some(role @ (Role::Agent | Role::Sidecar))) => {
                 let info = rt.inspect_container(&r.id).await.ok();
                 let state = info
                     .as_ref()
                     .map(|i| format!("{:?}", i.state).to_lowercase())
                     .unwrap_or_else(|| "gone".into());
                 let ip = info.as_ref().and_then(|i| i.ipv4.get(&internal).copied());
-                if role == "agent" {
+                if role == Role::Agent {
                     entry.agent = state;
                     entry.agent_ip = ip;
                 } else {

@@ -4,7 +4,7 @@
 
 use crate::hardening;
 use bottle_policy::Policy;
-use bottle_runtimes::{Mount, RuntimeKind, LABEL_NAME, LABEL_ROLE};
+use bottle_runtimes::{Mount, Role, RuntimeKind, LABEL_NAME};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -85,7 +85,7 @@ pub struct Plan {
     pub images: Option<ImagePlan>,
     /// Weaknesses the user accepts (`--accept-weakness`); the probe decides
     /// which of them are present.
-    pub accept_weakness: Vec<String>,
+    pub accept_weakness: Vec<bottle_runtimes::Weakness>,
     /// Why this config needs the user's consent (see [`crate::pin::judge`]);
     /// empty when it may start silently.
     pub consent: Vec<String>,
@@ -123,12 +123,12 @@ pub enum PlanError {
 impl Plan {
     /// Resource names derive from the bottle name only, so `down` can find
     /// them again and two bottles never clash.
-    pub fn resource_name(name: &str, role: &str) -> String {
+    pub fn resource_name(name: &str, role: Role) -> String {
         format!("bottle-{name}-{role}")
     }
 
     /// Labels for a resource of this bottle in `role`.
-    pub fn labels(&self, role: &str) -> BTreeMap<String, String> {
+    pub fn labels(&self, role: Role) -> BTreeMap<String, String> {
         labels_for(&self.name, role)
     }
 
@@ -156,11 +156,8 @@ impl Plan {
     }
 }
 
-pub fn labels_for(name: &str, role: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_string(), name.to_string()),
-        (LABEL_ROLE.to_string(), role.to_string()),
-    ])
+pub fn labels_for(name: &str, role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_NAME.to_string(), name.to_string()), role.label()])
 }
 
 /// The runtime `bottle.toml` asks for, if it names one (`auto` names none).
@@ -236,10 +233,10 @@ pub fn build(
         config_source: source.into(),
         config_path,
         state_dir: state.root().to_path_buf(),
-        internal_network: Plan::resource_name(&name, "internal"),
-        egress_network: Plan::resource_name(&name, "egress"),
-        sidecar_name: Plan::resource_name(&name, "sidecar"),
-        agent_name: Plan::resource_name(&name, "agent"),
+        internal_network: Plan::resource_name(&name, Role::Internal),
+        egress_network: Plan::resource_name(&name, Role::Egress),
+        sidecar_name: Plan::resource_name(&name, Role::Sidecar),
+        agent_name: Plan::resource_name(&name, Role::Agent),
         agent: AgentPlan {
             image: cfg.agent.image.clone(),
             command: cfg.agent.command.clone(),

@@ -102,7 +102,7 @@ pub async fn execute(
             count: consent.len(),
         });
     }
-    let sidecar = lifecycle::find_container(rt, &plan.name, "sidecar").await?;
+    let sidecar = lifecycle::find_container(rt, &plan.name, bottle_runtimes::Role::Sidecar).await?;
     let summary = lifecycle::reload(rt, host, &plan, &sidecar).await?;
     pin::accept(&host.state.bottle(&plan.name), &pinned)?;
     Ok(summary)

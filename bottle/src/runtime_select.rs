@@ -16,9 +16,7 @@ use crate::interrupt::{Interrupt, Interrupted};
 use bottle_runtimes::apple::AppleRuntime;
 use bottle_runtimes::docker::DockerRuntime;
 use bottle_runtimes::smolvm::SmolvmRuntime;
-use bottle_runtimes::{
-    weakness_meaning, CapabilityState, Probe, Runtime, RuntimeError, RuntimeKind, WEAKNESSES,
-};
+use bottle_runtimes::{CapabilityState, Probe, Runtime, RuntimeError, RuntimeKind, Weakness};
 
 /// How the orchestrator reaches a runtime: [`Real`] outside tests.
 #[async_trait::async_trait]
@@ -152,39 +150,47 @@ pub enum RefusalReason {
         detail: String,
         fix: String,
     },
-    #[error("refusing to start: {runtime} has the weakness `{weakness}`: {meaning}\n  measured: {detail}\n  fix: use another runtime, or accept it knowingly with --accept-weakness {weakness}")]
+    #[error("refusing to start: {runtime} has the weakness `{weakness}`: {}\n  measured: {detail}\n  fix: use another runtime, or accept it knowingly with --accept-weakness {weakness}", .weakness.meaning())]
     Weakness {
         runtime: RuntimeKind,
-        weakness: String,
-        meaning: String,
+        weakness: Weakness,
         detail: String,
     },
     #[error("--accept-weakness {name}: there is no such weakness\n  fix: name one of: {known}")]
     UnknownWeakness { name: String, known: String },
 }
 
-/// Decides, from `probe`, whether `bottle up` may go on. Returns the
-/// weaknesses present AND accepted (for `bottle ps` to show for the life of
-/// the bottle), or the first reason to refuse.
-pub fn check_weaknesses(probe: &Probe, accepted: &[String]) -> Result<Vec<String>, RefusalReason> {
-    known_weaknesses(accepted)?;
+/// Decides, from `probe`, whether `bottle up` may go on. `accepted` are the
+/// `--accept-weakness` names as typed; every one must name a [`Weakness`].
+/// Returns the weaknesses present AND accepted (for `bottle ps` to show for
+/// the life of the bottle), or the first reason to refuse.
+pub fn check_weaknesses(
+    probe: &Probe,
+    accepted: &[String],
+) -> Result<Vec<Weakness>, RefusalReason> {
+    check_accepted(probe, &known_weaknesses(accepted)?)
+}
+
+/// [`check_weaknesses`] for names already parsed.
+pub fn check_accepted(
+    probe: &Probe,
+    accepted: &[Weakness],
+) -> Result<Vec<Weakness>, RefusalReason> {
     let mut used = Vec::new();
     for c in probe.unmet() {
         match c.weakness {
             // Only a capability measured or inferred as `no` is a known
             // weakness; `unknown` is never accepted away.
             Some(w) if c.state == CapabilityState::No => {
-                if accepted.iter().any(|a| a == w) {
-                    if !used.iter().any(|u| u == w) {
-                        used.push(w.to_string());
-                    }
-                } else {
+                if !accepted.contains(&w) {
                     return Err(RefusalReason::Weakness {
                         runtime: probe.runtime,
-                        weakness: w.to_string(),
-                        meaning: weakness_meaning(w).unwrap_or_default().to_string(),
+                        weakness: w,
                         detail: c.detail.clone(),
                     });
+                }
+                if !used.contains(&w) {
+                    used.push(w);
                 }
             }
             _ => {
@@ -205,22 +211,18 @@ pub fn check_weaknesses(probe: &Probe, accepted: &[String]) -> Result<Vec<String
     Ok(used)
 }
 
-/// Refuses an `--accept-weakness` name that is no weakness at all.
-pub fn known_weaknesses(accepted: &[String]) -> Result<(), RefusalReason> {
-    match accepted
+/// The `--accept-weakness` names as typed, each parsed into a [`Weakness`];
+/// a name that is no weakness at all is refused, so a typo never reads as
+/// consent.
+pub fn known_weaknesses(accepted: &[String]) -> Result<Vec<Weakness>, RefusalReason> {
+    accepted
         .iter()
-        .find(|a| weakness_meaning(a.as_str()).is_none())
-    {
-        Some(name) => Err(RefusalReason::UnknownWeakness {
-            name: name.clone(),
-            known: WEAKNESSES
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
-        None => Ok(()),
-    }
+        .map(|a| a.parse::<Weakness>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RefusalReason::UnknownWeakness {
+            name: e.name,
+            known: Weakness::known(),
+        })
 }
 
 #[cfg(test)]
@@ -228,7 +230,7 @@ mod tests {
     use super::*;
     use bottle_runtimes::Capability;
 
-    fn cap(name: &str, state: CapabilityState, weakness: Option<&'static str>) -> Capability {
+    fn cap(name: &str, state: CapabilityState, weakness: Option<Weakness>) -> Capability {
         Capability {
             name: name.into(),
             state,
@@ -250,7 +252,11 @@ mod tests {
         }
     }
 
-    const HOST: &str = "host-reachable-from-internal";
+    const HOST: Weakness = Weakness::HostReachableFromInternal;
+    /// `--accept-weakness HOST`, as clap hands it over.
+    fn host() -> String {
+        HOST.to_string()
+    }
 
     #[test]
     fn a_weakness_refuses_unless_accepted_by_name() {
@@ -271,9 +277,11 @@ mod tests {
             "{msg}"
         );
         assert_eq!(
-            check_weaknesses(&p, &[HOST.into()]).unwrap(),
-            vec![HOST.to_string()]
+            check_weaknesses(&p, &["host-reachable-from-internal".into()]).unwrap(),
+            vec![HOST]
         );
+        // Named twice, reported once.
+        assert_eq!(check_weaknesses(&p, &[host(), host()]).unwrap(), vec![HOST]);
         // Accepting another (real) weakness does not cover this one.
         assert!(check_weaknesses(&p, &["dns-forwarded-unfiltered".into()]).is_err());
     }
@@ -288,7 +296,7 @@ mod tests {
                 Some(HOST),
             ),
         ]);
-        let err = check_weaknesses(&p, &[HOST.into()]).unwrap_err();
+        let err = check_weaknesses(&p, &[host()]).unwrap_err();
         assert!(
             matches!(err, RefusalReason::Missing { ref capability, .. } if capability == "multi-network-attach"),
             "{err}"
@@ -300,7 +308,7 @@ mod tests {
             Some(HOST),
         )]);
         assert!(matches!(
-            check_weaknesses(&p, &[HOST.into()]),
+            check_weaknesses(&p, &[host()]),
             Err(RefusalReason::Missing { .. })
         ));
     }
@@ -310,13 +318,26 @@ mod tests {
         let p = probe(vec![cap("internal-network", CapabilityState::Yes, None)]);
         let err = check_weaknesses(&p, &["host-reachable".into()]).unwrap_err();
         assert!(matches!(err, RefusalReason::UnknownWeakness { .. }));
-        assert!(
-            err.to_string()
-                .contains("host-reachable-from-internal, dns-forwarded-unfiltered"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "--accept-weakness host-reachable: there is no such weakness\n  fix: name one of: host-reachable-from-internal, dns-forwarded-unfiltered, broadcast-reaches-host"
         );
+        // Names are exact: another spelling, or a typo beside a real name,
+        // refuses too.
+        for typed in [
+            vec!["Host-Reachable-From-Internal".to_string()],
+            vec![host(), "broadcast-reaches-hosts".into()],
+        ] {
+            assert!(
+                matches!(
+                    check_weaknesses(&p, &typed),
+                    Err(RefusalReason::UnknownWeakness { .. })
+                ),
+                "{typed:?}"
+            );
+        }
         // A real weakness this runtime does not have is accepted and unused.
-        assert!(check_weaknesses(&p, &[HOST.into()]).unwrap().is_empty());
+        assert!(check_weaknesses(&p, &[host()]).unwrap().is_empty());
     }
 
     #[test]
@@ -330,9 +351,9 @@ mod tests {
             ),
         ]);
         assert!(passes(&p, &[]).is_err());
-        assert!(passes(&p, &[HOST.into()]).is_ok());
+        assert!(passes(&p, &[host()]).is_ok());
         assert!(
-            check_weaknesses(&p, &[HOST.into()]).is_err(),
+            check_weaknesses(&p, &[host()]).is_err(),
             "up still measures it"
         );
     }

@@ -135,8 +135,7 @@ pub async fn prepare(
         &req.grants,
     )?;
     // A misspelt weakness is refused before anything is touched.
-    runtime_select::known_weaknesses(&req.accept_weakness)?;
-    plan.accept_weakness = req.accept_weakness.clone();
+    plan.accept_weakness = runtime_select::known_weaknesses(&req.accept_weakness)?;
     for note in &plan.notes {
         report.detail(&format!("note: {note}"));
     }
@@ -240,7 +239,7 @@ pub async fn execute(
             return Err(interrupted());
         }
     };
-    let accepted = runtime_select::check_weaknesses(&probe, &plan.accept_weakness)?;
+    let accepted = runtime_select::check_accepted(&probe, &plan.accept_weakness)?;
     report.detail(&format!(
         "{} {}: every required capability present{}",
         probe.runtime,
@@ -248,7 +247,8 @@ pub async fn execute(
         if accepted.is_empty() {
             String::new()
         } else {
-            format!("; ACCEPTED WEAKNESS: {}", accepted.join(", "))
+            let names: Vec<&str> = accepted.iter().map(|w| w.as_str()).collect();
+            format!("; ACCEPTED WEAKNESS: {}", names.join(", "))
         }
     ));
     let summary = lifecycle::create(rt, host, &plan, &accepted, interrupt, report).await?;

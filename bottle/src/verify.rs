@@ -36,7 +36,7 @@ use crate::lifecycle::{self, LifecycleError};
 use crate::plan::{labels_for, Plan, AGENT_CA_DIR};
 use bottle_runtimes::{
     ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, Mount, NetworkAttachment,
-    ResourceKind, ResourceRef, Runtime, LABEL_NAME, LABEL_ROLE,
+    ResourceKind, ResourceRef, Role, Runtime, LABEL_NAME, LABEL_ROLE,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -322,7 +322,7 @@ pub async fn remove_probes(
     rt: &dyn Runtime,
     name: &str,
 ) -> Result<(), bottle_runtimes::RuntimeError> {
-    for r in rt.list(&labels_for(name, "probe")).await? {
+    for r in rt.list(&labels_for(name, Role::Probe)).await? {
         if r.kind == bottle_runtimes::ResourceKind::Container {
             rt.remove_container(&r.id).await?;
         }
@@ -341,14 +341,14 @@ pub async fn verify(
     name: &str,
     helper_image: &str,
 ) -> Result<Report, LifecycleError> {
-    let agent = lifecycle::find_container(rt, name, "agent").await?;
+    let agent = lifecycle::find_container(rt, name, Role::Agent).await?;
     if agent.state != ContainerState::Running {
         return Err(LifecycleError::AgentNotRunning {
             name: name.into(),
             state: format!("{:?}", agent.state),
         });
     }
-    let sidecar = lifecycle::find_container(rt, name, "sidecar").await?;
+    let sidecar = lifecycle::find_container(rt, name, Role::Sidecar).await?;
     let helper_image = if helper_image.is_empty() {
         sidecar.image.clone()
     } else {
@@ -356,7 +356,7 @@ pub async fn verify(
     };
     let helper_image = helper_image.as_str();
     let probe_image = ensure_probe_image(rt, host).await?;
-    let internal = Plan::resource_name(name, "internal");
+    let internal = Plan::resource_name(name, Role::Internal);
     let sidecar_ip =
         sidecar
             .ipv4
@@ -393,7 +393,10 @@ pub async fn verify(
         let other = r.labels.get(LABEL_NAME).cloned().unwrap_or_default();
         let role = r.labels.get(LABEL_ROLE).cloned().unwrap_or_default();
         // Another verify's probe shares its agent's addresses: skip it.
-        if other == name || r.kind != ResourceKind::Container || role == "probe" {
+        if other == name
+            || r.kind != ResourceKind::Container
+            || Role::of(&r.labels) == Some(Role::Probe)
+        {
             continue;
         }
         if let Ok(info) = rt.inspect_container(&r.id).await {
@@ -690,7 +693,11 @@ pub async fn verify(
 
     // ---- the probe: network checks from the agent's position, trusted tools
     let joins = rt.can_join_network_namespace();
-    let probe_name = format!("{}-{}", Plan::resource_name(name, "probe"), random_label()?);
+    let probe_name = format!(
+        "{}-{}",
+        Plan::resource_name(name, Role::Probe),
+        random_label()?
+    );
     let probe_spec = ContainerSpec {
         name: probe_name.clone(),
         image: probe_image.clone(),
@@ -698,7 +705,7 @@ pub async fn verify(
         // Long enough for every check; a leftover stops by itself.
         command: vec!["900".into()],
         env: Plan::proxy_env(&sc),
-        labels: labels_for(name, "probe"),
+        labels: labels_for(name, Role::Probe),
         network_namespace_of: joins.then(|| agent.id.clone()),
         networks: if joins {
             vec![]
@@ -744,7 +751,7 @@ pub async fn verify(
 
     // ---- inspect: the agent's privileges as the runtime reports them
     let internal_ref = rt
-        .list(&labels_for(name, "internal"))
+        .list(&labels_for(name, Role::Internal))
         .await?
         .into_iter()
         .find(|r| r.kind == ResourceKind::Network);
@@ -757,7 +764,7 @@ pub async fn verify(
 
     // ---- host: controls, and what only the host sees
     results.push(loopback_datagram_control(&trap, &random_label()?).await);
-    results.push(proxy_binding_check(&sidecar, &Plan::resource_name(name, "egress")).await);
+    results.push(proxy_binding_check(&sidecar, &Plan::resource_name(name, Role::Egress)).await);
     // The listener answers where the host can see it, so a refusal from
     // the probe means isolation, not a dead listener.
     for ip in &targets {

@@ -15,7 +15,7 @@ use bottle::report::Reporter;
 use bottle::runtime_select::Connect;
 use bottle::up::{self, Prepared, Request, RuntimeRequest, UpError};
 use bottle_runtimes::fake::{Call, FakeRuntime};
-use bottle_runtimes::{Capability, Runtime, RuntimeError, RuntimeKind, LABEL_ROLE};
+use bottle_runtimes::{Capability, Runtime, RuntimeError, RuntimeKind, Weakness, LABEL_ROLE};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -358,7 +358,7 @@ async fn no_broadcast_fence_refuses_unless_the_weakness_is_accepted() {
         .without_broadcast_isolation()
         .with_capabilities(vec![Capability::weak(
             "broadcast-isolated",
-            "broadcast-reaches-host",
+            Weakness::BroadcastReachesHost,
             "measured",
             "fake".into(),
         )]);
@@ -476,7 +476,7 @@ async fn auto_skips_a_runtime_whose_probe_finds_a_weakness() {
     m.config(CONFIG);
     let weak = FakeRuntime::new(RuntimeKind::Docker).with_capabilities(vec![Capability::weak(
         "host-unreachable-from-internal",
-        "host-reachable-from-internal",
+        Weakness::HostReachableFromInternal,
         "measured",
         "the host answers".into(),
     )]);

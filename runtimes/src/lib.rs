@@ -12,18 +12,21 @@
 #![forbid(unsafe_code)]
 
 pub mod apple;
+mod cli_shared;
 pub mod docker;
 mod error;
 #[cfg(feature = "test-util")]
 pub mod fake;
 mod probe;
 mod process;
+mod role;
 pub mod smolvm;
 mod spec;
 
 pub use error::RuntimeError;
-pub use probe::{weakness_meaning, Capability, CapabilityState, Probe, WEAKNESSES};
+pub use probe::{Capability, CapabilityState, Probe, UnknownWeakness, Weakness};
 pub use process::Version;
+pub use role::{Role, UnknownRole};
 pub use spec::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, Mount,
     MountInfo, NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Publish, ResourceKind,
@@ -36,7 +39,7 @@ use std::io::Write;
 
 /// Label every resource bottle creates carries: the bottle's name.
 pub const LABEL_NAME: &str = "dev.bottle.name";
-/// Label naming the resource's role (`agent`, `sidecar`, `internal`, `egress`, `probe`).
+/// Label naming the resource's role: a [`Role`] (`agent`, `sidecar`, …).
 pub const LABEL_ROLE: &str = "dev.bottle.role";
 
 /// Which implementation a [`Runtime`] is.
@@ -109,7 +112,7 @@ pub trait Runtime: Send + Sync {
     /// filtering on the bridge of a network where the host holds no address.
     /// Returns what was read back. Runtimes that cannot do it return
     /// [`RuntimeError::Capability`] naming the weakness
-    /// `broadcast-reaches-host`, so the orchestrator refuses unless the user
+    /// [`Weakness::BroadcastReachesHost`], so the orchestrator refuses unless the user
     /// accepted it.
     async fn isolate_host_from(
         &self,
@@ -125,7 +128,10 @@ pub trait Runtime: Send + Sync {
                 self.kind(),
                 network.name
             ),
-            fix: "use the docker runtime, or accept it knowingly with --accept-weakness broadcast-reaches-host".into(),
+            fix: format!(
+                "use the docker runtime, or accept it knowingly with --accept-weakness {}",
+                Weakness::BroadcastReachesHost
+            ),
         })
     }
 

@@ -5,11 +5,11 @@
 //! inference for a measurement.
 //!
 //! A capability that a runtime is known to lack, and that a user may
-//! knowingly give up, names a *weakness* ([`WEAKNESSES`]): `bottle up`
+//! knowingly give up, names a *weakness* ([`Weakness`]): `bottle up`
 //! refuses while it is present, unless `--accept-weakness NAME` names it.
 
 use crate::RuntimeKind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The state of one capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,10 +35,10 @@ pub struct Capability {
     pub detail: String,
     /// Whether `bottle up` refuses when this is not `yes`.
     pub required: bool,
-    /// When this is not `yes`: the weakness name (one of [`WEAKNESSES`]) a
-    /// user may accept with `--accept-weakness NAME` instead of refusing.
+    /// When this is not `yes`: the weakness a user may accept with
+    /// `--accept-weakness NAME` instead of refusing.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub weakness: Option<&'static str>,
+    pub weakness: Option<Weakness>,
 }
 
 impl Capability {
@@ -62,12 +62,7 @@ impl Capability {
 
     /// A required capability found missing, whose absence is the named
     /// weakness (`up` refuses unless `--accept-weakness NAME`).
-    pub fn weak(
-        name: &str,
-        weakness: &'static str,
-        how: &'static str,
-        detail: String,
-    ) -> Capability {
+    pub fn weak(name: &str, weakness: Weakness, how: &'static str, detail: String) -> Capability {
         Capability {
             weakness: Some(weakness),
             ..Capability::new(name, CapabilityState::No, how, true, detail)
@@ -86,26 +81,79 @@ impl CapabilityState {
     }
 }
 
-/// Every weakness a probe can report, with what it means for the user.
-/// `docs/runtimes.md` explains each one at length.
-pub const WEAKNESSES: &[(&str, &str)] = &[
-    (
-        "host-reachable-from-internal",
-        "the agent can open connections to services on your machine (Apple container: the host answers at <subnet>.1 of the internal network, apple/container#1320)",
-    ),
-    (
-        "dns-forwarded-unfiltered",
-        "the agent can send DNS queries for any name past the sidecar to the runtime's resolver, a channel for leaking data (smolvm forwards DNS unfiltered unless a host allow-list is active)",
-    ),
-    (
-        "broadcast-reaches-host",
-        "what the agent broadcasts or multicasts (255.255.255.255, 224.0.0.0/4, the subnet broadcast) reaches programs on your machine listening on all addresses (mDNS, DHCP, SSDP, NetBIOS), which may answer or misbehave",
-    ),
-];
+/// A capability a runtime is known to lack that a user may knowingly give
+/// up: `bottle up` refuses while one is present unless
+/// `--accept-weakness NAME` names it. `docs/runtimes.md` explains each one at
+/// length; serialised (in `bottle probe --json`) as its kebab-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weakness {
+    /// The host answers on the agent's internal network.
+    HostReachableFromInternal,
+    /// DNS from the agent's network is forwarded upstream unfiltered.
+    DnsForwardedUnfiltered,
+    /// The agent's broadcast and multicast reach host sockets.
+    BroadcastReachesHost,
+}
 
-/// What accepting the weakness `name` means, if it is one.
-pub fn weakness_meaning(name: &str) -> Option<&'static str> {
-    WEAKNESSES.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
+impl Weakness {
+    /// Every weakness a probe can report, in the order errors list them.
+    pub const ALL: [Weakness; 3] = [
+        Weakness::HostReachableFromInternal,
+        Weakness::DnsForwardedUnfiltered,
+        Weakness::BroadcastReachesHost,
+    ];
+
+    /// The name `--accept-weakness` takes and `bottle probe` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Weakness::HostReachableFromInternal => "host-reachable-from-internal",
+            Weakness::DnsForwardedUnfiltered => "dns-forwarded-unfiltered",
+            Weakness::BroadcastReachesHost => "broadcast-reaches-host",
+        }
+    }
+
+    /// What accepting this weakness means for the user.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Weakness::HostReachableFromInternal => "the agent can open connections to services on your machine (Apple container: the host answers at <subnet>.1 of the internal network, apple/container#1320)",
+            Weakness::DnsForwardedUnfiltered => "the agent can send DNS queries for any name past the sidecar to the runtime's resolver, a channel for leaking data (smolvm forwards DNS unfiltered unless a host allow-list is active)",
+            Weakness::BroadcastReachesHost => "what the agent broadcasts or multicasts (255.255.255.255, 224.0.0.0/4, the subnet broadcast) reaches programs on your machine listening on all addresses (mDNS, DHCP, SSDP, NetBIOS), which may answer or misbehave",
+        }
+    }
+
+    /// Every name, comma-separated, for an error's fix line.
+    pub fn known() -> String {
+        Weakness::ALL.map(Weakness::as_str).join(", ")
+    }
+}
+
+impl std::fmt::Display for Weakness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no weakness bottle knows (a typo in `--accept-weakness`
+/// must never read as consent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{name}` is no weakness bottle knows\n  fix: name one of: {}",
+    Weakness::known()
+)]
+pub struct UnknownWeakness {
+    pub name: String,
+}
+
+impl std::str::FromStr for Weakness {
+    type Err = UnknownWeakness;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Weakness::ALL
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| UnknownWeakness { name: s.into() })
+    }
 }
 
 /// Everything a probe found.
@@ -157,5 +205,51 @@ impl Probe {
 
     pub fn capability(&self, name: &str) -> Option<&Capability> {
         self.capabilities.iter().find(|c| c.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_weakness_round_trips_through_its_name_and_serde() {
+        for w in Weakness::ALL {
+            assert_eq!(w.as_str().parse::<Weakness>(), Ok(w));
+            assert_eq!(w.to_string(), w.as_str());
+            assert_eq!(
+                serde_json::to_value(w).unwrap(),
+                serde_json::Value::String(w.as_str().into())
+            );
+            assert!(!w.meaning().is_empty());
+        }
+    }
+
+    #[test]
+    fn an_unknown_weakness_names_the_known_ones() {
+        let err = "host-reachable".parse::<Weakness>().unwrap_err();
+        assert_eq!(err.name, "host-reachable");
+        assert_eq!(
+            err.to_string(),
+            "`host-reachable` is no weakness bottle knows\n  fix: name one of: host-reachable-from-internal, dns-forwarded-unfiltered, broadcast-reaches-host"
+        );
+    }
+
+    /// `bottle probe --json` prints the weakness as the name users type.
+    #[test]
+    fn probe_json_spells_the_weakness_as_before() {
+        let c = Capability::weak(
+            "broadcast-isolated",
+            Weakness::BroadcastReachesHost,
+            "inferred",
+            "d".into(),
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["weakness"], "broadcast-reaches-host");
+        let plain = Capability::new("x", CapabilityState::Yes, "measured", true, "d".into());
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("weakness")
+            .is_none());
     }
 }

@@ -8,7 +8,8 @@ mod common;
 use bottle_runtimes::apple::{AppleRuntime, ServiceState};
 use bottle_runtimes::{
     CapabilityState, ContainerSpec, ContainerState, ExecSpec, Mount, NetworkAttachment,
-    NetworkKind, NetworkSpec, Publish, ResourceKind, Runtime, RuntimeError, LABEL_NAME, LABEL_ROLE,
+    NetworkKind, NetworkSpec, Publish, ResourceKind, Role, Runtime, RuntimeError, Weakness,
+    LABEL_NAME,
 };
 use common::{present_or_skip, workspace, write_script, Scratch};
 use std::collections::BTreeMap;
@@ -90,11 +91,8 @@ impl Fake {
     }
 }
 
-fn labels(name: &str, role: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_string(), name.to_string()),
-        (LABEL_ROLE.to_string(), role.to_string()),
-    ])
+fn labels(name: &str, role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_NAME.to_string(), name.to_string()), role.label()])
 }
 
 fn attach(network: &str) -> NetworkAttachment {
@@ -114,13 +112,11 @@ async fn down(rt: &dyn Runtime, name: &str) -> usize {
         )]))
         .await
         .unwrap();
-    found.sort_by_key(
-        |r| match (r.kind, r.labels.get(LABEL_ROLE).map(String::as_str)) {
-            (ResourceKind::Container, Some("agent")) => 0,
-            (ResourceKind::Container, _) => 1,
-            (ResourceKind::Network, _) => 2,
-        },
-    );
+    found.sort_by_key(|r| match (r.kind, Role::of(&r.labels)) {
+        (ResourceKind::Container, Some(Role::Agent)) => 0,
+        (ResourceKind::Container, _) => 1,
+        (ResourceKind::Network, _) => 2,
+    });
     for r in &found {
         match r.kind {
             ResourceKind::Container => rt.remove_container(&r.id).await.unwrap(),
@@ -146,7 +142,7 @@ async fn up_and_down_run_the_documented_command_sequence() {
         .create_network(&NetworkSpec {
             name: "bottle-demo-internal".into(),
             kind: NetworkKind::Internal,
-            labels: labels("demo", "internal"),
+            labels: labels("demo", Role::Internal),
         })
         .await
         .unwrap();
@@ -161,7 +157,7 @@ async fn up_and_down_run_the_documented_command_sequence() {
         .create_network(&NetworkSpec {
             name: "bottle-demo-egress".into(),
             kind: NetworkKind::Egress,
-            labels: labels("demo", "egress"),
+            labels: labels("demo", Role::Egress),
         })
         .await
         .unwrap();
@@ -174,7 +170,7 @@ async fn up_and_down_run_the_documented_command_sequence() {
                 "--policy".into(),
                 "/etc/bottle/policy.json".into(),
             ],
-            labels: labels("demo", "sidecar"),
+            labels: labels("demo", Role::Sidecar),
             networks: vec![attach(&egress.id), attach(&internal.id)],
             cap_drop: vec!["ALL".into()],
             read_only_rootfs: true,
@@ -215,7 +211,7 @@ async fn up_and_down_run_the_documented_command_sequence() {
                 "HTTPS_PROXY".to_string(),
                 format!("http://{sidecar_ip}:3128"),
             )]),
-            labels: labels("demo", "agent"),
+            labels: labels("demo", Role::Agent),
             networks: vec![attach(&internal.id)],
             dns: vec![IpAddr::V4(sidecar_ip)],
             cap_drop: vec!["NET_RAW".into(), "NET_ADMIN".into()],
@@ -351,7 +347,7 @@ async fn existing_network_and_referenced_network_errors() {
     let spec = NetworkSpec {
         name: "bottle-x-internal".into(),
         kind: NetworkKind::Internal,
-        labels: labels("x", "internal"),
+        labels: labels("x", Role::Internal),
     };
     rt.create_network(&spec).await.unwrap();
     let err = rt.create_network(&spec).await.unwrap_err().to_string();
@@ -364,7 +360,7 @@ async fn existing_network_and_referenced_network_errors() {
         .create_container(&ContainerSpec {
             name: "bottle-x-agent".into(),
             image: "img".into(),
-            labels: labels("x", "agent"),
+            labels: labels("x", Role::Agent),
             networks: vec![attach("bottle-x-internal")],
             ..Default::default()
         })
@@ -599,7 +595,7 @@ async fn probe_measures_and_names_the_host_weakness() {
     assert_eq!(state("per-ip-publish"), Some(CapabilityState::Yes));
     let host = probe.capability("host-unreachable-from-internal").unwrap();
     assert_eq!(host.state, CapabilityState::No);
-    assert_eq!(host.weakness, Some("host-reachable-from-internal"));
+    assert_eq!(host.weakness, Some(Weakness::HostReachableFromInternal));
     assert!(host.required);
     assert_eq!(host.how, "measured");
     let bcast = probe.capability("broadcast-isolated").unwrap();
@@ -607,7 +603,7 @@ async fn probe_measures_and_names_the_host_weakness() {
         (bcast.state, bcast.weakness, bcast.how),
         (
             CapabilityState::No,
-            Some("broadcast-reaches-host"),
+            Some(Weakness::BroadcastReachesHost),
             "inferred"
         )
     );
@@ -619,10 +615,7 @@ async fn probe_measures_and_names_the_host_weakness() {
     );
     // Nothing of the probe is left.
     let left = rt
-        .list(&BTreeMap::from([(
-            LABEL_ROLE.to_string(),
-            "probe".to_string(),
-        )]))
+        .list(&BTreeMap::from([Role::Probe.label()]))
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");

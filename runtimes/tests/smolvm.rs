@@ -12,7 +12,7 @@ mod common;
 use bottle_runtimes::smolvm::{SmolvmConfig, SmolvmRuntime, EGRESS_ID, LABEL_FABRIC};
 use bottle_runtimes::{
     CapabilityState, ContainerSpec, ContainerState, Mount, NetworkAttachment, NetworkKind,
-    NetworkSpec, Publish, Runtime, RuntimeError, Version, LABEL_NAME, LABEL_ROLE,
+    NetworkSpec, Publish, Role, Runtime, RuntimeError, Version, Weakness, LABEL_NAME, LABEL_ROLE,
 };
 use common::{present_or_skip, write_script, Scratch};
 use std::collections::BTreeMap;
@@ -88,11 +88,8 @@ impl Smol {
     }
 }
 
-fn labels(name: &str, role: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_string(), name.to_string()),
-        (LABEL_ROLE.to_string(), role.to_string()),
-    ])
+fn labels(name: &str, role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_NAME.to_string(), name.to_string()), role.label()])
 }
 
 fn attach(network: &str) -> NetworkAttachment {
@@ -113,7 +110,7 @@ fn agent_spec(name: &str, fabric: &str, work: PathBuf) -> ContainerSpec {
             "HTTPS_PROXY".to_string(),
             format!("http://{SIDECAR_IP}:3128"),
         )]),
-        labels: labels(name, "agent"),
+        labels: labels(name, Role::Agent),
         networks: vec![attach(fabric)],
         dns: vec![IpAddr::V4(SIDECAR_IP)],
         cap_drop: vec!["NET_RAW".into()],
@@ -176,7 +173,7 @@ async fn create_list_status_update_delete_with_labels() {
         .create_network(&NetworkSpec {
             name: "bottle-lab-internal".into(),
             kind: NetworkKind::Internal,
-            labels: labels("lab", "internal"),
+            labels: labels("lab", Role::Internal),
         })
         .await
         .unwrap();
@@ -184,7 +181,7 @@ async fn create_list_status_update_delete_with_labels() {
         .create_network(&NetworkSpec {
             name: "bottle-lab-egress".into(),
             kind: NetworkKind::Egress,
-            labels: labels("lab", "egress"),
+            labels: labels("lab", Role::Egress),
         })
         .await
         .unwrap();
@@ -230,7 +227,7 @@ async fn create_list_status_update_delete_with_labels() {
                 "--policy".into(),
                 "/etc/bottle/policy.json".into(),
             ],
-            labels: labels("lab", "sidecar"),
+            labels: labels("lab", Role::Sidecar),
             networks: vec![attach(&egress.id), attach(&fabric.id)],
             mounts: vec![Mount {
                 source: smol.host_dir("sidecar"),
@@ -273,13 +270,17 @@ async fn create_list_status_update_delete_with_labels() {
         .await
         .unwrap();
     assert_eq!(found.len(), 2);
-    let agents = rt.list(&labels("lab", "agent")).await.unwrap();
+    let agents = rt.list(&labels("lab", Role::Agent)).await.unwrap();
     assert_eq!(agents.len(), 1);
     assert_eq!(
         (agents[0].name.as_str(), agents[0].state),
         ("bottle-lab-agent", Some(ContainerState::Created))
     );
-    assert!(rt.list(&labels("other", "agent")).await.unwrap().is_empty());
+    assert!(rt
+        .list(&labels("other", Role::Agent))
+        .await
+        .unwrap()
+        .is_empty());
     let info = rt.inspect_container(&agent).await.unwrap();
     assert_eq!(info.state, ContainerState::Created);
     assert!(info.ipv4.is_empty(), "no lease before start");
@@ -379,7 +380,7 @@ async fn real_error_outputs() {
     // A duplicate name.
     let spec = ContainerSpec {
         name: "dup".into(),
-        labels: labels("e", "probe"),
+        labels: labels("e", Role::Probe),
         ..Default::default()
     };
     rt.create_container(&spec).await.unwrap();
@@ -483,14 +484,14 @@ async fn probe_reads_back_what_it_created_and_names_the_dns_weakness() {
     let dns = probe.capability("internal-dns-isolated").unwrap();
     assert_eq!(
         (dns.state, dns.weakness),
-        (CapabilityState::No, Some("dns-forwarded-unfiltered"))
+        (CapabilityState::No, Some(Weakness::DnsForwardedUnfiltered))
     );
     let bcast = probe.capability("broadcast-isolated").unwrap();
     assert_eq!(
         (bcast.state, bcast.weakness, bcast.how),
         (
             CapabilityState::No,
-            Some("broadcast-reaches-host"),
+            Some(Weakness::BroadcastReachesHost),
             "inferred"
         )
     );
@@ -514,7 +515,7 @@ async fn up_fails_at_boot_with_a_clear_message_and_leaves_no_machine() {
         .create_network(&NetworkSpec {
             name: "bottle-boot-internal".into(),
             kind: NetworkKind::Internal,
-            labels: labels("boot", "internal"),
+            labels: labels("boot", Role::Internal),
         })
         .await
         .unwrap();
@@ -522,7 +523,7 @@ async fn up_fails_at_boot_with_a_clear_message_and_leaves_no_machine() {
         .create_network(&NetworkSpec {
             name: "bottle-boot-egress".into(),
             kind: NetworkKind::Egress,
-            labels: labels("boot", "egress"),
+            labels: labels("boot", Role::Egress),
         })
         .await
         .unwrap();
@@ -535,7 +536,7 @@ async fn up_fails_at_boot_with_a_clear_message_and_leaves_no_machine() {
     let sidecar = rt
         .create_container(&ContainerSpec {
             name: "bottle-boot-sidecar".into(),
-            labels: labels("boot", "sidecar"),
+            labels: labels("boot", Role::Sidecar),
             networks: vec![attach(&egress.id), attach(&fabric.id)],
             command: vec!["run".into()],
             ..Default::default()
@@ -627,7 +628,7 @@ async fn guest_boot_failure_is_explained() {
     let id = rt
         .create_container(&ContainerSpec {
             name: "bottle-kvm-sidecar".into(),
-            labels: labels("kvm", "sidecar"),
+            labels: labels("kvm", Role::Sidecar),
             networks: vec![attach(EGRESS_ID)],
             ..Default::default()
         })

@@ -31,6 +31,7 @@
 mod json;
 mod probe;
 
+use crate::cli_shared::{labels_match, parse_json};
 use crate::process::{locate, Output, Tool, Version};
 use crate::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, NetworkInfo,
@@ -161,13 +162,6 @@ fn valid_network_name(name: &str) -> bool {
         && edge(b[b.len() - 1])
         && b.iter()
             .all(|&c| edge(c) || c == b'.' || c == b'_' || c == b'-')
-}
-
-fn labels_match(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> bool {
-    want.iter().all(|(k, v)| match have.get(k) {
-        Some(h) => v.is_empty() || h == v,
-        None => false,
-    })
 }
 
 fn state_of(s: &str) -> ContainerState {
@@ -537,11 +531,12 @@ async fn service_status_of(tool: &Tool) -> Result<ServiceState, RuntimeError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, RuntimeError> {
-    serde_json::from_str(text.trim()).map_err(|e| RuntimeError::Call {
-        runtime: RuntimeKind::AppleContainer,
-        operation: format!("read `{what}`"),
-        message: format!("unexpected JSON ({e}); bottle expects the container 1.0.0 shapes"),
-    })
+    parse_json(
+        RuntimeKind::AppleContainer,
+        text,
+        what,
+        Some("the container 1.0.0 shapes"),
+    )
 }
 
 fn info_of(c: &json::Container) -> ContainerInfo {
@@ -610,7 +605,7 @@ impl Runtime for AppleRuntime {
         let dir = scratch_dir("build")?;
         let result = async {
             for (path, (data, mode)) in &spec.files {
-                let target = dir.join(path);
+                let target = dir.path().join(path);
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(|source| RuntimeError::Io {
                         doing: format!("writing the build context of {}", spec.tag),
@@ -643,12 +638,12 @@ impl Runtime for AppleRuntime {
                 "--tag".into(),
                 spec.tag.clone(),
                 "--file".into(),
-                dir.join(&spec.containerfile).display().to_string(),
+                dir.path().join(&spec.containerfile).display().to_string(),
             ];
             for (k, v) in &spec.build_args {
                 args.extend(["--build-arg".into(), format!("{k}={v}")]);
             }
-            args.push(dir.display().to_string());
+            args.push(dir.path().display().to_string());
             progress(&format!("container build --tag {}", spec.tag));
             let out = self.run(&args).await?;
             for line in out
@@ -681,7 +676,8 @@ impl Runtime for AppleRuntime {
             Ok(())
         }
         .await;
-        let _ = std::fs::remove_dir_all(&dir);
+        // The build has read its context: the guard removes it.
+        drop(dir);
         result
     }
 
@@ -893,21 +889,26 @@ impl Runtime for AppleRuntime {
     }
 }
 
-/// A fresh private directory under the system temp dir.
-fn scratch_dir(what: &str) -> Result<PathBuf, RuntimeError> {
-    let dir = std::env::temp_dir().join(format!(
-        "bottle-{what}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io {
-        doing: format!("creating {}", dir.display()),
+/// A fresh directory in the system temp dir that only this user can enter
+/// (created 0700, whatever the umask) under a random name, so no other local
+/// user can read a build context or plant files in it. It goes, with what is
+/// in it, when the returned guard drops: hold it until the CLI is done.
+fn scratch_dir(what: &str) -> Result<tempfile::TempDir, RuntimeError> {
+    let prefix = format!("bottle-{what}-");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    builder.tempdir().map_err(|source| RuntimeError::Io {
+        doing: format!(
+            "creating a private {what} directory in {}",
+            std::env::temp_dir().display()
+        ),
         source,
-    })?;
-    Ok(dir)
+    })
 }
 
 #[cfg(test)]
@@ -925,6 +926,30 @@ mod tests {
     }
 
     #[test]
+    fn scratch_dirs_are_private_under_unguessable_names() {
+        let a = scratch_dir("build").unwrap();
+        let b = scratch_dir("build").unwrap();
+        assert_ne!(a.path(), b.path());
+        assert_eq!(a.path().parent(), Some(std::env::temp_dir().as_path()));
+        let name = a.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("bottle-build-"), "{name}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{mode:o}");
+        }
+        std::fs::write(a.path().join("Containerfile"), "FROM x\n").unwrap();
+        let path = a.path().to_path_buf();
+        drop(a);
+        assert!(
+            !path.exists(),
+            "the guard removes the directory and its files"
+        );
+        assert!(b.path().exists());
+    }
+
+    #[test]
     fn labels_are_checked_like_the_cli() {
         let ok = BTreeMap::from([("dev.bottle.name".to_string(), "demo".to_string())]);
         assert!(check_labels("x", &ok).is_ok());
@@ -937,18 +962,5 @@ mod tests {
             let bad = BTreeMap::from([(k.to_string(), v.to_string())]);
             assert!(check_labels("x", &bad).is_err(), "{k}={v}");
         }
-    }
-
-    #[test]
-    fn label_filter_matches_like_docker() {
-        let have = BTreeMap::from([
-            ("dev.bottle.name".to_string(), "a".to_string()),
-            ("dev.bottle.role".to_string(), "agent".to_string()),
-        ]);
-        let any = BTreeMap::from([("dev.bottle.name".to_string(), String::new())]);
-        let other = BTreeMap::from([("dev.bottle.name".to_string(), "b".to_string())]);
-        assert!(labels_match(&have, &any));
-        assert!(!labels_match(&have, &other));
-        assert!(labels_match(&have, &BTreeMap::new()));
     }
 }

@@ -10,15 +10,10 @@
 use super::AppleRuntime;
 use crate::{
     Capability, CapabilityState, ContainerSpec, ExecSpec, NetworkAttachment, NetworkKind,
-    NetworkSpec, Probe, Publish, Runtime, RuntimeKind, LABEL_ROLE,
+    NetworkSpec, Probe, Publish, Role, Runtime, RuntimeKind, Weakness,
 };
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-
-/// The weakness an internal network has on this runtime.
-pub const HOST_REACHABLE: &str = "host-reachable-from-internal";
-/// The weakness of a host that takes the agent's broadcast in.
-pub const BROADCAST_REACHES_HOST: &str = "broadcast-reaches-host";
 
 pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     let mut probe = Probe {
@@ -61,7 +56,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
         ],
     };
     let tag = format!("bottle-probe-{}", std::process::id());
-    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    let labels = BTreeMap::from([Role::Probe.label()]);
     let mut networks: Vec<String> = Vec::new();
     let mut containers: Vec<String> = Vec::new();
 
@@ -269,7 +264,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
         ),
     };
     probe.capabilities.push(Capability {
-        weakness: reachable.then_some(HOST_REACHABLE),
+        weakness: reachable.then_some(Weakness::HostReachableFromInternal),
         ..Capability::new(
             "host-unreachable-from-internal",
             CapabilityState::from_bool(!reachable),
@@ -280,7 +275,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     });
     // Inferred, not measured: the fake CLI has no network to send on, and
     // the CLI has nothing that would change the answer.
-    probe.capabilities.push(Capability::weak("broadcast-isolated", BROADCAST_REACHES_HOST, "inferred", "an --internal network is a vmnet host-only segment whose host bridge holds the gateway address, so what the agent sends to 255.255.255.255, the subnet broadcast or a multicast group reaches host sockets bound to 0.0.0.0; container has no option to filter it".into()));
+    probe.capabilities.push(Capability::weak("broadcast-isolated", Weakness::BroadcastReachesHost, "inferred", "an --internal network is a vmnet host-only segment whose host bridge holds the gateway address, so what the agent sends to 255.255.255.255, the subnet broadcast or a multicast group reaches host sockets bound to 0.0.0.0; container has no option to filter it".into()));
     probe.capabilities.push(Capability::new(
         "internal-dns-isolated",
         CapabilityState::Unknown,

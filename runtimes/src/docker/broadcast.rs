@@ -34,7 +34,9 @@
 //! writes), no-new-privileges; not `--privileged`.
 
 use super::DockerRuntime;
-use crate::{ContainerSpec, NetworkAttachment, NetworkInfo, Runtime, RuntimeError, RuntimeKind};
+use crate::{
+    ContainerSpec, NetworkAttachment, NetworkInfo, Runtime, RuntimeError, RuntimeKind, Weakness,
+};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -116,7 +118,7 @@ pub fn check_readback(bridge: &str, out: &str) -> Result<String, (String, String
     if rp.max(all_rp) != 1 {
         return Err((
             format!("reverse-path filtering on {bridge} is {} (interface {rp}, all {all_rp}), not strict (1): the agent's broadcast still reaches host sockets", rp.max(all_rp)),
-            "on the engine's host run `sysctl -w net.ipv4.conf.all.rp_filter=0` (and set it in /etc/sysctl.d to keep it): loose mode in `all` (2, Ubuntu's default) overrides strict mode on every interface, while with 0 each interface keeps its own setting and bottle makes its bridges strict; or accept it knowingly with --accept-weakness broadcast-reaches-host".into(),
+            format!("on the engine's host run `sysctl -w net.ipv4.conf.all.rp_filter=0` (and set it in /etc/sysctl.d to keep it): loose mode in `all` (2, Ubuntu's default) overrides strict mode on every interface, while with 0 each interface keeps its own setting and bottle makes its bridges strict; or accept it knowingly with --accept-weakness {}", Weakness::BroadcastReachesHost),
         ));
     }
     if local != 0 {
@@ -154,7 +156,7 @@ fn scratch_name(what: &str) -> String {
 }
 
 fn probe_labels() -> BTreeMap<String, String> {
-    BTreeMap::from([(crate::LABEL_ROLE.into(), "probe".into())])
+    BTreeMap::from([crate::Role::Probe.label()])
 }
 
 fn failed(operation: &str, message: String) -> RuntimeError {
@@ -221,7 +223,7 @@ pub(super) async fn isolate(
         .map_err(|e| {
             capability(
                 format!("the helper that sets {bridge}'s sysctls could not run: {e}"),
-                "let the engine run a host-network container with NET_ADMIN (rootless or restricted engines cannot), or accept --accept-weakness broadcast-reaches-host".into(),
+                format!("let the engine run a host-network container with NET_ADMIN (rootless or restricted engines cannot), or accept --accept-weakness {}", Weakness::BroadcastReachesHost),
             )
         })?;
     if out.code != 0 {
@@ -231,7 +233,7 @@ pub(super) async fn isolate(
                 out.code,
                 out.stderr.trim()
             ),
-            "let the engine run a host-network container with NET_ADMIN, or accept --accept-weakness broadcast-reaches-host".into(),
+            format!("let the engine run a host-network container with NET_ADMIN, or accept --accept-weakness {}", Weakness::BroadcastReachesHost),
         ));
     }
     check_readback(bridge, &out.stdout).map_err(|(detail, fix)| capability(detail, fix))

@@ -7,7 +7,7 @@
 use super::DockerRuntime;
 use crate::{
     Capability, CapabilityState, ContainerSpec, NetworkAttachment, NetworkInfo, NetworkKind,
-    NetworkSpec, Probe, Publish, Runtime, RuntimeKind, LABEL_ROLE,
+    NetworkSpec, Probe, Publish, Role, Runtime, RuntimeKind, Weakness,
 };
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -39,7 +39,7 @@ async fn sweep_stale(rt: &DockerRuntime) {
     if !rt.is_local() {
         return;
     }
-    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    let labels = BTreeMap::from([Role::Probe.label()]);
     let Ok(found) = rt.list(&labels).await else {
         return;
     };
@@ -90,7 +90,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0)
     );
-    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    let labels = BTreeMap::from([Role::Probe.label()]);
     let mut networks: Vec<NetworkInfo> = Vec::new();
     let mut containers: Vec<String> = Vec::new();
 
@@ -109,7 +109,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             let inhibited = inspected
                 .as_ref()
                 .and_then(|n| n.options.as_ref())
-                .and_then(|o| o.get(super::INHIBIT_IPV4).cloned())
+                .and_then(|o| o.get(super::networks::INHIBIT_IPV4).cloned())
                 .is_some_and(|v| v == "true");
             probe.capabilities.push(Capability::new(
                 "internal-network",
@@ -120,7 +120,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                     "created {} (subnet {}): internal={is_internal}, {}={inhibited}",
                     net.name,
                     net.subnet.as_deref().unwrap_or("?"),
-                    super::INHIBIT_IPV4
+                    super::networks::INHIBIT_IPV4
                 ),
             ));
             networks.push(net.clone());
@@ -349,7 +349,7 @@ async fn broadcast_isolated(rt: &DockerRuntime, net: &NetworkInfo, image: &str) 
     let weak = |detail: String| {
         Capability::weak(
             "broadcast-isolated",
-            BROADCAST_REACHES_HOST,
+            Weakness::BroadcastReachesHost,
             "measured",
             detail,
         )
@@ -387,9 +387,6 @@ async fn broadcast_isolated(rt: &DockerRuntime, net: &NetworkInfo, image: &str) 
         ),
     }
 }
-
-/// The weakness of an internal network whose host side takes broadcast in.
-const BROADCAST_REACHES_HOST: &str = "broadcast-reaches-host";
 
 #[cfg(test)]
 mod tests {

@@ -33,11 +33,12 @@
 
 mod probe;
 
+use crate::cli_shared::{labels_match, parse_json};
 use crate::process::{locate, Output, Tool, Version};
 use crate::{
     BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, NetworkInfo,
-    NetworkKind, NetworkSpec, Probe, Progress, ResourceKind, ResourceRef, Runtime, RuntimeError,
-    RuntimeKind, LABEL_ROLE,
+    NetworkKind, NetworkSpec, Probe, Progress, ResourceKind, ResourceRef, Role, Runtime,
+    RuntimeError, RuntimeKind,
 };
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -168,13 +169,6 @@ fn state_of(s: &str) -> ContainerState {
         "stopped" | "failed" => ContainerState::Exited,
         _ => ContainerState::Other,
     }
-}
-
-fn labels_match(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> bool {
-    want.iter().all(|(k, v)| match have.get(k) {
-        Some(h) => v.is_empty() || h == v,
-        None => false,
-    })
 }
 
 /// A shell-quoted word for `--init` (which runs its argument with `sh -c`).
@@ -512,28 +506,32 @@ impl SmolvmRuntime {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, RuntimeError> {
-    serde_json::from_str(text.trim()).map_err(|e| RuntimeError::Call {
-        runtime: RuntimeKind::Smolvm,
-        operation: format!("read `{what}`"),
-        message: format!("unexpected JSON ({e})"),
-    })
+    parse_json(RuntimeKind::Smolvm, text, what, None)
 }
 
-/// Writes `text` to a fresh private file and returns its path.
-fn write_temp(stem: &str, text: &str) -> Result<PathBuf, RuntimeError> {
-    let path = std::env::temp_dir().join(format!(
-        "bottle-{stem}-{}-{}.smolfile",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::write(&path, text).map_err(|source| RuntimeError::Io {
-        doing: format!("writing {}", path.display()),
+/// Writes `text` to a fresh file in the system temp dir that only this user
+/// can read (created 0600, whatever the umask) under a random name, so no
+/// other local user can read the Smolfile or swap in their own between the
+/// write and smolvm's read. The file goes when the returned guard drops:
+/// hold it until the CLI has read the file.
+fn write_temp(stem: &str, text: &str) -> Result<tempfile::TempPath, RuntimeError> {
+    let io = |source: std::io::Error| RuntimeError::Io {
+        doing: format!(
+            "writing the Smolfile of {stem} to a private file in {}",
+            std::env::temp_dir().display()
+        ),
         source,
-    })?;
-    Ok(path)
+    };
+    let prefix = format!("bottle-{stem}-");
+    let mut file = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".smolfile")
+        .tempfile()
+        .map_err(io)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(io)?;
+    Ok(file.into_temp_path())
 }
 
 #[async_trait]
@@ -608,9 +606,9 @@ impl Runtime for SmolvmRuntime {
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let smolfile = match spec.labels.get(LABEL_ROLE).map(String::as_str) {
-            Some("agent") => Some(AGENT_SMOLFILE),
-            Some("sidecar") => Some(SIDECAR_SMOLFILE),
+        let smolfile = match Role::of(&spec.labels) {
+            Some(Role::Agent) => Some(AGENT_SMOLFILE),
+            Some(Role::Sidecar) => Some(SIDECAR_SMOLFILE),
             _ => None,
         };
         let path = smolfile
@@ -623,9 +621,8 @@ impl Runtime for SmolvmRuntime {
                 .await
         }
         .await;
-        if let Some(p) = path {
-            let _ = std::fs::remove_file(p);
-        }
+        // `machine create` has read the Smolfile: the guard removes it.
+        drop(path);
         result.map(|_| spec.name.clone())
     }
 
@@ -803,6 +800,30 @@ mod tests {
             boot_hint("Internal error while starting microVM: KvmContext(KvmOpen(Error(13)))")
                 .contains("kvm group")
         );
+    }
+
+    #[test]
+    fn smolfiles_are_written_private_under_unguessable_names() {
+        let a = write_temp("demo-agent", "[network]\n").unwrap();
+        let b = write_temp("demo-agent", "[network]\n").unwrap();
+        assert_ne!(a.to_path_buf(), b.to_path_buf());
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "[network]\n");
+        let name = a.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(a.parent(), Some(std::env::temp_dir().as_path()));
+        assert!(
+            name.starts_with("bottle-demo-agent-") && name.ends_with(".smolfile"),
+            "{name}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{mode:o}");
+        }
+        let path = a.to_path_buf();
+        drop(a);
+        assert!(!path.exists(), "the guard removes the file");
+        assert!(b.exists());
     }
 
     #[test]

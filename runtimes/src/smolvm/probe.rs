@@ -6,14 +6,7 @@
 //! probe returns.
 
 use super::{SmolvmRuntime, FABRIC_SINCE, LOOPBACK_BLOCKED_SINCE};
-use crate::{Capability, CapabilityState, Probe, RuntimeKind, LABEL_ROLE};
-
-/// The weakness of smolvm's resolver path.
-pub const DNS_UNFILTERED: &str = "dns-forwarded-unfiltered";
-/// The weakness of a host reachable from the agent's network.
-pub const HOST_REACHABLE: &str = "host-reachable-from-internal";
-/// The weakness of a host that may take the agent's broadcast in.
-pub const BROADCAST_REACHES_HOST: &str = "broadcast-reaches-host";
+use crate::{Capability, CapabilityState, Probe, Role, RuntimeKind, Weakness, LABEL_ROLE};
 
 pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
     let v = rt.version;
@@ -41,7 +34,7 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
         ],
     };
     let tag = format!("bottle-probe-{}", std::process::id());
-    let role = format!("{LABEL_ROLE}=probe");
+    let role = format!("{LABEL_ROLE}={}", Role::Probe);
     let fabric = format!("{tag}-fabric");
     let mut made: Vec<String> = Vec::new();
 
@@ -142,7 +135,7 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
 
     let loopback_blocked = v >= LOOPBACK_BLOCKED_SINCE;
     probe.capabilities.push(Capability {
-        weakness: (!loopback_blocked).then_some(HOST_REACHABLE),
+        weakness: (!loopback_blocked).then_some(Weakness::HostReachableFromInternal),
         ..Capability::new(
             "host-unreachable-from-internal",
             CapabilityState::from_bool(loopback_blocked),
@@ -155,8 +148,8 @@ pub(super) async fn run(rt: &SmolvmRuntime, _helper: Option<&str>) -> Probe {
             },
         )
     });
-    probe.capabilities.push(Capability::weak("internal-dns-isolated", DNS_UNFILTERED, "inferred", "the agent's resolver is pinned to the sidecar (--dns), but smolvm's own resolver on the gateway forwards any name upstream unless a host allow-list (--allow-host) is active, and bottle's agent has none".into()));
-    probe.capabilities.push(Capability::weak("broadcast-isolated", BROADCAST_REACHES_HOST, "inferred", "not measurable without a boot: the fabric is a virtio-net segment served by smolvm's host-side relay, which bottle cannot configure, and nothing in the CLI says broadcast or multicast stays off host sockets; counted as open".into()));
+    probe.capabilities.push(Capability::weak("internal-dns-isolated", Weakness::DnsForwardedUnfiltered, "inferred", "the agent's resolver is pinned to the sidecar (--dns), but smolvm's own resolver on the gateway forwards any name upstream unless a host allow-list (--allow-host) is active, and bottle's agent has none".into()));
+    probe.capabilities.push(Capability::weak("broadcast-isolated", Weakness::BroadcastReachesHost, "inferred", "not measurable without a boot: the fabric is a virtio-net segment served by smolvm's host-side relay, which bottle cannot configure, and nothing in the CLI says broadcast or multicast stays off host sockets; counted as open".into()));
     probe.capabilities.push(Capability::new(
         "fabric-filtered",
         CapabilityState::No,
