@@ -115,11 +115,10 @@ pub fn render(
 
     state.create()?;
     let minted_ca = crate::ca::ensure(state, &plan.name)?;
-    if secrets.credentials.is_empty() {
+    if secrets.file.credentials.is_empty() {
         state.write_sidecar_file("secrets.json", None)?;
     } else {
-        let json = serde_json::to_vec_pretty(&secrets)?;
-        state.write_sidecar_file("secrets.json", Some(&json))?;
+        state.write_sidecar_file("secrets.json", Some(&secrets.to_json()))?;
     }
     state.write_sidecar_file(
         "upstream-roots.pem",

@@ -264,7 +264,9 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
         if !new.egress.rules.contains(r) {
             out.push(format!(
                 "[[egress.rule]] for {} (methods {:?}, paths {:?}) is removed or changed",
-                r.host, r.methods, r.paths
+                r.host,
+                crate::plan::strings(&r.methods),
+                crate::plan::strings(&r.paths)
             ));
         }
     }
@@ -272,7 +274,9 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
         if !old.egress.rules.contains(r) {
             out.push(format!(
                 "[[egress.rule]] added for {} (methods {:?}, paths {:?}): rules for a host add up, so it can only open more",
-                r.host, r.methods, r.paths
+                r.host,
+                crate::plan::strings(&r.methods),
+                crate::plan::strings(&r.paths)
             ));
         }
     }
@@ -337,7 +341,10 @@ mod tests {
     fn rule(host: &str, methods: &[&str]) -> HttpRule {
         HttpRule {
             host: HostPattern::parse(host).unwrap(),
-            methods: methods.iter().map(|m| m.to_string()).collect(),
+            methods: methods
+                .iter()
+                .map(|m| bottle_policy::RuleMethod::parse(m).unwrap())
+                .collect(),
             paths: vec![],
         }
     }

@@ -269,6 +269,11 @@ pub fn build(
     })
 }
 
+/// The items as strings, for `{:?}` lists in messages.
+pub fn strings<T: std::fmt::Display>(items: &[T]) -> Vec<String> {
+    items.iter().map(T::to_string).collect()
+}
+
 /// The plan as text for `--dry-run`.
 pub fn render(plan: &Plan) -> String {
     use std::fmt::Write as _;
@@ -380,7 +385,9 @@ pub fn render(plan: &Plan) -> String {
         let _ = writeln!(
             s,
             "  rule        {} methods {:?} paths {:?}",
-            r.host, r.methods, r.paths
+            r.host,
+            strings(&r.methods),
+            strings(&r.paths)
         );
     }
     for r in &plan.upstream_roots {

@@ -5,7 +5,7 @@
 //! The real value never reaches the agent, its environment, its files or any
 //! log: the plan carries only placeholders, and `--dry-run` shows names only.
 
-use serde::Serialize;
+use bottle_policy::{SecretEntry, SecretValue, SecretsFile};
 use std::collections::BTreeMap;
 
 /// Problems gathering credentials.
@@ -13,21 +13,15 @@ use std::collections::BTreeMap;
 pub enum SecretError {
     #[error("[[egress.credential]] for {host} reads {var} from the host environment, but {var} is not set\n  fix: export {var} before `bottle up`, or remove that credential")]
     Missing { host: String, var: String },
-    #[error("cannot read random bytes for placeholders: {0}")]
-    Random(std::io::Error),
+    #[error("cannot read random bytes for placeholders: {0}\n  fix: check that the kernel's random source (getrandom, /dev/urandom) works")]
+    Random(String),
 }
 
-/// One credential as the sidecar receives it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Secret {
-    pub value: String,
-    pub placeholder: String,
-}
-
-/// `secrets.json`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// `secrets.json`, in the policy crate's wire form (its `Debug` never
+/// shows a value).
+#[derive(Debug, Clone, Default)]
 pub struct Secrets {
-    pub credentials: BTreeMap<String, Secret>,
+    pub file: SecretsFile,
 }
 
 impl Secrets {
@@ -55,14 +49,31 @@ impl Secrets {
                 Some(p) => p.clone(),
                 None => placeholder(&rule.from_env)?,
             };
-            credentials.insert(rule.from_env.clone(), Secret { value, placeholder });
+            credentials.insert(
+                rule.from_env.clone(),
+                SecretEntry {
+                    value: SecretValue::new(value),
+                    placeholder,
+                },
+            );
         }
-        Ok(Secrets { credentials })
+        Ok(Secrets {
+            file: SecretsFile {
+                credentials,
+                ..SecretsFile::default()
+            },
+        })
+    }
+
+    /// The file's bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.file).unwrap_or_default()
     }
 
     /// What the agent sees: variable name → placeholder.
     pub fn agent_env(&self) -> BTreeMap<String, String> {
-        self.credentials
+        self.file
+            .credentials
             .iter()
             .map(|(k, s)| (k.clone(), s.placeholder.clone()))
             .collect()
@@ -90,11 +101,8 @@ pub fn existing_placeholders(path: &std::path::Path) -> BTreeMap<String, String>
 /// `bottle-placeholder-<var>-<32 hex>`: recognisable in logs and to the
 /// sidecar, worthless anywhere else.
 fn placeholder(var: &str) -> Result<String, SecretError> {
-    use std::io::Read;
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(SecretError::Random)?;
+    getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
     Ok(format!(
         "bottle-placeholder-{}-{}",
         var.to_ascii_lowercase().replace('_', "-"),
@@ -110,7 +118,7 @@ mod tests {
     fn rule(var: &str) -> CredentialRule {
         CredentialRule {
             host: HostPattern::parse("api.example.com").unwrap(),
-            header: "x-api-key".into(),
+            header: bottle_policy::CredentialHeader::parse("x-api-key").unwrap(),
             from_env: var.into(),
         }
     }
@@ -127,7 +135,17 @@ mod tests {
         let env = s.agent_env();
         assert!(env["API_KEY"].starts_with("bottle-placeholder-api-key-"));
         assert!(!env["API_KEY"].contains("sk-real-value"));
-        assert_eq!(s.credentials["API_KEY"].value, "sk-real-value");
+        assert_eq!(
+            s.file.credentials["API_KEY"].value.expose(),
+            "sk-real-value"
+        );
+        assert!(
+            !format!("{s:?}").contains("sk-real-value"),
+            "Debug hides it"
+        );
+        assert!(String::from_utf8(s.to_json())
+            .unwrap()
+            .contains("\"format\": 1"));
         let again = Secrets::gather(&[rule("API_KEY")], |_| Some("v".into()), &none).unwrap();
         assert_ne!(
             again.agent_env()["API_KEY"],
@@ -140,7 +158,7 @@ mod tests {
             env["API_KEY"],
             "a reload keeps them"
         );
-        assert_eq!(kept.credentials["API_KEY"].value, "v2");
+        assert_eq!(kept.file.credentials["API_KEY"].value.expose(), "v2");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! connection (or `default-deny`) travels with the decision so the audit log and
 //! the 403 body can say why.
 
+use crate::fields::{CredentialHeader, PathPrefix, RuleMethod};
 use crate::host::{normalize_host, HostError, HostPattern};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -132,9 +133,9 @@ impl From<AllowRule> for String {
 pub struct HttpRule {
     pub host: HostPattern,
     #[serde(default)]
-    pub methods: Vec<String>,
+    pub methods: Vec<RuleMethod>,
     #[serde(default)]
-    pub paths: Vec<String>,
+    pub paths: Vec<PathPrefix>,
 }
 
 /// `[[egress.credential]]`: which header the sidecar sets for which host. The
@@ -144,7 +145,7 @@ pub struct HttpRule {
 #[serde(deny_unknown_fields)]
 pub struct CredentialRule {
     pub host: HostPattern,
-    pub header: String,
+    pub header: CredentialHeader,
     pub from_env: String,
 }
 
@@ -331,7 +332,7 @@ mod tests {
         let p = EgressPolicy {
             credentials: vec![CredentialRule {
                 host: HostPattern::parse("api.anthropic.com").unwrap(),
-                header: "x-api-key".into(),
+                header: crate::CredentialHeader::parse("x-api-key").unwrap(),
                 from_env: "ANTHROPIC_API_KEY".into(),
             }],
             ..Default::default()

@@ -11,13 +11,18 @@
 
 pub mod address;
 pub mod egress;
+pub mod fields;
 pub mod host;
 pub mod limits;
 pub mod request;
+pub mod secrets;
 
 pub use address::{classify, AddressClass, Classified, Embedding, LocalNet};
 pub use egress::{
     AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,
+};
+pub use fields::{
+    CredentialHeader, FieldError, PathPrefix, RuleMethod, RESERVED_HEADERS, RULE_METHODS,
 };
 pub use host::{normalize_host, HostError, HostPattern};
 pub use limits::{Limits, LimitsError};
@@ -25,6 +30,7 @@ pub use request::{
     check_path, method_override_param, PathError, FORBIDDEN_METHODS, METHOD_OVERRIDE_HEADERS,
     METHOD_OVERRIDE_PARAMS,
 };
+pub use secrets::{FormatError, SecretEntry, SecretValue, SecretsFile, SECRETS_FORMAT};
 
 use serde::{Deserialize, Serialize};
 

@@ -180,12 +180,10 @@ impl HttpRule {
     /// Does this rule cover `method` and `path`? `method` is compared exactly
     /// with the rule's (upper-cased) methods: `get` is not `GET`.
     pub fn covers(&self, method: &str, path: &str) -> bool {
-        let method_ok = self.methods.is_empty()
-            || self
-                .methods
-                .iter()
-                .any(|m| m.to_ascii_uppercase() == method);
-        let path_ok = self.paths.is_empty() || self.paths.iter().any(|p| path.starts_with(p));
+        let method_ok =
+            self.methods.is_empty() || self.methods.iter().any(|m| m.as_str() == method);
+        let path_ok =
+            self.paths.is_empty() || self.paths.iter().any(|p| path.starts_with(p.as_str()));
         method_ok && path_ok
     }
 }
@@ -193,25 +191,19 @@ impl HttpRule {
 impl fmt::Display for HttpRule {
     /// `egress.rule api.github.com GET /repos/acme/` (`*` for "any").
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |items: &[String], upper: bool| {
+        fn list<T: fmt::Display>(items: &[T]) -> String {
             if items.is_empty() {
                 "*".to_string()
-            } else if upper {
-                items
-                    .iter()
-                    .map(|m| m.to_ascii_uppercase())
-                    .collect::<Vec<_>>()
-                    .join(",")
             } else {
-                items.join(",")
+                items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
             }
-        };
+        }
         write!(
             f,
             "egress.rule {} {} {}",
             self.host,
-            list(&self.methods, true),
-            list(&self.paths, false)
+            list(&self.methods),
+            list(&self.paths)
         )
     }
 }
@@ -307,7 +299,15 @@ fn deny(rule: &str, reason: String) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AllowRule, HostPattern};
+    use crate::{AllowRule, HostPattern, PathPrefix, RuleMethod};
+
+    fn m(s: &str) -> RuleMethod {
+        RuleMethod::parse(s).unwrap()
+    }
+
+    fn p(s: &str) -> PathPrefix {
+        PathPrefix::parse(s).unwrap()
+    }
 
     fn policy() -> EgressPolicy {
         EgressPolicy {
@@ -318,17 +318,17 @@ mod tests {
             rules: vec![
                 HttpRule {
                     host: HostPattern::parse("api.github.com").unwrap(),
-                    methods: vec!["get".into()],
-                    paths: vec!["/repos/acme/".into()],
+                    methods: vec![m("GET")],
+                    paths: vec![p("/repos/acme/")],
                 },
                 HttpRule {
                     host: HostPattern::parse("api.github.com").unwrap(),
-                    methods: vec!["POST".into()],
-                    paths: vec!["/repos/acme/app/issues".into()],
+                    methods: vec![m("POST")],
+                    paths: vec![p("/repos/acme/app/issues")],
                 },
                 HttpRule {
                     host: HostPattern::parse("*.example.com").unwrap(),
-                    methods: vec!["GET".into(), "HEAD".into()],
+                    methods: vec![m("GET"), m("HEAD")],
                     paths: vec![],
                 },
             ],
@@ -359,7 +359,7 @@ mod tests {
         paths_only.rules = vec![HttpRule {
             host: HostPattern::parse("open.example.org").unwrap(),
             methods: vec![],
-            paths: vec!["/x/".into()],
+            paths: vec![p("/x/")],
         }];
         assert_eq!(
             paths_only.decide_method_override("open.example.org", "x-method-override"),

@@ -2,7 +2,9 @@
 //! request.
 //!
 //! `secrets.json` sits next to the policy file (0600, mounted read-only into
-//! the sidecar only): `{"credentials": {"<FROM_ENV>": {"value": "…",
+//! the sidecar only), in the policy crate's wire form
+//! ([`bottle_policy::SecretsFile`]): `{"format": 1, "credentials":
+//! {"<FROM_ENV>": {"value": "…",
 //! "placeholder": "…"}}}`. The agent holds only the placeholder (in the env
 //! var of the same name). For a request to a credential's host the sidecar
 //! sets the named header to the real value, replacing whatever the agent sent;
@@ -15,7 +17,6 @@
 use bottle_policy::{Decision, EgressPolicy, Verdict};
 use hyper::header::{HeaderName, HeaderValue, ACCEPT_ENCODING, IF_RANGE, RANGE};
 use hyper::HeaderMap;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,7 @@ use std::path::{Path, PathBuf};
 pub const MIN_PLACEHOLDER_LEN: usize = 8;
 
 /// One credential: the real value and the placeholder the agent sees.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     value: String,
     placeholder: String,
@@ -51,10 +51,8 @@ impl Secret {
 }
 
 /// Every credential the sidecar holds, by `from_env` name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Secrets {
-    #[serde(default)]
     credentials: BTreeMap<String, Secret>,
 }
 
@@ -68,11 +66,17 @@ pub enum SecretsError {
         source: std::io::Error,
     },
     /// The serde error is not quoted: it can contain part of a value.
-    #[error("secrets file {path} is not valid (expected {{\"credentials\": {{\"NAME\": {{\"value\": …, \"placeholder\": …}}}}}}) at line {line}, column {column}")]
+    #[error("secrets file {path} is not valid (expected {{\"format\": 1, \"credentials\": {{\"NAME\": {{\"value\": …, \"placeholder\": …}}}}}}) at line {line}, column {column}")]
     Json {
         path: PathBuf,
         line: usize,
         column: usize,
+    },
+    #[error("secrets file {path}: {source}")]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: bottle_policy::FormatError,
     },
     #[error("secrets file {path}: credential {name} has an empty value")]
     EmptyValue { path: PathBuf, name: String },
@@ -103,11 +107,21 @@ impl Secrets {
 
     /// Validates `text`; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, SecretsError> {
-        let secrets: Secrets = serde_json::from_str(text).map_err(|e| SecretsError::Json {
+        let file: bottle_policy::SecretsFile =
+            serde_json::from_str(text).map_err(|e| SecretsError::Json {
+                path: path.into(),
+                line: e.line(),
+                column: e.column(),
+            })?;
+        file.check_format().map_err(|source| SecretsError::Format {
             path: path.into(),
-            line: e.line(),
-            column: e.column(),
+            source,
         })?;
+        let secrets = Secrets::new(
+            file.credentials
+                .into_iter()
+                .map(|(name, e)| (name, Secret::new(e.value.expose(), e.placeholder))),
+        );
         for (name, s) in &secrets.credentials {
             let err = |f: fn(PathBuf, String) -> SecretsError| Err(f(path.into(), name.clone()));
             if s.value.is_empty() {
@@ -181,10 +195,7 @@ pub fn apply(
     let rules: Vec<_> = policy.credentials_for(host).collect();
     // Headers this host's rules will overwrite are not inspected: replacing
     // the placeholder there is the point.
-    let replaced: Vec<HeaderName> = rules
-        .iter()
-        .filter_map(|r| HeaderName::from_bytes(r.header.as_bytes()).ok())
-        .collect();
+    let replaced: Vec<HeaderName> = rules.iter().map(|r| r.header.name().clone()).collect();
     let own: Vec<&str> = rules.iter().map(|r| r.from_env.as_str()).collect();
     let leak = |name: &str| {
         refusal(
@@ -217,15 +228,8 @@ pub fn apply(
         ));
     }
     for rule in rules {
-        let Ok(name) = HeaderName::from_bytes(rule.header.as_bytes()) else {
-            return Err(refusal(
-                "credential-invalid",
-                format!(
-                    "egress.credential for {host} names `{}`, which is not an HTTP header name",
-                    rule.header
-                ),
-            ));
-        };
+        // The policy crate checked the name when the policy was loaded.
+        let name = rule.header.name().clone();
         let Some(secret) = secrets.credentials.get(&rule.from_env) else {
             return Err(refusal(
                 "credential-missing",
@@ -267,7 +271,7 @@ mod tests {
             allow: vec![AllowRule::parse("api.anthropic.com").unwrap()],
             credentials: vec![CredentialRule {
                 host: HostPattern::parse("api.anthropic.com").unwrap(),
-                header: "x-api-key".into(),
+                header: bottle_policy::CredentialHeader::parse("x-api-key").unwrap(),
                 from_env: "ANTHROPIC_API_KEY".into(),
             }],
             ..Default::default()
@@ -367,16 +371,19 @@ mod tests {
         let path = Path::new("/state/secrets.json");
         let ok = Secrets::parse(
             path,
-            r#"{"credentials":{"A":{"value":"v","placeholder":"placeholder-a"}}}"#,
+            r#"{"format":1,"credentials":{"A":{"value":"v","placeholder":"placeholder-a"}}}"#,
         )
         .unwrap();
         assert!(!format!("{ok:?}").contains("placeholder-a"));
-        let err =
-            Secrets::parse(path, r#"{"credentials":{"A":{"value":"s3cr3t-leak"}}}"#).unwrap_err();
+        let err = Secrets::parse(
+            path,
+            r#"{"format":1,"credentials":{"A":{"value":"s3cr3t-leak"}}}"#,
+        )
+        .unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
         let err = Secrets::parse(
             path,
-            r#"{"credentials":{"A":{"value":"v","placeholder":"short"}}}"#,
+            r#"{"format":1,"credentials":{"A":{"value":"v","placeholder":"short"}}}"#,
         )
         .unwrap_err();
         assert!(
@@ -385,10 +392,15 @@ mod tests {
         );
         let err = Secrets::parse(
             path,
-            r#"{"credentials":{"A":{"value":"a\nb","placeholder":"placeholder"}}}"#,
+            r#"{"format":1,"credentials":{"A":{"value":"a\nb","placeholder":"placeholder"}}}"#,
         )
         .unwrap_err();
         assert!(matches!(err, SecretsError::NotAHeaderValue { .. }), "{err}");
+        // Another format, or none (an older bottle's file), is refused.
+        let err = Secrets::parse(path, r#"{"format":2,"credentials":{}}"#).unwrap_err();
+        assert!(matches!(err, SecretsError::Format { .. }), "{err}");
+        assert!(err.to_string().contains("format 2"), "{err}");
+        assert!(Secrets::parse(path, r#"{"credentials":{}}"#).is_err());
         assert!(Secrets::load(Path::new("/nonexistent/secrets.json"))
             .unwrap()
             .is_empty());

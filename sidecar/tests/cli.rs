@@ -77,6 +77,53 @@ fn a_policy_of_another_format_is_refused() {
     );
 }
 
+/// A `policy.json` written by hand (or by anything but bottle) gets the
+/// same checks as `bottle.toml`: a credential in a header the proxy owns, a
+/// rule naming TRACE, a path prefix with `..` never load.
+#[test]
+fn a_policy_the_config_would_refuse_is_refused_at_load() {
+    for (name, egress, needle) in [
+        (
+            "host-header.json",
+            r#"{"allow":["example.com"],"credentials":[{"host":"example.com","header":"Host","from_env":"K"}]}"#,
+            "`Host`: the proxy manages this header itself",
+        ),
+        (
+            "trace.json",
+            r#"{"allow":["example.com"],"rules":[{"host":"example.com","methods":["TRACE"]}]}"#,
+            "`TRACE`: not a method a rule can name",
+        ),
+        (
+            "dotdot.json",
+            r#"{"allow":["example.com"],"rules":[{"host":"example.com","paths":["/a/../admin"]}]}"#,
+            "`/a/../admin`: a path prefix cannot hold",
+        ),
+    ] {
+        let path = temp_policy(
+            name,
+            &format!(r#"{{"format":1,"bottle":"demo","egress":{egress}}}"#),
+        );
+        let out = sidecar(&[
+            "run",
+            "--policy",
+            path.to_str().unwrap(),
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "off",
+            "--dns-answer",
+            "127.0.0.1",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "{name}: no proxy for a refused policy"
+        );
+    }
+}
+
 #[test]
 fn unparseable_and_missing_policies_are_refused() {
     let path = temp_policy("broken.json", "{\"format\":1,");

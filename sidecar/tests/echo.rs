@@ -202,8 +202,9 @@ async fn the_injected_credential_never_comes_back_to_the_agent() {
         "credentials": [{"host": "echo.test", "header": "x-api-key", "from_env": "ECHO_KEY"}],
     }));
     opts.hosts = vec![("echo.test", vec![ip("127.0.0.1")])];
-    opts.secrets =
-        Some(json!({"credentials": {"ECHO_KEY": {"value": VALUE, "placeholder": PLACEHOLDER}}}));
+    opts.secrets = Some(
+        json!({"format": 1, "credentials": {"ECHO_KEY": {"value": VALUE, "placeholder": PLACEHOLDER}}}),
+    );
     let b = Bottle::start_in(pki, opts).await;
     let redacted = "BOTTLE-REDACTED************"; // VALUE's length
     assert_eq!(redacted.len(), VALUE.len());
@@ -357,8 +358,9 @@ async fn echo_bottle() -> (Bottle, u16, Arc<Mutex<Vec<String>>>) {
         ("echo.test", vec![ip("127.0.0.1")]),
         ("plain.test", vec![ip("127.0.0.1")]),
     ];
-    opts.secrets =
-        Some(json!({"credentials": {"ECHO_KEY": {"value": VALUE, "placeholder": PLACEHOLDER}}}));
+    opts.secrets = Some(
+        json!({"format": 1, "credentials": {"ECHO_KEY": {"value": VALUE, "placeholder": PLACEHOLDER}}}),
+    );
     (Bottle::start_in(pki, opts).await, port, heads)
 }
 

@@ -309,7 +309,7 @@ async fn credentials_are_injected_and_placeholders_never_leave() {
             ("plain.test", vec![ip("127.0.0.1")]),
         ];
         opts.secrets = Some(
-            json!({"credentials": {"TEST_KEY": {"value": VALUE, "placeholder": PLACEHOLDER}}}),
+            json!({"format": 1, "credentials": {"TEST_KEY": {"value": VALUE, "placeholder": PLACEHOLDER}}}),
         );
         (Bottle::start_in(pki, opts).await, origin)
     };

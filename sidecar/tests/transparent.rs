@@ -154,7 +154,7 @@ async fn http_by_host_header() {
         ("cred.test", vec![ip("127.0.0.1")]),
     ];
     opts.secrets = Some(
-        json!({"credentials": {"K": {"value": "v-secret-123", "placeholder": "placeholder-K"}}}),
+        json!({"format": 1, "credentials": {"K": {"value": "v-secret-123", "placeholder": "placeholder-K"}}}),
     );
     opts.transparent_http_port = port;
     let bottle = Bottle::start(opts).await;

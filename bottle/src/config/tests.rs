@@ -115,10 +115,13 @@ fn design_example_parses() {
         egress.rules[0].host,
         HostPattern::Exact("api.github.com".into())
     );
-    assert_eq!(egress.rules[0].methods, ["GET"]);
-    assert_eq!(egress.rules[0].paths, ["/repos/acme/"]);
+    assert_eq!(crate::plan::strings(&egress.rules[0].methods), ["GET"]);
+    assert_eq!(
+        crate::plan::strings(&egress.rules[0].paths),
+        ["/repos/acme/"]
+    );
     assert_eq!(egress.credentials.len(), 1);
-    assert_eq!(egress.credentials[0].header, "x-api-key");
+    assert_eq!(egress.credentials[0].header.as_str(), "x-api-key");
     assert_eq!(egress.credentials[0].from_env, "ANTHROPIC_API_KEY");
     assert_eq!(
         egress.decide("files.pythonhosted.org", 443).verdict,

@@ -41,14 +41,10 @@ pub enum ValueError {
     EnvReserved(String),
     #[error("the value contains a NUL character, which an environment variable cannot hold")]
     EnvValueNul,
-    #[error("`{0}`: a header name is letters, digits and any of !#$%&'*+-.^_`|~ (e.g. `x-api-key`, `authorization`)")]
-    HeaderName(String),
-    #[error("`{0}`: the proxy manages this header itself, so it cannot carry a credential; use the header the API expects (e.g. `authorization`, `x-api-key`)")]
-    HeaderReserved(String),
-    #[error("`{0}`: a path prefix starts with `/` (e.g. `/repos/acme/`)")]
-    PathStart(String),
-    #[error("`{0}`: a path prefix cannot hold whitespace, control characters, `?`, `#`, or `.`/`..` segments")]
-    PathChars(String),
+    /// A method, credential header or path prefix: the policy crate's own
+    /// check, so `bottle.toml` and `policy.json` refuse the same things.
+    #[error(transparent)]
+    Field(#[from] bottle_policy::FieldError),
     #[error("`{0}`: a ref pattern is a branch name or a glob such as `agent/*` or `release/*` (no spaces, `..`, `//`, or any of ~^:?[\\)")]
     RefPattern(String),
     #[error("`{0}`: a remote name is 1 to 64 characters of letters, digits, `.`, `_` and `-`, starting with a letter or digit (e.g. `app`)")]
@@ -505,49 +501,18 @@ pub fn check_cpus(cpus: f64, shown: &str) -> Result<(), ValueError> {
 // ---------------------------------------------------------------------------
 // Egress strings
 
-/// HTTP methods an `[[egress.rule]]` may name. CONNECT and TRACE are left out
-/// on purpose: the proxy handles CONNECT itself and TRACE only echoes.
-pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// HTTP methods an `[[egress.rule]]` may name (the policy crate's list).
+pub const METHODS: [&str; 7] = bottle_policy::RULE_METHODS;
 
-/// Headers the proxy owns (framing, routing, hop-by-hop); a credential in one
-/// of them would break the request or leak through a hop.
-const RESERVED_HEADERS: [&str; 9] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-];
-
-/// An HTTP header name (an RFC 9110 token) that may carry a credential.
+/// An HTTP header name that may carry a credential.
 pub fn check_header_name(name: &str) -> Result<(), ValueError> {
-    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(tchar) {
-        return Err(ValueError::HeaderName(name.to_owned()));
-    }
-    let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
-        return Err(ValueError::HeaderReserved(name.to_owned()));
-    }
+    bottle_policy::CredentialHeader::parse(name)?;
     Ok(())
 }
 
 /// A path prefix of an `[[egress.rule]]`.
 pub fn check_path_prefix(path: &str) -> Result<(), ValueError> {
-    if !path.starts_with('/') {
-        return Err(ValueError::PathStart(path.to_owned()));
-    }
-    let bad_char = path
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#');
-    let dot_segment = path.split('/').any(|s| s == "." || s == "..");
-    if bad_char || dot_segment {
-        return Err(ValueError::PathChars(path.to_owned()));
-    }
+    bottle_policy::PathPrefix::parse(path)?;
     Ok(())
 }
 
@@ -782,33 +747,37 @@ mod tests {
         assert!(check_header_name("Authorization").is_ok());
         assert!(matches!(
             check_header_name("x api"),
-            Err(ValueError::HeaderName(_))
+            Err(ValueError::Field(bottle_policy::FieldError::HeaderName(_)))
         ));
         assert!(matches!(
             check_header_name(""),
-            Err(ValueError::HeaderName(_))
+            Err(ValueError::Field(bottle_policy::FieldError::HeaderName(_)))
         ));
         assert!(matches!(
             check_header_name("Host"),
-            Err(ValueError::HeaderReserved(_))
+            Err(ValueError::Field(
+                bottle_policy::FieldError::HeaderReserved(_)
+            ))
         ));
         assert!(matches!(
             check_header_name("Proxy-Authorization"),
-            Err(ValueError::HeaderReserved(_))
+            Err(ValueError::Field(
+                bottle_policy::FieldError::HeaderReserved(_)
+            ))
         ));
 
         assert!(check_path_prefix("/repos/acme/").is_ok());
         assert!(matches!(
             check_path_prefix("repos"),
-            Err(ValueError::PathStart(_))
+            Err(ValueError::Field(bottle_policy::FieldError::PathStart(_)))
         ));
         assert!(matches!(
             check_path_prefix("/a/../b"),
-            Err(ValueError::PathChars(_))
+            Err(ValueError::Field(bottle_policy::FieldError::PathChars(_)))
         ));
         assert!(matches!(
             check_path_prefix("/a?b"),
-            Err(ValueError::PathChars(_))
+            Err(ValueError::Field(bottle_policy::FieldError::PathChars(_)))
         ));
 
         for ok in [
