@@ -817,15 +817,26 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "bottle-mounts-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::canonicalize(d).unwrap()
+    /// A private scratch directory, removed when the test ends.
+    struct Scratch {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    impl std::ops::Deref for Scratch {
+        type Target = PathBuf;
+        fn deref(&self) -> &PathBuf {
+            &self.path
+        }
+    }
+
+    fn tmp(tag: &str) -> Scratch {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bottle-mounts-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let path = std::fs::canonicalize(dir.path()).unwrap();
+        Scratch { _dir: dir, path }
     }
 
     /// Grants for tests whose temporary directories belong to whoever runs
