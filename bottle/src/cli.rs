@@ -268,7 +268,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                     return Err(CliError::Interrupted);
                 }
             };
-            print_verify(&report, json)?;
+            // A reader that stops early (`| grep -q FAIL`) keeps the verdict.
+            shown(print_verify(&report, json))?;
             Ok(if report.failed == 0 {
                 Exit::Done
             } else {
@@ -437,8 +438,16 @@ async fn offer_apple_start() -> bool {
         return false;
     }
     eprint!("the Apple container service is not running; start it now (container system start --enable-kernel-install)? [y/N] ");
-    let mut answer = String::new();
-    let _ = std::io::stdin().read_line(&mut answer);
+    // Read off the async threads, so Ctrl-C at the prompt is a no.
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        answer
+    });
+    let answer = tokio::select! {
+        a = answer => a.unwrap_or_default(),
+        _ = tokio::signal::ctrl_c() => String::new(),
+    };
     if !matches!(answer.trim(), "y" | "Y" | "yes") {
         return false;
     }
@@ -519,7 +528,12 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
             failed,
             report: Some(checked),
         }) => {
-            print_verify(&checked, json)?;
+            // As before: the table on stderr, JSON on stdout.
+            if json {
+                shown(print_verify(&checked, true))?;
+            } else {
+                eprint!("{}", crate::verify::render(&checked));
+            }
             return Err(UpError::VerifyFailed {
                 name,
                 failed,
@@ -607,6 +621,20 @@ pub fn render_summary(out: &mut dyn Write, summary: &lifecycle::UpSummary) -> st
         "  next     bottle exec {} -- bash   |   bottle down {}",
         summary.name, summary.name
     )
+}
+
+/// Output whose reader went away (`| head`, `| grep -q`) is not an error:
+/// the command's own exit code stands.
+fn closed_pipe_is_fine(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn shown(r: std::io::Result<()>) -> Result<(), CliError> {
+    Ok(r.or_else(closed_pipe_is_fine)?)
 }
 
 fn print_verify(report: &crate::verify::Report, json: bool) -> std::io::Result<()> {
@@ -741,7 +769,11 @@ async fn ask_consent(
             Ok(_) => {}
             Err(_) => {
                 eprintln!();
-                return Err(UpError::Interrupted { name: name.into() }.into());
+                return Err(UpError::Interrupted {
+                    name: name.into(),
+                    aftermath: "nothing was created".into(),
+                }
+                .into());
             }
         }
     }
@@ -817,9 +849,10 @@ async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError>
             out,
             "{}",
             serde_json::to_string_pretty(&probe).unwrap_or_default()
-        )?;
+        )
+        .or_else(closed_pipe_is_fine)?;
     } else {
-        render_probe(&mut out, &probe)?;
+        shown(render_probe(&mut out, &probe))?;
     }
     Ok(if !probe.present || !probe.running {
         Exit::Unavailable
@@ -940,6 +973,8 @@ mod tests {
         let err: CliError = render_ps(&mut Closed, &[]).unwrap_err().into();
         assert!(err.is_closed_pipe());
         assert_eq!(err.exit(), Exit::Done);
+        // Where the exit code carries the verdict, a closed pipe keeps it.
+        assert!(shown(render_ps(&mut Closed, &[])).is_ok());
         let other: CliError = std::io::Error::other("disk full").into();
         assert!(!other.is_closed_pipe());
         assert_eq!(other.exit(), Exit::Failed);

@@ -139,7 +139,9 @@ impl Classify for UpError {
             UpError::Config(_) => Exit::Usage,
             UpError::Plan(e) => e.exit(),
             UpError::Runtime(e) => e.exit(),
+            UpError::NoRuntime(e) if e.refused => Exit::Refused,
             UpError::NoRuntime(_) => Exit::Unavailable,
+            UpError::VerifyCouldNotRun { .. } => Exit::Failed,
             UpError::Refused(e) => e.exit(),
             UpError::Lifecycle(e) => e.exit(),
             UpError::Cwd(_) => Exit::Failed,
@@ -179,9 +181,12 @@ mod tests {
         };
         assert_eq!(UpError::Runtime(unavailable).exit().code(), 5);
         assert_eq!(
-            UpError::NoRuntime(crate::runtime_select::NoRuntime { tried: vec![] })
-                .exit()
-                .code(),
+            UpError::NoRuntime(crate::runtime_select::NoRuntime {
+                tried: vec![],
+                refused: false
+            })
+            .exit()
+            .code(),
             5
         );
         let weak = RefusalReason::Weakness {

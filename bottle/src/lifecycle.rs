@@ -91,8 +91,9 @@ fn leftover_fix(name: &str, left: &[String]) -> String {
         ));
     }
     if left.iter().any(scratch) {
-        fixes
-            .push("the next `bottle probe` or `bottle up` removes the probe's scratch".to_string());
+        fixes.push(
+            "remove the probe's scratch named above with your runtime's own CLI (e.g. `docker rm -f`, `docker network rm`)".to_string(),
+        );
     }
     fixes.join("; ")
 }
@@ -248,6 +249,9 @@ pub async fn create(
         .ok_or_else(|| LifecycleError::Unplanned {
             name: plan.name.clone(),
         })?;
+    // Held to the end: no second `up` of this name between the check and
+    // the rollback.
+    let _lock = host.state.bottle(&plan.name).lock()?;
     let existing = interrupt
         .unless(resources_of(rt, &plan.name))
         .await
@@ -267,10 +271,26 @@ pub async fn create(
     ));
     record(&state, plan, accepted)?;
 
+    // The first interrupt stops creation once the runtime call in flight
+    // has returned (a create the engine already received still finishes,
+    // so what it made exists and carries the labels the rollback goes by);
+    // a second one abandons that call.
     let result = match interrupt
-        .unless(create_all(
-            rt, plan, images, &state, &rendered, accepted, report,
-        ))
+        .unless_level(
+            2,
+            create_all(
+                rt,
+                Creation {
+                    plan,
+                    images,
+                    state: &state,
+                    rendered: &rendered,
+                    accepted,
+                    interrupt,
+                },
+                report,
+            ),
+        )
         .await
     {
         Ok(r) => r,
@@ -302,8 +322,10 @@ pub async fn rollback(
     interrupt: &Interrupt,
     report: &mut Reporter,
 ) -> Result<(), LifecycleError> {
+    // The next interrupt from here on stops the rollback.
+    let stop = (interrupt, interrupt.count() + 1);
     let mut left = Vec::new();
-    let outcome = remove_all(rt, root, name, Some(interrupt), report, &mut left).await;
+    let outcome = remove_all(rt, root, name, Some(stop), report, &mut left).await;
     if let Err(Stop::Interrupted) = outcome {
         return Err(LifecycleError::InterruptedTwice {
             name: name.into(),
@@ -317,7 +339,7 @@ pub async fn rollback(
         return Ok(());
     }
     let mut scratch = Vec::new();
-    match remove_probe_scratch(rt, Some(interrupt), &mut scratch).await {
+    match remove_probe_scratch(rt, Some(stop), &mut scratch).await {
         Err(Stop::Interrupted) => Err(LifecycleError::InterruptedTwice {
             name: name.into(),
             left: scratch,
@@ -336,13 +358,16 @@ enum Stop {
     Failed(RuntimeError),
 }
 
-/// Runs one removal, stopping on the second interrupt when `stop` is given.
+/// Where a removal stops: at the `level`-th interrupt.
+type StopAt<'a> = Option<(&'a Interrupt, u32)>;
+
+/// Runs one removal, stopping at the interrupt `stop` names.
 async fn step<T>(
-    stop: Option<&Interrupt>,
+    stop: StopAt<'_>,
     work: impl std::future::Future<Output = Result<T, RuntimeError>>,
 ) -> Result<T, Stop> {
     match stop {
-        Some(i) => match i.unless_level(2, work).await {
+        Some((i, level)) => match i.unless_level(level, work).await {
             Ok(r) => r.map_err(Stop::Failed),
             Err(_) => Err(Stop::Interrupted),
         },
@@ -364,7 +389,7 @@ fn is_own_scratch(name: &str) -> bool {
 /// up holding what is still there when it stops.
 async fn remove_probe_scratch(
     rt: &dyn Runtime,
-    stop: Option<&Interrupt>,
+    stop: StopAt<'_>,
     left: &mut Vec<String>,
 ) -> Result<(), Stop> {
     let labels = BTreeMap::from([Role::Probe.label()]);
@@ -385,12 +410,29 @@ async fn remove_probe_scratch(
     Ok(())
 }
 
-/// Removes this process's probe scratch after an interrupted probe.
+/// Removes this process's probe scratch after an interrupted probe. A
+/// create the engine had already received when the probe was dropped may
+/// still finish, so the sweep runs again after a moment.
 pub async fn sweep_probe_scratch(rt: &dyn Runtime) -> Result<(), RuntimeError> {
-    let mut left = Vec::new();
-    match remove_probe_scratch(rt, None, &mut left).await {
-        Err(Stop::Failed(e)) => Err(e),
-        _ => Ok(()),
+    for settle in [Duration::ZERO, SCRATCH_SETTLE] {
+        tokio::time::sleep(settle).await;
+        let mut left = Vec::new();
+        if let Err(Stop::Failed(e)) = remove_probe_scratch(rt, None, &mut left).await {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// How long a create sent just before an interrupt may take to appear.
+const SCRATCH_SETTLE: Duration = Duration::from_millis(1500);
+
+/// Stops creation at the first interrupt, between runtime calls.
+fn halt(interrupt: &Interrupt) -> Result<(), LifecycleError> {
+    if interrupt.count() >= 1 {
+        Err(LifecycleError::Interrupted)
+    } else {
+        Ok(())
     }
 }
 
@@ -439,15 +481,29 @@ fn state_owner(state: &StateDir) -> Result<String, StateError> {
     Ok(format!("{}:{}", meta.uid(), meta.gid()))
 }
 
+/// What [`create_all`] works from.
+struct Creation<'a> {
+    plan: &'a Plan,
+    images: &'a ImagePlan,
+    state: &'a StateDir,
+    rendered: &'a crate::materials::Rendered,
+    accepted: &'a [Weakness],
+    interrupt: &'a Interrupt,
+}
+
 async fn create_all(
     rt: &dyn Runtime,
-    plan: &Plan,
-    images: &ImagePlan,
-    state: &StateDir,
-    rendered: &crate::materials::Rendered,
-    accepted: &[Weakness],
+    c: Creation<'_>,
     report: &mut Reporter,
 ) -> Result<UpSummary, LifecycleError> {
+    let Creation {
+        plan,
+        images,
+        state,
+        rendered,
+        accepted,
+        interrupt,
+    } = c;
     report.step(&format!(
         "creating internal network {}",
         plan.internal_network
@@ -472,6 +528,7 @@ async fn create_all(
         .into_iter()
         .filter(|a| a.is_ipv4())
         .collect();
+    halt(interrupt)?;
     let host_ok = accepted.contains(&Weakness::HostReachableFromInternal);
     if !host_addrs.is_empty() && host_ok {
         report.detail(&format!(
@@ -498,7 +555,9 @@ async fn create_all(
     }
 
     report.step("closing the internal bridge to broadcast");
-    match rt.isolate_host_from(&internal, &images.sidecar).await {
+    let isolated = rt.isolate_host_from(&internal, &images.sidecar).await;
+    halt(interrupt)?;
+    match isolated {
         Ok(set) => report.detail(&set),
         Err(_) if accepted.contains(&Weakness::BroadcastReachesHost) => report.detail(
             "WEAKNESS ACCEPTED: what the agent broadcasts may reach host sockets on 0.0.0.0",
@@ -614,9 +673,12 @@ async fn create_all(
         ..Default::default()
     };
     let sidecar_id = rt.create_container(&sidecar_spec).await?;
+    halt(interrupt)?;
     rt.start_container(&sidecar_id).await?;
-    wait_sidecar_ready(rt, &sidecar_id, Duration::from_secs(30)).await?;
+    halt(interrupt)?;
+    wait_sidecar_ready(rt, &sidecar_id, Duration::from_secs(30), interrupt).await?;
     let sidecar = rt.inspect_container(&sidecar_id).await?;
+    halt(interrupt)?;
     let sidecar_internal_ip = sidecar.ipv4.get(&internal.name).copied().ok_or_else(|| {
         LifecycleError::NoSidecarAddress {
             network: internal.name.clone(),
@@ -688,8 +750,11 @@ async fn create_all(
         ..Default::default()
     };
     let agent_id = rt.create_container(&agent_spec).await?;
+    halt(interrupt)?;
     rt.start_container(&agent_id).await?;
+    halt(interrupt)?;
     let agent = rt.inspect_container(&agent_id).await?;
+    halt(interrupt)?;
     if agent.state != ContainerState::Running {
         return Err(LifecycleError::AgentNotRunning {
             name: plan.name.clone(),
@@ -707,7 +772,9 @@ async fn create_all(
         user: Some("0".into()),
         ..Default::default()
     };
-    match rt.exec_capture(&agent_id, &trust).await {
+    let trusted = rt.exec_capture(&agent_id, &trust).await;
+    halt(interrupt)?;
+    match trusted {
         Ok(o) if o.code == 0 => report.detail("bottle CA trusted in the agent's system store"),
         _ => report.detail("note: could not add the bottle CA to the agent's system store; CA variables point at it"),
     }
@@ -761,6 +828,7 @@ async fn wait_sidecar_ready(
     rt: &dyn Runtime,
     id: &str,
     limit: Duration,
+    interrupt: &Interrupt,
 ) -> Result<(), LifecycleError> {
     let start = Instant::now();
     let check = ExecSpec {
@@ -784,6 +852,7 @@ async fn wait_sidecar_ready(
                 logs: String::from_utf8_lossy(&logs).into_owned(),
             });
         }
+        halt(interrupt)?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -870,7 +939,7 @@ async fn remove_all(
     rt: &dyn Runtime,
     root: &StateRoot,
     name: &str,
-    stop: Option<&Interrupt>,
+    stop: StopAt<'_>,
     report: &mut Reporter,
     left: &mut Vec<String>,
 ) -> Result<Vec<ResourceRef>, Stop> {

@@ -12,7 +12,7 @@
 //! unless accepted; an accepted name that is no weakness at all refuses too,
 //! so a typo never reads as consent.
 
-use crate::interrupt::{Interrupt, Interrupted};
+use crate::interrupt::Interrupt;
 use bottle_runtimes::apple::AppleRuntime;
 use bottle_runtimes::docker::DockerRuntime;
 use bottle_runtimes::smolvm::SmolvmRuntime;
@@ -70,6 +70,13 @@ fn macos_major() -> Option<u32> {
         .ok()
 }
 
+/// `auto` stopped by an interrupt; `aftermath` says what the sweep of the
+/// probe's scratch left.
+#[derive(Debug)]
+pub struct Aborted {
+    pub aftermath: String,
+}
+
 /// The runtime `auto` chose, its probe, and why the ones before it were passed over.
 pub struct Selected {
     pub runtime: Box<dyn Runtime>,
@@ -82,6 +89,9 @@ pub struct Selected {
 #[error("no runtime can run a bottle here:{}", .tried.iter().map(|(k, why)| format!("\n  {k}: {why}")).collect::<String>())]
 pub struct NoRuntime {
     pub tried: Vec<(RuntimeKind, String)>,
+    /// Whether a runtime answered and its probe refused it (a weakness, a
+    /// missing capability) rather than none answering at all.
+    pub refused: bool,
 }
 
 /// Tries `order` ([`auto_order`] outside tests) in turn; the first runtime
@@ -93,17 +103,26 @@ pub async fn auto(
     order: &[RuntimeKind],
     accepted: &[String],
     interrupt: &Interrupt,
-) -> Result<Result<Selected, NoRuntime>, Interrupted> {
+) -> Result<Result<Selected, NoRuntime>, Aborted> {
     let mut skipped = Vec::new();
+    let mut refused = false;
     for &kind in order {
-        match interrupt.unless(connector.connect(kind)).await? {
+        let connected = interrupt
+            .unless(connector.connect(kind))
+            .await
+            .map_err(|_| Aborted {
+                aftermath: crate::up::swept(Ok(())),
+            })?;
+        match connected {
             Err(e) => skipped.push((kind, first_line(&e.to_string()))),
             Ok(rt) => {
                 let probe = match interrupt.unless(rt.probe(None)).await {
                     Ok(p) => p,
-                    Err(i) => {
-                        let _ = crate::lifecycle::sweep_probe_scratch(rt.as_ref()).await;
-                        return Err(i);
+                    Err(_) => {
+                        let swept = crate::lifecycle::sweep_probe_scratch(rt.as_ref()).await;
+                        return Err(Aborted {
+                            aftermath: crate::up::swept(swept),
+                        });
                     }
                 };
                 match passes(&probe, accepted) {
@@ -114,12 +133,18 @@ pub async fn auto(
                             skipped,
                         }))
                     }
-                    Err(why) => skipped.push((kind, why.to_string())),
+                    Err(why) => {
+                        refused = true;
+                        skipped.push((kind, why.to_string()))
+                    }
                 }
             }
         }
     }
-    Ok(Err(NoRuntime { tried: skipped }))
+    Ok(Err(NoRuntime {
+        tried: skipped,
+        refused,
+    }))
 }
 
 fn first_line(s: &str) -> String {

@@ -30,6 +30,8 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("another `bottle up` of this bottle is running (it holds {path})\n  fix: wait for it to finish, or stop it with Ctrl-C")]
+    Busy { path: PathBuf },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -81,7 +83,8 @@ impl StateRoot {
         };
         let mut names: Vec<String> = dir
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            // `is_dir` follows a symlinked state dir: its pin still counts.
+            .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
@@ -156,6 +159,26 @@ impl StateDir {
                 source,
             }
         })
+    }
+
+    /// Takes this bottle's lock (`up.lock`, held until the guard drops), so
+    /// two `bottle up` of one name cannot both pass the "already exists"
+    /// check and then roll back each other's resources.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>, StateError> {
+        self.create()?;
+        let path = self.root.join("up.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StateError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StateError::Busy { path })
     }
 
     /// Writes `policy.json` atomically.

@@ -86,8 +86,23 @@ pub enum UpError {
         failed: usize,
         report: Option<Box<crate::verify::Report>>,
     },
-    #[error("interrupted before bottle `{name}` was created; nothing was left behind")]
-    Interrupted { name: String },
+    #[error("`up --verify` could not check bottle `{name}`, so it was removed: {error}")]
+    VerifyCouldNotRun { name: String, error: String },
+    #[error("interrupted before bottle `{name}` was created; {aftermath}")]
+    Interrupted { name: String, aftermath: String },
+}
+
+const NOTHING_LEFT: &str = "nothing was left behind";
+
+/// What an interrupted probe's sweep left, for the message.
+pub fn swept(result: Result<(), RuntimeError>) -> String {
+    match result {
+        Ok(()) => NOTHING_LEFT.into(),
+        Err(e) => format!(
+            "the probe's scratch could not be removed ({e}); remove the networks and containers named bottle-probe-{}-… with your runtime's CLI",
+            std::process::id()
+        ),
+    }
 }
 
 /// The config `up` reads: `file`, else `bottle.toml` in `cwd`, else the
@@ -141,6 +156,7 @@ pub async fn prepare(
     }
     let interrupted = || UpError::Interrupted {
         name: plan.name.clone(),
+        aftermath: NOTHING_LEFT.into(),
     };
     let (rt, choice) = match named {
         Some((kind, by)) => {
@@ -161,7 +177,10 @@ pub async fn prepare(
             report.step("choosing a runtime (auto)");
             let sel = runtime_select::auto(connector, auto_order, &req.accept_weakness, interrupt)
                 .await
-                .map_err(|_| interrupted())??;
+                .map_err(|a| UpError::Interrupted {
+                    name: plan.name.clone(),
+                    aftermath: a.aftermath,
+                })??;
             for (k, why) in &sel.skipped {
                 report.detail(&format!("skipped {k}: {why}"));
             }
@@ -222,6 +241,7 @@ pub async fn execute(
         })?;
     let interrupted = || UpError::Interrupted {
         name: plan.name.clone(),
+        aftermath: NOTHING_LEFT.into(),
     };
     if images.build_sidecar || images.build_agent {
         report.step("building images");
@@ -235,8 +255,10 @@ pub async fn execute(
         Ok(p) => p,
         Err(_) => {
             report.detail("interrupted; removing the probe's scratch");
-            let _ = lifecycle::sweep_probe_scratch(rt).await;
-            return Err(interrupted());
+            return Err(UpError::Interrupted {
+                name: plan.name.clone(),
+                aftermath: swept(lifecycle::sweep_probe_scratch(rt).await),
+            });
         }
     };
     let accepted = runtime_select::check_accepted(&probe, &plan.accept_weakness)?;
@@ -274,24 +296,27 @@ pub async fn execute(
             return Err(LifecycleError::Interrupted.into());
         }
     };
-    let (failed, checked) = match checked {
-        Ok(r) if r.failed == 0 => {
-            return Ok(Outcome {
-                summary,
-                verified: Some(r),
+    match checked {
+        Ok(r) if r.failed == 0 => Ok(Outcome {
+            summary,
+            verified: Some(r),
+        }),
+        Ok(r) => {
+            report.step("verify failed; removing the bottle");
+            lifecycle::rollback(rt, &host.state, &plan.name, interrupt, report).await?;
+            Err(UpError::VerifyFailed {
+                name: plan.name.clone(),
+                failed: r.failed,
+                report: Some(Box::new(r)),
             })
         }
-        Ok(r) => (r.failed, Some(Box::new(r))),
         Err(e) => {
-            report.detail(&format!("verify could not run: {e}"));
-            (1, None)
+            report.step("verify could not run; removing the bottle");
+            lifecycle::rollback(rt, &host.state, &plan.name, interrupt, report).await?;
+            Err(UpError::VerifyCouldNotRun {
+                name: plan.name.clone(),
+                error: e.to_string(),
+            })
         }
-    };
-    report.step("verify failed; removing the bottle");
-    lifecycle::rollback(rt, &host.state, &plan.name, interrupt, report).await?;
-    Err(UpError::VerifyFailed {
-        name: plan.name.clone(),
-        failed,
-        report: checked,
-    })
+    }
 }

@@ -106,21 +106,38 @@ from_env = "MODEL_KEY"
     let crt = std::fs::read_to_string(state.agent_dir().join("bottle-ca.crt")).unwrap();
     assert!(!crt.contains("PRIVATE KEY"));
     // The secret is in the sidecar's directory, readable by its owner only.
+    let secrets = state.sidecar_dir().join("secrets.json");
+    let written = std::fs::read(&secrets).expect("secrets.json written");
+    assert!(String::from_utf8_lossy(&written).contains("sk-live-do-not-leak"));
+    let mut holders = 0;
     for entry in std::fs::read_dir(state.sidecar_dir()).unwrap() {
         let p = entry.unwrap().path();
         let text = std::fs::read_to_string(&p).unwrap_or_default();
         if text.contains("sk-live-do-not-leak") || text.contains("PRIVATE KEY") {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
+            holders += 1;
         }
     }
+    assert!(holders >= 2, "the secret and the CA key, each 0600");
     // A second render keeps the CA and the placeholder.
     let again = bottle::materials::render(&state, &plan, |k| h.var(k)).unwrap();
     assert!(!again.minted_ca);
     assert_eq!(&again.placeholders["MODEL_KEY"], placeholder);
     // A missing variable is refused before anything is rewritten.
     let bare = host(dir.path(), &[]);
+    let policy = std::fs::read(state.policy_path()).unwrap();
     let err = bottle::materials::render(&state, &plan, |k| bare.var(k)).unwrap_err();
     assert!(err.to_string().contains("MODEL_KEY is not set"), "{err}");
+    assert_eq!(
+        std::fs::read(&secrets).unwrap(),
+        written,
+        "secrets untouched"
+    );
+    assert_eq!(
+        std::fs::read(state.policy_path()).unwrap(),
+        policy,
+        "policy untouched"
+    );
 }
 
 #[tokio::test]

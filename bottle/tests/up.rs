@@ -252,18 +252,10 @@ async fn an_interrupt_at_any_step_removes_everything_and_exits_130() {
         m.config(CONFIG);
         let (fake, fakes) = docker();
         let interrupt = Interrupt::new();
-        let (i, f) = (interrupt.clone(), fake.clone());
-        let scratch = format!("bottle-probe-{}-9-internal", std::process::id());
-        fake.on_call(n, true, move || {
-            // A probe in flight has scratch of its own.
-            if matches!(f.calls().last(), Some(Call::Probe)) {
-                f.plant_network(
-                    &scratch,
-                    BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]),
-                );
-            }
-            i.trigger();
-        });
+        let i = interrupt.clone();
+        // Ctrl-C arrives while call `n` is in flight; the call still
+        // completes (an engine finishes a create it has received).
+        fake.on_call(n, false, move || i.trigger());
         let err = match up_with(&m, &fakes, &interrupt).await {
             Ok(_) => panic!("call {n}: interrupted up succeeded"),
             Err(e) => e,
@@ -300,10 +292,10 @@ async fn a_second_interrupt_stops_the_rollback_and_names_what_is_left() {
     m.config(CONFIG);
     let (fake, fakes) = docker();
     let interrupt = Interrupt::new();
-    // Ctrl-C while the agent is created; again at the rollback's first
-    // removal (after its `list`).
+    // Ctrl-C while the agent is created (the create completes); again
+    // while the rollback's first removal hangs (after its `list`).
     let i = interrupt.clone();
-    fake.on_call(agent_at, true, move || i.trigger());
+    fake.on_call(agent_at, false, move || i.trigger());
     let i = interrupt.clone();
     fake.on_call(agent_at + 2, true, move || i.trigger());
     let err = up_with(&m, &fakes, &interrupt).await.err().unwrap();
@@ -316,7 +308,11 @@ async fn a_second_interrupt_stops_the_rollback_and_names_what_is_left() {
     let mut there = fake.resources();
     there.sort();
     assert_eq!(left, there, "the error names exactly what is left");
-    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(
+        left.len(),
+        4,
+        "the agent was created, then nothing removed: {left:?}"
+    );
     assert!(
         err.to_string().contains("fix: `bottle down t` removes"),
         "{err}"
@@ -637,4 +633,52 @@ allow = ["api.anthropic.com", "exfil.example"]
         .err()
         .unwrap();
     assert_eq!(err.exit(), Exit::Usage);
+}
+
+#[tokio::test]
+async fn an_interrupt_during_the_probe_sweeps_its_scratch() {
+    let m = Machine::new();
+    m.config(CONFIG);
+    let (fake, fakes) = docker();
+    let interrupt = Interrupt::new();
+    let prepared = prepare(&m, &fakes, &interrupt).await.unwrap();
+    // The probe's call number, from a clean run on a twin.
+    let twin = Machine::new();
+    twin.config(CONFIG);
+    let (tf, tfakes) = docker();
+    up_with(&twin, &tfakes, &Interrupt::new()).await.unwrap();
+    let probe_at = 1 + tf.calls().iter().position(|c| *c == Call::Probe).unwrap();
+    let (i, f) = (interrupt.clone(), fake.clone());
+    let mine = format!("bottle-probe-{}-3-internal", std::process::id());
+    let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
+    fake.on_call(probe_at, true, move || {
+        assert_eq!(f.calls().last(), Some(&Call::Probe), "numbering");
+        f.plant_network(&mine, labels.clone());
+        i.trigger();
+    });
+    let err = up::execute(&m.host, prepared, &interrupt, &mut Reporter::new(true))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.exit(), Exit::Interrupted, "{err}");
+    assert!(fake.resources().is_empty(), "{:?}", fake.resources());
+    assert!(!created(&fake.calls()).contains(&"bottle-t-internal".to_string()));
+}
+
+#[tokio::test]
+async fn a_second_up_of_the_same_name_waits_its_turn() {
+    let m = Machine::new();
+    m.config(CONFIG);
+    let (fake, fakes) = docker();
+    // Another `bottle up t` is between its checks and its rollback.
+    let held = m.host.state.bottle("t").lock().unwrap();
+    let err = up_with(&m, &fakes, &Interrupt::new()).await.err().unwrap();
+    assert!(err.to_string().contains("another `bottle up`"), "{err}");
+    assert!(fake.resources().is_empty());
+    assert!(
+        !fake.calls().iter().any(|c| matches!(c, Call::List)),
+        "not even listed"
+    );
+    drop(held);
+    up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
 }
