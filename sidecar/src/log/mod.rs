@@ -43,8 +43,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU8;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use time::format_description::well_known::iso8601::{self, Iso8601, TimePrecision};
+use time::OffsetDateTime;
 
 #[derive(Serialize)]
 struct Stamped<'a, T: Serialize> {
@@ -275,37 +278,29 @@ fn event_body(event: &str, fields: Value) -> EventBody<'_> {
     EventBody { event, fields: map }
 }
 
+/// The `ts` format: RFC 3339 (ISO 8601 extended), UTC as `Z`, always three
+/// decimal digits (truncated), so timestamps sort as text.
+const TIMESTAMP: Iso8601<
+    {
+        iso8601::Config::DEFAULT
+            .set_time_precision(TimePrecision::Second {
+                decimal_digits: NonZeroU8::new(3),
+            })
+            .encode()
+    },
+> = Iso8601;
+
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t` (UTC). Times before 1970 print as the
-/// epoch; the sidecar never logs those.
+/// epoch, and so would times past year 9999; the sidecar never logs those.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let millis = since.subsec_millis();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard
-/// Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    // d is 1..=31 and m is 1..=12 by construction.
-    (y, m as u32, d as u32)
+    let at = time::Duration::try_from(since)
+        .ok()
+        .and_then(|d| OffsetDateTime::UNIX_EPOCH.checked_add(d))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    at.format(&TIMESTAMP)
+        .or_else(|_| OffsetDateTime::UNIX_EPOCH.format(&TIMESTAMP))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -339,6 +334,11 @@ mod tests {
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_700_000_000, 123), "2023-11-14T22:13:20.123Z");
         assert_eq!(at(4_107_542_399, 999), "2100-02-28T23:59:59.999Z");
+        // Truncated, never rounded up into the next second.
+        let late = UNIX_EPOCH + Duration::from_secs(59) + Duration::from_nanos(999_999_999);
+        assert_eq!(rfc3339_millis(late), "1970-01-01T00:00:59.999Z");
+        let early = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339_millis(early), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
