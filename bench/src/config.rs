@@ -2,7 +2,9 @@
 //! anything is started: every bound (connections, seconds, requests) is
 //! checked here so a run always stops by itself.
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail};
+use lexopt::prelude::*;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,7 +84,9 @@ pub enum Command {
     Help,
 }
 
-pub fn parse(args: &[String]) -> anyhow::Result<Command> {
+/// The arguments after the program name, read with lexopt: `--name value`
+/// or `--name=value`; a repeated flag's last value wins.
+pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result<Command> {
     let mut config = Config {
         concurrency: 16,
         warmup: Duration::from_secs(2),
@@ -95,36 +99,28 @@ pub fn parse(args: &[String]) -> anyhow::Result<Command> {
         mitmdump: "mitmdump".into(),
         keep_dir: false,
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (arg.as_str(), None),
-        };
-        if name == "--help" || name == "-h" {
-            return Ok(Command::Help);
-        }
-        if name == "--keep-dir" {
-            config.keep_dir = true;
-            continue;
-        }
-        let mut value = || -> anyhow::Result<String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => it
-                    .next()
-                    .cloned()
-                    .with_context(|| format!("{name} needs a value")),
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Long("keep-dir") => config.keep_dir = true,
+            Long("concurrency") => {
+                config.concurrency = number(&mut parser, "--concurrency", 1, 1024)? as usize;
             }
-        };
-        match name {
-            "--concurrency" => config.concurrency = number(name, &value()?, 1, 1024)? as usize,
-            "--warmup" => config.warmup = Duration::from_secs(number(name, &value()?, 0, 60)?),
-            "--duration" => config.duration = Duration::from_secs(number(name, &value()?, 1, 600)?),
-            "--max-requests" => config.max_requests = number(name, &value()?, 1, 50_000_000)?,
-            "--body-bytes" => config.body_bytes = number(name, &value()?, 0, 1 << 20)? as usize,
-            "--proxy-cpus" => {
-                let list = value()?;
+            Long("warmup") => {
+                config.warmup = Duration::from_secs(number(&mut parser, "--warmup", 0, 60)?);
+            }
+            Long("duration") => {
+                config.duration = Duration::from_secs(number(&mut parser, "--duration", 1, 600)?);
+            }
+            Long("max-requests") => {
+                config.max_requests = number(&mut parser, "--max-requests", 1, 50_000_000)?;
+            }
+            Long("body-bytes") => {
+                config.body_bytes = number(&mut parser, "--body-bytes", 0, 1 << 20)? as usize;
+            }
+            Long("proxy-cpus") => {
+                let list = value(&mut parser, "--proxy-cpus")?;
                 if list.is_empty()
                     || !list
                         .chars()
@@ -134,9 +130,9 @@ pub fn parse(args: &[String]) -> anyhow::Result<Command> {
                 }
                 config.proxy_cpus = Some(list);
             }
-            "--paths" => {
+            Long("paths") => {
                 let mut paths = Vec::new();
-                for p in value()?.split(',') {
+                for p in value(&mut parser, "--paths")?.split(',') {
                     let p = PathKind::parse(p)?;
                     if !paths.contains(&p) {
                         paths.push(p);
@@ -144,15 +140,32 @@ pub fn parse(args: &[String]) -> anyhow::Result<Command> {
                 }
                 config.paths = paths;
             }
-            "--sidecar" => config.sidecar = value()?.into(),
-            "--mitmdump" => config.mitmdump = value()?.into(),
-            other => bail!("unknown flag `{other}`"),
+            Long("sidecar") => config.sidecar = value(&mut parser, "--sidecar")?.into(),
+            Long("mitmdump") => config.mitmdump = value(&mut parser, "--mitmdump")?.into(),
+            Long(other) => bail!("unknown flag `--{other}`"),
+            Short(other) => bail!("unknown flag `-{other}`"),
+            Value(other) => bail!("unexpected argument `{}`", other.to_string_lossy()),
         }
     }
     Ok(Command::Run(config))
 }
 
-fn number(flag: &str, value: &str, min: u64, max: u64) -> anyhow::Result<u64> {
+/// The value of `flag`, which the parser just returned.
+fn value(parser: &mut lexopt::Parser, flag: &str) -> anyhow::Result<String> {
+    let value = parser
+        .value()
+        .map_err(|_| anyhow!("{flag} needs a value"))?;
+    value.into_string().map_err(|v| {
+        anyhow!(
+            "{flag} `{}` is not UTF-8; use a UTF-8 value",
+            v.to_string_lossy()
+        )
+    })
+}
+
+/// The value of `flag` as a whole number from `min` to `max`.
+fn number(parser: &mut lexopt::Parser, flag: &str, min: u64, max: u64) -> anyhow::Result<u64> {
+    let value = value(parser, flag)?;
     match value.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => bail!("{flag} `{value}`: expected a whole number from {min} to {max}"),
@@ -181,14 +194,69 @@ mod tests {
 
     #[test]
     fn flags_are_bounded() {
-        assert!(parse(&args(&["--duration", "0"])).is_err());
-        assert!(parse(&args(&["--concurrency=5000"])).is_err());
-        assert!(parse(&args(&["--paths", "direct,tor"])).is_err());
-        let Command::Run(c) = parse(&args(&["--paths=direct,egress", "--duration", "3"])).unwrap()
+        assert!(parse(args(&["--duration", "0"])).is_err());
+        assert!(parse(args(&["--concurrency=5000"])).is_err());
+        assert!(parse(args(&["--paths", "direct,tor"])).is_err());
+        let Command::Run(c) = parse(args(&["--paths=direct,egress", "--duration", "3"])).unwrap()
         else {
             panic!("expected a run");
         };
         assert_eq!(c.paths, vec![PathKind::Direct, PathKind::Egress]);
         assert_eq!(c.duration, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn flags_keep_their_defaults_and_messages() {
+        let Command::Run(c) = parse(args(&[])).unwrap() else {
+            panic!("expected a run");
+        };
+        assert_eq!(
+            (
+                c.concurrency,
+                c.warmup,
+                c.duration,
+                c.max_requests,
+                c.body_bytes
+            ),
+            (
+                16,
+                Duration::from_secs(2),
+                Duration::from_secs(10),
+                5_000_000,
+                128
+            )
+        );
+        assert!(!c.keep_dir);
+        let Command::Run(c) = parse(args(&[
+            "--keep-dir",
+            "--duration=5",
+            "--duration",
+            "7",
+            "--mitmdump",
+            "--not-a-flag",
+        ]))
+        .unwrap() else {
+            panic!("expected a run");
+        };
+        assert!(c.keep_dir);
+        assert_eq!(c.duration, Duration::from_secs(7), "the last one wins");
+        assert_eq!(c.mitmdump, PathBuf::from("--not-a-flag"));
+        let err = |list: &[&str]| format!("{:#}", parse(args(list)).err().unwrap());
+        assert_eq!(err(&["--duration"]), "--duration needs a value");
+        assert_eq!(
+            err(&["--warmup", "x"]),
+            "--warmup `x`: expected a whole number from 0 to 60"
+        );
+        assert_eq!(err(&["--bogus"]), "unknown flag `--bogus`");
+        assert_eq!(err(&["stray"]), "unexpected argument `stray`");
+        assert_eq!(err(&["--bogus=1", "-h"]), "unknown flag `--bogus`");
+        assert_eq!(
+            err(&["--keep-dir=yes"]),
+            "unexpected argument for option '--keep-dir': \"yes\""
+        );
+        assert!(matches!(
+            parse(args(&["--paths", "egress", "--help"])),
+            Ok(Command::Help)
+        ));
     }
 }

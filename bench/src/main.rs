@@ -16,8 +16,7 @@ mod run;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match config::parse(&args) {
+    let config = match config::parse(std::env::args_os().skip(1)) {
         Ok(config::Command::Run(c)) => c,
         Ok(config::Command::Help) => {
             print!("{}", config::USAGE);

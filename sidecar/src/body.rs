@@ -10,7 +10,7 @@
 //! complete request. The handler then answers the agent 400 (malformed) or
 //! 408 (stalled) instead of a 502 blaming the upstream ([`BodyFailure`]).
 
-use crate::forward::Counter;
+use crate::io::Counter;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;

@@ -8,9 +8,9 @@
 //! nothing else. So no upstream connection is opened without a decision, and
 //! it always goes to an address that was checked (never a second lookup).
 
-use crate::forward::Counter;
+use crate::forward::host_port;
 use crate::guard::{ResolveError, Resolver};
-use crate::io::MeteredIo;
+use crate::io::{Counter, MeteredIo};
 use bottle_policy::{normalize_host, Decision, EgressPolicy, LocalNet, Verdict, DEFAULT_PORTS};
 use std::fmt::Write as _;
 use std::io;
@@ -207,15 +207,6 @@ where
         bytes_up: written.get(),
         bytes_down: read.get(),
         error: result.err(),
-    }
-}
-
-/// `host:port`, with brackets around an IPv6 address.
-pub fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

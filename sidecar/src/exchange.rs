@@ -8,7 +8,8 @@
 
 use crate::body::BodyFailure;
 use crate::egress::{self, Refusal};
-use crate::forward::{full, strip_hop_headers, Counter, Metered, ProxyBody};
+use crate::forward::{self, full, strip_hop_headers, Metered, ProxyBody};
+use crate::io::Counter;
 use crate::log::{EgressRecord, Logger};
 use crate::redact::{Hits, Needles, RedactBody};
 use bottle_policy::{Decision, Verdict};
@@ -325,12 +326,12 @@ pub fn millis(since: Instant) -> u64 {
 pub fn describe(method: &str, scheme: &str, host: &str, port: u16, path: &str) -> String {
     let default = if scheme == "https" { 443 } else { 80 };
     let authority = if port == default {
-        egress::host_port(host, port)
+        forward::host_port(host, port)
             .rsplit_once(':')
             .map(|(h, _)| h.to_string())
             .unwrap_or_default()
     } else {
-        egress::host_port(host, port)
+        forward::host_port(host, port)
     };
     format!("{method} {scheme}://{authority}{path}")
 }

@@ -7,6 +7,7 @@
 //! connection that was opened to the checked address, and count body bytes in
 //! both directions for the audit log.
 
+use crate::io::Counter;
 use bottle_policy::normalize_host;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -17,8 +18,6 @@ use hyper::http::uri::Authority;
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -153,7 +152,7 @@ pub fn host_header_mismatch(
     default_port: u16,
     required: bool,
 ) -> Option<String> {
-    let target = crate::egress::host_port(host, port);
+    let target = host_port(host, port);
     let mut values = headers.get_all(HOST).iter();
     let Some(first) = values.next() else {
         return required.then(|| format!("the request has no Host header; it must name {target}"));
@@ -207,24 +206,20 @@ pub fn method_override(
 /// The hint for a method-override refusal.
 pub const METHOD_OVERRIDE_HINT: &str = "send the real method (e.g. DELETE) without a method-override header or `_method` parameter; the egress.rule for this host lists the methods it accepts";
 
+/// `host:port`, with brackets around an IPv6 address.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Do two hosts name the same destination once normalised?
 pub fn same_host(a: &str, b: &str) -> bool {
     match (normalize_host(a), normalize_host(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
-    }
-}
-
-/// A byte counter shared between a body and whoever reports on it.
-#[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<AtomicU64>);
-
-impl Counter {
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -30,10 +30,8 @@ use crate::egress::{
     self, access_hint, refusal, rule_hint, Checked, ConnectError, Denied, Refusal,
 };
 use crate::exchange::{describe, raw_refusal, Exchange, Redaction};
-use crate::forward::{
-    self, host_header, host_header_mismatch, same_host, Counter, ForwardError, ProxyBody,
-};
-use crate::io::{MeteredIo, Prefixed};
+use crate::forward::{self, host_header, host_header_mismatch, same_host, ForwardError, ProxyBody};
+use crate::io::{Counter, MeteredIo, Prefixed};
 use crate::limits::Deadlines;
 use crate::log::EgressRecord;
 use crate::redact::Needles;
@@ -203,10 +201,10 @@ where
         Ok((Payload::Other, _)) => {
             let decision = refusal(
                 "tunnel-not-http",
-                format!("the bytes sent inside the tunnel to {} are neither TLS nor HTTP/1; egress tunnels carry only those", egress::host_port(&host, port)),
+                format!("the bytes sent inside the tunnel to {} are neither TLS nor HTTP/1; egress tunnels carry only those", forward::host_port(&host, port)),
             );
             let refused = Refusal {
-                what: format!("CONNECT {}", egress::host_port(&host, port)),
+                what: format!("CONNECT {}", forward::host_port(&host, port)),
                 decision,
                 hint: "speak TLS (https://) or HTTP through the tunnel; other protocols (ssh, raw TCP) are not forwarded".into(),
             };
@@ -244,7 +242,7 @@ where
 /// refusal; `Err(None)` when the SNI is not even a valid name.
 #[allow(clippy::type_complexity)]
 fn sni_check(sni: Option<&str>, host: &str, port: u16) -> Result<(), Option<(String, Decision)>> {
-    let target = egress::host_port(host, port);
+    let target = forward::host_port(host, port);
     match sni {
         None if host.parse::<IpAddr>().is_ok() => Ok(()),
         None => Err(Some((
@@ -527,7 +525,7 @@ impl Session {
         };
         let authority_hint = format!(
             "send requests for {} only; open a new connection for another host",
-            egress::host_port(&host, port)
+            forward::host_port(&host, port)
         );
         if let Some(why) = self.uri_mismatch(&req) {
             return ex.forbid(refusal("host-mismatch", why), authority_hint);
@@ -617,7 +615,7 @@ impl Session {
                 // The agent's body broke: its error, and the upstream
                 // connection was closed mid-message (never reused).
                 Some(failure) => ex.bad_body(&failure),
-                None => ex.unreachable(&egress::host_port(&host, port), &rule, e.to_string()),
+                None => ex.unreachable(&forward::host_port(&host, port), &rule, e.to_string()),
             },
         }
     }
@@ -638,7 +636,7 @@ impl Session {
         (!same).then(|| {
             format!(
                 "the request URL names a different destination than {}, the one this connection was allowed for",
-                egress::host_port(self.host(), self.port())
+                forward::host_port(self.host(), self.port())
             )
         })
     }
@@ -693,7 +691,7 @@ impl Session {
         up: Counter,
         redaction: Redaction,
     ) -> Response<ProxyBody> {
-        let target = egress::host_port(self.host(), self.port());
+        let target = forward::host_port(self.host(), self.port());
         upreq
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));

@@ -1,11 +1,26 @@
-//! Stream adapters for interception: replaying sniffed bytes ([`Prefixed`])
-//! and counting what a client sent and received ([`MeteredIo`]).
+//! Byte counting and stream adapters: the shared [`Counter`] every body and
+//! stream meter adds to, replaying sniffed bytes ([`Prefixed`]), and counting
+//! what a client sent and received ([`MeteredIo`]).
 
-use crate::forward::Counter;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A byte counter shared between a body and whoever reports on it.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 /// `inner`, with `prefix` (bytes already read from it) read first.
 #[derive(Debug)]

@@ -4,12 +4,15 @@
 
 #![forbid(unsafe_code)]
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use bottle_sidecar::log::{FileSink, LineSink, Logger, RateLimit, StdoutSink};
 use bottle_sidecar::{
     health, netinfo, RunConfig, Sidecar, DNS_PORT, HTTPS_PORT, HTTP_PORT, PROXY_PORT,
 };
+use lexopt::Arg;
 use serde_json::json;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,8 +65,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse(&args) {
+    let command = match parse(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bottle-sidecar: {e:#}\n{USAGE}");
@@ -81,22 +83,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Command> {
+/// The flags `run` takes, each with a value.
+const RUN_FLAGS: [&str; 8] = [
+    "policy",
+    "audit",
+    "dns-answer",
+    "proxy-listen",
+    "dns-listen",
+    "http-listen",
+    "https-listen",
+    "health-file",
+];
+
+/// The arguments after the program name: a subcommand, then its flags.
+fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result<Command> {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let Some((sub, rest)) = args.split_first() else {
         bail!("missing subcommand");
     };
     if rest.iter().any(|a| a == "--help" || a == "-h") {
         return Ok(Command::Help);
     }
-    let mut flags = Flags::new(rest)?;
-    let command = match sub.as_str() {
+    let sub = sub.to_string_lossy();
+    let takes: &[&'static str] = match &*sub {
+        "run" => &RUN_FLAGS,
+        "health" => &["addr", "file"],
+        "netinfo" | "help" | "--help" | "-h" => &[],
+        other => bail!("unknown subcommand `{other}`"),
+    };
+    let mut flags = Flags::parse(rest, takes)?;
+    Ok(match &*sub {
         "run" => {
             let policy_path: PathBuf = flags
-                .take("--policy")
+                .take("policy")
                 .context("`run` needs --policy PATH (the rendered policy JSON)")?
                 .into();
             let mut config = RunConfig::new(policy_path);
-            if let Some(ip) = flags.take("--dns-answer") {
+            if let Some(ip) = flags.take("dns-answer") {
                 config.dns_answer = Some(match ip.split_once('/') {
                     // A subnet: runtimes that assign addresses at start cannot
                     // name ours beforehand; use our own address inside it.
@@ -108,15 +131,15 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
                 });
             }
             let internal = config.dns_answer;
-            config.proxy_listen = listen_flag(&mut flags, "--proxy-listen", internal, PROXY_PORT)?;
-            config.dns_listen = listen_flag(&mut flags, "--dns-listen", internal, DNS_PORT)?;
-            config.http_listen = listen_flag(&mut flags, "--http-listen", internal, HTTP_PORT)?;
-            config.https_listen = listen_flag(&mut flags, "--https-listen", internal, HTTPS_PORT)?;
+            config.proxy_listen = listen_flag(&mut flags, "proxy-listen", internal, PROXY_PORT)?;
+            config.dns_listen = listen_flag(&mut flags, "dns-listen", internal, DNS_PORT)?;
+            config.http_listen = listen_flag(&mut flags, "http-listen", internal, HTTP_PORT)?;
+            config.https_listen = listen_flag(&mut flags, "https-listen", internal, HTTPS_PORT)?;
             if config.dns_listen.is_some() && config.dns_answer.is_none() {
                 bail!("`run` needs --dns-answer IPV4 while DNS is on (or --dns-listen off)");
             }
-            let audit = flags.take("--audit").map(PathBuf::from);
-            let health_file = match flags.take("--health-file") {
+            let audit = flags.take("audit").map(PathBuf::from);
+            let health_file = match flags.take("health-file") {
                 Some(off) if off == "off" => None,
                 Some(path) => Some(PathBuf::from(path)),
                 None => Some(PathBuf::from(health::DEFAULT_HEALTH_FILE)),
@@ -124,7 +147,7 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             Command::Run(Box::new(config), audit, health_file)
         }
         "health" => {
-            let target = match (flags.take("--addr"), flags.take("--file")) {
+            let target = match (flags.take("addr"), flags.take("file")) {
                 (Some(_), Some(_)) => bail!("`health` takes --addr or --file, not both"),
                 (Some(addr), None) => HealthTarget::Addr(
                     addr.parse()
@@ -138,11 +161,8 @@ fn parse(args: &[String]) -> anyhow::Result<Command> {
             Command::Health(target)
         }
         "netinfo" => Command::NetInfo,
-        "help" | "--help" | "-h" => Command::Help,
-        other => bail!("unknown subcommand `{other}`"),
-    };
-    flags.finish()?;
-    Ok(command)
+        _ => Command::Help,
+    })
 }
 
 /// A listen address flag: `ip:port`, or `off`; without the flag, `port` on
@@ -155,7 +175,7 @@ fn listen_flag(
 ) -> anyhow::Result<Option<SocketAddr>> {
     let Some(value) = flags.take(name) else {
         let ip = internal.with_context(|| {
-            format!("`run` needs --dns-answer (the internal address every listener binds to) or {name} ADDR")
+            format!("`run` needs --dns-answer (the internal address every listener binds to) or --{name} ADDR")
         })?;
         return Ok(Some(SocketAddr::new(ip.into(), port)));
     };
@@ -164,46 +184,46 @@ fn listen_flag(
     }
     let addr = value
         .parse()
-        .with_context(|| format!("{name} `{value}` is not an ip:port (or `off`)"))?;
+        .with_context(|| format!("--{name} `{value}` is not an ip:port (or `off`)"))?;
     Ok(Some(addr))
 }
 
-/// `--name value` / `--name=value` pairs; each flag at most once.
-struct Flags(Vec<(String, String)>);
+/// A subcommand's flags by name (without `--`), read with lexopt: `--name
+/// value` or `--name=value`, each flag one the subcommand takes, each at
+/// most once, every value UTF-8.
+struct Flags(BTreeMap<&'static str, String>);
 
 impl Flags {
-    fn new(args: &[String]) -> anyhow::Result<Self> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if !arg.starts_with("--") {
-                bail!("unexpected argument `{arg}`");
-            }
-            let (name, value) = match arg.split_once('=') {
-                Some((n, v)) => (n.to_string(), v.to_string()),
-                None => {
-                    let v = it.next().with_context(|| format!("{arg} needs a value"))?;
-                    (arg.clone(), v.clone())
-                }
+    fn parse(args: &[OsString], takes: &[&'static str]) -> anyhow::Result<Self> {
+        let mut parser = lexopt::Parser::from_args(args.iter().cloned());
+        let mut given = BTreeMap::new();
+        while let Some(arg) = parser.next()? {
+            let name = match arg {
+                Arg::Long(name) => match takes.iter().find(|t| **t == name) {
+                    Some(known) => *known,
+                    None => bail!("unknown flag --{name}"),
+                },
+                Arg::Short(c) => bail!("unknown flag -{c}"),
+                Arg::Value(v) => bail!("unexpected argument `{}`", v.to_string_lossy()),
             };
-            if out.iter().any(|(n, _)| *n == name) {
-                bail!("{name} given more than once");
+            let value = match parser.value() {
+                Ok(v) => v.into_string().map_err(|v| {
+                    anyhow!(
+                        "--{name} `{}` is not UTF-8; use a UTF-8 value",
+                        v.to_string_lossy()
+                    )
+                })?,
+                Err(_) => bail!("--{name} needs a value"),
+            };
+            if given.insert(name, value).is_some() {
+                bail!("--{name} given more than once");
             }
-            out.push((name, value));
         }
-        Ok(Flags(out))
+        Ok(Flags(given))
     }
 
     fn take(&mut self, name: &str) -> Option<String> {
-        let i = self.0.iter().position(|(n, _)| n == name)?;
-        Some(self.0.remove(i).1)
-    }
-
-    fn finish(self) -> anyhow::Result<()> {
-        match self.0.first() {
-            Some((name, _)) => bail!("unknown flag {name}"),
-            None => Ok(()),
-        }
+        self.0.remove(name)
     }
 }
 
@@ -309,7 +329,7 @@ mod tests {
 
     #[test]
     fn listeners_default_to_the_internal_address_only() {
-        let cmd = parse(&args(&[
+        let cmd = parse(args(&[
             "run",
             "--policy",
             "/etc/bottle/policy.json",
@@ -332,7 +352,7 @@ mod tests {
             Some(std::path::Path::new(health::DEFAULT_HEALTH_FILE))
         );
         // An explicit flag still wins, and `off` turns one off.
-        let cmd = parse(&args(&[
+        let cmd = parse(args(&[
             "run",
             "--policy",
             "p.json",
@@ -354,20 +374,77 @@ mod tests {
 
     #[test]
     fn without_an_internal_address_nothing_is_bound_by_default() {
-        let err = parse(&args(&["run", "--policy", "p.json", "--dns-listen", "off"]))
+        let err = parse(args(&["run", "--policy", "p.json", "--dns-listen", "off"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("--dns-answer"), "{err}");
     }
 
+    fn usage_error(list: &[&str]) -> String {
+        match parse(args(list)) {
+            Ok(cmd) => panic!("{list:?} parsed as {cmd:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn flags_take_a_value_inline_or_next_and_only_once() {
+        let cmd = parse(args(&[
+            "run",
+            "--policy=p.json",
+            "--dns-answer",
+            "10.99.0.2",
+            "--audit=/a=b.jsonl",
+            "--health-file",
+            "off",
+        ]))
+        .unwrap();
+        let Command::Run(config, audit, health_file) = cmd else {
+            panic!("not run: {cmd:?}");
+        };
+        assert_eq!(config.policy_path, PathBuf::from("p.json"));
+        assert_eq!(audit, Some(PathBuf::from("/a=b.jsonl")));
+        assert_eq!(health_file, None);
+        let base = ["run", "--policy", "p", "--dns-answer", "10.99.0.2"];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            base.iter().chain(extra).copied().collect()
+        };
+        for (list, want) in [
+            (with(&["--policy", "q"]), "--policy given more than once"),
+            (with(&["--policy=q"]), "--policy given more than once"),
+            (with(&["--audit"]), "--audit needs a value"),
+            (with(&["--bogus", "x"]), "unknown flag --bogus"),
+            (with(&["--addr", "x"]), "unknown flag --addr"),
+            (with(&["-x"]), "unknown flag -x"),
+            (with(&["stray"]), "unexpected argument `stray`"),
+            (vec!["health", "--policy", "p"], "unknown flag --policy"),
+            (vec!["netinfo", "x"], "unexpected argument `x`"),
+            (vec!["frobnicate"], "unknown subcommand `frobnicate`"),
+            (vec![], "missing subcommand"),
+        ] {
+            let err = usage_error(&list);
+            assert_eq!(err, want, "{list:?}");
+        }
+        // A value may look like a flag: it is still the value.
+        let cmd = parse(args(&["health", "--file", "--addr"])).unwrap();
+        assert!(
+            matches!(&cmd, Command::Health(HealthTarget::File(p)) if p == std::path::Path::new("--addr")),
+            "{cmd:?}"
+        );
+        assert!(matches!(
+            parse(args(&["run", "--bogus", "--help"])).unwrap(),
+            Command::Help
+        ));
+    }
+
     #[test]
     fn health_reads_the_recorded_address_by_default() {
-        let cmd = parse(&args(&["health"])).unwrap();
+        let cmd = parse(args(&["health"])).unwrap();
         assert!(
             matches!(&cmd, Command::Health(HealthTarget::File(p)) if p == std::path::Path::new(health::DEFAULT_HEALTH_FILE)),
             "{cmd:?}"
         );
-        let cmd = parse(&args(&["health", "--addr", "10.99.0.2:3128"])).unwrap();
+        let cmd = parse(args(&["health", "--addr", "10.99.0.2:3128"])).unwrap();
         assert!(
             matches!(cmd, Command::Health(HealthTarget::Addr(a)) if a.port() == 3128),
             "{cmd:?}"

@@ -19,8 +19,9 @@
 use crate::body::AgentBody;
 use crate::egress::{self, access_hint, rule_hint, Allowed, Denied, ReachError, Refusal};
 use crate::exchange::{millis, Exchange, Redaction};
-use crate::forward::{self, host_header_mismatch, Counter, ProxyBody};
+use crate::forward::{self, host_header_mismatch, ProxyBody};
 use crate::intercept;
+use crate::io::Counter;
 use crate::limits::Deadlines;
 use crate::listen::{ClientStream, ListenError, OverCap};
 use crate::log::EgressRecord;
@@ -275,7 +276,7 @@ async fn reach(
     allowed: &Allowed,
     shared: &Shared,
 ) -> Result<(egress::Checked, TcpStream), Failed> {
-    let target = egress::host_port(allowed.host(), allowed.port());
+    let target = forward::host_port(allowed.host(), allowed.port());
     let rule = allowed.decision().rule.clone();
     let host = allowed.host().to_string();
     let checked = match shared.check_destination(policy, allowed).await {
@@ -352,7 +353,7 @@ pub(crate) async fn forward_plain(
         .unwrap_or_else(|| path.clone());
     let Some(host_value) = forward::host_header(allowed.host(), port, 80) else {
         return ex.unreachable(
-            &egress::host_port(allowed.host(), port),
+            &forward::host_port(allowed.host(), port),
             &decision.rule,
             "the host is not a valid Host header".into(),
         );
@@ -389,7 +390,7 @@ pub(crate) async fn forward_plain(
         Err(e) => match watch.failure() {
             Some(failure) => ex.bad_body(&failure),
             None => ex.unreachable(
-                &egress::host_port(allowed.host(), port),
+                &forward::host_port(allowed.host(), port),
                 &decision.rule,
                 e.to_string(),
             ),

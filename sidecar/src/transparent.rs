@@ -15,7 +15,7 @@
 
 use crate::egress::{self, access_hint, rule_hint, ReachError};
 use crate::exchange::{describe, Exchange};
-use crate::forward::{host_header_mismatch, ProxyBody};
+use crate::forward::{self, host_header_mismatch, ProxyBody};
 use crate::intercept::{self, Canned, Session};
 use crate::limits::Deadlines;
 use crate::listen::{self, ClientStream, ListenError, OverCap};
@@ -129,7 +129,7 @@ async fn serve_tls(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>
                 decision: egress::refusal("unreachable", e.to_string()),
                 hint: format!(
                     "{} is allowed (rule: {}); retry later or check that the name resolves",
-                    egress::host_port(&host, port),
+                    forward::host_port(&host, port),
                     allowed.decision().rule
                 ),
             };

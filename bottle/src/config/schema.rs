@@ -774,7 +774,9 @@ fn home_of(name: &str, here: &TableSchema) -> Option<&'static str> {
 }
 
 /// The closest candidate, if it is close: the same word in another case, or
-/// within a small edit distance (about one typo per four letters).
+/// within a small edit distance (about one typo per four letters). The
+/// distance is optimal string alignment (`strsim::osa_distance`): swapping
+/// two neighbours counts as one edit, so `imgae` is one typo from `image`.
 fn did_you_mean<'a>(
     input: &str,
     candidates: impl Iterator<Item = &'a str> + Clone,
@@ -785,38 +787,10 @@ fn did_you_mean<'a>(
     let lower = input.to_ascii_lowercase();
     let limit = (input.chars().count() / 4).clamp(1, 3);
     candidates
-        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .map(|c| (strsim::osa_distance(&lower, &c.to_ascii_lowercase()), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-/// Edit distance where swapping two neighbours counts as one edit (optimal
-/// string alignment), so `imgae` is one typo away from `image`.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // d[i][j]: distance between a[..i] and b[..j].
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -832,9 +806,13 @@ mod tests {
         assert_eq!(did_you_mean("mount", keys.iter().copied()), Some("mounts"));
         assert_eq!(did_you_mean("CPUS", keys.iter().copied()), Some("cpus"));
         assert_eq!(did_you_mean("volumes", keys.iter().copied()), None);
-        assert_eq!(edit_distance("imgae", "image"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        // A swap is one edit (plain Levenshtein would say 2 and, with a
+        // limit of 1 for five letters, suggest nothing).
+        assert_eq!(strsim::osa_distance("imgae", "image"), 1);
+        assert_eq!(
+            did_you_mean("wrokdir", keys.iter().copied()),
+            Some("workdir")
+        );
         assert_eq!(
             did_you_mean("get", value::METHODS.iter().copied()),
             Some("GET")
