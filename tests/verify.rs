@@ -9,7 +9,7 @@
 use bottle_e2e::*;
 
 const POLICY: &str = "[egress]\n\
-allow = [\"origin.test\", \"api.test\", \"*.pythonhosted.org\"]\n\
+allow = [\"origin.test\", \"api.test\", \"*.cdn.example\"]\n\
 allow_private = [\"origin.test\", \"api.test\"]\n\
 upstream_roots = [\"test-ca.pem\"]\n\
 \n\
