@@ -54,6 +54,10 @@ pub fn auto_order() -> Vec<RuntimeKind> {
     order
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`sw_vers`, a fixed system tool with a fixed argument; nothing the agent writes reaches it"
+)]
 fn macos_major() -> Option<u32> {
     if !cfg!(target_os = "macos") {
         return None;

@@ -905,7 +905,7 @@ fn scratch_dir(what: &str) -> Result<tempfile::TempDir, RuntimeError> {
     builder.tempdir().map_err(|source| RuntimeError::Io {
         doing: format!(
             "creating a private {what} directory in {}",
-            std::env::temp_dir().display()
+            tempfile::env::temp_dir().display()
         ),
         source,
     })
@@ -930,7 +930,7 @@ mod tests {
         let a = scratch_dir("build").unwrap();
         let b = scratch_dir("build").unwrap();
         assert_ne!(a.path(), b.path());
-        assert_eq!(a.path().parent(), Some(std::env::temp_dir().as_path()));
+        assert_eq!(a.path().parent(), Some(tempfile::env::temp_dir().as_path()));
         let name = a.path().file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with("bottle-build-"), "{name}");
         #[cfg(unix)]

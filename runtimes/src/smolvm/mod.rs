@@ -518,7 +518,7 @@ fn write_temp(stem: &str, text: &str) -> Result<tempfile::TempPath, RuntimeError
     let io = |source: std::io::Error| RuntimeError::Io {
         doing: format!(
             "writing the Smolfile of {stem} to a private file in {}",
-            std::env::temp_dir().display()
+            tempfile::env::temp_dir().display()
         ),
         source,
     };
@@ -809,7 +809,7 @@ mod tests {
         assert_ne!(a.to_path_buf(), b.to_path_buf());
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "[network]\n");
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(a.parent(), Some(std::env::temp_dir().as_path()));
+        assert_eq!(a.parent(), Some(tempfile::env::temp_dir().as_path()));
         assert!(
             name.starts_with("bottle-demo-agent-") && name.ends_with(".smolfile"),
             "{name}"
