@@ -3,7 +3,7 @@
 //! and a deliberately broken bottle — its internal bridge given a host
 //! address behind bottle's back — must fail, proving the checks can fail,
 //! even when the agent has replaced its own `curl`, `dig`, `getent` and
-//! `python3` with liars (DESIGN §5 item 15): the verdict comes from a probe
+//! `python3` with liars (docs/design.md §5 item 15): the verdict comes from a probe
 //! container, inspect data and the host, never from the agent's tools.
 
 use bottle_e2e::*;

@@ -1,6 +1,6 @@
 //! The Apple `container` runtime (macOS 26, Apple silicon), over its CLI 1.0.0.
 //!
-//! The contract this module codes against is reference/apple-container.md;
+//! The contract this module codes against is in docs/runtimes.md (appendix);
 //! tests run it against a fake `container` (tests/fake-container/) that
 //! reproduces that contract. Facts that shape the code:
 //! - there is no API: every call is one `container …` process; results are

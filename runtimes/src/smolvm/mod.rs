@@ -1,8 +1,8 @@
 //! The smolvm runtime (libkrun microVMs), over the smolvm CLI.
 //!
-//! The contract is reference/smolvm.md; the tests run this driver against the
+//! The contract is in docs/runtimes.md (appendix); the tests run this driver against the
 //! real CLI from PyPI `smolmachines==1.32.2` (scripts/setup-smolvm.sh). How a
-//! bottle maps onto smolvm (DESIGN §1.1):
+//! bottle maps onto smolvm (docs/design.md §1.1):
 //! - there is no network object: the bottle's internal network is a named
 //!   `--network` fabric (>= 1.8.3) that exists while a machine names it.
 //!   [`Runtime::create_network`] creates nothing: an internal network's id is
