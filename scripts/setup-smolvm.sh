@@ -2,7 +2,7 @@
 # Installs the real smolvm CLI for bottle's smolvm runtime and its tests.
 #
 # smolvm ships on PyPI inside the wheel `smolmachines` as `smol/smol-vmm`,
-# next to the libkrun libraries it loads (reference/smolvm.md). This script
+# next to the libkrun libraries it loads (docs/runtimes.md, appendix). This script
 # installs that wheel into a private venv and writes a wrapper named `smolvm`
 # that points the loader at the wheel's `smol/` folder and execs the binary.
 # Idempotent: a venv that already holds the pinned version is reused and the
@@ -59,7 +59,7 @@ for f in dist.files or []:
 EOF
 )
 if [ -z "$SMOL_DIR" ] || [ ! -f "$SMOL_DIR/smol-vmm" ]; then
-  log "smolmachines $VERSION has no smol/smol-vmm; the wheel layout changed (see reference/smolvm.md)"
+  log "smolmachines $VERSION has no smol/smol-vmm; the wheel layout changed (see the docs/runtimes.md appendix)"
   exit 1
 fi
 chmod +x "$SMOL_DIR/smol-vmm"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test bottle has, the way CI does: formatting, lints, the unit and
+# Runs every test bottle has, the way CI does: formatting, lints (clippy.toml),
+# docs, the minimum Rust version, cargo-deny (deny.toml), the unit and
 # in-process tests of every crate, and the end-to-end tests against a real
-# Docker engine. Sets up what is missing first (engine, base image).
+# Docker engine. Sets up what is missing first (cargo-deny, engine, base
+# image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,29 @@ if [ -n "$need" ]; then
   else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null; fi
 fi
 
+# cargo-deny checks deny.toml: licences, banned crates (aws-lc-rs, a second
+# TLS stack), sources, and known advisories when their database can be had.
+DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "^cargo-deny $DENY_VERSION$"; then
+  echo "test: installing cargo-deny $DENY_VERSION" >&2
+  cargo install cargo-deny --version "$DENY_VERSION" --locked
+fi
+deny_checks() {
+  echo "test: cargo deny check licenses bans sources" >&2
+  cargo deny --locked check licenses bans sources
+  # The RustSec database is a git clone from GitHub. Where that host cannot
+  # be reached, a database already on disk (a copy put under
+  # $CARGO_HOME/advisory-dbs/) is used as it is; with neither, say so plainly
+  # (docs/decisions.md, "cargo-deny without the advisory database").
+  local dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+  if cargo deny fetch db >/dev/null 2>&1 || compgen -G "$dbs/advisory-db-*/*" >/dev/null; then
+    echo "test: cargo deny check advisories" >&2
+    cargo deny --frozen check advisories
+  else
+    echo "test: advisories NOT checked: the RustSec database cannot be fetched here and none is in $dbs" >&2
+  fi
+}
+
 scripts/setup-engine.sh
 # The real smolvm CLI (PyPI smolmachines) for the smolvm driver's tests.
 BOTTLE_SMOLVM_BIN="$(scripts/setup-smolvm.sh)"
@@ -31,6 +56,11 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+echo "test: cargo doc" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+echo "test: minimum Rust version" >&2
+scripts/msrv.sh
+deny_checks
 echo "test: cargo build" >&2
 cargo build --workspace
 # Build the images once, so parallel tests do not race to build them.

@@ -1,6 +1,6 @@
-//! Nothing the agent broadcasts or multicasts reaches a host socket (DESIGN
-//! §1.3, threat model: "use what only the sidecar should … broadcast/multicast
-//! to host sockets").
+//! Nothing the agent broadcasts or multicasts reaches a host socket
+//! (docs/design.md §1.3, threat model: "use what only the sidecar should …
+//! broadcast/multicast to host sockets").
 //!
 //! The test listens on this host on 0.0.0.0 (joined to 224.0.0.251 on the
 //! bottle's bridge, as an mDNS daemon would be), and the agent sends to

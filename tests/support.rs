@@ -86,6 +86,11 @@ pub fn stderr(o: &Output) -> String {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a directory's name is the default name of the bottle made in it, so the tests \
+                  choose it (tag, pid, counter); they run as the machine's only user"
+    )]
     pub fn new(tag: &str) -> Self {
         let p = std::env::temp_dir().join(unique_name(&format!("bottle-test-{tag}")));
         std::fs::create_dir_all(&p).expect("mkdir");

@@ -3,13 +3,13 @@
 //! and a deliberately broken bottle — its internal bridge given a host
 //! address behind bottle's back — must fail, proving the checks can fail,
 //! even when the agent has replaced its own `curl`, `dig`, `getent` and
-//! `python3` with liars (DESIGN §5 item 15): the verdict comes from a probe
+//! `python3` with liars (docs/design.md §5 item 15): the verdict comes from a probe
 //! container, inspect data and the host, never from the agent's tools.
 
 use bottle_e2e::*;
 
 const POLICY: &str = "[egress]\n\
-allow = [\"origin.test\", \"api.test\", \"*.pythonhosted.org\"]\n\
+allow = [\"origin.test\", \"api.test\", \"*.cdn.example\"]\n\
 allow_private = [\"origin.test\", \"api.test\"]\n\
 upstream_roots = [\"test-ca.pem\"]\n\
 \n\

@@ -24,11 +24,12 @@ struct WorkDir {
 
 impl WorkDir {
     fn create(keep: bool) -> anyhow::Result<WorkDir> {
-        let path = std::env::temp_dir().join(format!("egress-bench-{}", std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path)?;
-        }
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        // A random name, private to this user: the directory holds CA keys.
+        let path = tempfile::Builder::new()
+            .prefix("egress-bench-")
+            .tempdir()
+            .context("creating a scratch directory")?
+            .keep();
         Ok(WorkDir { path, keep })
     }
 }

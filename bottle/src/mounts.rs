@@ -528,7 +528,7 @@ fn protect_git(
     Ok(())
 }
 
-/// How many directory entries [`nested_repositories`] reads at most.
+/// How many directory entries `nested_repositories` reads at most.
 pub const NESTED_SEARCH_LIMIT: usize = 200_000;
 
 /// Directories below `root` (not `root` itself) that hold a `.git`, found by
@@ -721,6 +721,10 @@ fn gitfile_target(file: &Path, wt: &Path) -> Option<PathBuf> {
 /// so the set is fixed when the bottle starts. Read with `git ls-files`, with
 /// the only index hook that command could run (`core.fsmonitor`) switched
 /// off and no system or global config.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the user's own git, run on the host to read (never run) what the repository names, with hooks and fsmonitor off and no system or global config"
+)]
 fn gitlinks(git_dir: &Path, wt: &Path) -> Vec<PathBuf> {
     let Ok(git) = which::which("git") else {
         return Vec::new();
@@ -768,6 +772,10 @@ fn lexical(path: &Path) -> PathBuf {
 /// `core.hooksPath` and every `include.path` / `includeIf.*.path` of a git
 /// config file, as absolute host paths. Read with `git config --file`, which
 /// parses only; nothing the file names is run.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the user's own git, run on the host to read (never run) the paths a git config names: `git config --file` only parses, with no system or global config"
+)]
 fn git_paths(config: &Path, worktree: &Path, git_dir: &Path) -> Vec<(String, PathBuf)> {
     let Ok(git) = which::which("git") else {
         return Vec::new();
@@ -813,6 +821,10 @@ fn git_paths(config: &Path, worktree: &Path, git_dir: &Path) -> Vec<(String, Pat
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the tests build real repositories (worktrees, submodules) with git"
+)]
 mod tests {
     use super::*;
     use std::process::Command;

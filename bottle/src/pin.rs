@@ -475,13 +475,11 @@ mod tests {
 
     #[test]
     fn an_unreadable_pin_is_no_pin_only_when_missing() {
-        let dir = std::env::temp_dir().join(format!("bottle-pin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let state = StateDir::at(dir.join("p"));
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().join("p"));
         assert_eq!(load(&state), None);
         state.create().unwrap();
         std::fs::write(path(&state), b"\xff not json").unwrap();
         assert_eq!(load(&state), Some(Pinned::nothing()));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// Ports of the sidecar on the internal network (DESIGN §3).
+/// Ports of the sidecar on the internal network (docs/design.md §3).
 pub const PROXY_PORT: u16 = 3128;
 /// Where the sidecar sees its part of the state dir.
 pub const SIDECAR_STATE_MOUNT: &str = "/etc/bottle";

@@ -2,10 +2,10 @@
 //!
 //! The agent controls everything it can write, its own tools included: a
 //! `curl` that exits 7 for every host address would make checks run with it
-//! pass on a broken bottle (DESIGN §5 item 15). So the verdict comes from
+//! pass on a broken bottle (docs/design.md §5 item 15). So the verdict comes from
 //! three places the agent cannot touch:
 //!
-//! - **probe**: the network checks of DESIGN §5 run in a throwaway container
+//! - **probe**: the network checks of docs/design.md §5 run in a throwaway container
 //!   from the stock agent image bottle builds ([`images::DEFAULT_AGENT_IMAGE`],
 //!   never the agent's configured image or container), with the proxy
 //!   environment and CA the agent gets. Where the runtime can

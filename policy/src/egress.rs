@@ -276,24 +276,21 @@ mod tests {
 
     #[test]
     fn default_ports_and_explicit_port() {
-        let p = policy(&["api.example.com", "registry.npmjs.org:8443"]);
+        let p = policy(&["api.example.com", "mirror.example:8443"]);
         assert_eq!(p.decide("api.example.com", 443).verdict, Verdict::Allow);
         assert_eq!(p.decide("API.example.com.", 80).verdict, Verdict::Allow);
         let d = p.decide("api.example.com", 22);
         assert_eq!(d.verdict, Verdict::Deny);
         assert!(d.reason.contains("only on port 443 or 80"), "{}", d.reason);
-        assert_eq!(p.decide("registry.npmjs.org", 8443).verdict, Verdict::Allow);
-        assert_eq!(p.decide("registry.npmjs.org", 443).verdict, Verdict::Deny);
+        assert_eq!(p.decide("mirror.example", 8443).verdict, Verdict::Allow);
+        assert_eq!(p.decide("mirror.example", 443).verdict, Verdict::Deny);
     }
 
     #[test]
     fn suffix_and_ip_rules() {
-        let p = policy(&["*.pythonhosted.org", "10.0.0.5:9000", "[fd00::5]:9000"]);
-        assert_eq!(
-            p.decide("files.pythonhosted.org", 443).verdict,
-            Verdict::Allow
-        );
-        assert_eq!(p.decide("pythonhosted.org", 443).verdict, Verdict::Deny);
+        let p = policy(&["*.cdn.example", "10.0.0.5:9000", "[fd00::5]:9000"]);
+        assert_eq!(p.decide("files.cdn.example", 443).verdict, Verdict::Allow);
+        assert_eq!(p.decide("cdn.example", 443).verdict, Verdict::Deny);
         assert_eq!(p.decide("10.0.0.5", 9000).verdict, Verdict::Allow);
         assert_eq!(p.decide("10.0.0.6", 9000).verdict, Verdict::Deny);
         assert_eq!(p.decide("[fd00::5]", 9000).verdict, Verdict::Allow);
@@ -317,10 +314,10 @@ mod tests {
 
     #[test]
     fn dns_names_follow_allow_entries() {
-        let p = policy(&["api.example.com:8443", "*.pythonhosted.org", "10.0.0.5"]);
+        let p = policy(&["api.example.com:8443", "*.cdn.example", "10.0.0.5"]);
         assert!(p.allows_name("API.example.com.").is_some());
-        assert!(p.allows_name("files.pythonhosted.org").is_some());
-        assert!(p.allows_name("pythonhosted.org").is_none());
+        assert!(p.allows_name("files.cdn.example").is_some());
+        assert!(p.allows_name("cdn.example").is_none());
         assert!(p.allows_name("evil.example").is_none());
         assert!(p.allows_name("10.0.0.5").is_none());
         assert!(p.allows_name("0x0a.0.0.5").is_none());

@@ -3,7 +3,7 @@
 //! A runtime knows how to make networks and containers and to run commands in
 //! them; it knows nothing of egress policy, secrets or what a bottle is for.
 //! The orchestrator in the `bottle` crate composes these primitives into the
-//! topology of DESIGN §1 and decides, from [`Probe`] results, whether a runtime
+//! topology of docs/design.md §1 and decides, from [`Probe`] results, whether a runtime
 //! is strong enough to run a bottle at all.
 //!
 //! Runtime quirks (engine 20.10 refusing two networks at create, IPs assigned

@@ -1,5 +1,5 @@
 //! The apple-container driver against the FAKE `container` CLI in
-//! tests/fake-container/ (contract 1.0.0, reference/apple-container.md),
+//! tests/fake-container/ (contract 1.0.0, docs/runtimes.md appendix),
 //! through the `Runtime` trait. Each test has its own fake state and asserts
 //! the exact commands the driver ran, from the fake's argv log.
 
@@ -137,7 +137,7 @@ async fn up_and_down_run_the_documented_command_sequence() {
     let rt = fake.connect().await;
     assert!(rt.assigns_addresses_at_start());
 
-    // The bottle-shaped sequence of DESIGN §1.1 for apple-container.
+    // The bottle-shaped sequence of docs/design.md §1.1 for apple-container.
     let internal = rt
         .create_network(&NetworkSpec {
             name: "bottle-demo-internal".into(),

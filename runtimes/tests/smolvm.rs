@@ -595,7 +595,7 @@ async fn up_fails_at_boot_with_a_clear_message_and_leaves_no_machine() {
 }
 
 /// As root with the VMM kept as root (`SMOLVM_VM_UID_DROP=off`, what
-/// reference/smolvm.md says booting as root needs), the guest itself gets to
+/// the docs/runtimes.md appendix says booting as root needs), the guest itself gets to
 /// boot — and on nested/PVM KVM it never makes progress.
 #[tokio::test]
 async fn guest_boot_failure_is_explained() {

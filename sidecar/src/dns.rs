@@ -378,7 +378,7 @@ mod tests {
 
     fn policy() -> EgressPolicy {
         EgressPolicy {
-            allow: ["api.example.com:8443", "*.pythonhosted.org", "10.0.0.5"]
+            allow: ["api.example.com:8443", "*.cdn.example", "10.0.0.5"]
                 .iter()
                 .map(|a| AllowRule::parse(a).unwrap())
                 .collect(),
@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(o.rule, "api.example.com:8443");
         assert_eq!((o.verdict, o.answers), (Verdict::Allow, 1));
 
-        let (r, o) = answer(&query(1, "files.pythonhosted.org", TYPE_A), &policy(), IP).unwrap();
+        let (r, o) = answer(&query(1, "files.cdn.example", TYPE_A), &policy(), IP).unwrap();
         assert_eq!((rcode(&r), o.answers), (0, 1));
     }
 
@@ -447,7 +447,7 @@ mod tests {
     fn everything_else_is_refused() {
         for name in [
             "evil.example",
-            "pythonhosted.org",
+            "cdn.example",
             "c2VjcmV0.exfil.example",
             "5.0.0.10.in-addr.arpa",
             "10.0.0.5",

@@ -98,7 +98,8 @@ mod tests {
 
     #[test]
     fn the_address_file_round_trips() {
-        let path = std::env::temp_dir().join(format!("bottle-health-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("health-addr");
         let addr: SocketAddr = "10.99.0.2:3128".parse().unwrap();
         write_addr(&path, addr).unwrap();
         assert_eq!(read_addr(&path).unwrap(), addr);

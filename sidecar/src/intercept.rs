@@ -15,7 +15,7 @@
 //! - anything else: answered with a 403 text and closed. Nothing is ever
 //!   piped.
 //!
-//! Each request is then checked on its own ([`Session::handle`]): `Host` (and
+//! Each request is then checked on its own (`Session::handle`): `Host` (and
 //! an absolute-form URL) must name the tunnel's destination; the request is
 //! decided again on the *current* policy by method and path
 //! (`EgressPolicy::decide_request`); credentials are injected or a leaked

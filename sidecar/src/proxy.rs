@@ -10,7 +10,7 @@
 //! - absolute-form `http://` requests: decided on the URI's host, port,
 //!   method and path (never on `Host` alone; a disagreeing `Host` is refused),
 //!   then forwarded in origin form without `Proxy-*` or hop-by-hop headers
-//!   ([`forward_plain`], shared with the transparent :80 listener).
+//!   (`forward_plain`, shared with the transparent :80 listener).
 //! - anything else (origin-form requests to the proxy itself, `https://` in
 //!   absolute form, `TRACE`/`TRACK`) gets a 400 or 403 that says what to do.
 //!

@@ -118,10 +118,9 @@ mod tests {
 
     #[test]
     fn stamps_change_on_rename_and_rewrite() {
-        let dir = std::env::temp_dir().join(format!("bottle-reload-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("policy.json");
-        let _ = std::fs::remove_file(&path);
         assert_eq!(Stamp::of(&path), Stamp(None));
         std::fs::write(&path, "a").unwrap();
         let first = Stamp::of(&path);

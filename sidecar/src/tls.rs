@@ -293,8 +293,11 @@ mod tests {
 
     /// Writes a fresh CA (as the CLI mints it) into a temp dir.
     fn ca_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("bottle-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bottle-tls-{name}-"))
+            .tempdir()
+            .unwrap()
+            .keep();
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params

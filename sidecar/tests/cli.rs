@@ -2,6 +2,11 @@
 //! CA, serves (proxy, DNS, audit file) and stops on SIGTERM, and its `health`
 //! and `netinfo` subcommands.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests run the bottle-sidecar binary itself, and `kill` to signal it"
+)]
+
 mod common;
 
 use common::PATIENCE;

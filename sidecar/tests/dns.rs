@@ -49,7 +49,7 @@ async fn ask_udp(bottle: &Bottle, id: u16, name: &str, qtype: u16) -> Vec<u8> {
 }
 
 async fn dns_bottle(limit: RateLimit) -> Bottle {
-    let mut opts = Options::new(json!({"allow": ["api.example.com", "*.pythonhosted.org:443"]}));
+    let mut opts = Options::new(json!({"allow": ["api.example.com", "*.cdn.example:443"]}));
     opts.limit = limit;
     Bottle::start(opts).await
 }
@@ -65,13 +65,13 @@ async fn allowed_names_get_the_sidecar_and_the_rest_is_refused() {
         "the --dns-answer address"
     );
     assert_eq!(&a[a.len() - 10..a.len() - 6], &[0, 0, 0, 5], "TTL 5");
-    let a = ask_udp(&bottle, 2, "files.pythonhosted.org", 1).await;
+    let a = ask_udp(&bottle, 2, "files.cdn.example", 1).await;
     assert_eq!((rcode(&a), ancount(&a)), (0, 1));
     let aaaa = ask_udp(&bottle, 3, "api.example.com", 28).await;
     assert_eq!((rcode(&aaaa), ancount(&aaaa)), (0, 0));
     for (id, name, qtype) in [
         (4, "evil.example", 1),
-        (5, "pythonhosted.org", 1),
+        (5, "cdn.example", 1),
         (6, "c2VjcmV0LXZhbHVl.exfil.example", 1),
         (7, "api.example.com", 16),
         (8, "random-4f9c.example.org", 28),

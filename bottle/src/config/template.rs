@@ -52,7 +52,7 @@ mounts = []
 # Hosts the agent may reach through the sidecar: "name", "*.suffix" (any name
 # below suffix, not suffix itself) or an IP address, each optionally ":port"
 # (default: 443 and 80). Write host patterns, not URLs. Empty: deny all.
-# allow = ["api.anthropic.com", "*.pythonhosted.org", "registry.npmjs.org:443"]
+# allow = ["api.anthropic.com", "*.githubusercontent.com", "api.github.com:443"]
 allow = []
 
 # What happens to a destination no rule allows: "deny", or "ask" to hold the

@@ -1,5 +1,5 @@
 //! Tests of loading `bottle.toml`: each class of error lands on the right
-//! line, column and key; many errors come out together; the DESIGN example,
+//! line, column and key; many errors come out together; the example config,
 //! the defaults and the `bottle init` template load.
 
 use super::*;
@@ -41,47 +41,13 @@ fn one(src: &str, line: usize, column: usize, key: &str, kind: ErrorKind) -> Con
     e
 }
 
-const DESIGN_EXAMPLE: &str = r#"
-name = "demo"                      # default: the directory's name
-runtime = "auto"                   # auto | docker | apple-container | smolvm
-
-[agent]
-image = "bottle-agent:latest"      # built from images/agent when missing
-command = ["sleep", "infinity"]
-workdir = "/workspace"
-mounts = ["./:/workspace:rw"]
-env = { EDITOR = "vi" }
-cpus = 2
-memory = "4g"
-
-[egress]
-allow = ["api.anthropic.com", "*.pythonhosted.org", "registry.npmjs.org:443"]
-unknown = "deny"                   # deny | ask (hold the request, queue an approval)
-
-[[egress.rule]]                    # narrows an allowed host to methods/paths
-host = "api.github.com"
-methods = ["GET"]
-paths = ["/repos/acme/"]
-
-[[egress.credential]]              # the agent sees a placeholder, never the value
-host = "api.anthropic.com"
-header = "x-api-key"
-from_env = "ANTHROPIC_API_KEY"     # read on the host at `bottle up`
-
-[[git.remote]]
-name = "app"
-upstream = "https://github.com/acme/app.git"
-push = ["agent/*"]                 # refs the agent may create/update
-protected = ["main", "release/*"]  # never, whatever `push` says
-token_from_env = "GITHUB_TOKEN"
-
-[supervise]
-enabled = true
-"#;
+/// The example the README shows; `bottle/tests/examples.rs` checks that the
+/// README still shows exactly this file.
+const EXAMPLE: &str = include_str!("../../../examples/bottle.toml");
 
 #[test]
-fn design_example_parses() {
-    let c = ok(DESIGN_EXAMPLE);
+fn example_parses() {
+    let c = ok(EXAMPLE);
     assert_eq!(c.name(), "demo");
     assert_eq!(c.runtime, RuntimeChoice::Auto);
     assert_eq!(c.agent.image, "bottle-agent:latest");
@@ -105,8 +71,8 @@ fn design_example_parses() {
         allow,
         [
             "api.anthropic.com",
-            "*.pythonhosted.org",
-            "registry.npmjs.org:443"
+            "*.githubusercontent.com",
+            "api.github.com:443"
         ]
     );
     assert_eq!(egress.unknown, Unknown::Deny);
@@ -124,10 +90,11 @@ fn design_example_parses() {
     assert_eq!(egress.credentials[0].header.as_str(), "x-api-key");
     assert_eq!(egress.credentials[0].from_env, "ANTHROPIC_API_KEY");
     assert_eq!(
-        egress.decide("files.pythonhosted.org", 443).verdict,
+        egress.decide("raw.githubusercontent.com", 443).verdict,
         Verdict::Allow
     );
     assert_eq!(egress.decide("example.com", 443).verdict, Verdict::Deny);
+    assert_eq!(egress.decide("api.github.com", 80).verdict, Verdict::Deny);
 
     let remote = &c.git.remotes[0];
     assert_eq!(remote.name, "app");
@@ -819,7 +786,7 @@ mounts = ["relative"]
 env = { HTTP_PROXY = "http://evil", BOTTLE_X = "1" }
 
 [egress]
-allow = ["api.anthropic.com", "https://pypi.org/simple", "a..b"]
+allow = ["api.anthropic.com", "https://api.openai.com/", "a..b"]
 unknown = "maybe"
 
 [[egress.rule]]
@@ -911,8 +878,8 @@ fn io_errors_name_the_path() {
 
 #[test]
 fn load_and_load_dir_read_files() {
-    let dir = std::env::temp_dir().join(format!("bottle-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let missing = load_dir(&dir).unwrap();
     assert_eq!(missing.source, None);
     assert_eq!(missing.dir, dir);
@@ -928,7 +895,6 @@ fn load_and_load_dir_read_files() {
     std::fs::write(dir.join(FILE_NAME), "bogus = 1\n").unwrap();
     let err = load_dir(&dir).unwrap_err();
     assert_eq!(err.errors()[0].file, dir.join(FILE_NAME));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -950,12 +916,12 @@ fn errors_serialise_for_json_output() {
 
 #[test]
 fn config_serialises_for_dry_run() {
-    let c = ok(DESIGN_EXAMPLE);
+    let c = ok(EXAMPLE);
     let json = serde_json::to_value(&c).unwrap();
     assert_eq!(json["name"], "demo");
     assert_eq!(json["agent"]["memory"], 4u64 << 30);
     assert_eq!(json["agent"]["mounts"][0]["source"], "/proj");
-    assert_eq!(json["egress"]["allow"][1], "*.pythonhosted.org");
+    assert_eq!(json["egress"]["allow"][1], "*.githubusercontent.com");
 }
 
 #[test]

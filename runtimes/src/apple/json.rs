@@ -1,5 +1,5 @@
 //! The JSON shapes of Apple `container` 1.0.0 that the driver reads
-//! (reference/apple-container.md). Every field is optional or defaulted:
+//! (docs/runtimes.md, appendix). Every field is optional or defaulted:
 //! only what bottle uses is named, and unknown keys are ignored, so a later
 //! release that adds fields (1.1 adds `status.variant`) still parses.
 

@@ -1,6 +1,6 @@
 //! The Apple `container` runtime (macOS 26, Apple silicon), over its CLI 1.0.0.
 //!
-//! The contract this module codes against is reference/apple-container.md;
+//! The contract this module codes against is in docs/runtimes.md (appendix);
 //! tests run it against a fake `container` (tests/fake-container/) that
 //! reproduces that contract. Facts that shape the code:
 //! - there is no API: every call is one `container …` process; results are
@@ -905,7 +905,7 @@ fn scratch_dir(what: &str) -> Result<tempfile::TempDir, RuntimeError> {
     builder.tempdir().map_err(|source| RuntimeError::Io {
         doing: format!(
             "creating a private {what} directory in {}",
-            std::env::temp_dir().display()
+            tempfile::env::temp_dir().display()
         ),
         source,
     })
@@ -930,7 +930,7 @@ mod tests {
         let a = scratch_dir("build").unwrap();
         let b = scratch_dir("build").unwrap();
         assert_ne!(a.path(), b.path());
-        assert_eq!(a.path().parent(), Some(std::env::temp_dir().as_path()));
+        assert_eq!(a.path().parent(), Some(tempfile::env::temp_dir().as_path()));
         let name = a.path().file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with("bottle-build-"), "{name}");
         #[cfg(unix)]

@@ -239,7 +239,7 @@ pub(super) async fn isolate(
     check_readback(bridge, &out.stdout).map_err(|(detail, fix)| capability(detail, fix))
 }
 
-/// What [`measure`] saw: the datagrams that reached a host socket.
+/// What `measure` saw: the datagrams that reached a host socket.
 #[derive(Debug, Clone)]
 pub struct Leak {
     /// One entry per datagram: the source and the destination it was sent to.
@@ -369,7 +369,7 @@ pub async fn measure(
 
 impl DockerRuntime {
     /// What reaches a host socket on 0.0.0.0 when a container on `network`
-    /// broadcasts and multicasts ([`measure`]); empty when isolated.
+    /// broadcasts and multicasts (`measure`); empty when isolated.
     pub async fn broadcast_reaching_host(
         &self,
         network: &NetworkInfo,

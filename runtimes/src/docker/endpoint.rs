@@ -116,7 +116,8 @@ mod tests {
 
     #[test]
     fn current_context_is_read_from_the_cli_config() {
-        let dir = std::env::temp_dir().join(format!("bottle-ctx-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let digest = hex::encode(Sha256::digest(b"colima"));
         let meta = dir.join("contexts/meta").join(&digest);
         std::fs::create_dir_all(&meta).unwrap();
@@ -126,13 +127,12 @@ mod tests {
             r#"{"Name":"colima","Endpoints":{"docker":{"Host":"unix:///home/u/.colima/default/docker.sock"}}}"#,
         )
         .unwrap();
-        let e = resolve_from(None, None, Some(&dir), None);
+        let e = resolve_from(None, None, Some(dir), None);
         assert_eq!(e.host, "unix:///home/u/.colima/default/docker.sock");
         assert!(e.source.contains("colima"));
         // DOCKER_CONTEXT=default overrides the config file's context.
-        let e = resolve_from(None, Some("default".into()), Some(&dir), None);
+        let e = resolve_from(None, Some("default".into()), Some(dir), None);
         assert!(e.host.starts_with("unix://"));
         assert_eq!(e.source, "default socket");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,6 @@
 //! The Docker engine runtime, over the engine API (bollard).
 //!
-//! Engine facts this module works around (reference/docker.md):
+//! Engine facts this module works around (docs/runtimes.md, appendix):
 //! - the API version is negotiated, or 0.21 sends unversioned paths;
 //! - engine 20.10 rejects two networks at create: the first is given at
 //!   create, the others are connected before start;

@@ -1,8 +1,8 @@
 //! The smolvm runtime (libkrun microVMs), over the smolvm CLI.
 //!
-//! The contract is reference/smolvm.md; the tests run this driver against the
+//! The contract is in docs/runtimes.md (appendix); the tests run this driver against the
 //! real CLI from PyPI `smolmachines==1.32.2` (scripts/setup-smolvm.sh). How a
-//! bottle maps onto smolvm (DESIGN §1.1):
+//! bottle maps onto smolvm (docs/design.md §1.1):
 //! - there is no network object: the bottle's internal network is a named
 //!   `--network` fabric (>= 1.8.3) that exists while a machine names it.
 //!   [`Runtime::create_network`] creates nothing: an internal network's id is
@@ -518,7 +518,7 @@ fn write_temp(stem: &str, text: &str) -> Result<tempfile::TempPath, RuntimeError
     let io = |source: std::io::Error| RuntimeError::Io {
         doing: format!(
             "writing the Smolfile of {stem} to a private file in {}",
-            std::env::temp_dir().display()
+            tempfile::env::temp_dir().display()
         ),
         source,
     };
@@ -809,7 +809,7 @@ mod tests {
         assert_ne!(a.to_path_buf(), b.to_path_buf());
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "[network]\n");
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(a.parent(), Some(std::env::temp_dir().as_path()));
+        assert_eq!(a.parent(), Some(tempfile::env::temp_dir().as_path()));
         assert!(
             name.starts_with("bottle-demo-agent-") && name.ends_with(".smolfile"),
             "{name}"

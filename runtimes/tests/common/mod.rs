@@ -5,21 +5,22 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A directory under the system temp dir, removed on drop.
+/// A directory under the system temp dir, under a random name, removed on
+/// drop.
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(what: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "bottle-test-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bottle-test-{what}-"))
+            // Readable as a plain `mkdir` would leave it: the CLI under test
+            // may read its state dir as another user.
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .expect("create scratch dir")
+            .keep();
         Scratch(dir)
     }
 

@@ -64,7 +64,7 @@ pub struct Dropped {
     pub count: u64,
     /// Count per [`LineKind::kind`].
     pub kinds: BTreeMap<String, u64>,
-    /// Count per host, for at most [`MAX_DROPPED_HOSTS`] hosts (drops for
+    /// Count per host, for at most `MAX_DROPPED_HOSTS` hosts (drops for
     /// further hosts, or of lines without one, are only in `count`).
     pub hosts: HashMap<String, u64>,
 }
@@ -83,7 +83,7 @@ impl Dropped {
         }
     }
 
-    /// The [`TOP_HOSTS`] most dropped hosts, most first (ties by name).
+    /// The `TOP_HOSTS` most dropped hosts, most first (ties by name).
     pub fn top_hosts(&self) -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = self.hosts.iter().map(|(h, n)| (h.clone(), *n)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

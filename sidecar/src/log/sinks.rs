@@ -141,10 +141,9 @@ mod tests {
 
     #[test]
     fn file_sink_appends_whole_lines() {
-        let dir = std::env::temp_dir().join(format!("bottle-log-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("egress.jsonl");
-        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, "{\"old\":1}\n").unwrap();
         let sink = FileSink::append(&path).unwrap();
         sink.write_line("{\"new\":2}");
@@ -158,9 +157,8 @@ mod tests {
 
     #[test]
     fn file_sink_rotates_past_its_limit_keeping_one_old_file() {
-        let dir = std::env::temp_dir().join(format!("bottle-log-rotate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("egress.jsonl");
         let sink = FileSink::append(&path).unwrap();
         sink.limit_size(100);
@@ -175,7 +173,7 @@ mod tests {
         assert_eq!(current.len(), 40);
         assert_eq!(old.len(), 80);
         assert_eq!(sink.rotated_path(), dir.join("egress.jsonl.1"));
-        let files = std::fs::read_dir(&dir).unwrap().count();
+        let files = std::fs::read_dir(dir).unwrap().count();
         assert_eq!(files, 2, "one old file is kept, no more");
         // A line longer than the limit still gets written (alone).
         sink.write_line(&"y".repeat(300));

@@ -9,6 +9,10 @@
 //! resolver and are refused before any connection).
 
 #![allow(dead_code)] // each test binary uses a different part
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the tests' real clients: curl, as an agent would use it"
+)]
 
 use bottle_policy::LocalNet;
 use bottle_sidecar::guard::{LocalNetSource, Resolver};
@@ -26,7 +30,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -84,17 +87,14 @@ impl Capture {
     }
 }
 
-/// A unique, empty temp directory.
+/// A unique, empty, private temp directory (kept: a failed test's state
+/// and logs are left to read).
 pub fn temp_dir(what: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "bottle-sidecar-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tempfile::Builder::new()
+        .prefix(&format!("bottle-sidecar-{what}-"))
+        .tempdir()
+        .unwrap()
+        .keep()
 }
 
 fn ca(cn: &str) -> (String, Issuer<'static, KeyPair>, KeyPair) {
