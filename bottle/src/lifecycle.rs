@@ -51,6 +51,8 @@ pub enum LifecycleError {
     SidecarNotReady { secs: u64, logs: String },
     #[error("the sidecar has no address on the internal network {network}")]
     NoSidecarAddress { network: String },
+    #[error("bottle `{name}`: the sidecar refused the new files and keeps the previous ones: {error}\n  fix: if the sidecar is older than this bottle, `bottle down {name}` and `bottle up` again; else check `bottle logs {name} --service sidecar`")]
+    ReloadRefused { name: String, error: String },
     #[error("bottle `{name}`: the sidecar did not report loading the new policy within 10 s; the old policy may still apply\n  fix: check `bottle logs {name} --service sidecar`")]
     ReloadNotSeen { name: String },
     #[error("mount source {was} now resolves to {now}: it changed after the plan was made, so it is not what was shown and pinned\n  fix: check what replaced it, then run `bottle up` again")]
@@ -870,26 +872,54 @@ pub async fn reload(
     let before: Option<bottle_policy::Policy> = std::fs::read_to_string(state.policy_path())
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
-    let reloads = |logs: &[u8]| {
+    let count = |logs: &[u8], event: &str| {
+        let needle = format!("\"{event}\"");
         String::from_utf8_lossy(logs)
             .lines()
-            .filter(|l| l.contains("\"policy-reloaded\""))
+            .filter(|l| l.contains(&needle))
             .count()
+    };
+    // The first new failure (the sidecar keeps its previous file then).
+    let failure = |logs: &[u8], before: usize| {
+        String::from_utf8_lossy(logs)
+            .lines()
+            .filter(|l| l.contains("\"policy-reload-failed\""))
+            .nth(before)
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(String::from))
+                    .unwrap_or_else(|| l.to_string())
+            })
     };
     let mut logs = Vec::new();
     rt.logs(&sidecar.id, false, None, &mut logs).await?;
-    let seen = reloads(&logs);
+    let seen = count(&logs, "policy-reloaded");
+    let failed = count(&logs, "policy-reload-failed");
     crate::materials::render(&state, plan, |k| host.var(k))?;
     let accepted = recorded(&state)
         .map(|r| r.accepted_weaknesses)
         .unwrap_or_default();
     record(&state, plan, &accepted)?;
     let start = Instant::now();
+    let mut reloaded_at = None;
     loop {
         let mut logs = Vec::new();
         rt.logs(&sidecar.id, false, None, &mut logs).await?;
-        if reloads(&logs) > seen {
-            break;
+        if let Some(error) = failure(&logs, failed) {
+            return Err(LifecycleError::ReloadRefused {
+                name: plan.name.clone(),
+                error,
+            });
+        }
+        // Policy and secrets are reloaded one after the other: after the
+        // first success, look once more for a failure of the other.
+        match reloaded_at {
+            Some(at) if Instant::now() >= at => break,
+            None if count(&logs, "policy-reloaded") > seen => {
+                reloaded_at = Some(Instant::now() + Duration::from_millis(500));
+            }
+            _ => {}
         }
         if start.elapsed() > Duration::from_secs(10) {
             return Err(LifecycleError::ReloadNotSeen {

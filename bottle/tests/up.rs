@@ -682,3 +682,32 @@ async fn a_second_up_of_the_same_name_waits_its_turn() {
     drop(held);
     up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_the_sidecar_refuses_is_reported_not_waited_out() {
+    let m = Machine::new();
+    m.config(CONFIG);
+    let (fake, fakes) = docker();
+    up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
+    let mut prepared = bottle::reload::prepare(&m.host, "t", None).unwrap();
+    prepared.consented = true;
+    // find the sidecar (list, inspect), read its log once, render, then
+    // poll: the sidecar (an older build, say) refuses the new secrets file.
+    let f = fake.clone();
+    fake.on_call(fake.calls().len() + 4, false, move || {
+        f.append_log(r#"{"service":"sidecar","event":"policy-reloaded","what":"policy"}"#);
+        f.append_log(r#"{"service":"sidecar","event":"policy-reload-failed","what":"secrets","error":"secrets file format 2 unknown"}"#);
+    });
+    let started = std::time::Instant::now();
+    let err = bottle::reload::execute(&m.host, &fake, prepared)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("refused the new files") && err.to_string().contains("format 2"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "not waited out"
+    );
+}

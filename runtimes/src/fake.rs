@@ -62,6 +62,7 @@ struct State {
     next: u32,
     fail_at: Option<usize>,
     hooks: BTreeMap<usize, (Hook, bool)>,
+    log: String,
 }
 
 /// The fake runtime. Cheap to clone: clones share one state, so a test can
@@ -150,6 +151,13 @@ impl FakeRuntime {
     /// returns (a slow step the user interrupts).
     pub fn on_call(&self, n: usize, hang: bool, hook: impl Fn() + Send + Sync + 'static) {
         self.lock().hooks.insert(n, (Arc::new(hook), hang));
+    }
+
+    /// Adds a line to what `logs` returns for every container.
+    pub fn append_log(&self, line: &str) {
+        let mut s = self.lock();
+        s.log.push_str(line);
+        s.log.push('\n');
     }
 
     /// Every call so far, in order.
@@ -486,7 +494,8 @@ impl Runtime for FakeRuntime {
         out: &mut (dyn Write + Send),
     ) -> Result<(), RuntimeError> {
         self.enter(Call::Logs(id.into())).await?;
-        let _ = writeln!(out, "fake log of {id}");
+        let log = self.lock().log.clone();
+        let _ = write!(out, "fake log of {id}\n{log}");
         Ok(())
     }
 
