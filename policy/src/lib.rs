@@ -62,3 +62,62 @@ impl Policy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"format":1,"bottle":"demo","egress":{
+        "allow":["api.github.com"],
+        "rules":[{"host":"api.github.com","methods":["GET","HEAD"],"paths":["/repos/acme/"]}],
+        "credentials":[{"host":"api.github.com","header":"authorization","from_env":"GH_TOKEN"}]}}"#;
+
+    #[test]
+    fn policy_json_keeps_its_strings() {
+        let p: Policy = serde_json::from_str(GOOD).unwrap();
+        assert_eq!(p.egress.rules[0].methods[1].as_str(), "HEAD");
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            json["egress"]["rules"][0],
+            serde_json::json!({"host":"api.github.com","methods":["GET","HEAD"],"paths":["/repos/acme/"]})
+        );
+        assert_eq!(
+            json["egress"]["credentials"][0]["header"],
+            serde_json::json!("authorization")
+        );
+        let back: Policy = serde_json::from_value(json).unwrap();
+        assert_eq!(back, p);
+    }
+
+    /// A policy.json the config layer would refuse is refused at load too,
+    /// whoever wrote it.
+    #[test]
+    fn policy_json_cannot_bypass_the_field_checks() {
+        for (from, to, says) in [
+            (
+                r#""header":"authorization""#,
+                r#""header":"Host""#,
+                "manages this header itself",
+            ),
+            (
+                r#""header":"authorization""#,
+                r#""header":"Proxy-Authorization""#,
+                "manages this header itself",
+            ),
+            (
+                r#""header":"authorization""#,
+                r#""header":"x api""#,
+                "a header name is",
+            ),
+            (r#""GET","HEAD""#, r#""GET","TRACE""#, "not a method"),
+            (r#""GET","HEAD""#, r#""GET","get""#, "not a method"),
+            (r#""/repos/acme/""#, r#""repos/acme/""#, "starts with `/`"),
+            (r#""/repos/acme/""#, r#""/repos/../admin""#, "segments"),
+        ] {
+            let bad = GOOD.replace(from, to);
+            assert_ne!(bad, GOOD, "{to} was not substituted");
+            let e = serde_json::from_str::<Policy>(&bad).unwrap_err();
+            assert!(e.to_string().contains(says), "{to}: {e}");
+        }
+    }
+}

@@ -190,6 +190,33 @@ mod tests {
     }
 
     #[test]
+    fn refuses_fields_the_config_would_refuse() {
+        for (egress, says) in [
+            (
+                r#"{"credentials":[{"host":"a.example","header":"Host","from_env":"K"}]}"#,
+                "manages this header itself",
+            ),
+            (
+                r#"{"credentials":[{"host":"a.example","header":"content-length","from_env":"K"}]}"#,
+                "manages this header itself",
+            ),
+            (
+                r#"{"rules":[{"host":"a.example","methods":["CONNECT"]}]}"#,
+                "not a method",
+            ),
+            (
+                r#"{"rules":[{"host":"a.example","paths":["v1/"]}]}"#,
+                "starts with `/`",
+            ),
+        ] {
+            let text = format!(r#"{{"format":1,"bottle":"d","egress":{egress}}}"#);
+            let err = parse(p(), &text).unwrap_err();
+            assert!(matches!(err, PolicyFileError::Invalid { .. }), "{err}");
+            assert!(err.to_string().contains(says), "{egress}: {err}");
+        }
+    }
+
+    #[test]
     fn handle_swaps_whole_policies() {
         let h = PolicyHandle::new(Policy::new("a", Default::default()));
         let before = h.current();

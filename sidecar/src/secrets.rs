@@ -396,10 +396,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, SecretsError::NotAHeaderValue { .. }), "{err}");
-        // Another format, or none (an older bottle's file), is refused.
-        let err = Secrets::parse(path, r#"{"format":2,"credentials":{}}"#).unwrap_err();
+        // Another format, or none (an older bottle's file), is refused, and
+        // the refusal quotes no value.
+        let err = Secrets::parse(
+            path,
+            r#"{"format":2,"credentials":{"A":{"value":"s3cr3t-leak","placeholder":"placeholder"}}}"#,
+        )
+        .unwrap_err();
         assert!(matches!(err, SecretsError::Format { .. }), "{err}");
         assert!(err.to_string().contains("format 2"), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
         assert!(Secrets::parse(path, r#"{"credentials":{}}"#).is_err());
         assert!(Secrets::load(Path::new("/nonexistent/secrets.json"))
             .unwrap()
