@@ -401,13 +401,26 @@ async fn remove_probe_scratch(
         .filter(|r| is_own_scratch(&r.name))
         .collect();
     found.sort_by_key(|r| r.kind == ResourceKind::Network);
+    remove_each(rt, &found, stop, left, |_| {}).await
+}
+
+/// Removes `found` in order; `left` names what is not yet removed when a
+/// removal stops (an interrupt, a failure).
+async fn remove_each(
+    rt: &dyn Runtime,
+    found: &[ResourceRef],
+    stop: StopAt<'_>,
+    left: &mut Vec<String>,
+    mut removed: impl FnMut(&ResourceRef),
+) -> Result<(), Stop> {
     left.extend(found.iter().map(|r| r.name.clone()));
-    for r in &found {
+    for r in found {
         match r.kind {
             ResourceKind::Container => step(stop, rt.remove_container(&r.id)).await?,
             ResourceKind::Network => step(stop, rt.remove_network(&r.id)).await?,
         }
         left.retain(|l| l != &r.name);
+        removed(r);
     }
     Ok(())
 }
@@ -980,13 +993,7 @@ async fn remove_all(
         (ResourceKind::Container, _) => 1,
         (ResourceKind::Network, _) => 2,
     });
-    left.extend(found.iter().map(|r| r.name.clone()));
-    for r in &found {
-        match r.kind {
-            ResourceKind::Container => step(stop, rt.remove_container(&r.id)).await?,
-            ResourceKind::Network => step(stop, rt.remove_network(&r.id)).await?,
-        }
-        left.retain(|l| l != &r.name);
+    remove_each(rt, &found, stop, left, |r| {
         report.detail(&format!(
             "removed {} {}",
             match r.kind {
@@ -994,8 +1001,9 @@ async fn remove_all(
                 ResourceKind::Network => "network",
             },
             r.name
-        ));
-    }
+        ))
+    })
+    .await?;
     let list = root.bottle(name).root().join(PLANTED);
     if let Ok(text) = std::fs::read(&list) {
         let made: Vec<std::path::PathBuf> = serde_json::from_slice(&text).unwrap_or_default();

@@ -99,23 +99,47 @@ fn docker() -> (FakeRuntime, Fakes) {
     (fake.clone(), Fakes(BTreeMap::from([("docker", fake)])))
 }
 
+/// A machine with [`CONFIG`] and a fake docker.
+fn on_docker() -> (Machine, FakeRuntime, Fakes) {
+    let m = Machine::new();
+    m.config(CONFIG);
+    let (fake, fakes) = docker();
+    (m, fake, fakes)
+}
+
 const ORDER: [RuntimeKind; 2] = [RuntimeKind::Docker, RuntimeKind::Smolvm];
 
 async fn prepare(m: &Machine, fakes: &Fakes, i: &Interrupt) -> Result<Prepared, UpError> {
-    up::prepare(
-        &m.host,
+    prepare_req(
+        m,
         &m.request(Some(RuntimeRequest::Named(RuntimeKind::Docker))),
         fakes,
-        &ORDER,
         i,
-        &mut Reporter::new(true),
     )
     .await
+}
+
+/// `prepare` of `req` on `fakes`, quietly.
+async fn prepare_req(
+    m: &Machine,
+    req: &Request,
+    fakes: &Fakes,
+    i: &Interrupt,
+) -> Result<Prepared, UpError> {
+    up::prepare(&m.host, req, fakes, &ORDER, i, &mut Reporter::new(true)).await
 }
 
 async fn up_with(m: &Machine, fakes: &Fakes, i: &Interrupt) -> Result<up::Outcome, UpError> {
     let prepared = prepare(m, fakes, i).await?;
     up::execute(&m.host, prepared, i, &mut Reporter::new(true)).await
+}
+
+/// The calls of a clean `up` of [`CONFIG`], made on a twin machine: tests
+/// number the step they break by them.
+async fn clean_run() -> Vec<Call> {
+    let (m, fake, fakes) = on_docker();
+    up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
+    fake.calls()
 }
 
 fn created(calls: &[Call]) -> Vec<String> {
@@ -130,9 +154,7 @@ fn created(calls: &[Call]) -> Vec<String> {
 
 #[tokio::test]
 async fn up_creates_in_order_and_down_removes_agent_first() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     let out = up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
     assert_eq!(out.summary.name, "t");
     assert_eq!(
@@ -198,17 +220,11 @@ async fn up_creates_in_order_and_down_removes_agent_first() {
 #[tokio::test]
 async fn a_failure_at_any_step_leaves_nothing_behind() {
     // Count the calls of a clean run, then fail each one in turn.
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
-    up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
-    let total = fake.calls().len();
+    let total = clean_run().await.len();
     assert!(total > 15, "{total} calls");
     let mut failures = 0;
     for n in 1..=total {
-        let m = Machine::new();
-        m.config(CONFIG);
-        let (fake, fakes) = docker();
+        let (m, fake, fakes) = on_docker();
         fake.fail_at(n);
         match up_with(&m, &fakes, &Interrupt::new()).await {
             Ok(_) => assert_eq!(
@@ -242,15 +258,9 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn an_interrupt_at_any_step_removes_everything_and_exits_130() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
-    up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
-    let total = fake.calls().len();
+    let total = clean_run().await.len();
     for n in 1..=total {
-        let m = Machine::new();
-        m.config(CONFIG);
-        let (fake, fakes) = docker();
+        let (m, fake, fakes) = on_docker();
         let interrupt = Interrupt::new();
         let i = interrupt.clone();
         // Ctrl-C arrives while call `n` is in flight; the call still
@@ -278,19 +288,13 @@ async fn an_interrupt_at_any_step_removes_everything_and_exits_130() {
 #[tokio::test]
 async fn a_second_interrupt_stops_the_rollback_and_names_what_is_left() {
     // The call that creates the agent, from a clean run.
-    let twin = Machine::new();
-    twin.config(CONFIG);
-    let (tf, tfakes) = docker();
-    up_with(&twin, &tfakes, &Interrupt::new()).await.unwrap();
-    let agent_at = 1 + tf
-        .calls()
+    let agent_at = 1 + clean_run()
+        .await
         .iter()
         .position(|c| *c == Call::CreateContainer("bottle-t-agent".into()))
         .unwrap();
 
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     let interrupt = Interrupt::new();
     // Ctrl-C while the agent is created (the create completes); again
     // while the rollback's first removal hangs (after its `list`).
@@ -362,9 +366,7 @@ async fn no_broadcast_fence_refuses_unless_the_weakness_is_accepted() {
     let mut req = m.request(Some(RuntimeRequest::Named(RuntimeKind::Docker)));
     req.accept_weakness = vec!["broadcast-reaches-host".into()];
     let i = Interrupt::new();
-    let prepared = up::prepare(&m.host, &req, &fakes, &ORDER, &i, &mut Reporter::new(true))
-        .await
-        .unwrap();
+    let prepared = prepare_req(&m, &req, &fakes, &i).await.unwrap();
     up::execute(&m.host, prepared, &i, &mut Reporter::new(true))
         .await
         .unwrap();
@@ -373,9 +375,7 @@ async fn no_broadcast_fence_refuses_unless_the_weakness_is_accepted() {
 
 #[tokio::test]
 async fn a_widened_config_needs_consent_and_is_pinned_only_once_up() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     let i = Interrupt::new();
     up_with(&m, &fakes, &i).await.unwrap();
     lifecycle::down(&fake, &m.host.state, "t", &mut Reporter::new(true))
@@ -440,16 +440,9 @@ async fn dry_run_under_auto_names_the_runtime_auto_chose_and_creates_nothing() {
     let smol = FakeRuntime::new(RuntimeKind::Smolvm).assigning_addresses_at_start();
     let fakes = Fakes(BTreeMap::from([("smolvm", smol.clone())]));
     let i = Interrupt::new();
-    let prepared = up::prepare(
-        &m.host,
-        &m.request(Some(RuntimeRequest::Auto)),
-        &fakes,
-        &ORDER,
-        &i,
-        &mut Reporter::new(true),
-    )
-    .await
-    .unwrap();
+    let prepared = prepare_req(&m, &m.request(Some(RuntimeRequest::Auto)), &fakes, &i)
+        .await
+        .unwrap();
     assert_eq!(prepared.plan.runtime, RuntimeKind::Smolvm);
     let choice = prepared.plan.runtime_choice.as_ref().unwrap();
     assert_eq!(choice.by, "auto");
@@ -479,16 +472,7 @@ async fn auto_skips_a_runtime_whose_probe_finds_a_weakness() {
     let smol = FakeRuntime::new(RuntimeKind::Smolvm);
     let fakes = Fakes(BTreeMap::from([("docker", weak), ("smolvm", smol)]));
     let i = Interrupt::new();
-    let prepared = up::prepare(
-        &m.host,
-        &m.request(None),
-        &fakes,
-        &ORDER,
-        &i,
-        &mut Reporter::new(true),
-    )
-    .await
-    .unwrap();
+    let prepared = prepare_req(&m, &m.request(None), &fakes, &i).await.unwrap();
     assert_eq!(prepared.plan.runtime, RuntimeKind::Smolvm);
     let skipped = &prepared.plan.runtime_choice.as_ref().unwrap().skipped;
     assert!(
@@ -510,10 +494,7 @@ async fn bad_input_is_refused_before_the_runtime_is_touched() {
     m.config(CONFIG);
     let mut req = m.request(Some(RuntimeRequest::Named(RuntimeKind::Docker)));
     req.accept_weakness = vec!["host-reachable".into()];
-    let err = up::prepare(&m.host, &req, &fakes, &ORDER, &i, &mut Reporter::new(true))
-        .await
-        .err()
-        .unwrap();
+    let err = prepare_req(&m, &req, &fakes, &i).await.err().unwrap();
     assert_eq!(err.exit(), Exit::Usage, "{err}");
     // A mount of the user's home.
     let home = m.host.facts.homes[0].clone();
@@ -528,25 +509,16 @@ async fn bad_input_is_refused_before_the_runtime_is_touched() {
     // No runtime at all.
     m.config(CONFIG);
     let none = Fakes(BTreeMap::new());
-    let err = up::prepare(
-        &m.host,
-        &m.request(Some(RuntimeRequest::Auto)),
-        &none,
-        &ORDER,
-        &i,
-        &mut Reporter::new(true),
-    )
-    .await
-    .err()
-    .unwrap();
+    let err = prepare_req(&m, &m.request(Some(RuntimeRequest::Auto)), &none, &i)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.exit(), Exit::Unavailable, "{err}");
 }
 
 #[tokio::test]
 async fn an_existing_bottle_is_not_touched() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     let i = Interrupt::new();
     up_with(&m, &fakes, &i).await.unwrap();
     let err = up_with(&m, &fakes, &i).await.err().unwrap();
@@ -578,13 +550,11 @@ async fn an_interrupt_while_auto_probes_removes_the_probes_scratch() {
         f.plant_network(&t1, probe_labels.clone());
         i.trigger();
     });
-    let err = up::prepare(
-        &m.host,
+    let err = prepare_req(
+        &m,
         &m.request(Some(RuntimeRequest::Auto)),
         &fakes,
-        &ORDER,
         &interrupt,
-        &mut Reporter::new(true),
     )
     .await
     .err()
@@ -597,9 +567,7 @@ async fn an_interrupt_while_auto_probes_removes_the_probes_scratch() {
 
 #[tokio::test]
 async fn a_widening_reload_needs_consent_before_any_call() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
     let policy = m.host.state.bottle("t").policy_path();
     let before = std::fs::read(&policy).unwrap();
@@ -637,17 +605,15 @@ allow = ["api.anthropic.com", "exfil.example"]
 
 #[tokio::test]
 async fn an_interrupt_during_the_probe_sweeps_its_scratch() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     let interrupt = Interrupt::new();
     let prepared = prepare(&m, &fakes, &interrupt).await.unwrap();
-    // The probe's call number, from a clean run on a twin.
-    let twin = Machine::new();
-    twin.config(CONFIG);
-    let (tf, tfakes) = docker();
-    up_with(&twin, &tfakes, &Interrupt::new()).await.unwrap();
-    let probe_at = 1 + tf.calls().iter().position(|c| *c == Call::Probe).unwrap();
+    // The probe's call number, from a clean run.
+    let probe_at = 1 + clean_run()
+        .await
+        .iter()
+        .position(|c| *c == Call::Probe)
+        .unwrap();
     let (i, f) = (interrupt.clone(), fake.clone());
     let mine = format!("bottle-probe-{}-3-internal", std::process::id());
     let labels = BTreeMap::from([(LABEL_ROLE.to_string(), "probe".to_string())]);
@@ -667,9 +633,7 @@ async fn an_interrupt_during_the_probe_sweeps_its_scratch() {
 
 #[tokio::test]
 async fn a_second_up_of_the_same_name_waits_its_turn() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     // Another `bottle up t` is between its checks and its rollback.
     let held = m.host.state.bottle("t").lock().unwrap();
     let err = up_with(&m, &fakes, &Interrupt::new()).await.err().unwrap();
@@ -685,9 +649,7 @@ async fn a_second_up_of_the_same_name_waits_its_turn() {
 
 #[tokio::test]
 async fn a_reload_the_sidecar_refuses_is_reported_not_waited_out() {
-    let m = Machine::new();
-    m.config(CONFIG);
-    let (fake, fakes) = docker();
+    let (m, fake, fakes) = on_docker();
     up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
     let mut prepared = bottle::reload::prepare(&m.host, "t", None).unwrap();
     prepared.consented = true;

@@ -49,13 +49,9 @@ fn sidecar(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
-#[test]
-fn a_policy_of_another_format_is_refused() {
-    let path = temp_policy(
-        "format2.json",
-        r#"{"format":2,"bottle":"demo","egress":{"allow":["example.com"]}}"#,
-    );
-    let out = sidecar(&[
+/// `run` on the policy at `path`, proxy on an ephemeral loopback port, no DNS.
+fn run_on(path: &std::path::Path) -> Output {
+    sidecar(&[
         "run",
         "--policy",
         path.to_str().unwrap(),
@@ -65,7 +61,16 @@ fn a_policy_of_another_format_is_refused() {
         "off",
         "--dns-answer",
         "127.0.0.1",
-    ]);
+    ])
+}
+
+#[test]
+fn a_policy_of_another_format_is_refused() {
+    let path = temp_policy(
+        "format2.json",
+        r#"{"format":2,"bottle":"demo","egress":{"allow":["example.com"]}}"#,
+    );
+    let out = run_on(&path);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -108,17 +113,7 @@ fn a_policy_the_config_would_refuse_is_refused_at_load() {
             name,
             &format!(r#"{{"format":1,"bottle":"demo","egress":{egress}}}"#),
         );
-        let out = sidecar(&[
-            "run",
-            "--policy",
-            path.to_str().unwrap(),
-            "--proxy-listen",
-            "127.0.0.1:0",
-            "--dns-listen",
-            "off",
-            "--dns-answer",
-            "127.0.0.1",
-        ]);
+        let out = run_on(&path);
         assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(needle), "{name}: {stderr}");
