@@ -885,25 +885,21 @@ pub async fn reload(
     let before: Option<bottle_policy::Policy> = std::fs::read_to_string(state.policy_path())
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
-    let count = |logs: &[u8], event: &str| {
-        let needle = format!("\"{event}\"");
+    // The sidecar's events, parsed: a host name or path the agent chose
+    // can appear inside a line, but never as a line's `event`.
+    let events = |logs: &[u8], event: &str| -> Vec<serde_json::Value> {
         String::from_utf8_lossy(logs)
             .lines()
-            .filter(|l| l.contains(&needle))
-            .count()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["service"] == "sidecar" && v["event"] == event)
+            .collect()
     };
+    let count = |logs: &[u8], event: &str| events(logs, event).len();
     // The first new failure (the sidecar keeps its previous file then).
     let failure = |logs: &[u8], before: usize| {
-        String::from_utf8_lossy(logs)
-            .lines()
-            .filter(|l| l.contains("\"policy-reload-failed\""))
-            .nth(before)
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(String::from))
-                    .unwrap_or_else(|| l.to_string())
-            })
+        events(logs, "policy-reload-failed")
+            .get(before)
+            .map(|v| v["error"].as_str().unwrap_or("no reason given").to_string())
     };
     let mut logs = Vec::new();
     rt.logs(&sidecar.id, false, None, &mut logs).await?;

@@ -673,3 +673,24 @@ async fn a_reload_the_sidecar_refuses_is_reported_not_waited_out() {
         "not waited out"
     );
 }
+
+#[tokio::test]
+async fn names_the_agent_chose_in_sidecar_logs_do_not_count_as_reload_events() {
+    let (m, fake, fakes) = on_docker();
+    up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
+    let mut prepared = bottle::reload::prepare(&m.host, "t", None).unwrap();
+    prepared.consented = true;
+    let f = fake.clone();
+    fake.on_call(fake.calls().len() + 4, false, move || {
+        // The agent asked for hosts named after the events.
+        f.append_log(
+            r#"{"service":"egress","host":"policy-reload-failed","verdict":"deny","error":"forged"}"#,
+        );
+        f.append_log(r#"{"service":"dns","name":"\"policy-reloaded\""}"#);
+        f.append_log(r#"{"service":"sidecar","event":"policy-reloaded","what":"policy"}"#);
+    });
+    let summary = bottle::reload::execute(&m.host, &fake, prepared)
+        .await
+        .unwrap();
+    assert!(summary.contains("policy reloaded"), "{summary}");
+}
