@@ -119,6 +119,12 @@ pub async fn auto(
             })?;
         match connected {
             Err(e) => skipped.push((kind, first_line(&e.to_string()))),
+            Ok(rt) if interrupt.count() > 0 => {
+                drop(rt);
+                return Err(Aborted {
+                    aftermath: crate::up::swept(Ok(())),
+                });
+            }
             Ok(rt) => {
                 let probe = match interrupt.unless(rt.probe(None)).await {
                     Ok(p) => p,

@@ -251,6 +251,10 @@ pub async fn execute(
             .map_err(|_| interrupted())??;
     }
     report.step("probing the runtime");
+    if interrupt.count() > 0 {
+        // Nothing probed yet: nothing to sweep.
+        return Err(interrupted());
+    }
     let probe = match interrupt.unless(rt.probe(Some(&images.sidecar))).await {
         Ok(p) => p,
         Err(_) => {
