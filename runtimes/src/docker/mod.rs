@@ -13,7 +13,14 @@
 //!   and multicast to host sockets bound to 0.0.0.0: [`Runtime::isolate_host_from`]
 //!   sets strict reverse-path filtering on it from a host-network helper and
 //!   reads it back (broadcast.rs);
-//! - `pids_limit` is `HostConfig.PidsLimit` (the cgroup pids controller).
+//! - `pids_limit` is `HostConfig.PidsLimit` (the cgroup pids controller);
+//! - podman's Docker-compatible API (`podman system service`) is recognised
+//!   by the version endpoint's component "Podman Engine" ([`Engine`]): its
+//!   version numbers are podman's, so nothing is inferred from them; it
+//!   ignores `inhibit_ipv4` (netavark gives the host the gateway address of
+//!   every bridge) and creates a bridge only when the first container joins,
+//!   so the host's addresses on it are measured with a container attached
+//!   (networks.rs; docs/runtimes.md, "Podman").
 //!
 //! The driver is split by what it handles: `networks` (bridges, subnets, the
 //! host's addresses on them), `containers` (create, inspect, logs, list),
@@ -46,8 +53,44 @@ use std::net::IpAddr;
 pub struct DockerRuntime {
     docker: Docker,
     endpoint: Endpoint,
+    engine: Engine,
     version: String,
     api_version: String,
+}
+
+/// Which engine answers the Docker API: its version numbers and network
+/// behaviour differ, so the probe must know which it measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The Docker engine (moby).
+    Docker,
+    /// Podman's Docker-compatible API (`podman system service`).
+    Podman,
+}
+
+impl Engine {
+    /// The engine named by the version endpoint's `Components`: podman
+    /// reports "Podman Engine", docker "Engine"; anything else is taken for
+    /// docker, whose behaviour the driver was written against.
+    pub fn from_components<'a>(names: impl IntoIterator<Item = &'a str>) -> Engine {
+        if names
+            .into_iter()
+            .any(|n| n.trim().eq_ignore_ascii_case("Podman Engine"))
+        {
+            Engine::Podman
+        } else {
+            Engine::Docker
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        })
+    }
 }
 
 fn call(operation: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
@@ -117,7 +160,10 @@ impl DockerRuntime {
                 clean_message(&e)
             ))
         })?;
+        let engine =
+            Engine::from_components(v.components.iter().flatten().map(|c| c.name.as_str()));
         Ok(DockerRuntime {
+            engine,
             version: v.version.unwrap_or_else(|| "unknown".into()),
             api_version: v.api_version.unwrap_or_else(|| "unknown".into()),
             docker,
@@ -132,6 +178,11 @@ impl DockerRuntime {
     /// Engine version, e.g. `20.10.24+dfsg1`.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Which engine answers: docker, or podman's Docker-compatible API.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Is the engine's API socket on this machine (so its published ports are
@@ -242,5 +293,24 @@ impl Runtime for DockerRuntime {
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ResourceRef>, RuntimeError> {
         containers::list(self, labels).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Engine;
+
+    #[test]
+    fn podman_is_recognised_by_its_component_name() {
+        // Component names as the version endpoints report them.
+        assert_eq!(
+            Engine::from_components(["Podman Engine", "Conmon", "OCI Runtime (runc)"]),
+            Engine::Podman
+        );
+        assert_eq!(
+            Engine::from_components(["Engine", "containerd", "runc", "docker-init"]),
+            Engine::Docker
+        );
+        assert_eq!(Engine::from_components([]), Engine::Docker);
     }
 }

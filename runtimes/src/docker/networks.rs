@@ -2,10 +2,16 @@
 //! free /24 of [`INTERNAL_POOL`], with no host address), removing them, and
 //! measuring what the engine's host holds on them by running
 //! `bottle-sidecar netinfo` in a host-network container.
+//!
+//! On podman (netavark) a bridge exists only while a container is attached
+//! to it, and the host then holds the network's gateway address on it
+//! whatever the options say; [`DockerRuntime::hold_bridge`] attaches a
+//! sleeping container so that what a bottle's containers would meet can be
+//! measured.
 
-use super::{call, clean_message, is_not_found, DockerRuntime};
+use super::{call, clean_message, is_not_found, DockerRuntime, Engine};
 use crate::{
-    ContainerSpec, NetworkInfo, NetworkKind, NetworkSpec, Role, RuntimeError, RuntimeKind,
+    ContainerSpec, NetworkInfo, NetworkKind, NetworkSpec, Role, Runtime, RuntimeError, RuntimeKind,
 };
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use sha2::{Digest, Sha256};
@@ -96,6 +102,43 @@ impl DockerRuntime {
                 (i["name"].as_str().unwrap_or_default().to_string(), addrs)
             })
             .collect())
+    }
+
+    /// Starts a sleeping, unprivileged container on `network` so that an
+    /// engine which makes bridges on demand (podman) has made this one; the
+    /// caller removes it. Labelled `dev.bottle.role=probe`, named
+    /// `bottle-netinfo-<pid>-…`, so a probe's sweep finds it if we die.
+    pub(super) async fn hold_bridge(
+        &self,
+        network: &NetworkInfo,
+        helper_image: &str,
+    ) -> Result<String, RuntimeError> {
+        let spec = ContainerSpec {
+            name: format!(
+                "bottle-netinfo-{}-hold-{}",
+                std::process::id(),
+                &hex::encode(Sha256::digest(
+                    format!("{}{:?}", network.id, std::time::SystemTime::now()).as_bytes()
+                ))[..10]
+            ),
+            image: helper_image.into(),
+            entrypoint: Some(vec!["sleep".into(), "120".into()]),
+            labels: BTreeMap::from([Role::Probe.label()]),
+            networks: vec![crate::NetworkAttachment {
+                network: network.id.clone(),
+                ipv4: None,
+                aliases: vec![],
+            }],
+            cap_drop: vec!["ALL".into()],
+            no_new_privileges: true,
+            ..Default::default()
+        };
+        let id = self.create_container(&spec).await?;
+        if let Err(e) = self.start_container(&id).await {
+            let _ = self.remove_container(&id).await;
+            return Err(e);
+        }
+        Ok(id)
     }
 
     async fn try_create_network(
@@ -234,7 +277,15 @@ pub(super) async fn host_addresses_on(
             fix: "recreate the bottle".into(),
         });
     };
-    let interfaces = rt.host_interfaces(helper_image).await?;
+    let mut interfaces = rt.host_interfaces(helper_image).await?;
+    if rt.engine == Engine::Podman && !interfaces.iter().any(|(name, _)| name == iface) {
+        // Podman makes the bridge when the first container joins: measure
+        // what the bottle's own containers would meet.
+        let holder = rt.hold_bridge(network, helper_image).await?;
+        let measured = rt.host_interfaces(helper_image).await;
+        let _ = rt.remove_container(&holder).await;
+        interfaces = measured?;
+    }
     let Some((_, addrs)) = interfaces.iter().find(|(name, _)| name == iface) else {
         return Err(RuntimeError::Capability {
             runtime: RuntimeKind::Docker,

@@ -4,7 +4,7 @@
 //! Every scratch resource carries `dev.bottle.role=probe` and is removed before
 //! the probe returns, whatever happened.
 
-use super::DockerRuntime;
+use super::{DockerRuntime, Engine};
 use crate::{
     Capability, CapabilityState, ContainerSpec, NetworkAttachment, NetworkInfo, NetworkKind,
     NetworkSpec, Probe, Publish, Role, Runtime, RuntimeKind, Weakness,
@@ -76,10 +76,16 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             CapabilityState::Yes,
             "measured",
             true,
-            format!(
-                "engine {} answers, API {} negotiated",
-                rt.version, rt.api_version
-            ),
+            match rt.engine {
+                Engine::Docker => format!(
+                    "engine {} answers, API {} negotiated",
+                    rt.version, rt.api_version
+                ),
+                Engine::Podman => format!(
+                    "podman {} answers on its Docker-compatible API, API {} negotiated",
+                    rt.version, rt.api_version
+                ),
+            },
         )],
     };
     let tag = format!(
@@ -111,18 +117,35 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                 .and_then(|n| n.options.as_ref())
                 .and_then(|o| o.get(super::networks::INHIBIT_IPV4).cloned())
                 .is_some_and(|v| v == "true");
-            probe.capabilities.push(Capability::new(
-                "internal-network",
-                CapabilityState::from_bool(is_internal && inhibited),
-                "measured",
-                true,
-                format!(
-                    "created {} (subnet {}): internal={is_internal}, {}={inhibited}",
-                    net.name,
-                    net.subnet.as_deref().unwrap_or("?"),
-                    super::networks::INHIBIT_IPV4
+            probe.capabilities.push(match rt.engine {
+                Engine::Docker => Capability::new(
+                    "internal-network",
+                    CapabilityState::from_bool(is_internal && inhibited),
+                    "measured",
+                    true,
+                    format!(
+                        "created {} (subnet {}): internal={is_internal}, {}={inhibited}",
+                        net.name,
+                        net.subnet.as_deref().unwrap_or("?"),
+                        super::networks::INHIBIT_IPV4
+                    ),
                 ),
-            ));
+                // Podman has no such option (its create answers "not a
+                // recognized option"); whether the host holds an address is
+                // the next row's measurement, not a setting read back.
+                Engine::Podman => Capability::new(
+                    "internal-network",
+                    CapabilityState::from_bool(is_internal),
+                    "measured",
+                    true,
+                    format!(
+                        "created {} (subnet {}): internal={is_internal}; podman ignores {}, so the host's address is measured below",
+                        net.name,
+                        net.subnet.as_deref().unwrap_or("?"),
+                        super::networks::INHIBIT_IPV4
+                    ),
+                ),
+            });
             networks.push(net.clone());
             Some(net)
         }
@@ -137,6 +160,14 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             None
         }
     };
+
+    // Podman makes a bridge only while a container is on it: hold one there
+    // for the measurements below, as a bottle's sidecar would.
+    if let (Engine::Podman, Some(net), Some(image)) = (rt.engine, &internal, helper) {
+        if let Ok(id) = rt.hold_bridge(net, image).await {
+            containers.push(id);
+        }
+    }
 
     match (&internal, helper) {
         (Some(net), Some(image)) => {
@@ -316,8 +347,32 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
         )),
     }
 
+    probe.capabilities.push(internal_dns(rt));
+
+    for id in containers {
+        let _ = rt.remove_container(&id).await;
+    }
+    for net in networks {
+        let _ = rt.remove_network(&net.id).await;
+    }
+    probe
+}
+
+/// Whether internal networks forward DNS upstream, inferred from the docker
+/// engine's version. Podman's version numbers are podman's, and its DNS
+/// server (aardvark-dns) is not docker's: nothing is inferred there.
+fn internal_dns(rt: &DockerRuntime) -> Capability {
+    if rt.engine == Engine::Podman {
+        return Capability::new(
+            "internal-dns-isolated",
+            CapabilityState::Unknown,
+            "skipped",
+            false,
+            format!("podman {} answers DNS on internal networks with aardvark-dns at the bridge's gateway address; whether it forwards upstream is not inferred from docker's CVE-2024-29018 versions. The agent's DNS server is its sidecar either way", rt.version),
+        );
+    }
     let dns = dns_isolated_on_internal(&rt.version);
-    probe.capabilities.push(Capability::new(
+    Capability::new(
         "internal-dns-isolated",
         match dns {
             Some(true) => CapabilityState::Yes,
@@ -330,15 +385,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             Some(true) => format!("engine {} does not forward DNS from internal networks", rt.version),
             _ => format!("engine {} forwards DNS from internal networks upstream (CVE-2024-29018); mitigated: the agent's DNS server is its sidecar, so forwarded queries reach only the sidecar", rt.version),
         },
-    ));
-
-    for id in containers {
-        let _ = rt.remove_container(&id).await;
-    }
-    for net in networks {
-        let _ = rt.remove_network(&net.id).await;
-    }
-    probe
+    )
 }
 
 /// Applies [`Runtime::isolate_host_from`] to `net`, then sends broadcast and

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Makes a machine ready to run bottle's docker runtime against podman's
+# Docker-compatible API: installs podman (with runc) when missing, starts
+# `podman system service` on a unix socket, keeps podman's default container
+# ulimits within what the service may grant, and loads the base image the
+# agent and sidecar images are built FROM. Idempotent: every step checks
+# before it acts. Rootful (run as root or through sudo).
+#
+# Prints the DOCKER_HOST to use on stdout (progress goes to stderr):
+#   export DOCKER_HOST=$(scripts/setup-podman.sh)
+#   BOTTLE_BASE_IMAGE=localhost/bottle-base:bookworm bottle probe --runtime docker
+#
+#   BOTTLE_PODMAN_SOCKET  API socket path (default /run/podman/podman.sock)
+#   BOTTLE_BASE_IMAGE     base image name in docker (default bottle-base:bookworm);
+#                         podman stores it as localhost/<name>
+set -euo pipefail
+
+SOCKET=${BOTTLE_PODMAN_SOCKET:-/run/podman/podman.sock}
+BASE_IMAGE=${BOTTLE_BASE_IMAGE:-bottle-base:bookworm}
+BASE_IMAGE=localhost/${BASE_IMAGE#localhost/}
+SUITE=${BOTTLE_BASE_SUITE:-bookworm}
+ULIMITS_CONF=/etc/containers/containers.conf.d/50-bottle-ulimits.conf
+log() { printf 'setup-podman: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  log "installing $*"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_podman() {
+  command -v podman >/dev/null 2>&1 || apt_install podman runc
+  command -v curl >/dev/null 2>&1 || apt_install curl
+  log "$(podman --version), OCI runtime $(as_root podman info --format '{{.Host.OCIRuntime.Name}}')"
+}
+
+api_answers() {
+  [ -S "$SOCKET" ] && as_root curl -fsS --max-time 5 --unix-socket "$SOCKET" http://podman/_ping >/dev/null 2>&1
+}
+
+# The pid of the `podman system service` listening on $SOCKET, if any.
+service_pid() {
+  pgrep -f -x "podman system service --time=0 unix://$SOCKET" | head -n1 || true
+}
+
+start_service() {
+  as_root mkdir -p "$(dirname "$SOCKET")"
+  log "starting podman system service on unix://$SOCKET (log: /var/log/bottle-podman.log)"
+  as_root sh -c "nohup podman system service --time=0 unix://$SOCKET >/var/log/bottle-podman.log 2>&1 &"
+  for _ in $(seq 1 30); do
+    api_answers && return
+    sleep 1
+  done
+  log "podman's API did not answer on $SOCKET within 30 s; see /var/log/bottle-podman.log"
+  exit 1
+}
+
+ensure_service() {
+  if api_answers; then
+    log "podman API answers on unix://$SOCKET"
+  else
+    start_service
+  fi
+}
+
+# Podman gives every container nofile=1048576 and nproc=4194304 by default;
+# runc must then RAISE the hard limits, which needs CAP_SYS_RESOURCE. Where
+# root lacks it (this is so in some VMs and nested containers), every start
+# fails with "error setting rlimit type 7: operation not permitted". Docker
+# has no such default: its containers inherit dockerd's own limits. This
+# drop-in gives podman the same behaviour: containers get the limits the
+# API service itself runs with, which it can always grant. The service reads
+# containers.conf at start, so it is restarted when the file changes.
+# (docs/decisions.md, "podman's default ulimits")
+ensure_ulimits() {
+  local pid nofile nproc want
+  pid=$(service_pid)
+  if [ -z "$pid" ]; then
+    log "no 'podman system service' process of ours on $SOCKET to read limits from; leaving $ULIMITS_CONF as it is"
+    return
+  fi
+  nofile=$(awk '/^Max open files/ {print $5}' "/proc/$pid/limits")
+  nproc=$(awk '/^Max processes/ {print $4}' "/proc/$pid/limits")
+  want=$(printf '# Written by bottle scripts/setup-podman.sh: container ulimits within the\n# hard limits of the podman API service, so runc never has to raise them.\n[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n' \
+    "$nofile" "$nofile" "$nproc" "$nproc")
+  if [ -f "$ULIMITS_CONF" ] && [ "$(cat "$ULIMITS_CONF")" = "$want" ]; then
+    log "container ulimits nofile=$nofile nproc=$nproc already set in $ULIMITS_CONF"
+    return
+  fi
+  log "writing $ULIMITS_CONF: nofile=$nofile nproc=$nproc (the service's own hard limits)"
+  as_root mkdir -p "$(dirname "$ULIMITS_CONF")"
+  printf '%s\n' "$want" | as_root tee "$ULIMITS_CONF" >/dev/null
+  log "restarting the API service to read it"
+  as_root kill "$pid"
+  for _ in $(seq 1 20); do
+    [ -d "/proc/$pid" ] || break
+    sleep 0.5
+  done
+  start_service
+}
+
+# The first deb URI of apt's sources (deb822 or one-line format).
+debian_mirror() {
+  local uri
+  uri=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+          | awk '{print $2}' | grep -v security | head -n1 || true)
+  if [ -z "$uri" ]; then
+    uri=$(grep -hE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '{for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+            | grep -v security | head -n1 || true)
+  fi
+  [ -n "$uri" ] || { log "no Debian mirror found in apt's sources"; exit 1; }
+  printf '%s\n' "$uri"
+}
+
+# The same base image as scripts/setup-engine.sh: copied from docker when it
+# has one, else made with debootstrap and `podman import`.
+ensure_base_image() {
+  if as_root podman image exists "$BASE_IMAGE"; then
+    log "base image $BASE_IMAGE present"
+    return
+  fi
+  local docker_name=${BASE_IMAGE#localhost/}
+  if command -v docker >/dev/null 2>&1 && env -u DOCKER_HOST docker image inspect "$docker_name" >/dev/null 2>&1; then
+    log "copying $docker_name from docker"
+    env -u DOCKER_HOST docker save "$docker_name" | as_root podman load >/dev/null
+    as_root podman image exists "$BASE_IMAGE" || as_root podman tag "$docker_name" "$BASE_IMAGE"
+    log "base image $BASE_IMAGE ready"
+    return
+  fi
+  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+  local mirror dir
+  mirror=$(debian_mirror)
+  dir=$(mktemp -d /tmp/bottle-base.XXXXXX)
+  trap 'as_root rm -rf "$dir"' RETURN
+  log "debootstrap $SUITE from $mirror (about 80 s)"
+  as_root debootstrap --variant=minbase \
+    --include=bash,git,ca-certificates,curl,python3,iproute2,dnsutils,netcat-openbsd,procps,less \
+    "$SUITE" "$dir" "$mirror" >/tmp/bottle-debootstrap.log 2>&1 \
+    || { log "debootstrap failed; see /tmp/bottle-debootstrap.log"; exit 1; }
+  as_root rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+  log "importing as $BASE_IMAGE"
+  as_root tar -C "$dir" -c . | as_root podman import - "$BASE_IMAGE" >/dev/null
+  log "base image $BASE_IMAGE ready"
+}
+
+ensure_podman
+ensure_service
+ensure_ulimits
+ensure_base_image
+printf 'unix://%s\n' "$SOCKET"
