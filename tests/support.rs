@@ -226,14 +226,17 @@ impl Drop for Bottle {
     }
 }
 
-/// `chown -R uid:uid path`.
+/// `chown -R uid:uid path`, without following symlinks, by system call
+/// rather than a `chown` process.
 pub fn chown_r(path: &Path, uid: u32) {
-    let st = Command::new("chown")
-        .args(["-R", &format!("{uid}:{uid}")])
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(st.success(), "chown -R {uid} {}", path.display());
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {uid} {}: {e}", path.display()));
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read_dir") {
+            chown_r(&entry.expect("dir entry").path(), uid);
+        }
+    }
 }
 
 /// Ids of every container and network labelled with bottle `name`.
