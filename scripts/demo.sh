@@ -2,13 +2,18 @@
 # The demo: builds bottle, brings up a bottle, runs a command inside it, checks
 # from inside the agent that it cannot get out (`bottle verify`), and takes it
 # down again.
-# Sets up what is missing first (engine, base image).
+# Sets up what is missing first (engine, base image, the static sidecar).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup-engine.sh
 echo "demo: building bottle" >&2
 cargo build --workspace --quiet
+# The sidecar image carries a static Linux sidecar for the engine's
+# architecture (this machine's: the engine is local).
+echo "demo: building the static sidecar" >&2
+arch=$(uname -m); [ "$arch" = arm64 ] && arch=aarch64
+BOTTLE_SIDECAR_TARGETS="$arch-unknown-linux-musl" scripts/build-sidecar.sh >/dev/null
 bottle=target/debug/bottle
 name=demo
 

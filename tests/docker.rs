@@ -709,3 +709,29 @@ fn a_closed_stdout_ends_bottle_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!err.contains("Broken pipe"), "{err}");
 }
+
+/// The sidecar image carries the static musl build (issue 10): the very
+/// bytes scripts/build-sidecar.sh made, and the running proxy maps no shared
+/// library (no loader, no libc), so it needs nothing from the image.
+#[test]
+fn the_sidecar_runs_the_static_musl_build() {
+    if !engine_or_skip("the_sidecar_runs_the_static_musl_build") {
+        return;
+    }
+    let b = Bottle::up("musl", "");
+    let sidecar = format!("bottle-{}-sidecar", b.name);
+    let inside = docker(&["exec", &sidecar, "cat", "/usr/local/bin/bottle-sidecar"]);
+    assert!(inside.status.success(), "{}", stderr(&inside));
+    let built = std::fs::read(static_sidecar_bin()).unwrap();
+    assert!(
+        inside.stdout == built,
+        "the image's bottle-sidecar ({} bytes) is not {} ({} bytes)",
+        inside.stdout.len(),
+        static_sidecar_bin().display(),
+        built.len()
+    );
+    let maps = docker(&["exec", &sidecar, "cat", "/proc/1/maps"]);
+    let maps = stdout(&maps);
+    assert!(maps.contains("/usr/local/bin/bottle-sidecar"), "{maps}");
+    assert!(!maps.contains(".so"), "a shared library is mapped:\n{maps}");
+}

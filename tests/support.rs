@@ -38,11 +38,25 @@ pub fn bin_dir() -> PathBuf {
 pub fn bottle_bin() -> PathBuf {
     let p = bin_dir().join("bottle");
     assert!(
-        p.is_file() && bin_dir().join("bottle-sidecar").is_file(),
-        "{} or bottle-sidecar missing: run `cargo build --workspace` before the end-to-end tests",
-        p.display()
+        p.is_file() && static_sidecar_bin().is_file(),
+        "{} or {} missing: run `cargo build --workspace` and scripts/build-sidecar.sh before the end-to-end tests",
+        p.display(),
+        static_sidecar_bin().display()
     );
     p
+}
+
+/// The static musl sidecar `bottle` puts in the sidecar image on this
+/// (local) engine: `BOTTLE_SIDECAR_BIN`, else the one
+/// scripts/build-sidecar.sh copied next to `bottle` for this host's arch.
+pub fn static_sidecar_bin() -> PathBuf {
+    match std::env::var_os("BOTTLE_SIDECAR_BIN").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => bin_dir().join(format!(
+            "bottle-sidecar-{}-unknown-linux-musl",
+            std::env::consts::ARCH
+        )),
+    }
 }
 
 /// A unique, valid bottle name for one test.
@@ -212,14 +226,17 @@ impl Drop for Bottle {
     }
 }
 
-/// `chown -R uid:uid path`.
+/// `chown -R uid:uid path`, without following symlinks, by system call
+/// rather than a `chown` process.
 pub fn chown_r(path: &Path, uid: u32) {
-    let st = Command::new("chown")
-        .args(["-R", &format!("{uid}:{uid}")])
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(st.success(), "chown -R {uid} {}", path.display());
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
+        .unwrap_or_else(|e| panic!("chown {uid} {}: {e}", path.display()));
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read_dir") {
+            chown_r(&entry.expect("dir entry").path(), uid);
+        }
+    }
 }
 
 /// Ids of every container and network labelled with bottle `name`.

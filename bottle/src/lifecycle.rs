@@ -154,7 +154,9 @@ pub async fn plan_images(
     agent_image: &str,
 ) -> Result<ImagePlan, LifecycleError> {
     let (base, why) = images::base_image(rt, host).await?;
-    let sidecar = images::sidecar_build(&base, host)?;
+    let arch = rt.architecture().await?;
+    let sidecar_binary = images::sidecar_binary(host, arch)?;
+    let sidecar = images::sidecar_build(&base, host, arch)?;
     let build_sidecar = !rt.image_exists(&sidecar.tag).await?;
     let build_agent = !rt.image_exists(agent_image).await?;
     if build_agent && agent_image != images::DEFAULT_AGENT_IMAGE {
@@ -167,6 +169,8 @@ pub async fn plan_images(
         base,
         base_why: why.into(),
         sidecar: sidecar.tag,
+        sidecar_arch: arch,
+        sidecar_binary,
         build_sidecar,
         agent: agent_image.into(),
         build_agent,
@@ -182,7 +186,7 @@ pub async fn build_images(
 ) -> Result<(), LifecycleError> {
     let mut progress = report.progress();
     if plan.build_sidecar {
-        let spec = images::sidecar_build(&plan.base, host)?;
+        let spec = images::sidecar_build(&plan.base, host, plan.sidecar_arch)?;
         if spec.tag != plan.sidecar {
             // The binary changed since the plan was made.
             return Err(ImageError::Changed {

@@ -69,6 +69,10 @@ pub struct ImagePlan {
     pub base_why: String,
     /// The sidecar image of this build of bottle (a digest of the binary).
     pub sidecar: String,
+    /// The runtime's architecture, which the sidecar binary was built for.
+    pub sidecar_arch: bottle_runtimes::Arch,
+    /// The static `bottle-sidecar` the sidecar image is built from.
+    pub sidecar_binary: PathBuf,
     pub build_sidecar: bool,
     pub agent: String,
     pub build_agent: bool,
@@ -293,9 +297,11 @@ pub fn render(plan: &Plan) -> String {
         let how = |build: bool| if build { "built first" } else { "present" };
         let _ = writeln!(
             s,
-            "  images      sidecar {} ({}), agent {} ({}), base {} ({})",
+            "  images      sidecar {} ({}, {} from {}), agent {} ({}), base {} ({})",
             i.sidecar,
             how(i.build_sidecar),
+            i.sidecar_arch,
+            i.sidecar_binary.display(),
             i.agent,
             how(i.build_agent),
             i.base,

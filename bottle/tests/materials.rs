@@ -11,10 +11,12 @@ use bottle::mounts::Grants;
 use bottle::report::Reporter;
 use bottle::state::{write_private, write_public, StateRoot};
 use bottle_runtimes::fake::{Call, FakeRuntime};
-use bottle_runtimes::RuntimeKind;
+use bottle_runtimes::{Arch, RuntimeKind};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+mod common;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -23,7 +25,7 @@ fn mode(p: &Path) -> u32 {
 fn host(dir: &Path, vars: &[(&str, &str)]) -> Host {
     let bin = dir.join("bottle-sidecar");
     if !bin.exists() {
-        std::fs::write(&bin, b"sidecar v1").unwrap();
+        std::fs::write(&bin, common::static_sidecar(Arch::X86_64, b"v1")).unwrap();
     }
     let mut map: BTreeMap<String, String> = vars
         .iter()
@@ -165,13 +167,21 @@ async fn images_are_planned_from_what_the_runtime_has() {
     assert!(!again.build_sidecar, "built once, then present");
 
     // Another sidecar binary is another tag.
-    std::fs::write(dir.path().join("bottle-sidecar"), b"sidecar v2").unwrap();
+    std::fs::write(
+        dir.path().join("bottle-sidecar"),
+        common::static_sidecar(Arch::X86_64, b"v2"),
+    )
+    .unwrap();
     let v2 = lifecycle::plan_images(&fake, &h, "bottle-agent:latest")
         .await
         .unwrap();
     assert_ne!(v2.sidecar, plan.sidecar);
     // ... and a binary swapped between plan and build is refused.
-    std::fs::write(dir.path().join("bottle-sidecar"), b"sidecar v3").unwrap();
+    std::fs::write(
+        dir.path().join("bottle-sidecar"),
+        common::static_sidecar(Arch::X86_64, b"v3"),
+    )
+    .unwrap();
     let err = lifecycle::build_images(&fake, &h, &v2, &mut Reporter::new(true))
         .await
         .unwrap_err();
@@ -184,6 +194,44 @@ async fn images_are_planned_from_what_the_runtime_has() {
     assert!(err.to_string().contains("someone/else:1"), "{err}");
     use bottle::exit::Classify;
     assert_eq!(err.exit(), bottle::exit::Exit::Usage);
+}
+
+/// The sidecar goes in for the runtime's architecture, not the host's: an
+/// arm64 runtime (a Mac's VM) refuses the x86_64 build before any image is
+/// built, and takes the aarch64 one when it is there.
+#[tokio::test]
+async fn the_sidecar_is_chosen_for_the_runtime_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = host(dir.path(), &[("BOTTLE_BASE_IMAGE", "base:here")]);
+    let arm = FakeRuntime::new(RuntimeKind::AppleContainer).with_architecture(Arch::Aarch64);
+    let err = lifecycle::plan_images(&arm, &h, "bottle-agent:latest")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sidecar image of an aarch64 runtime: it is built for x86_64"),
+        "{err}"
+    );
+    assert!(err.contains("scripts/build-sidecar.sh"), "{err}");
+    assert_eq!(arm.calls().first(), Some(&Call::Architecture));
+    assert!(!arm.calls().iter().any(|c| matches!(c, Call::BuildImage(_))));
+
+    std::fs::write(
+        dir.path().join("bottle-sidecar"),
+        common::static_sidecar(Arch::Aarch64, b"arm"),
+    )
+    .unwrap();
+    let plan = lifecycle::plan_images(&arm, &h, "bottle-agent:latest")
+        .await
+        .unwrap();
+    assert_eq!(plan.sidecar_arch, Arch::Aarch64);
+    assert_eq!(plan.sidecar_binary, dir.path().join("bottle-sidecar"));
+    lifecycle::build_images(&arm, &h, &plan, &mut Reporter::new(true))
+        .await
+        .unwrap();
+    assert!(arm
+        .calls()
+        .contains(&Call::BuildImage(plan.sidecar.clone())));
 }
 
 #[tokio::test]
@@ -244,9 +292,14 @@ async fn the_dry_run_text_names_runtime_images_and_consent() {
     let json = serde_json::to_value(&prepared.plan).unwrap();
     assert_eq!(json["runtime"], "smolvm");
     assert_eq!(json["images"]["build_agent"], true);
-    // The dry run probed nothing, built nothing, created nothing.
+    assert!(
+        text.contains("(built first, x86_64 from "),
+        "the sidecar's architecture and binary: {text}"
+    );
+    // The dry run probed nothing, built nothing, created nothing: it only
+    // asked the architecture and which images exist.
     assert!(fake
         .calls()
         .iter()
-        .all(|c| matches!(c, Call::ImageExists(_))));
+        .all(|c| matches!(c, Call::ImageExists(_) | Call::Architecture)));
 }

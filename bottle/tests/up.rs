@@ -15,9 +15,11 @@ use bottle::report::Reporter;
 use bottle::runtime_select::Connect;
 use bottle::up::{self, Prepared, Request, RuntimeRequest, UpError};
 use bottle_runtimes::fake::{Call, FakeRuntime};
-use bottle_runtimes::{Capability, Runtime, RuntimeError, RuntimeKind, Weakness, LABEL_ROLE};
+use bottle_runtimes::{Arch, Capability, Runtime, RuntimeError, RuntimeKind, Weakness, LABEL_ROLE};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+mod common;
 
 /// A scratch machine: state root, a home, a project directory, a file
 /// standing in for the sidecar binary.
@@ -34,7 +36,7 @@ impl Machine {
         let project = root.join("project");
         std::fs::create_dir_all(&project).unwrap();
         let bin = root.join("bottle-sidecar");
-        std::fs::write(&bin, b"a sidecar binary").unwrap();
+        std::fs::write(&bin, common::static_sidecar(Arch::X86_64, b"a sidecar")).unwrap();
         let host = Host::fixed(
             root.join("state"),
             vec![root.join("home")],

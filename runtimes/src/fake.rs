@@ -8,7 +8,7 @@
 //! real engine in a test of isolation: those run against the engine.
 
 use crate::{
-    BuildSpec, Capability, CapabilityState, ContainerInfo, ContainerSpec, ContainerState,
+    Arch, BuildSpec, Capability, CapabilityState, ContainerInfo, ContainerSpec, ContainerState,
     ExecOutput, ExecSpec, NetworkInfo, NetworkKind, NetworkSpec, Probe, Progress, ResourceKind,
     ResourceRef, Runtime, RuntimeError, RuntimeKind,
 };
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Probe,
+    Architecture,
     ImageExists(String),
     PruneImages(String),
     BuildImage(String),
@@ -75,6 +76,7 @@ pub struct FakeRuntime {
     host_addresses: Arc<Mutex<Vec<IpAddr>>>,
     isolates: bool,
     assigns_at_start: bool,
+    arch: Arch,
 }
 
 impl FakeRuntime {
@@ -100,6 +102,7 @@ impl FakeRuntime {
             host_addresses: Arc::default(),
             isolates: true,
             assigns_at_start: false,
+            arch: Arch::X86_64,
         }
     }
 
@@ -132,6 +135,12 @@ impl FakeRuntime {
     /// `isolate_host_from` fails as a runtime without the capability does.
     pub fn without_broadcast_isolation(mut self) -> Self {
         self.isolates = false;
+        self
+    }
+
+    /// Containers run on `arch` (x86_64 unless set).
+    pub fn with_architecture(mut self, arch: Arch) -> Self {
+        self.arch = arch;
         self
     }
 
@@ -267,6 +276,11 @@ impl Runtime for FakeRuntime {
             return Probe::absent(self.kind, "fake".into(), "injected failure".into());
         }
         self.probe.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn architecture(&self) -> Result<Arch, RuntimeError> {
+        self.enter(Call::Architecture).await?;
+        Ok(self.arch)
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apple;
+mod arch;
 mod cli_shared;
 pub mod docker;
 mod error;
@@ -23,6 +24,7 @@ mod role;
 pub mod smolvm;
 mod spec;
 
+pub use arch::{Arch, UnknownArch};
 pub use error::RuntimeError;
 pub use probe::{Capability, CapabilityState, Probe, UnknownWeakness, Weakness};
 pub use process::Version;
@@ -78,6 +80,22 @@ pub trait Runtime: Send + Sync {
     /// Measures what this runtime can do. `helper_image` is an image the probe
     /// may run short-lived containers from (it must contain `bottle-sidecar`).
     async fn probe(&self, helper_image: Option<&str>) -> Probe;
+
+    /// The CPU architecture the runtime's containers run on (the sidecar
+    /// image must carry the `bottle-sidecar` built for it). The default is
+    /// this host's: right for runtimes whose guests run on this machine's
+    /// CPU without emulation (smolvm's libkrun VMs).
+    async fn architecture(&self) -> Result<Arch, RuntimeError> {
+        Arch::host().ok_or_else(|| RuntimeError::Capability {
+            runtime: self.kind(),
+            capability: "architecture".into(),
+            detail: format!(
+                "this host is {}; bottle ships sidecars for x86_64 and aarch64 only",
+                std::env::consts::ARCH
+            ),
+            fix: "run bottle on an x86_64 or aarch64 machine".into(),
+        })
+    }
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
     /// Removes every tag of repository `repo` but `keep` that no container

@@ -43,6 +43,8 @@ usage:
       succeeds when the proxy accepts a TCP connection at ADDR, or at the
       address `run` recorded in PATH (default /tmp/bottle-sidecar.proxy-addr)
   bottle-sidecar netinfo
+  bottle-sidecar --version
+      the version and the platform it was built for (e.g. x86_64-linux-musl)
 ";
 
 /// What `health` probes.
@@ -62,6 +64,7 @@ enum Command {
     Health(HealthTarget),
     NetInfo,
     Help,
+    Version,
 }
 
 fn main() -> ExitCode {
@@ -80,7 +83,30 @@ fn main() -> ExitCode {
         Command::Run(config, audit, health_file) => run(*config, audit, health_file),
         Command::Health(target) => health(target),
         Command::NetInfo => netinfo(),
+        Command::Version => {
+            println!("{}", version());
+            ExitCode::SUCCESS
+        }
     }
+}
+
+/// `bottle-sidecar 0.1.0 aarch64-linux-musl`: what CI runs under qemu to
+/// show a cross-built binary starts, and what tells a static build (`musl`)
+/// from a host one.
+fn version() -> String {
+    let env = if cfg!(target_env = "musl") {
+        "-musl"
+    } else if cfg!(target_env = "gnu") {
+        "-gnu"
+    } else {
+        ""
+    };
+    format!(
+        "bottle-sidecar {} {}-{}{env}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
 }
 
 /// The flags `run` takes, each with a value.
@@ -105,6 +131,12 @@ fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result
         return Ok(Command::Help);
     }
     let sub = sub.to_string_lossy();
+    if sub == "--version" || sub == "version" {
+        if let Some(extra) = rest.first() {
+            bail!("unexpected argument `{}`", extra.to_string_lossy());
+        }
+        return Ok(Command::Version);
+    }
     let takes: &[&'static str] = match &*sub {
         "run" => &RUN_FLAGS,
         "health" => &["addr", "file"],
@@ -435,6 +467,32 @@ mod tests {
             parse(args(&["run", "--bogus", "--help"])).unwrap(),
             Command::Help
         ));
+    }
+
+    #[test]
+    fn version_names_the_build_platform() {
+        assert!(matches!(
+            parse(args(&["--version"])).unwrap(),
+            Command::Version
+        ));
+        assert!(matches!(
+            parse(args(&["version"])).unwrap(),
+            Command::Version
+        ));
+        assert_eq!(usage_error(&["--version", "x"]), "unexpected argument `x`");
+        let v = version();
+        assert!(
+            v.starts_with(&format!("bottle-sidecar {} ", env!("CARGO_PKG_VERSION"))),
+            "{v}"
+        );
+        assert!(
+            v.contains(&format!(
+                "{}-{}",
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            )),
+            "{v}"
+        );
     }
 
     #[test]

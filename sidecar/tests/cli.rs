@@ -49,6 +49,16 @@ fn sidecar(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// Sends SIGTERM to `child` (what a runtime's `stop` does), with nix rather
+/// than a `kill` process.
+fn sigterm(child: &Child) -> nix::Result<()> {
+    let pid = i32::try_from(child.id()).expect("pid fits in pid_t");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+}
+
 /// `run` on the policy at `path`, proxy on an ephemeral loopback port, no DNS.
 fn run_on(path: &std::path::Path) -> Output {
     sidecar(&[
@@ -380,11 +390,7 @@ fn serves_answers_health_and_stops_on_sigterm() {
     assert!(!audit_text.contains("c2VjcmV0LWhlYWRlcg"), "{audit_text}");
     assert!(audit_text.contains("\"service\":\"dns\""), "{audit_text}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child).unwrap();
     let stop = wait_for_line(&rx, |v| v["event"] == "shutdown");
     assert_eq!(stop["signal"], "SIGTERM");
     let deadline = Instant::now() + PATIENCE;
@@ -534,9 +540,7 @@ fn every_listener_binds_the_internal_address_only() {
         "{out:?}"
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = sigterm(&child);
     let deadline = Instant::now() + PATIENCE;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {

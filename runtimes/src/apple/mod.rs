@@ -34,9 +34,9 @@ mod probe;
 use crate::cli_shared::{labels_match, parse_json};
 use crate::process::{locate, Output, Tool, Version};
 use crate::{
-    BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, NetworkInfo,
-    NetworkKind, NetworkSpec, Probe, Progress, ResourceKind, ResourceRef, Runtime, RuntimeError,
-    RuntimeKind,
+    Arch, BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec,
+    NetworkInfo, NetworkKind, NetworkSpec, Probe, Progress, ResourceKind, ResourceRef, Runtime,
+    RuntimeError, RuntimeKind,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -577,6 +577,14 @@ impl Runtime for AppleRuntime {
 
     async fn probe(&self, helper_image: Option<&str>) -> Probe {
         probe::run(self, helper_image).await
+    }
+
+    /// Always arm64: `container` runs on Apple silicon only and its guests
+    /// are arm64 (amd64 needs `--platform linux/amd64 --rosetta`, which
+    /// bottle does not use). `system status` names no architecture, and the
+    /// host's own may be x86_64 when bottle itself runs under Rosetta.
+    async fn architecture(&self) -> Result<Arch, RuntimeError> {
+        Ok(Arch::Aarch64)
     }
 
     /// `image inspect REF` (outside the 1.0.0 reference, which documents no

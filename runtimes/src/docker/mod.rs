@@ -40,8 +40,8 @@ pub use broadcast::Leak;
 pub use endpoint::{resolve as resolve_endpoint, resolve_from as resolve_endpoint_from, Endpoint};
 
 use crate::{
-    BuildSpec, ContainerInfo, ContainerSpec, ExecOutput, ExecSpec, NetworkInfo, NetworkSpec, Probe,
-    Progress, ResourceRef, Runtime, RuntimeError, RuntimeKind,
+    Arch, BuildSpec, ContainerInfo, ContainerSpec, ExecOutput, ExecSpec, NetworkInfo, NetworkSpec,
+    Probe, Progress, ResourceRef, Runtime, RuntimeError, RuntimeKind,
 };
 use async_trait::async_trait;
 use bollard::Docker;
@@ -208,6 +208,22 @@ impl Runtime for DockerRuntime {
 
     async fn probe(&self, helper_image: Option<&str>) -> Probe {
         probe::run(self, helper_image).await
+    }
+
+    /// The engine's `Architecture` from `info` (`x86_64`/`aarch64` from a
+    /// Linux engine and Docker Desktop's VM; `amd64`/`arm64` are accepted
+    /// too, as Docker-compatible engines may spell them).
+    async fn architecture(&self) -> Result<Arch, RuntimeError> {
+        let info = self.docker.info().await.map_err(call("read engine info"))?;
+        let reported = info.architecture.unwrap_or_default();
+        reported
+            .parse()
+            .map_err(|e: crate::UnknownArch| RuntimeError::Capability {
+                runtime: RuntimeKind::Docker,
+                capability: "architecture".into(),
+                detail: format!("the engine at {} reports {e}", self.endpoint.host),
+                fix: "use an x86_64 or aarch64 engine".into(),
+            })
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
