@@ -32,6 +32,8 @@ PYTHON=${PYTHON:-python3}
 ZIGLANG_VERSION=0.17.1
 ZIGBUILD_VERSION=0.24.1
 log() { printf 'build-sidecar: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 command -v cargo >/dev/null 2>&1 || {
   log "cargo not found; install Rust with rustup (https://rustup.rs) and retry"
@@ -58,14 +60,7 @@ if [ -x "$VENV/bin/python" ] &&
   [ "$(installed cargo-zigbuild || true)" = "$ZIGBUILD_VERSION" ]; then
   log "ziglang $ZIGLANG_VERSION and cargo-zigbuild $ZIGBUILD_VERSION already in $VENV"
 else
-  if [ ! -x "$VENV/bin/python" ]; then
-    log "creating venv $VENV"
-    mkdir -p "$(dirname "$VENV")"
-    "$PYTHON" -m venv "$VENV" || {
-      log "cannot create a venv with $PYTHON (Debian: apt-get install python3-venv)"
-      exit 1
-    }
-  fi
+  ensure_venv "$VENV" "$PYTHON"
   log "installing ziglang==$ZIGLANG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION into $VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION"

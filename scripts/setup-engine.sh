@@ -12,6 +12,8 @@ set -euo pipefail
 BASE_IMAGE=${BOTTLE_BASE_IMAGE:-bottle-base:bookworm}
 SUITE=${BOTTLE_BASE_SUITE:-bookworm}
 log() { printf 'setup: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -44,20 +46,6 @@ ensure_engine() {
   done
   log "dockerd did not answer within 60 s; see /var/log/bottle-dockerd.log"
   exit 1
-}
-
-# The first deb URI of apt's sources (deb822 or one-line format).
-debian_mirror() {
-  local uri
-  uri=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
-          | awk '{print $2}' | grep -v security | head -n1 || true)
-  if [ -z "$uri" ]; then
-    uri=$(grep -hE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-            | awk '{for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
-            | grep -v security | head -n1 || true)
-  fi
-  [ -n "$uri" ] || { log "no Debian mirror found in apt's sources"; exit 1; }
-  printf '%s\n' "$uri"
 }
 
 ensure_base_image() {

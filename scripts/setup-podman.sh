@@ -21,6 +21,8 @@ BASE_IMAGE=localhost/${BASE_IMAGE#localhost/}
 SUITE=${BOTTLE_BASE_SUITE:-bookworm}
 ULIMITS_CONF=/etc/containers/containers.conf.d/50-bottle-ulimits.conf
 log() { printf 'setup-podman: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -101,20 +103,6 @@ ensure_ulimits() {
     sleep 0.5
   done
   start_service
-}
-
-# The first deb URI of apt's sources (deb822 or one-line format).
-debian_mirror() {
-  local uri
-  uri=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
-          | awk '{print $2}' | grep -v security | head -n1 || true)
-  if [ -z "$uri" ]; then
-    uri=$(grep -hE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-            | awk '{for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
-            | grep -v security | head -n1 || true)
-  fi
-  [ -n "$uri" ] || { log "no Debian mirror found in apt's sources"; exit 1; }
-  printf '%s\n' "$uri"
 }
 
 # The same base image as scripts/setup-engine.sh: copied from docker when it

@@ -20,6 +20,8 @@ VENV=${BOTTLE_SMOLVM_VENV:-${XDG_DATA_HOME:-$HOME/.local/share}/bottle/smolvm-ve
 BINDIR=${BOTTLE_SMOLVM_BINDIR:-$HOME/.local/bin}
 PYTHON=${PYTHON:-python3}
 log() { printf 'setup-smolvm: %s\n' "$*" >&2; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 command -v "$PYTHON" >/dev/null 2>&1 || {
   log "$PYTHON not found; install Python 3 (Debian: apt-get install python3 python3-venv) and retry"
@@ -36,14 +38,7 @@ EOF
 if [ -x "$VENV/bin/python" ] && [ "$(installed_version || true)" = "$VERSION" ]; then
   log "smolmachines $VERSION already in $VENV"
 else
-  if [ ! -x "$VENV/bin/python" ]; then
-    log "creating venv $VENV"
-    mkdir -p "$(dirname "$VENV")"
-    "$PYTHON" -m venv "$VENV" || {
-      log "cannot create a venv with $PYTHON (Debian: apt-get install python3-venv)"
-      exit 1
-    }
-  fi
+  ensure_venv "$VENV" "$PYTHON"
   log "installing smolmachines==$VERSION into $VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "smolmachines==$VERSION"
 fi
