@@ -267,6 +267,7 @@ mod tests {
             detail: format!("{name} detail"),
             required: true,
             weakness,
+            warning: false,
         }
     }
 
