@@ -273,6 +273,7 @@ mod tests {
             detail: format!("{name} detail"),
             required: true,
             weakness,
+            warning: false,
         }
     }
 

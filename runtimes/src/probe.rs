@@ -39,6 +39,10 @@ pub struct Capability {
     /// `--accept-weakness NAME` instead of refusing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weakness: Option<Weakness>,
+    /// Not required, but when not `yes` `bottle up` and `bottle probe` show
+    /// the detail as a warning (see [`Probe::warnings`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
 }
 
 impl Capability {
@@ -57,6 +61,16 @@ impl Capability {
             detail,
             required,
             weakness: None,
+            warning: false,
+        }
+    }
+
+    /// A capability that does not refuse but, when `ok` is false, is shown
+    /// as a warning by `bottle up` and `bottle probe`.
+    pub fn warning(name: &str, ok: bool, how: &'static str, detail: String) -> Capability {
+        Capability {
+            warning: true,
+            ..Capability::new(name, CapabilityState::from_bool(ok), how, false, detail)
         }
     }
 
@@ -184,6 +198,7 @@ impl Probe {
                 detail,
                 required: true,
                 weakness: None,
+                warning: false,
             }],
         }
     }
@@ -200,6 +215,14 @@ impl Probe {
         self.capabilities
             .iter()
             .filter(|c| c.required && c.state != CapabilityState::Yes)
+            .collect()
+    }
+
+    /// Capabilities flagged as warnings that are not `yes`, in probe order.
+    pub fn warnings(&self) -> Vec<&Capability> {
+        self.capabilities
+            .iter()
+            .filter(|c| c.warning && c.state != CapabilityState::Yes)
             .collect()
     }
 

@@ -74,13 +74,19 @@ pub(crate) fn strip_ansi(s: &str) -> String {
 }
 
 /// One CLI tool: its binary, the global arguments every call starts with,
-/// and environment variables to drop from the child.
+/// and what of bottle's environment the child gets.
 #[derive(Debug, Clone)]
 pub(crate) struct Tool {
     pub runtime: RuntimeKind,
     pub bin: PathBuf,
     pub global: Vec<String>,
+    /// Variables dropped from the inherited environment.
     pub env_remove: Vec<&'static str>,
+    /// When set, the child starts from an EMPTY environment and gets only
+    /// these variables (those that are set): a tool that may copy the
+    /// caller's environment somewhere the agent can read it never sees the
+    /// rest.
+    pub env_keep: Option<&'static [&'static str]>,
 }
 
 fn code_of(status: std::process::ExitStatus) -> i32 {
@@ -102,6 +108,14 @@ impl Tool {
         let mut cmd = Command::new(&self.bin);
         cmd.args(self.global.iter().map(OsString::from));
         cmd.args(args.iter().map(|a| OsString::from(a.as_ref())));
+        if let Some(keep) = self.env_keep {
+            cmd.env_clear();
+            for k in keep {
+                if let Some(v) = std::env::var_os(k) {
+                    cmd.env(k, v);
+                }
+            }
+        }
         for k in &self.env_remove {
             cmd.env_remove(k);
         }
@@ -287,6 +301,37 @@ mod tests {
         assert_eq!(Version::find_in("no version here"), None);
         assert!(Version(1, 8, 3) > Version(1, 8, 2));
         assert!(Version(1, 10, 0) > Version(1, 8, 3));
+    }
+
+    /// `env` prints the child's environment: with `env_keep` it holds only
+    /// the kept names; without, the inherited environment (the control).
+    #[tokio::test]
+    async fn env_keep_starts_the_child_from_an_empty_environment() {
+        let Some(env) = which("env") else {
+            eprintln!("SKIP: no `env` on PATH");
+            return;
+        };
+        let keys = |out: &Output| -> Vec<String> {
+            out.stdout
+                .lines()
+                .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+                .collect()
+        };
+        let mut tool = Tool {
+            runtime: RuntimeKind::AppleContainer,
+            bin: env,
+            global: vec![],
+            env_remove: vec![],
+            env_keep: None,
+        };
+        let inherited = keys(&tool.run::<&str>(&[]).await.unwrap());
+        assert!(
+            inherited.iter().any(|k| k != "PATH"),
+            "the control sees more than PATH: {inherited:?}"
+        );
+        tool.env_keep = Some(&["PATH", "BOTTLE_NOT_SET_ANYWHERE"]);
+        let kept = keys(&tool.run::<&str>(&[]).await.unwrap());
+        assert_eq!(kept, vec!["PATH".to_string()]);
     }
 
     #[test]

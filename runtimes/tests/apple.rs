@@ -1,5 +1,7 @@
 //! The apple-container driver against the FAKE `container` CLI in
-//! tests/fake-container/ (contract 1.0.0, docs/runtimes.md appendix),
+//! tests/fake-container/ (contract 1.0.0 plus the changes up to 1.2.2,
+//! shared/reference/apple-container.md; the fake is 1.2.2 unless a test sets
+//! FAKE_CONTAINER_VERSION),
 //! through the `Runtime` trait. Each test has its own fake state and asserts
 //! the exact commands the driver ran, from the fake's argv log.
 
@@ -70,6 +72,15 @@ impl Fake {
                 let v: Vec<String> = serde_json::from_str(l).unwrap();
                 v.join(" ")
             })
+            .collect()
+    }
+
+    /// The environment of every invocation so far.
+    fn envs(&self) -> Vec<BTreeMap<String, String>> {
+        std::fs::read_to_string(self.dir.path().join("state/env.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
 
@@ -662,4 +673,368 @@ async fn images_build_and_exist() {
         .iter()
         .any(|a| a.starts_with("build --tag bottle-agent:test --file ")
             && a.contains("--build-arg BASE=debian")));
+}
+
+/// Runs `probe` with the sidecar image against the fake in `modes`.
+async fn probe_with(test: &str, modes: &[(&str, &str)]) -> Option<(Fake, bottle_runtimes::Probe)> {
+    let fake = Fake::new(test)?;
+    fake.set_modes(modes);
+    let rt = fake.connect().await;
+    let probe = rt.probe(Some("bottle-sidecar:test")).await;
+    Some((fake, probe))
+}
+
+/// The control: a 1.2.2 whose internal network keeps to itself. The
+/// isolation is measured (both families tried from the internal network,
+/// and reached through the egress one), so nothing but the named weaknesses
+/// stands in the way.
+#[tokio::test]
+async fn probe_measures_no_leak_on_an_isolated_internal_network() {
+    let Some((fake, probe)) = probe_with(
+        "probe_measures_no_leak_on_an_isolated_internal_network",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let iso = probe.capability("internal-network-isolated").unwrap();
+    assert_eq!(
+        (iso.state, iso.how, iso.required, iso.weakness),
+        (CapabilityState::Yes, "measured", true, None),
+        "{iso:?}"
+    );
+    assert!(
+        iso.detail.contains("1.1.1.1:443 failed")
+            && iso.detail.contains("[2606:4700:4700::1111]:443 failed")
+            && iso
+                .detail
+                .contains("control through the egress network: 1.1.1.1:443 CONNECTED"),
+        "{}",
+        iso.detail
+    );
+    // Both addresses were tried, raw IP, from the container on the internal
+    // network only.
+    let argv = fake.argv();
+    let inner = format!("bottle-probe-{}-inner", std::process::id());
+    for target in ["1.1.1.1/443", "2606:4700:4700::1111/443"] {
+        assert!(
+            argv.contains(&format!(
+                "exec {inner} timeout 5 bash -c exec 3<>/dev/tcp/{target}"
+            )),
+            "{target}: {argv:#?}"
+        );
+    }
+    assert!(probe.warnings().is_empty(), "{:?}", probe.warnings());
+}
+
+/// The negative test: a 1.2.x whose internal network passes raw-IP TCP to
+/// the internet (apple/container#2062), on either family. `up` refuses:
+/// the capability is required and names no weakness to accept.
+#[tokio::test]
+async fn probe_refuses_a_leaking_internal_network_whatever_the_version() {
+    for (leak, version) in [("ipv4", "1.2.0"), ("ipv6", "1.2.2"), ("both", "1.2.2")] {
+        let Some((_fake, probe)) = probe_with(
+            "probe_refuses_a_leaking_internal_network_whatever_the_version",
+            &[
+                ("FAKE_CONTAINER_LEAK", leak),
+                ("FAKE_CONTAINER_VERSION", version),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let iso = probe.capability("internal-network-isolated").unwrap();
+        assert_eq!(
+            (iso.state, iso.required, iso.weakness),
+            (CapabilityState::No, true, None),
+            "{leak}: {iso:?}"
+        );
+        assert!(
+            iso.detail.starts_with("LEAK: ") && iso.detail.contains("apple/container#2062"),
+            "{}",
+            iso.detail
+        );
+        assert!(
+            probe
+                .unmet()
+                .iter()
+                .any(|c| c.name == "internal-network-isolated"),
+            "{leak}"
+        );
+    }
+}
+
+/// A helper that cannot run the test (the fake's `exec` exits 127, as when
+/// the image lacks `bash`) never reads as isolated.
+#[tokio::test]
+async fn probe_that_cannot_test_isolation_does_not_assume_it() {
+    let Some((_fake, probe)) = probe_with(
+        "probe_that_cannot_test_isolation_does_not_assume_it",
+        &[("FAKE_CONTAINER_EXEC_EXIT", "127")],
+    )
+    .await
+    else {
+        return;
+    };
+    let iso = probe.capability("internal-network-isolated").unwrap();
+    assert_eq!(iso.state, CapabilityState::Unknown, "{iso:?}");
+    assert!(iso.detail.contains("could not be tried"), "{}", iso.detail);
+}
+
+/// The probe's `host-unreachable-from-internal` and the check `up` makes
+/// (`host_addresses_on`) agree, with the host at the gateway (#1320, every
+/// release so far) and without (what the unmerged PR #2072 would do).
+#[tokio::test]
+async fn probe_and_the_host_address_check_never_disagree() {
+    for gateway in ["", "none"] {
+        let Some(fake) = Fake::new("probe_and_the_host_address_check_never_disagree") else {
+            return;
+        };
+        fake.set_modes(&[("FAKE_CONTAINER_HOSTONLY_GATEWAY", gateway)]);
+        let rt = fake.connect().await;
+        let probe = rt.probe(Some("bottle-sidecar:test")).await;
+        let host = probe.capability("host-unreachable-from-internal").unwrap();
+        assert_eq!(host.how, "measured");
+        let net = rt
+            .create_network(&NetworkSpec {
+                name: "bottle-g-internal".into(),
+                kind: NetworkKind::Internal,
+                labels: labels("g", Role::Internal),
+            })
+            .await
+            .unwrap();
+        let addrs = rt.host_addresses_on(&net, "unused").await.unwrap();
+        assert_eq!(
+            host.state == CapabilityState::Yes,
+            addrs.is_empty(),
+            "gateway mode {gateway:?}: probe {host:?}, check {addrs:?}"
+        );
+        assert_eq!(
+            host.weakness.is_some(),
+            !addrs.is_empty(),
+            "gateway mode {gateway:?}"
+        );
+        if gateway == "none" {
+            assert_eq!(host.state, CapabilityState::Yes, "{}", host.detail);
+            assert!(host.detail.contains("failed"), "{}", host.detail);
+        } else {
+            assert!(host.detail.contains("CONNECTED"), "{}", host.detail);
+        }
+    }
+}
+
+/// Before 1.2.0 the CLI fills an image's unset `ENV` keys from its own
+/// environment: a warning (not a refusal) in the probe; none from 1.2.0 on.
+/// After 1.2.2 the probe says only the measurements speak for the release.
+#[tokio::test]
+async fn releases_before_1_2_0_are_warned_about() {
+    for (version, warned) in [
+        ("1.0.0", true),
+        ("1.1.0", true),
+        ("1.2.0", false),
+        ("1.4.1", false),
+    ] {
+        let Some((_fake, probe)) = probe_with(
+            "releases_before_1_2_0_are_warned_about",
+            &[("FAKE_CONTAINER_VERSION", version)],
+        )
+        .await
+        else {
+            return;
+        };
+        let w: Vec<&str> = probe.warnings().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            w == ["host-env-hidden-from-images"],
+            warned,
+            "{version}: {w:?}"
+        );
+        let env = probe.capability("host-env-hidden-from-images").unwrap();
+        assert!(!env.required, "a warning, not a refusal");
+        if warned {
+            assert!(
+                env.detail.contains("#2027") && env.detail.contains("upgrade to container"),
+                "{}",
+                env.detail
+            );
+        }
+        let cli = &probe.capability("cli").unwrap().detail;
+        assert_eq!(
+            cli.contains("newer than 1.2.2"),
+            version == "1.4.1",
+            "{cli}"
+        );
+        assert_eq!(probe.version.as_deref(), Some(version));
+    }
+}
+
+const SECRET: &str = "BOTTLE_TEST_FAKE_SECRET_APPLE";
+const CHILD_BIN: &str = "BOTTLE_TEST_FAKE_CONTAINER_BIN";
+
+/// Run only by [`container_never_sees_the_callers_environment`], in a child
+/// process whose environment holds [`SECRET`]: connects and probes.
+#[tokio::test]
+#[ignore = "a child of container_never_sees_the_callers_environment"]
+async fn driver_with_a_secret_in_its_environment() {
+    let bin = std::env::var_os(CHILD_BIN).expect("run by the parent test");
+    assert!(std::env::var_os(SECRET).is_some());
+    let rt = AppleRuntime::connect_with(bin.into()).await.unwrap();
+    rt.probe(Some("bottle-sidecar:test")).await;
+}
+
+/// `container` runs from an empty environment plus PATH, HOME and a few
+/// more: a secret in bottle's environment never reaches it (on 1.0 and 1.1
+/// an image could read it). The fake run directly, inheriting, is the control.
+#[tokio::test]
+async fn container_never_sees_the_callers_environment() {
+    let Some(fake) = Fake::new("container_never_sees_the_callers_environment") else {
+        return;
+    };
+    // The secret goes into the environment of a child run of this test
+    // binary (changing this process's environment would race other tests),
+    // which drives the driver; the fake logs what reached it.
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "driver_with_a_secret_in_its_environment",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(SECRET, "fake-secret-value")
+        .env(CHILD_BIN, fake.bin())
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success() && String::from_utf8_lossy(&child.stdout).contains("1 passed"),
+        "{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let envs = fake.envs();
+    assert!(envs.len() > 5, "{}", envs.len());
+    // What the test's wrapper script, the shell and a python launcher (pyenv
+    // shims) set themselves, not inherited from the caller.
+    let launcher = |k: &str| {
+        ["PWD", "SHLVL", "_", "OLDPWD"].contains(&k)
+            || k.starts_with("FAKE_CONTAINER_")
+            || k.starts_with("PYENV")
+            || k.starts_with("_PYENV")
+    };
+    for env in &envs {
+        assert!(!env.contains_key(SECRET), "{env:?}");
+        for k in env.keys() {
+            assert!(
+                bottle_runtimes::apple::ENV_KEEP.contains(&k.as_str())
+                    || launcher(k)
+                    || std::env::var_os(k).is_none(),
+                "{k} reached `container` from the caller: {env:?}"
+            );
+        }
+    }
+    fake.clear_log();
+    let _ = std::fs::remove_file(fake.dir.path().join("state/env.jsonl"));
+    let out = std::process::Command::new(fake.bin())
+        .arg("--version")
+        .env(SECRET, "fake-secret-value")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        fake.envs()[0].get(SECRET).map(String::as_str),
+        Some("fake-secret-value"),
+        "control: an inheriting call sees it"
+    );
+}
+
+/// What 1.1.0 and 1.2.0 changed at the CLI, as the fake imitates it, and
+/// what the driver does about it.
+#[tokio::test]
+async fn the_fake_follows_the_1_2_changes_and_the_driver_copes() {
+    let Some(fake) = Fake::new("the_fake_follows_the_1_2_changes_and_the_driver_copes") else {
+        return;
+    };
+    let long = "a".repeat(64);
+    let call = |modes: &[(&str, &str)], args: &[&str]| {
+        fake.set_modes(modes);
+        std::process::Command::new(fake.bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = call(&[], &["create", "--name", &long, "img"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("Error: container ID {long} is not a valid container ID")
+    );
+    let out = call(
+        &[("FAKE_CONTAINER_VERSION", "1.0.0")],
+        &["create", "--name", &long, "img"],
+    );
+    assert!(out.status.success(), "1.0.0 had no length limit");
+    // `system start` progress: stderr from 1.2.0, stdout before.
+    let out = call(&[], &["system", "start", "--enable-kernel-install"]);
+    assert!(out.stdout.is_empty() && !out.stderr.is_empty());
+    let out = call(
+        &[("FAKE_CONTAINER_VERSION", "1.1.0")],
+        &["system", "start", "--enable-kernel-install"],
+    );
+    assert!(!out.stdout.is_empty());
+
+    fake.set_modes(&[]);
+    let rt = fake.connect().await;
+    // The driver refuses a 64-character id before calling.
+    fake.clear_log();
+    let err = rt
+        .create_container(&ContainerSpec {
+            name: long.clone(),
+            image: "img".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 to 63"), "{err}");
+    assert!(fake.argv().is_empty(), "{:?}", fake.argv());
+
+    let id = rt
+        .create_container(&ContainerSpec {
+            name: "c-122".into(),
+            image: "img".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    rt.start_container(&id).await.unwrap();
+    // `variant` (1.1+) in status.networks does not disturb the parse.
+    let raw = call(&[], &["inspect", &id]);
+    assert!(String::from_utf8_lossy(&raw.stdout).contains("\"variant\": \"reserved\""));
+    assert_eq!(rt.inspect_container(&id).await.unwrap().ipv4.len(), 1);
+    // `maskedPaths`/`readonlyPaths` (1.2.1) appear only with their flags.
+    assert!(!String::from_utf8_lossy(&raw.stdout).contains("maskedPaths"));
+    // exec without a command: the driver refuses; the fake (1.1+) errors too.
+    fake.clear_log();
+    let err = rt
+        .exec_capture(&id, &ExecSpec::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no command"), "{err}");
+    assert!(fake.argv().is_empty(), "{:?}", fake.argv());
+    let out = call(&[], &["exec", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "Error: no command specified for exec"
+    );
+    let out = call(
+        &[],
+        &["create", "--name", "m1", "--masked-path", "/proc/x", "img"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = call(&[], &["inspect", "m1"]);
+    assert!(String::from_utf8_lossy(&raw.stdout).contains("maskedPaths"));
 }

@@ -26,7 +26,12 @@
 //! - there is no pids flag (1.0.0 to 1.2.x): [`ContainerSpec::pids_limit`]
 //!   is not translated. It is not refused either: each container is its own
 //!   VM, so a fork bomb fills only that VM's process table, bounded by its
-//!   `--memory`/`--cpus`, and the sidecar is another VM.
+//!   `--memory`/`--cpus`, and the sidecar is another VM;
+//! - before 1.2.0 an image's `ENV` keys with no `=` are filled in from the
+//!   environment of the `container` process (apple/container#2027), so a
+//!   crafted image could read bottle's environment: `container` is always
+//!   run from an empty environment plus [`ENV_KEEP`], and the probe warns
+//!   about releases before [`ENV_FIX_VERSION`].
 
 mod json;
 mod probe;
@@ -52,6 +57,18 @@ pub const MIN_VERSION: Version = Version(1, 0, 0);
 pub const START_SERVICE: &str = "container system start --enable-kernel-install";
 /// Exit code of a usage error (unknown command or option, bad value).
 const EXIT_USAGE: i32 = 64;
+/// The first release that no longer copies the caller's environment into
+/// an image's unset `ENV` keys (apple/container#2027).
+pub const ENV_FIX_VERSION: Version = Version(1, 2, 0);
+/// The newest release whose source this driver was checked against; later
+/// ones are run, but only the live probe speaks for them.
+pub const CHECKED_UP_TO: Version = Version(1, 2, 2);
+/// All of bottle's environment that `container` gets: where to find
+/// programs and the user's home (the CLI keeps its state under
+/// `~/Library/Application Support`), the temp dir, the terminal type for
+/// `exec --tty`, and the locale. Nothing else (tokens, keys, proxies)
+/// reaches it.
+pub const ENV_KEEP: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "TERM", "LANG"];
 
 /// Whether the `container` system service answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +98,7 @@ fn tool_at(bin: PathBuf) -> Tool {
         bin,
         global: vec![],
         env_remove: vec![],
+        env_keep: Some(ENV_KEEP),
     }
 }
 
@@ -162,6 +180,17 @@ fn valid_network_name(name: &str) -> bool {
         && edge(b[b.len() - 1])
         && b.iter()
             .all(|&c| edge(c) || c == b'.' || c == b'_' || c == b'-')
+}
+
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.-]+$`, at most 63 characters (1.2.0 enforces
+/// the length in the CLI and the server, apple/container#1956).
+fn valid_container_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() >= 2
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
 }
 
 fn state_of(s: &str) -> ContainerState {
@@ -397,6 +426,16 @@ impl AppleRuntime {
             ));
         }
         check_labels(&spec.name, &spec.labels)?;
+        if !valid_container_id(&spec.name) {
+            return Err(RuntimeError::Call {
+                runtime: RuntimeKind::AppleContainer,
+                operation: format!("create container {}", spec.name),
+                message: format!(
+                    "`{}` is not a container id `container` accepts: 2 to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit (1.2.0 refuses longer ids); fix: choose a shorter bottle name",
+                    spec.name
+                ),
+            });
+        }
         let mut a: Vec<String> = vec!["create".into(), "--name".into(), spec.name.clone()];
         for (k, v) in &spec.labels {
             a.extend(["--label".into(), format!("{k}={v}")]);
@@ -503,8 +542,17 @@ impl AppleRuntime {
     }
 
     /// Fails with `NotFound` / `not running` the way `container exec` does,
-    /// before the command's own exit code is trusted.
-    async fn check_exec_target(&self, id: &str) -> Result<(), RuntimeError> {
+    /// before the command's own exit code is trusted. An empty command is
+    /// refused first: 1.1.0 and later fail with `no command specified for
+    /// exec`, 1.0.0 with a usage error.
+    async fn check_exec_target(&self, id: &str, spec: &ExecSpec) -> Result<(), RuntimeError> {
+        if spec.cmd.is_empty() {
+            return Err(RuntimeError::Call {
+                runtime: RuntimeKind::AppleContainer,
+                operation: format!("exec in {id}"),
+                message: "no command to run; fix: name the command (e.g. `bash`)".into(),
+            });
+        }
         let info = self.inspect_container(id).await?;
         if info.state != ContainerState::Running {
             return Err(RuntimeError::Call {
@@ -537,6 +585,20 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, Ru
         what,
         Some("the container 1.0.0 shapes"),
     )
+}
+
+/// The host's addresses on a network: its gateway, as `network inspect`
+/// reports it (the host answers there, apple/container#1320). The one
+/// source of both the probe's `host-unreachable-from-internal` and the check
+/// `up` makes before creating anything, so the two never disagree.
+fn host_addresses_of(net: &json::Network) -> Vec<IpAddr> {
+    net.status
+        .ipv4_gateway
+        .parse::<Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
+        .into_iter()
+        .collect()
 }
 
 fn info_of(c: &json::Container) -> ContainerInfo {
@@ -741,21 +803,15 @@ impl Runtime for AppleRuntime {
     }
 
     /// The host holds the gateway address of every vmnet network, internal
-    /// ones included (apple/container#1320): read from `network inspect`.
+    /// ones included (apple/container#1320): read from `network inspect`
+    /// by [`host_addresses_of`], as the probe does.
     async fn host_addresses_on(
         &self,
         network: &NetworkInfo,
         _helper_image: &str,
     ) -> Result<Vec<IpAddr>, RuntimeError> {
         let net = self.network_inspect(&network.name).await?;
-        Ok(net
-            .status
-            .ipv4_gateway
-            .parse::<Ipv4Addr>()
-            .ok()
-            .map(IpAddr::V4)
-            .into_iter()
-            .collect())
+        Ok(host_addresses_of(&net))
     }
 
     async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
@@ -810,7 +866,7 @@ impl Runtime for AppleRuntime {
     }
 
     async fn exec_attached(&self, id: &str, spec: &ExecSpec) -> Result<i64, RuntimeError> {
-        self.check_exec_target(id).await?;
+        self.check_exec_target(id, spec).await?;
         let code = self
             .tool
             .run_attached(&Self::exec_args(id, spec, true))
@@ -819,7 +875,7 @@ impl Runtime for AppleRuntime {
     }
 
     async fn exec_capture(&self, id: &str, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError> {
-        self.check_exec_target(id).await?;
+        self.check_exec_target(id, spec).await?;
         let out = self.run(&Self::exec_args(id, spec, false)).await?;
         Ok(ExecOutput {
             code: out.code.into(),
@@ -922,6 +978,23 @@ fn scratch_dir(what: &str) -> Result<tempfile::TempDir, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_are_checked_like_1_2() {
+        assert!(valid_container_id("bottle-demo-sidecar"));
+        assert!(valid_container_id(&"a".repeat(63)));
+        assert!(!valid_container_id(&"a".repeat(64)));
+        assert!(!valid_container_id("a"));
+        assert!(!valid_container_id("-ab"));
+        assert!(!valid_container_id("a b"));
+        let spec = ContainerSpec {
+            name: format!("bottle-{}-sidecar", "x".repeat(50)),
+            image: "img".into(),
+            ..Default::default()
+        };
+        let err = AppleRuntime::create_args(&spec).unwrap_err().to_string();
+        assert!(err.contains("63") && err.contains("fix:"), "{err}");
+    }
 
     #[test]
     fn network_names() {

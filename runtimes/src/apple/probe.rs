@@ -2,10 +2,22 @@
 //! helper image) a dual-homed container, and reads back what the CLI made.
 //!
 //! Scratch resources carry `dev.bottle.role=probe` and are removed before the
-//! probe returns, containers first. Host reachability from the internal
-//! network is measured from inside a container on it when a helper image is
-//! given (a TCP connect to a listener the probe opens on the host, at the
-//! network's gateway); without one it is inferred from apple/container#1320.
+//! probe returns, containers first. With a helper image (the sidecar image)
+//! a container on the internal network only tries raw-IP TCP to a public
+//! IPv4 and IPv6 address (`internal-network-isolated`, apple/container#2062:
+//! a leak refuses, with no weakness to accept) and to a listener the probe
+//! opens on the host at the gateway; a dual-homed container tries the same
+//! public addresses through the egress network as the control.
+//!
+//! `host-unreachable-from-internal` is decided by the same function as the
+//! check `up` makes before creating anything (`host_addresses_of`, the
+//! gateway `network inspect` names, apple/container#1320), so the probe and
+//! that check never disagree; the TCP connect is the evidence shown beside it.
+//!
+//! The release is read too: before 1.2.0 a crafted image could read the
+//! CLI's environment (`host-env-hidden-from-images`, a warning, not a
+//! refusal, since bottle runs `container` from a scrubbed environment); after
+//! 1.2.2 only the live measurements speak for the release.
 
 use super::AppleRuntime;
 use crate::{
@@ -13,7 +25,7 @@ use crate::{
     NetworkSpec, Probe, Publish, Role, Runtime, RuntimeKind, Weakness,
 };
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     let mut probe = Probe {
@@ -28,7 +40,11 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                 CapabilityState::Yes,
                 "measured",
                 true,
-                format!("{} (>= {})", rt.version_line, super::MIN_VERSION),
+                if rt.version > super::CHECKED_UP_TO {
+                    format!("{} (>= {}); newer than {}, the last release read from source: only the measurements below speak for it", rt.version_line, super::MIN_VERSION, super::CHECKED_UP_TO)
+                } else {
+                    format!("{} (>= {})", rt.version_line, super::MIN_VERSION)
+                },
             ),
             Capability::new(
                 "service-running",
@@ -39,6 +55,22 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                     "`system status` says running (API server {})",
                     if rt.service_version.is_empty() { "?" } else { &rt.service_version }
                 ),
+            ),
+            Capability::warning(
+                "host-env-hidden-from-images",
+                rt.version >= super::ENV_FIX_VERSION,
+                "inferred",
+                if rt.version >= super::ENV_FIX_VERSION {
+                    format!("container {} does not fill an image's unset `ENV` keys from the CLI's environment (fixed in {})", rt.version, super::ENV_FIX_VERSION)
+                } else {
+                    format!(
+                        "container {} fills an image's `ENV` keys that have no value from the environment of the `container` process (apple/container#2027, fixed in {}); bottle runs `container` with only {} of its environment, so a crafted image can read those and nothing else. Fix: upgrade to container {} or later",
+                        rt.version,
+                        super::ENV_FIX_VERSION,
+                        super::ENV_KEEP.join(", "),
+                        super::CHECKED_UP_TO
+                    )
+                },
             ),
             Capability::new(
                 "macos-26",
@@ -99,6 +131,7 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
         })
         .await;
     let mut gateway: Option<Ipv4Addr> = None;
+    let mut internal_net: Option<super::json::Network> = None;
     match &internal {
         Ok(n) => {
             networks.push(n.name.clone());
@@ -107,8 +140,9 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                 .as_ref()
                 .map(|i| i.configuration.mode.clone())
                 .unwrap_or_default();
-            gateway = inspected
-                .ok()
+            internal_net = inspected.ok();
+            gateway = internal_net
+                .as_ref()
                 .and_then(|i| i.status.ipv4_gateway.parse().ok());
             probe.capabilities.push(Capability::new(
                 "internal-network",
@@ -131,7 +165,8 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
         )),
     }
 
-    let mut host_reachable: Option<(bool, String)> = None;
+    let mut measured: Option<Measured> = None;
+    let mut control: Option<(Option<bool>, Option<bool>)> = None;
     match (&egress, &internal, helper) {
         (Ok(eg), Ok(int), Some(image)) => {
             let host_ip = Ipv4Addr::new(127, 0, 0, 100 + (std::process::id() % 100) as u8);
@@ -214,13 +249,20 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
                             None => "the published port is not in `inspect`".into(),
                         },
                     ));
-                    if let (Ok(()), Some(gw)) = (&started, gateway) {
-                        host_reachable = measure_host(
+                    if started.is_ok() {
+                        // The control: the same targets through the egress
+                        // network, so a failure from the internal one means
+                        // something.
+                        control = Some((
+                            connect(rt, &id, IpAddr::V4(PUBLIC_V4.0), PUBLIC_V4.1).await,
+                            connect(rt, &id, IpAddr::V6(PUBLIC_V6.0), PUBLIC_V6.1).await,
+                        ));
+                        measured = measure_internal(
                             rt,
                             &tag,
-                            int.name.as_str(),
+                            int,
                             image,
-                            gw,
+                            gateway,
                             &labels,
                             &mut containers,
                         )
@@ -252,26 +294,23 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
         )),
     }
 
-    let (reachable, how, detail) = match host_reachable {
-        Some((r, d)) => (r, "measured", d),
-        None => (
-            true,
-            "inferred",
-            format!(
-                "the host answers at the gateway{} of every --internal network (apple/container#1320, open in 1.0.0)",
-                gateway.map(|g| format!(" {g}")).unwrap_or_default()
-            ),
-        ),
-    };
-    probe.capabilities.push(Capability {
-        weakness: reachable.then_some(Weakness::HostReachableFromInternal),
-        ..Capability::new(
+    probe
+        .capabilities
+        .push(isolation(measured.as_ref(), control, helper.is_some()));
+    // The same source as the check `up` makes before it creates anything
+    // ([`super::host_addresses_of`]): what `network inspect` says the host
+    // holds. The TCP connect is evidence, not the verdict, so the two never
+    // disagree; a connect that succeeds where inspect names no address
+    // still counts as reachable (fail closed).
+    probe.capabilities.push(match &internal_net {
+        Some(net) => host_capability(&super::host_addresses_of(net), measured.as_ref()),
+        None => Capability::new(
             "host-unreachable-from-internal",
-            CapabilityState::from_bool(!reachable),
-            how,
+            CapabilityState::Unknown,
+            "measured",
             true,
-            detail,
-        )
+            "not measured: the scratch internal network could not be created or inspected".into(),
+        ),
     });
     // Inferred, not measured: the fake CLI has no network to send on, and
     // the CLI has nothing that would change the answer.
@@ -300,26 +339,78 @@ pub(super) async fn run(rt: &AppleRuntime, helper: Option<&str>) -> Probe {
     probe
 }
 
-/// Runs a container on the internal network only and tries a TCP connect to
-/// a listener the probe holds on the host, at the network's gateway.
-async fn measure_host(
+/// The public addresses a container on an `--internal` network must not
+/// reach (raw IP, no DNS involved): Cloudflare's resolver answers TCP 443
+/// on both families.
+pub(super) const PUBLIC_V4: (Ipv4Addr, u16) = (Ipv4Addr::new(1, 1, 1, 1), 443);
+pub(super) const PUBLIC_V6: (Ipv6Addr, u16) = (
+    Ipv6Addr::new(0x2606, 0x4700, 0x4700, 0, 0, 0, 0, 0x1111),
+    443,
+);
+
+/// What the helper on the internal network only saw.
+pub(super) struct Measured {
+    network: String,
+    /// Raw-IP TCP to [`PUBLIC_V4`] / [`PUBLIC_V6`]: connected, not, or
+    /// unknown (the helper could not run the test).
+    v4: Option<bool>,
+    v6: Option<bool>,
+    /// The host address tried and whether a listener there was reached.
+    host: Option<(IpAddr, u16, Option<bool>)>,
+}
+
+/// The argv that tries one TCP connection from inside a container: bash's
+/// `/dev/tcp` (the sidecar image is Debian), bounded by `timeout`.
+pub(super) fn tcp_connect_cmd(ip: IpAddr, port: u16) -> Vec<String> {
+    vec![
+        "timeout".into(),
+        "5".into(),
+        "bash".into(),
+        "-c".into(),
+        format!("exec 3<>/dev/tcp/{ip}/{port}"),
+    ]
+}
+
+/// The exit code of [`tcp_connect_cmd`] read as: connected (0), not
+/// connected (1: refused or unreachable; 124: timed out), or unknown
+/// (anything else, e.g. 126/127 when the image lacks `timeout` or `bash`),
+/// so a helper that cannot test never reads as "isolated".
+pub(super) fn connect_outcome(code: i64) -> Option<bool> {
+    match code {
+        0 => Some(true),
+        1 | 124 => Some(false),
+        _ => None,
+    }
+}
+
+async fn connect(rt: &AppleRuntime, id: &str, ip: IpAddr, port: u16) -> Option<bool> {
+    let exec = ExecSpec {
+        cmd: tcp_connect_cmd(ip, port),
+        ..Default::default()
+    };
+    let out = rt.exec_capture(id, &exec).await.ok()?;
+    connect_outcome(out.code)
+}
+
+/// Runs a container on the internal network only and, from it, tries raw-IP
+/// TCP to a public IPv4 and IPv6 address and to a listener the probe holds
+/// on the host, at the network's gateway (else its `.1`).
+async fn measure_internal(
     rt: &AppleRuntime,
     tag: &str,
-    internal: &str,
+    internal: &crate::NetworkInfo,
     image: &str,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
     labels: &BTreeMap<String, String>,
     containers: &mut Vec<String>,
-) -> Option<(bool, String)> {
-    let listener = std::net::TcpListener::bind("0.0.0.0:0").ok()?;
-    let port = listener.local_addr().ok()?.port();
+) -> Option<Measured> {
     let spec = ContainerSpec {
         name: format!("{tag}-inner"),
         image: image.into(),
         entrypoint: Some(vec!["sleep".into(), "60".into()]),
         labels: labels.clone(),
         networks: vec![NetworkAttachment {
-            network: internal.into(),
+            network: internal.name.clone(),
             ipv4: None,
             aliases: vec![],
         }],
@@ -329,24 +420,144 @@ async fn measure_host(
     let id = rt.create_container(&spec).await.ok()?;
     containers.push(id.clone());
     rt.start_container(&id).await.ok()?;
-    let exec = ExecSpec {
-        cmd: vec![
-            "timeout".into(),
-            "5".into(),
-            "bash".into(),
-            "-c".into(),
-            format!("exec 3<>/dev/tcp/{gateway}/{port}"),
-        ],
-        ..Default::default()
+    let v4 = connect(rt, &id, IpAddr::V4(PUBLIC_V4.0), PUBLIC_V4.1).await;
+    let v6 = connect(rt, &id, IpAddr::V6(PUBLIC_V6.0), PUBLIC_V6.1).await;
+    let first_host = internal
+        .subnet
+        .as_deref()
+        .and_then(|s| s.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .map(|n| Ipv4Addr::from(u32::from(n) + 1));
+    let host = match (
+        gateway.or(first_host),
+        std::net::TcpListener::bind("0.0.0.0:0"),
+    ) {
+        (Some(ip), Ok(listener)) => {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            let reached = connect(rt, &id, IpAddr::V4(ip), port).await;
+            drop(listener);
+            Some((IpAddr::V4(ip), port, reached))
+        }
+        _ => None,
     };
-    let out = rt.exec_capture(&id, &exec).await.ok()?;
-    drop(listener);
-    let reachable = out.code == 0;
-    Some((
-        reachable,
-        format!(
-            "from a container on {internal} only, a TCP connect to the host's listener at {gateway}:{port} {}",
-            if reachable { "SUCCEEDED (apple/container#1320)" } else { "failed" }
+    Some(Measured {
+        network: internal.name.clone(),
+        v4,
+        v6,
+        host,
+    })
+}
+
+fn said(outcome: Option<bool>) -> &'static str {
+    match outcome {
+        Some(true) => "CONNECTED",
+        Some(false) => "failed",
+        None => "could not be tried",
+    }
+}
+
+/// `internal-network-isolated`: raw-IP TCP from the internal network to the
+/// internet. Required and no weakness: a leak goes past the sidecar, so no
+/// `--accept-weakness` can make it a bottle, whatever the version.
+pub(super) fn isolation(
+    measured: Option<&Measured>,
+    control: Option<(Option<bool>, Option<bool>)>,
+    had_helper: bool,
+) -> Capability {
+    const NAME: &str = "internal-network-isolated";
+    let (v4, v6) = (
+        format!("{}:{}", PUBLIC_V4.0, PUBLIC_V4.1),
+        format!("[{}]:{}", PUBLIC_V6.0, PUBLIC_V6.1),
+    );
+    let Some(m) = measured else {
+        return Capability::new(
+            NAME,
+            CapabilityState::Unknown,
+            "measured",
+            true,
+            if had_helper {
+                "not measured: the helper container on the internal network did not run; bottle does not assume isolation (apple/container#2062)".into()
+            } else {
+                "not measured: needs the sidecar image to run a container on the internal network (`bottle up` always measures it)".into()
+            },
+        );
+    };
+    let control = match control {
+        Some((c4, c6)) => format!(
+            "; control through the egress network: {v4} {}, {v6} {}",
+            said(c4),
+            said(c6)
         ),
-    ))
+        None => String::new(),
+    };
+    let seen = format!(
+        "from a container on {} only, raw-IP TCP to {v4} {} and to {v6} {}{control}",
+        m.network,
+        said(m.v4),
+        said(m.v6)
+    );
+    if m.v4 == Some(true) || m.v6 == Some(true) {
+        Capability::new(
+            NAME,
+            CapabilityState::No,
+            "measured",
+            true,
+            format!("LEAK: {seen}: this --internal network passes traffic to the internet past the sidecar (apple/container#2062, unfixed up to 1.2.2); bottle refuses whatever the version. Fix: none in `container` yet (PR apple/container#2072 is unmerged): use --runtime docker or smolvm"),
+        )
+    } else if m.v4 == Some(false) && m.v6 == Some(false) {
+        Capability::new(NAME, CapabilityState::Yes, "measured", true, seen)
+    } else {
+        Capability::new(
+            NAME,
+            CapabilityState::Unknown,
+            "measured",
+            true,
+            format!("{seen}: the helper could not run the test (it needs `timeout` and `bash` in the sidecar image), so isolation is not assumed"),
+        )
+    }
+}
+
+/// `host-unreachable-from-internal`, from the host addresses `network
+/// inspect` names (the check `up` makes) with the TCP connect as evidence.
+pub(super) fn host_capability(host_addrs: &[IpAddr], measured: Option<&Measured>) -> Capability {
+    let listed = host_addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let evidence = measured
+        .and_then(|m| m.host.map(|h| (m.network.clone(), h)))
+        .map(|(net, (ip, port, r))| {
+            (
+                r,
+                format!(
+                    "from a container on {net} only, a TCP connect to the host's listener at {ip}:{port} {}",
+                    said(r)
+                ),
+            )
+        });
+    let how = if evidence.is_some() {
+        "measured"
+    } else {
+        "inferred"
+    };
+    let connected = evidence.as_ref().is_some_and(|(r, _)| *r == Some(true));
+    let evidence = evidence.map(|(_, e)| e);
+    let reachable = !host_addrs.is_empty() || connected;
+    let detail = match (host_addrs.is_empty(), connected, evidence) {
+        (false, _, Some(e)) => format!("the host holds {listed} on the internal network (apple/container#1320); {e}"),
+        (false, _, None) => format!("the host holds {listed} on the internal network (apple/container#1320, open up to 1.2.2); not measured without the sidecar image"),
+        (true, true, Some(e)) => format!("`network inspect` names no gateway, yet {e}: counted as reachable"),
+        (true, _, Some(e)) => format!("`network inspect` names no gateway on the internal network; {e}"),
+        (true, _, None) => "`network inspect` names no gateway on the internal network".into(),
+    };
+    Capability {
+        weakness: reachable.then_some(Weakness::HostReachableFromInternal),
+        ..Capability::new(
+            "host-unreachable-from-internal",
+            CapabilityState::from_bool(!reachable),
+            how,
+            true,
+            detail,
+        )
+    }
 }

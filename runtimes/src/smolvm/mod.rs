@@ -221,6 +221,7 @@ impl SmolvmRuntime {
             global: vec![],
             // Would name a machine behind bottle's back when `--name` is absent.
             env_remove: vec!["SMOLVM_MACHINE_NAME"],
+            env_keep: None,
         };
         let out = tool.run(&["--version"]).await?;
         let version = Version::find_in(&out.stdout)
