@@ -28,23 +28,97 @@ fn run(
         .expect("run bottle")
 }
 
+/// A wrapper that runs the fake with its state dir and `modes`: `bottle`
+/// runs `container` from a scrubbed environment, so the fake's settings
+/// cannot come from bottle's.
+fn fake_wrapper(dir: &TempDir, fake_state: &TempDir, modes: &[(&str, &str)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let vars: String = modes.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    let path = dir.0.join("container");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nFAKE_CONTAINER_STATE='{}' {vars}exec '{}' \"$@\"\n",
+            fake_state.0.display(),
+            fake_container().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A 1.2.x whose internal network passes raw-IP TCP to the internet
+/// (apple/container#2062): `up` refuses before creating the bottle, and no
+/// `--accept-weakness` changes that.
+#[test]
+fn apple_container_up_refuses_a_leaking_internal_network() {
+    let state = TempDir::new("apple-leak-state");
+    let dir = TempDir::new("apple-leak");
+    let bin_dir = TempDir::new("apple-leak-bin");
+    let fake_state = TempDir::new("apple-leak-fake");
+    let name = unique_name("fkl");
+    // 1.1.0: also before the environment fix, which `up` warns about.
+    let bin = fake_wrapper(
+        &bin_dir,
+        &fake_state,
+        &[
+            ("FAKE_CONTAINER_LEAK", "ipv4"),
+            ("FAKE_CONTAINER_VERSION", "1.1.0"),
+        ],
+    );
+    let env = [("BOTTLE_CONTAINER_BIN", bin.to_str().unwrap())];
+    let out = run(
+        &state,
+        &dir,
+        &env,
+        &[
+            "up",
+            "--runtime",
+            "apple-container",
+            "--name",
+            &name,
+            "--accept-weakness",
+            "host-reachable-from-internal",
+            "--accept-weakness",
+            "broadcast-reaches-host",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "refused: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("internal-network-isolated")
+            && stderr(&out).contains("apple/container#2062"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("WARNING: host-env-hidden-from-images: container 1.1.0"),
+        "{}",
+        stderr(&out)
+    );
+    let argv = std::fs::read_to_string(fake_state.0.join("argv.jsonl")).unwrap();
+    assert!(
+        !argv.contains(&format!("bottle-{name}-agent")),
+        "the agent was created: {argv}"
+    );
+}
+
 #[test]
 fn apple_container_up_exec_down_against_the_fake() {
     let state = TempDir::new("apple-state");
     let dir = TempDir::new("apple");
+    let bin_dir = TempDir::new("apple-bin");
     let fake_state = TempDir::new("apple-fake");
     let name = unique_name("fk");
-    let bin = fake_container();
+    let bin = fake_wrapper(&bin_dir, &fake_state, &[]);
+    // A secret in bottle's environment must never reach `container` (before
+    // 1.2.0 an image could read it).
     let env = [
         ("BOTTLE_CONTAINER_BIN", bin.to_str().unwrap()),
-        ("FAKE_CONTAINER_STATE", fake_state.0.to_str().unwrap()),
+        ("AWS_SECRET_ACCESS_KEY", "fake-secret-for-the-scrub-test"),
     ];
     let fake = |args: &[&str]| {
-        let out = Command::new(&bin)
-            .args(args)
-            .env("FAKE_CONTAINER_STATE", &fake_state.0)
-            .output()
-            .unwrap();
+        let out = Command::new(&bin).args(args).output().unwrap();
         stdout(&out)
     };
 
@@ -94,6 +168,7 @@ fn apple_container_up_exec_down_against_the_fake() {
         "{}",
         stderr(&out)
     );
+    assert!(!stderr(&out).contains("WARNING"), "1.2.2: {}", stderr(&out));
 
     // The command sequence: sidecar egress network FIRST, internal second;
     // agent internal only, DNS at the sidecar's inspected address, NET_RAW dropped.
@@ -138,6 +213,24 @@ fn apple_container_up_exec_down_against_the_fake() {
     assert!(
         pos(&agent, &format!("bottle-{name}-internal")).is_some(),
         "{agent:?}"
+    );
+    // The sidecar runs before the agent joins the internal network.
+    let order: Vec<String> = argv.lines().map(str::to_string).collect();
+    let at = |needle: &str| {
+        order
+            .iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle}: {argv}"))
+    };
+    assert!(
+        at(&format!("[\"start\", \"bottle-{name}-sidecar\"]"))
+            < at(&format!("[\"create\", \"--name\", \"bottle-{name}-agent\""))
+    );
+    let envs = std::fs::read_to_string(fake_state.0.join("env.jsonl")).unwrap();
+    assert!(envs.lines().count() > 10, "{envs}");
+    assert!(
+        !envs.contains("AWS_SECRET_ACCESS_KEY") && !envs.contains("fake-secret-for-the-scrub-test"),
+        "bottle's environment reached `container`"
     );
     let dns = pos(&agent, "--dns")
         .map(|i| agent[i + 1].clone())

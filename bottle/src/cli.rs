@@ -895,6 +895,9 @@ pub fn render_probe(out: &mut dyn Write, probe: &Probe) -> std::io::Result<()> {
             c.detail
         )?;
     }
+    for w in probe.warnings() {
+        writeln!(out, "\nWARNING   {}: {}", w.name, w.detail)?;
+    }
     match probe.first_missing() {
         None => writeln!(out, "\nresult    bottles can run on {}", probe.runtime),
         Some(c) => writeln!(
@@ -996,5 +999,22 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("bottles can run on smolvm"));
+        // A warning does not refuse, but is shown below the table.
+        probe
+            .capabilities
+            .push(bottle_runtimes::Capability::warning(
+                "host-env-hidden-from-images",
+                false,
+                "inferred",
+                "upgrade".into(),
+            ));
+        let mut out = Vec::new();
+        render_probe(&mut out, &probe).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("WARNING   host-env-hidden-from-images: upgrade")
+                && text.contains("bottles can run on smolvm"),
+            "{text}"
+        );
     }
 }

@@ -41,11 +41,13 @@ pub enum LifecycleError {
         detail: String,
         fix: String,
     },
-    #[error("refusing to start: the host holds {addrs} on the internal network {network} (bridge {bridge}), so the agent could reach host services\n  fix: use an engine that honours com.docker.network.bridge.inhibit_ipv4 (or gateway_mode_ipv4=isolated on engine >= 28)")]
+    #[error("refusing to start: the host holds {addrs} on the internal network {network}{}, so the agent could reach host services\n  fix: {fix}", if .bridge.is_empty() { String::new() } else { format!(" (bridge {})", .bridge) })]
     HostAddress {
         network: String,
         bridge: String,
         addrs: String,
+        /// The runtime's own fix ([`host_address_fix`]).
+        fix: String,
     },
     #[error("the sidecar did not become ready within {secs} s; no egress is possible, so the bottle was removed.\n  sidecar output:\n{logs}")]
     SidecarNotReady { secs: u64, logs: String },
@@ -98,6 +100,18 @@ fn leftover_fix(name: &str, left: &[String]) -> String {
         );
     }
     fixes.join("; ")
+}
+
+/// How to get past "the host holds an address on the internal network",
+/// in the terms of the runtime that said so.
+pub fn host_address_fix(kind: bottle_runtimes::RuntimeKind) -> String {
+    use bottle_runtimes::RuntimeKind as K;
+    let accept = Weakness::HostReachableFromInternal;
+    match kind {
+        K::Docker => "use an engine that honours com.docker.network.bridge.inhibit_ipv4 (or gateway_mode_ipv4=isolated on engine >= 28)".into(),
+        K::AppleContainer => format!("Apple `container` gives the host the gateway of every --internal network (apple/container#1320, open up to 1.2.2) and has no flag to withdraw it: keep host services bound to 127.0.0.1 and accept it knowingly with --accept-weakness {accept}, or use --runtime docker (docs/runtimes.md, \"Apple container on a Mac\")"),
+        K::Smolvm => format!("smolvm's fabric gave the host an address on the internal network: accept it knowingly with --accept-weakness {accept}, or use --runtime docker"),
+    }
 }
 
 /// What `up` made, for the summary and `--json`.
@@ -560,6 +574,7 @@ async fn create_all(
         ));
     } else if !host_addrs.is_empty() {
         return Err(LifecycleError::HostAddress {
+            fix: host_address_fix(rt.kind()),
             network: internal.name.clone(),
             bridge: internal.host_interface.clone().unwrap_or_default(),
             addrs: host_addrs

@@ -265,6 +265,10 @@ pub async fn execute(
             });
         }
     };
+    // Shown before any refusal: they hold whatever `up` decides.
+    for w in probe.warnings() {
+        report.detail(&format!("WARNING: {}: {}", w.name, w.detail));
+    }
     let accepted = runtime_select::check_accepted(&probe, &plan.accept_weakness)?;
     report.detail(&format!(
         "{} {}: every required capability present{}",

@@ -339,9 +339,46 @@ async fn a_host_address_on_the_internal_network_refuses_and_rolls_back() {
         "{err}"
     );
     assert!(err.to_string().contains("10.99.1.1"), "{err}");
+    assert!(err.to_string().contains("inhibit_ipv4"), "{err}");
     assert_eq!(err.exit(), Exit::Refused);
     assert!(fake.resources().is_empty(), "{:?}", fake.resources());
     assert!(!created(&fake.calls()).contains(&"bottle-t-sidecar".to_string()));
+}
+
+/// The same refusal on Apple `container` names Apple's situation and
+/// choices (apple/container#1320), not docker's engine options.
+#[tokio::test]
+async fn a_host_address_refusal_names_the_runtimes_own_fix() {
+    let m = Machine::new();
+    m.config(CONFIG);
+    let fake = FakeRuntime::new(RuntimeKind::AppleContainer)
+        .with_host_addresses(vec!["192.168.65.1".parse().unwrap()]);
+    let fakes = Fakes(BTreeMap::from([("apple-container", fake.clone())]));
+    let req = m.request(Some(RuntimeRequest::Named(RuntimeKind::AppleContainer)));
+    let prepared = prepare_req(&m, &req, &fakes, &Interrupt::new())
+        .await
+        .unwrap();
+    let err = up::execute(
+        &m.host,
+        prepared,
+        &Interrupt::new(),
+        &mut Reporter::new(true),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, UpError::Lifecycle(LifecycleError::HostAddress { .. })),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("apple/container#1320")
+            && text.contains("--accept-weakness host-reachable-from-internal")
+            && !text.contains("inhibit_ipv4"),
+        "{text}"
+    );
+    assert!(fake.resources().is_empty(), "{:?}", fake.resources());
 }
 
 #[tokio::test]
