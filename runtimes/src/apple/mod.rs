@@ -804,7 +804,7 @@ impl Runtime for AppleRuntime {
 
     /// The host holds the gateway address of every vmnet network, internal
     /// ones included (apple/container#1320): read from `network inspect`
-    /// by [`host_addresses_of`], as the probe does.
+    /// by `host_addresses_of`, as the probe does.
     async fn host_addresses_on(
         &self,
         network: &NetworkInfo,
