@@ -68,22 +68,7 @@ fn apple_container_up_refuses_a_leaking_internal_network() {
         ],
     );
     let env = [("BOTTLE_CONTAINER_BIN", bin.to_str().unwrap())];
-    let out = run(
-        &state,
-        &dir,
-        &env,
-        &[
-            "up",
-            "--runtime",
-            "apple-container",
-            "--name",
-            &name,
-            "--accept-weakness",
-            "host-reachable-from-internal",
-            "--accept-weakness",
-            "broadcast-reaches-host",
-        ],
-    );
+    let out = apple_up_accepting_both(&state, &dir, &env, &name);
     assert_eq!(out.status.code(), Some(4), "refused: {}", stderr(&out));
     assert!(
         stderr(&out).contains("internal-network-isolated")
@@ -146,22 +131,7 @@ fn apple_container_up_exec_down_against_the_fake() {
         "created before refusing"
     );
 
-    let out = run(
-        &state,
-        &dir,
-        &env,
-        &[
-            "up",
-            "--runtime",
-            "apple-container",
-            "--name",
-            &name,
-            "--accept-weakness",
-            "host-reachable-from-internal",
-            "--accept-weakness",
-            "broadcast-reaches-host",
-        ],
-    );
+    let out = apple_up_accepting_both(&state, &dir, &env, &name);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("WEAKNESS ACCEPTED"),
@@ -343,4 +313,30 @@ fn smolvm_up_fails_at_boot_and_leaves_nothing() {
     assert!(err.contains("start machine"), "{err}");
     assert!(err.contains("nothing is left behind"), "{err}");
     assert_eq!(ls(), "[]", "machines left after a failed up");
+}
+
+/// `bottle up` on the fake Apple runtime, accepting both weaknesses it has
+/// (so only what cannot be accepted can refuse).
+fn apple_up_accepting_both(
+    state: &TempDir,
+    dir: &TempDir,
+    env: &[(&str, &str)],
+    name: &str,
+) -> std::process::Output {
+    run(
+        state,
+        dir,
+        env,
+        &[
+            "up",
+            "--runtime",
+            "apple-container",
+            "--name",
+            name,
+            "--accept-weakness",
+            "host-reachable-from-internal",
+            "--accept-weakness",
+            "broadcast-reaches-host",
+        ],
+    )
 }
