@@ -10,22 +10,13 @@
 set -euo pipefail
 
 BASE_IMAGE=${BOTTLE_BASE_IMAGE:-bottle-base:bookworm}
-SUITE=${BOTTLE_BASE_SUITE:-bookworm}
 log() { printf 'setup: %s\n' "$*" >&2; }
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
 
 engine_answers() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
-apt_install() {
-  log "installing $*"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
-}
 
 ensure_engine() {
   if engine_answers; then
@@ -53,19 +44,10 @@ ensure_base_image() {
     log "base image $BASE_IMAGE present"
     return
   fi
-  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-  local mirror dir
-  mirror=$(debian_mirror)
-  dir=$(mktemp -d /tmp/bottle-base.XXXXXX)
-  trap 'as_root rm -rf "$dir"' RETURN
-  log "debootstrap $SUITE from $mirror (about 80 s)"
-  as_root debootstrap --variant=minbase \
-    --include=bash,git,ca-certificates,curl,python3,iproute2,dnsutils,netcat-openbsd,procps,less \
-    "$SUITE" "$dir" "$mirror" >/tmp/bottle-debootstrap.log 2>&1 \
-    || { log "debootstrap failed; see /tmp/bottle-debootstrap.log"; exit 1; }
-  as_root rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
-  log "importing as $BASE_IMAGE"
-  as_root tar -C "$dir" -c . | docker import - "$BASE_IMAGE" >/dev/null
+  local tarball
+  tarball=$(ensure_base_rootfs)
+  log "importing $tarball as $BASE_IMAGE"
+  docker import - "$BASE_IMAGE" <"$tarball" >/dev/null
   log "base image $BASE_IMAGE ready"
 }
 

@@ -18,21 +18,12 @@ set -euo pipefail
 SOCKET=${BOTTLE_PODMAN_SOCKET:-/run/podman/podman.sock}
 BASE_IMAGE=${BOTTLE_BASE_IMAGE:-bottle-base:bookworm}
 BASE_IMAGE=localhost/${BASE_IMAGE#localhost/}
-SUITE=${BOTTLE_BASE_SUITE:-bookworm}
 ULIMITS_CONF=/etc/containers/containers.conf.d/50-bottle-ulimits.conf
 log() { printf 'setup-podman: %s\n' "$*" >&2; }
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
 
-apt_install() {
-  log "installing $*"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
-}
 
 ensure_podman() {
   command -v podman >/dev/null 2>&1 || apt_install podman runc
@@ -106,7 +97,7 @@ ensure_ulimits() {
 }
 
 # The same base image as scripts/setup-engine.sh: copied from docker when it
-# has one, else made with debootstrap and `podman import`.
+# has one, else imported from the debootstrap tarball (lib.sh).
 ensure_base_image() {
   if as_root podman image exists "$BASE_IMAGE"; then
     log "base image $BASE_IMAGE present"
@@ -120,19 +111,10 @@ ensure_base_image() {
     log "base image $BASE_IMAGE ready"
     return
   fi
-  command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
-  local mirror dir
-  mirror=$(debian_mirror)
-  dir=$(mktemp -d /tmp/bottle-base.XXXXXX)
-  trap 'as_root rm -rf "$dir"' RETURN
-  log "debootstrap $SUITE from $mirror (about 80 s)"
-  as_root debootstrap --variant=minbase \
-    --include=bash,git,ca-certificates,curl,python3,iproute2,dnsutils,netcat-openbsd,procps,less \
-    "$SUITE" "$dir" "$mirror" >/tmp/bottle-debootstrap.log 2>&1 \
-    || { log "debootstrap failed; see /tmp/bottle-debootstrap.log"; exit 1; }
-  as_root rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
-  log "importing as $BASE_IMAGE"
-  as_root tar -C "$dir" -c . | as_root podman import - "$BASE_IMAGE" >/dev/null
+  local tarball
+  tarball=$(ensure_base_rootfs)
+  log "importing $tarball as $BASE_IMAGE"
+  as_root podman import - "$BASE_IMAGE" <"$tarball" >/dev/null
   log "base image $BASE_IMAGE ready"
 }
 

@@ -13,6 +13,15 @@
 #   BOTTLE_SMOLVM_BINDIR  where to write `smolvm` (default ~/.local/bin)
 #   BOTTLE_SMOLVM_VERSION smolmachines version    (default 1.32.2)
 #   PYTHON                interpreter for the venv (default python3)
+#   BOTTLE_SMOLVM_IMAGE_DIR  smolvm image store bottle writes its images to
+#                         (default $BOTTLE_SMOLVM_STATE_DIR/bottle-images, else
+#                         ~/.local/share/bottle/smolvm-images)
+#   BOTTLE_SMOLVM_BASE    `skip` to leave the base out of the store
+#
+# smolvm boots images but does not build them, so bottle writes its agent and
+# sidecar images itself as archives on a base rootfs (docs/runtimes.md). This
+# script also puts that base, a Debian made with debootstrap (lib.sh), into the
+# store as `bottle-base:bookworm`.
 set -euo pipefail
 
 VERSION=${BOTTLE_SMOLVM_VERSION:-1.32.2}
@@ -85,11 +94,39 @@ if [ ! -f "$WRAPPER" ] || [ "$(cat "$WRAPPER")" != "$(printf '%s' "$CONTENT")" ]
   log "wrote $WRAPPER"
 fi
 
+# The base rootfs in the store, under the name bottle looks for.
+ensure_store_base() {
+  [ "${BOTTLE_SMOLVM_BASE:-}" = skip ] && return
+  local store=${BOTTLE_SMOLVM_IMAGE_DIR:-}
+  if [ -z "$store" ]; then
+    if [ -n "${BOTTLE_SMOLVM_STATE_DIR:-}" ]; then
+      store=$BOTTLE_SMOLVM_STATE_DIR/bottle-images
+    else
+      store=${XDG_DATA_HOME:-$HOME/.local/share}/bottle/smolvm-images
+    fi
+  fi
+  local target="$store/bottle-base%3Abookworm.tar"
+  if [ -s "$target" ]; then
+    log "base image bottle-base:bookworm in $store"
+    return
+  fi
+  if [ "$(uname -s)" != Linux ] || ! command -v apt-get >/dev/null 2>&1; then
+    log "no base in $store: debootstrap needs Debian or Ubuntu; copy an uncompressed Debian rootfs tarball (with bash, git, curl, python3, ca-certificates) to $target, or set BOTTLE_BASE_IMAGE to one"
+    return
+  fi
+  local tarball
+  tarball=$(ensure_base_rootfs)
+  mkdir -p "$store"
+  ln -f "$tarball" "$target" 2>/dev/null || cp "$tarball" "$target"
+  log "base image bottle-base:bookworm in $store"
+}
+
 got=$("$WRAPPER" --version 2>&1) || {
   log "$WRAPPER --version failed: $got"
   exit 1
 }
 log "$got ready"
+ensure_store_base
 case ":$PATH:" in
   *":$BINDIR:"*) ;;
   *) log "note: $BINDIR is not on PATH; add it, or set BOTTLE_SMOLVM_BIN=$WRAPPER" ;;

@@ -1,7 +1,8 @@
 //! `bottle` end to end on the other runtimes: Apple `container` against the
 //! FAKE CLI in `tests/fake-container/` (the real one is macOS-only), and
-//! smolvm against the real CLI, where VMs cannot boot on CI: `up` must fail
-//! at boot with a clear message and leave no machine behind.
+//! smolvm against the real CLI, where VMs cannot boot on CI: `up` writes its
+//! images without docker, must fail at boot with a clear message and leave no
+//! machine behind.
 
 use bottle_e2e::*;
 use std::path::PathBuf;
@@ -248,22 +249,118 @@ fn smolvm_bin() -> Option<String> {
     found.then(|| "smolvm".to_string())
 }
 
+/// The Debian base rootfs tarball scripts/setup-smolvm.sh makes (lib.sh:
+/// `~/.cache/bottle/base-<suite>-<arch>.tar`).
+fn base_rootfs() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    std::fs::read_dir(cache.join("bottle"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n.starts_with("base-bookworm-") && n.ends_with(".tar")
+        })
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Loads the archive at `path` into docker under `tag` (a copy whose
+/// manifest names `tag`, so the engine's own bottle images stay as they
+/// are): docker is the independent reader that checks every digest.
+fn docker_load_as(path: &std::path::Path, tag: &str, scratch: &TempDir) {
+    use std::io::Read;
+    let copy = scratch.0.join("retagged.tar");
+    let mut input = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let mut out = tar::Builder::new(std::fs::File::create(&copy).unwrap());
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut header = entry.header().clone();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if name == "manifest.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            m[0]["RepoTags"] = serde_json::json!([tag]);
+            data = serde_json::to_vec(&m).unwrap();
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+        }
+        out.append_data(&mut header, &name, &data[..]).unwrap();
+    }
+    out.finish().unwrap();
+    let load = Command::new("docker")
+        .args(["load", "-i"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "docker load: {}", stderr(&load));
+    std::fs::remove_file(&copy).unwrap();
+}
+
+/// smolvm on a machine without docker: bottle writes the agent and sidecar
+/// images itself as archives in smolvm's image store, smolvm takes them at
+/// `machine create`, and `up` goes as far as this host allows (the first
+/// boot fails on nested KVM) and leaves no machine. Docker is never called
+/// (a `docker` that records its calls comes first on PATH); afterwards the
+/// real docker engine loads both archives and runs them, as an independent
+/// check that they are images.
 #[test]
-fn smolvm_up_fails_at_boot_and_leaves_nothing() {
+fn smolvm_up_without_docker_writes_its_images_and_leaves_nothing() {
     let Some(bin) = smolvm_bin() else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("smolvm CLI missing and CI=true (scripts/setup-smolvm.sh installs it)");
         }
-        eprintln!("SKIP smolvm_up_fails_at_boot_and_leaves_nothing: no smolvm CLI (scripts/setup-smolvm.sh)");
+        eprintln!("SKIP smolvm_up_without_docker_writes_its_images_and_leaves_nothing: no smolvm CLI (scripts/setup-smolvm.sh)");
+        return;
+    };
+    let Some(base) = base_rootfs() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("no base rootfs and CI=true (scripts/setup-smolvm.sh makes ~/.cache/bottle/base-bookworm-<arch>.tar)");
+        }
+        eprintln!("SKIP smolvm_up_without_docker_writes_its_images_and_leaves_nothing: no base rootfs (scripts/setup-smolvm.sh)");
         return;
     };
     let state = TempDir::new("smol-state");
     let dir = TempDir::new("smol");
     let smol_state = TempDir::new("smol-machines");
+    let store = TempDir::new("smol-images");
+    let fake_bin = TempDir::new("smol-bin");
     let name = unique_name("smol");
+    // The base, under the name bottle looks for in the store.
+    std::fs::hard_link(&base, store.0.join("bottle-base%3Abookworm.tar"))
+        .or_else(|_| std::fs::copy(&base, store.0.join("bottle-base%3Abookworm.tar")).map(|_| ()))
+        .unwrap();
+    let calls = fake_bin.0.join("docker-calls");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let docker = fake_bin.0.join("docker");
+        std::fs::write(
+            &docker,
+            format!("#!/bin/sh\necho \"$*\" >> '{}'\nexit 97\n", calls.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        fake_bin.0.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let env = [
         ("BOTTLE_SMOLVM_BIN", bin.as_str()),
         ("BOTTLE_SMOLVM_STATE_DIR", smol_state.0.to_str().unwrap()),
+        ("BOTTLE_SMOLVM_IMAGE_DIR", store.0.to_str().unwrap()),
+        ("BOTTLE_BASE_IMAGE", ""),
+        ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+        ("PATH", path.as_str()),
     ];
     let ls = || {
         let out = Command::new(&bin)
@@ -278,16 +375,27 @@ fn smolvm_up_fails_at_boot_and_leaves_nothing() {
             .unwrap();
         stdout(&out).trim().to_string()
     };
-    // The weakness is refused by name first.
+    // The weakness is refused by name first (the images are written before
+    // the probe, which runs its helpers on them).
     let out = run(
         &state,
         &dir,
         &env,
         &["up", "--runtime", "smolvm", "--name", &name],
     );
-    assert_eq!(out.status.code(), Some(4), "refused by the probe");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "refused by the probe: {}",
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains("dns-forwarded-unfiltered"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("(rootfs tarball)") && stderr(&out).contains("wrote "),
         "{}",
         stderr(&out)
     );
@@ -313,6 +421,88 @@ fn smolvm_up_fails_at_boot_and_leaves_nothing() {
     assert!(err.contains("start machine"), "{err}");
     assert!(err.contains("nothing is left behind"), "{err}");
     assert_eq!(ls(), "[]", "machines left after a failed up");
+    assert!(
+        !calls.exists(),
+        "docker was called: {:?}",
+        std::fs::read_to_string(&calls)
+    );
+
+    // The store holds both images bottle wrote...
+    let stored: Vec<PathBuf> = std::fs::read_dir(&store.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let find = |prefix: &str| {
+        stored
+            .iter()
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} archive in {stored:?}"))
+            .clone()
+    };
+    let sidecar = find("bottle-sidecar%3A");
+    let agent = find("bottle-agent%3Alatest");
+    // ... and smolvm took the sidecar's archive byte for byte (its archive
+    // cache is named by the file's sha256).
+    let digest = sha256_of(&sidecar);
+    let cached = smol_state
+        .0
+        .join(".cache/smolvm-image-archives")
+        .join(&digest);
+    assert!(
+        cached.join("archive.tar").is_file(),
+        "smolvm did not take {} (sha256 {digest})",
+        sidecar.display()
+    );
+
+    // Docker reads both as images: every layer digest checked on load.
+    let scratch = TempDir::new("smol-load");
+    let sidecar_tag = format!("bottle-e2e-{name}:sidecar");
+    let agent_tag = format!("bottle-e2e-{name}:agent");
+    docker_load_as(&sidecar, &sidecar_tag, &scratch);
+    docker_load_as(&agent, &agent_tag, &scratch);
+    let version = Command::new("docker")
+        .args(["run", "--rm", &sidecar_tag, "--version"])
+        .output()
+        .unwrap();
+    let agent_run = Command::new("docker")
+        .args(["run", "--rm", &agent_tag, "sh", "-c", "pwd; git --version"])
+        .output()
+        .unwrap();
+    let inspect = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{json .Config.Cmd}} {{json .Config.Labels}}",
+            &agent_tag,
+        ])
+        .output()
+        .unwrap();
+    let _ = Command::new("docker")
+        .args(["rmi", &sidecar_tag, &agent_tag])
+        .output();
+    assert!(
+        stdout(&version).starts_with("bottle-sidecar "),
+        "{} {}",
+        stdout(&version),
+        stderr(&version)
+    );
+    assert_eq!(
+        stdout(&agent_run).lines().collect::<Vec<_>>()[..2].first(),
+        Some(&"/workspace"),
+        "{}",
+        stderr(&agent_run)
+    );
+    assert!(
+        stdout(&agent_run).contains("git version"),
+        "{}",
+        stdout(&agent_run)
+    );
+    assert_eq!(
+        stdout(&inspect).trim(),
+        r#"["sleep","infinity"] {"dev.bottle.image":"agent"}"#
+    );
 }
 
 /// `bottle up` on the fake Apple runtime, accepting both weaknesses it has

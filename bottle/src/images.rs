@@ -15,7 +15,8 @@
 //! all the engine has.
 
 use crate::host::Host;
-use bottle_runtimes::{Arch, BuildSpec, Runtime, RuntimeError};
+use bottle_runtimes::oci::Recipe;
+use bottle_runtimes::{Arch, BuildSpec, Runtime, RuntimeError, RuntimeKind};
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::{elf, Endianness, FileKind};
 use sha2::{Digest, Sha256};
@@ -52,9 +53,10 @@ pub enum ImageError {
     UnknownImage { image: String },
     #[error("the bottle-sidecar binary changed while `up` ran (planned image {planned}, now {now})\n  fix: run `bottle up` again once the build is done")]
     Changed { planned: String, now: String },
-    #[error("{source}\n  hint: base image {base} could not be used; on machines without a registry run scripts/setup-engine.sh and set BOTTLE_BASE_IMAGE={LOCAL_BASE}")]
+    #[error("{source}\n  hint: base image {base} could not be used; {hint}")]
     Build {
         base: String,
+        hint: &'static str,
         #[source]
         source: RuntimeError,
     },
@@ -226,6 +228,7 @@ pub fn sidecar_build(base: &str, host: &Host, arch: Arch) -> Result<BuildSpec, I
         containerfile: "Containerfile".into(),
         build_args: BTreeMap::from([("BASE_IMAGE".to_string(), base.to_string())]),
         labels: BTreeMap::from([("dev.bottle.image".to_string(), "sidecar".to_string())]),
+        recipe: sidecar_recipe(),
     })
 }
 
@@ -240,6 +243,47 @@ pub fn agent_build(tag: &str, base: &str) -> BuildSpec {
         containerfile: "Containerfile".into(),
         build_args: BTreeMap::from([("BASE_IMAGE".to_string(), base.to_string())]),
         labels: BTreeMap::from([("dev.bottle.image".to_string(), "agent".to_string())]),
+        recipe: agent_recipe(),
+    }
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+/// images/sidecar/Containerfile as typed data, for runtimes that write an
+/// image archive instead of running the Containerfile (smolvm). The
+/// package step is not replayed: the base must already hold what it would
+/// install. A unit test keeps the two in step.
+pub fn sidecar_recipe() -> Recipe {
+    Recipe {
+        files: BTreeMap::from([(
+            "/usr/local/bin/bottle-sidecar".to_string(),
+            ("bottle-sidecar".to_string(), 0o755),
+        )]),
+        entrypoint: Some(words(&["/usr/local/bin/bottle-sidecar"])),
+        cmd: Some(words(&["run", "--policy", "/etc/bottle/policy.json"])),
+        labels: BTreeMap::from([("dev.bottle.image".to_string(), "sidecar".to_string())]),
+        requires: words(&["/etc/ssl/certs/ca-certificates.crt"]),
+        ..Recipe::default()
+    }
+}
+
+/// images/agent/Containerfile as typed data (see [`sidecar_recipe`]).
+pub fn agent_recipe() -> Recipe {
+    Recipe {
+        dirs: BTreeMap::from([("/workspace".to_string(), 0o755)]),
+        workdir: Some("/workspace".into()),
+        cmd: Some(words(&["sleep", "infinity"])),
+        labels: BTreeMap::from([("dev.bottle.image".to_string(), "agent".to_string())]),
+        requires: words(&[
+            "/usr/bin/bash",
+            "/usr/bin/git",
+            "/usr/bin/curl",
+            "/usr/bin/python3",
+            "/etc/ssl/certs/ca-certificates.crt",
+        ]),
+        ..Recipe::default()
     }
 }
 
@@ -259,7 +303,7 @@ pub async fn base_image(
     if rt.image_exists(LOCAL_BASE).await? {
         return Ok((
             LOCAL_BASE.into(),
-            "local base made by scripts/setup-engine.sh",
+            "local base made by scripts/setup-engine.sh or setup-smolvm.sh",
         ));
     }
     Ok((UPSTREAM_BASE.into(), "default; will be pulled"))
@@ -276,10 +320,15 @@ pub async fn ensure(
     if rt.image_exists(&spec.tag).await? {
         return Ok(false);
     }
+    let hint = match rt.kind() {
+        RuntimeKind::Smolvm => "scripts/setup-smolvm.sh puts a Debian base into smolvm's image store; BOTTLE_BASE_IMAGE may name a rootfs directory, rootfs tarball or `docker save` archive instead",
+        _ => "on machines without a registry run scripts/setup-engine.sh and set BOTTLE_BASE_IMAGE=bottle-base:bookworm",
+    };
     rt.build_image(spec, progress)
         .await
         .map_err(|source| ImageError::Build {
             base: base.into(),
+            hint,
             source,
         })?;
     Ok(true)
@@ -555,5 +604,76 @@ mod tests {
         );
         assert!(msg.contains("fix: run scripts/build-sidecar.sh"), "{msg}");
         assert!(msg.contains("aarch64-unknown-linux-musl build"), "{msg}");
+    }
+
+    /// The recipe a Containerfile's instructions leave, read from the file:
+    /// COPY, `RUN mkdir -p`, WORKDIR, ENTRYPOINT, CMD, LABEL.
+    fn recipe_of(containerfile: &str) -> Recipe {
+        let mut r = Recipe::default();
+        let json = |rest: &str| serde_json::from_str::<Vec<String>>(rest).unwrap();
+        for line in containerfile.lines() {
+            let (op, rest) = line.split_once(' ').unwrap_or((line, ""));
+            match op {
+                "COPY" => {
+                    let (src, dst) = rest.split_once(' ').unwrap();
+                    r.files.insert(dst.into(), (src.into(), 0o755));
+                }
+                "RUN" if rest.starts_with("mkdir -p ") => {
+                    for d in rest["mkdir -p ".len()..].split_whitespace() {
+                        r.dirs.insert(d.into(), 0o755);
+                    }
+                }
+                "WORKDIR" => r.workdir = Some(rest.into()),
+                "ENTRYPOINT" => r.entrypoint = Some(json(rest)),
+                "CMD" => r.cmd = Some(json(rest)),
+                "LABEL" => {
+                    let (k, v) = rest.split_once('=').unwrap();
+                    r.labels.insert(k.into(), v.trim_matches('"').into());
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// The archive recipes say what the Containerfiles say, so an image
+    /// written for smolvm is the image docker and Apple `container` build.
+    #[test]
+    fn recipes_follow_the_containerfiles() {
+        for (file, recipe) in [
+            (SIDECAR_CONTAINERFILE, sidecar_recipe()),
+            (AGENT_CONTAINERFILE, agent_recipe()),
+        ] {
+            let read = recipe_of(file);
+            assert_eq!(read.files, recipe.files);
+            assert_eq!(read.dirs, recipe.dirs);
+            assert_eq!(read.workdir, recipe.workdir);
+            assert_eq!(read.entrypoint, recipe.entrypoint);
+            assert_eq!(read.cmd, recipe.cmd);
+            assert_eq!(read.labels, recipe.labels);
+        }
+        // Each file the sidecar recipe adds is carried by its build.
+        let build = BuildSpec {
+            recipe: sidecar_recipe(),
+            ..agent_build("t", "b")
+        };
+        for (key, _) in build.recipe.files.values() {
+            assert!(key == "bottle-sidecar", "{key}");
+        }
+        // The packages the Containerfiles install are what the recipes
+        // require of a base.
+        for (bin, pkg) in [
+            ("git", "git"),
+            ("curl", "curl"),
+            ("python3", "python3"),
+            ("bash", "bash"),
+        ] {
+            assert!(AGENT_CONTAINERFILE.contains(pkg));
+            assert!(
+                agent_recipe().requires.contains(&format!("/usr/bin/{bin}")),
+                "{bin}"
+            );
+        }
+        assert!(SIDECAR_CONTAINERFILE.contains("ca-certificates"));
     }
 }

@@ -172,8 +172,9 @@ pub async fn plan_images(
     let sidecar_binary = images::sidecar_binary(host, arch)?;
     let sidecar = images::sidecar_build(&base, host, arch)?;
     let build_sidecar = !rt.image_exists(&sidecar.tag).await?;
-    let build_agent = !rt.image_exists(agent_image).await?;
-    if build_agent && agent_image != images::DEFAULT_AGENT_IMAGE {
+    let missing = !rt.image_exists(agent_image).await?;
+    let build_agent = missing && agent_image == images::DEFAULT_AGENT_IMAGE;
+    if missing && !build_agent && !rt.pulls_missing_images() {
         return Err(ImageError::UnknownImage {
             image: agent_image.into(),
         }

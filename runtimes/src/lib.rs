@@ -18,6 +18,7 @@ pub mod docker;
 mod error;
 #[cfg(feature = "test-util")]
 pub mod fake;
+pub mod oci;
 mod probe;
 mod process;
 mod role;
@@ -98,6 +99,13 @@ pub trait Runtime: Send + Sync {
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Does the runtime fetch an image that [`Runtime::image_exists`] says
+    /// is missing by itself when a container first starts (smolvm pulls
+    /// registry references in the guest)? Then a missing image that bottle
+    /// cannot build is left to it instead of refused.
+    fn pulls_missing_images(&self) -> bool {
+        false
+    }
     /// Removes every tag of repository `repo` but `keep` that no container
     /// uses (older sidecar images after an upgrade). Returns how many went.
     /// Runtimes that cannot list images remove nothing.

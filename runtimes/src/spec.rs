@@ -19,6 +19,10 @@ pub struct BuildSpec {
     pub containerfile: String,
     pub build_args: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// The same image as typed data, for runtimes that cannot run a
+    /// Containerfile and write an image archive instead (smolvm): its files
+    /// come from [`BuildSpec::files`], its base is `build_args["BASE_IMAGE"]`.
+    pub recipe: crate::oci::Recipe,
 }
 
 /// The two kinds of network a bottle uses.

@@ -662,6 +662,7 @@ async fn images_build_and_exist() {
         containerfile: "Containerfile".into(),
         build_args: BTreeMap::from([("BASE".to_string(), "debian".to_string())]),
         labels: BTreeMap::new(),
+        recipe: Default::default(),
     };
     let mut lines = Vec::new();
     rt.build_image(&spec, &mut |l: &str| lines.push(l.to_string()))

@@ -62,6 +62,7 @@ impl Smol {
         SmolvmConfig {
             bin: self.bin.clone(),
             state_dir: Some(self.state.path().join("state")),
+            image_dir: self.state.path().join("images"),
         }
     }
 
@@ -139,6 +140,7 @@ async fn version_gates() {
         let err = SmolvmRuntime::connect_with(SmolvmConfig {
             bin: stub,
             state_dir: None,
+            image_dir: smol.state.path().join("images"),
         })
         .await
         .err()
@@ -155,6 +157,7 @@ async fn version_gates() {
     let err = SmolvmRuntime::connect_with(SmolvmConfig {
         bin: stub,
         state_dir: None,
+        image_dir: smol.state.path().join("images"),
     })
     .await
     .err()
@@ -617,6 +620,7 @@ async fn guest_boot_failure_is_explained() {
     let rt = SmolvmRuntime::connect_with(SmolvmConfig {
         bin: wrapper,
         state_dir: Some(smol.state.path().join("state")),
+        image_dir: smol.state.path().join("images"),
     })
     .await
     .unwrap();
@@ -647,4 +651,121 @@ async fn guest_boot_failure_is_explained() {
         }
     }
     assert!(rt.machines().await.unwrap().is_empty());
+}
+
+/// A rootfs tarball holding `files` (all 0644 regular files).
+fn rootfs_tarball(path: &std::path::Path, files: &[&str]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for f in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, f, &b"x\n"[..]).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+/// smolvm cannot build images: the driver writes them into its image store
+/// from the spec's recipe, `image_exists` then finds them, and
+/// `machine create` is handed the archive (smolvm records it as
+/// `local:<sha256 of the file>`). A base smolvm cannot read, or one that
+/// lacks what the recipe requires, is refused with the fix, and nothing is
+/// written.
+#[tokio::test]
+async fn images_are_written_to_the_store_and_handed_to_create() {
+    let Some(smol) = Smol::new("images_are_written_to_the_store_and_handed_to_create") else {
+        return;
+    };
+    let rt = smol.connect().await;
+    let base = smol.state.path().join("base.tar");
+    rootfs_tarball(&base, &["etc/ssl/certs/ca-certificates.crt", "usr/bin/git"]);
+    let mut spec = bottle_runtimes::BuildSpec {
+        tag: "bottle-sidecar:t1".into(),
+        files: BTreeMap::from([("bottle-sidecar".to_string(), (b"bin".to_vec(), 0o755))]),
+        containerfile: "Containerfile".into(),
+        build_args: BTreeMap::from([("BASE_IMAGE".to_string(), base.display().to_string())]),
+        labels: BTreeMap::new(),
+        recipe: bottle_runtimes::oci::Recipe {
+            files: BTreeMap::from([(
+                "/usr/local/bin/bottle-sidecar".to_string(),
+                ("bottle-sidecar".to_string(), 0o755),
+            )]),
+            entrypoint: Some(vec!["/usr/local/bin/bottle-sidecar".into()]),
+            requires: vec!["/usr/bin/git".into()],
+            ..Default::default()
+        },
+    };
+    assert!(!rt.image_exists("bottle-sidecar:t1").await.unwrap());
+    let mut lines = Vec::new();
+    rt.build_image(&spec, &mut |l: &str| lines.push(l.to_string()))
+        .await
+        .unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("(rootfs tarball)")),
+        "{lines:?}"
+    );
+    assert!(rt.image_exists("bottle-sidecar:t1").await.unwrap());
+    let archive = rt.image_dir().join("bottle-sidecar%3At1.tar");
+    assert!(archive.is_file());
+
+    // The machine is created from the archive: smolvm names it by the
+    // file's sha256.
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
+    };
+    let name = rt
+        .create_container(&ContainerSpec {
+            name: "bottle-img-sidecar".into(),
+            image: "bottle-sidecar:t1".into(),
+            labels: labels("img", Role::Sidecar),
+            networks: vec![attach(EGRESS_ID)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = smol.raw(&["machine", "status", "--name", &name, "--json"]);
+    let m: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(m["image"], format!("local:{sha}"), "{m}");
+    rt.remove_container(&name).await.unwrap();
+
+    // A newer sidecar prunes the older archive.
+    spec.tag = "bottle-sidecar:t2".into();
+    rt.build_image(&spec, &mut |_: &str| {}).await.unwrap();
+    assert_eq!(
+        rt.prune_images("bottle-sidecar", "bottle-sidecar:t2")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!archive.exists());
+    assert!(rt.image_exists("bottle-sidecar:t2").await.unwrap());
+
+    // A base without git is refused naming what is missing.
+    rootfs_tarball(&base, &["etc/ssl/certs/ca-certificates.crt"]);
+    spec.tag = "bottle-sidecar:t3".into();
+    let err = rt
+        .build_image(&spec, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the base lacks [\"/usr/bin/git\"]"), "{err}");
+    assert!(!rt.image_exists("bottle-sidecar:t3").await.unwrap());
+
+    // A reference the store does not hold cannot be a base.
+    spec.build_args
+        .insert("BASE_IMAGE".into(), "debian:bookworm-slim".into());
+    let err = rt
+        .build_image(&spec, &mut |_: &str| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("neither a local rootfs/archive nor in the image store"),
+        "{err}"
+    );
+    assert!(err.contains("fix: run scripts/setup-smolvm.sh"), "{err}");
+    // Images bottle does not build are pulled by smolvm at start.
+    assert!(rt.pulls_missing_images());
 }

@@ -51,6 +51,8 @@ use std::path::{Path, PathBuf};
 pub const BIN_ENV: &str = "BOTTLE_SMOLVM_BIN";
 /// Environment variable naming a state dir passed as `--state-dir` to every call.
 pub const STATE_DIR_ENV: &str = "BOTTLE_SMOLVM_STATE_DIR";
+/// Environment variable naming the image store (the archives bottle writes).
+pub const IMAGE_DIR_ENV: &str = "BOTTLE_SMOLVM_IMAGE_DIR";
 /// Machines are named with `--name` from this release on (a positional before).
 pub const NAME_FLAG_SINCE: Version = Version(1, 1, 0);
 /// The `--network` fabric exists from this release on; bottle needs it.
@@ -103,6 +105,47 @@ pub struct Machine {
 pub struct SmolvmConfig {
     pub bin: PathBuf,
     pub state_dir: Option<PathBuf>,
+    /// Where image archives live, one `<reference>.tar` per image
+    /// ([`store_path`]); bottle writes its own images here.
+    pub image_dir: PathBuf,
+}
+
+/// The default image store: `<state dir>/bottle-images` when a state dir is
+/// set, else `<data dir>/bottle/smolvm-images`
+/// (`~/.local/share/bottle/smolvm-images` on Linux).
+pub fn default_image_dir(state_dir: Option<&Path>) -> PathBuf {
+    match state_dir {
+        Some(s) => s.join("bottle-images"),
+        None => dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("bottle")
+            .join("smolvm-images"),
+    }
+}
+
+/// The archive of image `reference` in the store `dir`: the reference with
+/// every byte outside `a-z 0-9 . _ -` percent-encoded, plus `.tar`
+/// (`bottle-agent:latest` → `bottle-agent%3Alatest.tar`).
+pub fn store_path(dir: &Path, reference: &str) -> PathBuf {
+    let mut name = String::new();
+    for b in reference.bytes() {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b) {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    dir.join(format!("{name}.tar"))
+}
+
+/// Is `image` a path on this machine rather than a reference?
+fn is_local_path(image: &str) -> bool {
+    image.starts_with('/')
+        || image.starts_with("./")
+        || image.starts_with("../")
+        || image.ends_with(".tar")
+        || image.ends_with(".tar.gz")
+        || image.ends_with(".tgz")
 }
 
 impl SmolvmConfig {
@@ -116,7 +159,15 @@ impl SmolvmConfig {
         let state_dir = std::env::var_os(STATE_DIR_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        Ok(SmolvmConfig { bin, state_dir })
+        let image_dir = std::env::var_os(IMAGE_DIR_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| default_image_dir(state_dir.as_deref()));
+        Ok(SmolvmConfig {
+            bin,
+            state_dir,
+            image_dir,
+        })
     }
 }
 
@@ -124,6 +175,7 @@ impl SmolvmConfig {
 pub struct SmolvmRuntime {
     tool: Tool,
     version: Version,
+    image_dir: PathBuf,
 }
 
 fn capability(capability: &str, detail: String, fix: &str) -> RuntimeError {
@@ -239,7 +291,11 @@ impl SmolvmRuntime {
         if let Some(dir) = config.state_dir {
             tool.global = vec!["--state-dir".into(), dir.display().to_string()];
         }
-        Ok(SmolvmRuntime { tool, version })
+        Ok(SmolvmRuntime {
+            tool,
+            version,
+            image_dir: config.image_dir,
+        })
     }
 
     pub fn version(&self) -> Version {
@@ -248,6 +304,47 @@ impl SmolvmRuntime {
 
     pub fn binary_path(&self) -> &Path {
         &self.tool.bin
+    }
+
+    /// The image store ([`SmolvmConfig::image_dir`]).
+    pub fn image_dir(&self) -> &Path {
+        &self.image_dir
+    }
+
+    /// What `--image` gets for `image`: the store's archive when it holds
+    /// one, else `image` as given (a path, or a reference smolvm pulls).
+    pub fn image_source(&self, image: &str) -> String {
+        let stored = store_path(&self.image_dir, image);
+        if !is_local_path(image) && stored.is_file() {
+            stored.display().to_string()
+        } else {
+            image.to_string()
+        }
+    }
+
+    /// The base an archive is written on: a local path as it is, else the
+    /// store's archive of that reference, else nothing bottle can read.
+    fn base_of(&self, base: &str) -> Result<crate::oci::Base, RuntimeError> {
+        let path = if is_local_path(base) || Path::new(base).is_absolute() {
+            PathBuf::from(base)
+        } else {
+            store_path(&self.image_dir, base)
+        };
+        if !path.exists() {
+            return Err(capability(
+                "image base",
+                format!(
+                    "smolvm cannot build images, so bottle writes them as archives on a base it can read; base `{base}` is neither a local rootfs/archive nor in the image store ({} is missing)",
+                    path.display()
+                ),
+                "run scripts/setup-smolvm.sh (it makes the Debian base with debootstrap and puts it in the store), or set BOTTLE_BASE_IMAGE to a rootfs directory, an uncompressed rootfs tarball or a `docker save` archive",
+            ));
+        }
+        crate::oci::Base::detect(&path).map_err(|e| RuntimeError::Build {
+            image: base.to_string(),
+            message: e.to_string(),
+            log_tail: String::new(),
+        })
     }
 
     fn machine(&self, sub: &str, name: &str) -> Vec<String> {
@@ -365,7 +462,7 @@ impl SmolvmRuntime {
             a.extend(["--smolfile".into(), f.display().to_string()]);
         }
         if !spec.image.is_empty() {
-            a.extend(["--image".into(), spec.image.clone()]);
+            a.extend(["--image".into(), self.image_source(&spec.image)]);
         }
         let mut labels = spec.labels.clone();
         if let Some(f) = fabrics.first() {
@@ -549,29 +646,98 @@ impl Runtime for SmolvmRuntime {
         probe::run(self, helper_image).await
     }
 
-    /// A local source (`/…`, `./…`, `../…`, `*.tar[.gz]`, `*.tgz`) must
-    /// exist; a registry reference is fetched by smolvm at first start, so it
-    /// counts as present here and a missing one fails that start.
+    /// A local source (`/…`, `./…`, `../…`, `*.tar[.gz]`, `*.tgz`) exists;
+    /// a reference is present when the image store holds its archive. Any
+    /// other reference is one smolvm pulls at first start
+    /// ([`Runtime::pulls_missing_images`]).
     async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
-        let local = image.starts_with('/')
-            || image.starts_with("./")
-            || image.starts_with("../")
-            || image.ends_with(".tar")
-            || image.ends_with(".tar.gz")
-            || image.ends_with(".tgz");
-        Ok(!local || Path::new(image).exists())
+        if is_local_path(image) {
+            return Ok(Path::new(image).exists());
+        }
+        Ok(store_path(&self.image_dir, image).is_file())
     }
 
+    fn pulls_missing_images(&self) -> bool {
+        true
+    }
+
+    /// smolvm runs no Containerfile: bottle writes the image as an archive
+    /// into the store from the spec's [`crate::oci::Recipe`] on the base
+    /// `BASE_IMAGE` (a rootfs directory or tarball, a `docker save`
+    /// archive, or a reference whose archive the store holds).
     async fn build_image(
         &self,
         spec: &BuildSpec,
-        _progress: Progress<'_>,
+        progress: Progress<'_>,
     ) -> Result<(), RuntimeError> {
-        Err(capability(
-            "image build",
-            format!("smolvm boots images, it does not build them ({} was asked for)", spec.tag),
-            "build it with docker, `docker save -o image.tar` it, and name the archive as the image (`./image.tar`)",
-        ))
+        let base_name = spec
+            .build_args
+            .get("BASE_IMAGE")
+            .cloned()
+            .unwrap_or_default();
+        let base = self.base_of(&base_name)?;
+        let arch = self.architecture().await?;
+        let out = store_path(&self.image_dir, &spec.tag);
+        let recipe = spec.recipe.clone();
+        let files = spec.files.clone();
+        let tag = spec.tag.clone();
+        // The archive is written on a blocking thread; its progress lines
+        // come back over a channel.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut say = move |line: &str| {
+                let _ = tx.send(line.to_string());
+            };
+            crate::oci::write_archive(&base, &recipe, &files, &tag, arch, &out, &mut say)
+        });
+        while let Some(line) = rx.recv().await {
+            progress(&line);
+        }
+        let written = job
+            .await
+            .map_err(|e| RuntimeError::Build {
+                image: spec.tag.clone(),
+                message: format!("the archive writer stopped: {e}"),
+                log_tail: String::new(),
+            })?
+            .map_err(|e| RuntimeError::Build {
+                image: spec.tag.clone(),
+                message: e.to_string(),
+                log_tail: String::new(),
+            })?;
+        progress(&format!(
+            "wrote {} ({} layers, {} bytes, image {})",
+            store_path(&self.image_dir, &spec.tag).display(),
+            written.diff_ids.len(),
+            written.size,
+            written.image_id
+        ));
+        Ok(())
+    }
+
+    /// Removes the store's other archives of `repo` (`keep` stays).
+    /// smolvm copies an archive into its own cache at `machine create`, so
+    /// no machine depends on the store's file.
+    async fn prune_images(&self, repo: &str, keep: &str) -> Result<usize, RuntimeError> {
+        let keep = store_path(&self.image_dir, keep);
+        let prefix = store_path(&self.image_dir, &format!("{repo}:"));
+        let prefix = prefix.display().to_string();
+        let prefix = prefix.trim_end_matches(".tar");
+        let Ok(entries) = std::fs::read_dir(&self.image_dir) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p != keep
+                && p.display().to_string().starts_with(prefix)
+                && p.extension().is_some_and(|x| x == "tar")
+                && std::fs::remove_file(&p).is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Creates nothing: a fabric exists while a machine names it, and the
