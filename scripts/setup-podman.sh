@@ -118,8 +118,32 @@ ensure_base_image() {
   log "base image $BASE_IMAGE ready"
 }
 
+# Podman next to docker: dockerd sets the FORWARD policy to DROP, and with
+# br_netfilter loaded, frames bridged between two containers on ONE bridge
+# pass that chain. netavark adds accept rules only for networks with a way
+# out, so on the internal network a bottle makes (no gateway, no DNS) the
+# agent could not reach its own sidecar. This accepts exactly the frames
+# bridged within one bottle bridge (`bt-*`, the names bottle gives its
+# bridges), in DOCKER-USER, the chain dockerd leaves to the administrator;
+# nothing crosses between bridges or reaches the host by it. Idempotent.
+ensure_bridged_forwarding() {
+  command -v iptables >/dev/null 2>&1 || return 0
+  as_root iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP' || return 0
+  [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] || return 0
+  local chain=FORWARD
+  as_root iptables -S DOCKER-USER >/dev/null 2>&1 && chain=DOCKER-USER
+  local rule=(-m physdev --physdev-is-bridged -i 'bt-+' -o 'bt-+' -j ACCEPT)
+  if as_root iptables -C "$chain" "${rule[@]}" 2>/dev/null; then
+    log "frames bridged within bt-* bridges already accepted ($chain)"
+    return
+  fi
+  log "accepting frames bridged within bt-* bridges ($chain; FORWARD's policy is DROP)"
+  as_root iptables -I "$chain" "${rule[@]}"
+}
+
 ensure_podman
 ensure_service
 ensure_ulimits
 ensure_base_image
+ensure_bridged_forwarding
 printf 'unix://%s\n' "$SOCKET"

@@ -54,8 +54,8 @@ scripts/setup-engine.sh
 # The real smolvm CLI (PyPI smolmachines) for the smolvm driver's tests.
 BOTTLE_SMOLVM_BIN="$(scripts/setup-smolvm.sh)"
 export BOTTLE_SMOLVM_BIN
-# Podman's Docker-compatible API, for tests/podman.rs (bottle must refuse it
-# here: the host holds an address on podman's internal networks).
+# Podman's Docker-compatible API, for tests/podman.rs (a whole bottle on
+# podman: probe, up, exec, verify, host unreachable, down).
 BOTTLE_PODMAN_HOST="$(scripts/setup-podman.sh)"
 export BOTTLE_PODMAN_HOST
 

@@ -1061,10 +1061,20 @@ fn inspect_checks(
     ));
     let added: Vec<String> = sec.cap_add.iter().map(|c| cap_name(c)).collect();
     let dropped: Vec<String> = sec.cap_drop.iter().map(|c| cap_name(c)).collect();
+    // Where the runtime gives the bounding set (podman, whose CapDrop lists
+    // only what it took from its own defaults), a capability is gone when
+    // it is not in that set; elsewhere when CapDrop names it.
+    let bounding: Option<Vec<String>> = sec
+        .bounding_caps
+        .as_ref()
+        .map(|b| b.iter().map(|c| cap_name(c)).collect());
     let missing: Vec<String> = Plan::agent_cap_drop()
         .into_iter()
         .map(|c| cap_name(&c))
-        .filter(|c| !dropped.contains(c) && !dropped.iter().any(|d| d == "ALL"))
+        .filter(|c| match &bounding {
+            Some(b) => b.contains(c),
+            None => !dropped.contains(c) && !dropped.iter().any(|d| d == "ALL"),
+        })
         .collect();
     rows.push(inspect_row(
         "capabilities",
@@ -1207,7 +1217,10 @@ fn inspect_checks(
     ));
 
     // Networks: the internal network, nothing else.
+    // Podman reports `bridge` for any container on its own networks; the
+    // list of networks below is what decides there.
     let mode_ok = sec.network_mode == internal
+        || sec.network_mode == "bridge"
         || internal_ref.is_some_and(|r| {
             !sec.network_mode.is_empty()
                 && (r.id.starts_with(&sec.network_mode) || sec.network_mode.starts_with(&r.id))
@@ -1352,6 +1365,51 @@ mod tests {
             rows.iter().all(|r| r.pass && r.ran == Where::Inspect),
             "{rows:?}"
         );
+    }
+
+    /// Podman: CapDrop lists only what podman took from its own defaults,
+    /// NetworkMode says `bridge`; the bounding set and the network list
+    /// decide, and a dangerous capability in the bounding set fails.
+    #[test]
+    fn podman_inspect_is_read_by_its_bounding_set_and_networks() {
+        let state = crate::state::StateDir::for_bottle("t").unwrap();
+        let podman = |bounding: &[&str]| SecurityInfo {
+            cap_drop: vec!["AUDIT_WRITE".into(), "MKNOD".into(), "NET_RAW".into()],
+            bounding_caps: Some(bounding.iter().map(|c| c.to_string()).collect()),
+            no_new_privileges: true,
+            pids_limit: Some(2048),
+            memory_bytes: Some(4 << 30),
+            network_mode: "bridge".into(),
+            networks: vec![INTERNAL.into()],
+            mounts: vec![bind(&state.agent_dir(), AGENT_CA_DIR, true)],
+            ..Default::default()
+        };
+        let good = podman(&["CAP_CHOWN", "CAP_KILL", "CAP_SETUID"]);
+        let v = verdicts(&inspect_checks(
+            &agent(Some(good)),
+            INTERNAL,
+            Some(&internal_ref()),
+            &state,
+        ));
+        assert_eq!(v.get("capabilities"), Some(&true), "{v:?}");
+        assert_eq!(v.get("networks"), Some(&true), "{v:?}");
+        let bad = podman(&["CAP_CHOWN", "CAP_SYS_ADMIN"]);
+        let rows = inspect_checks(&agent(Some(bad)), INTERNAL, Some(&internal_ref()), &state);
+        let caps = rows.iter().find(|r| r.name == "capabilities").unwrap();
+        assert!(
+            !caps.pass && caps.observed.contains("SYS_ADMIN"),
+            "{caps:?}"
+        );
+        // `bridge` with any other network attached is not the internal only.
+        let mut wide = podman(&["CAP_CHOWN"]);
+        wide.networks.push("podman".into());
+        let v = verdicts(&inspect_checks(
+            &agent(Some(wide)),
+            INTERNAL,
+            Some(&internal_ref()),
+            &state,
+        ));
+        assert_eq!(v.get("networks"), Some(&false), "{v:?}");
     }
 
     #[test]

@@ -20,16 +20,21 @@ pub enum Role {
     Egress,
     /// Short-lived containers and networks a probe or `verify` makes.
     Probe,
+    /// Podman only: a sleeping container on the internal network that keeps
+    /// its bridge, and the sysctls set on it, in existence for the bottle's
+    /// life (netavark deletes a bridge with its last container).
+    Bridge,
 }
 
 impl Role {
     /// Every role, in the order above.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Agent,
         Role::Sidecar,
         Role::Internal,
         Role::Egress,
         Role::Probe,
+        Role::Bridge,
     ];
 
     /// The label value (and resource-name suffix) of this role.
@@ -40,6 +45,7 @@ impl Role {
             Role::Internal => "internal",
             Role::Egress => "egress",
             Role::Probe => "probe",
+            Role::Bridge => "bridge",
         }
     }
 
@@ -119,7 +125,7 @@ mod tests {
         let err = "Agent".parse::<Role>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`Agent` is not a bottle role\n  fix: name one of: agent, sidecar, internal, egress, probe"
+            "`Agent` is not a bottle role\n  fix: name one of: agent, sidecar, internal, egress, probe, bridge"
         );
     }
 }

@@ -160,6 +160,11 @@ pub struct SecurityInfo {
     /// Capabilities as the runtime lists them (`NET_RAW` or `CAP_NET_RAW`).
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
+    /// The capabilities the container can ever hold, where the runtime says
+    /// so (podman's `BoundingCaps`). Podman lists in `CapDrop` only what it
+    /// removed from its own default set, so this, not `CapDrop`, says
+    /// whether a capability is gone.
+    pub bounding_caps: Option<Vec<String>>,
     pub no_new_privileges: bool,
     /// The user the main process runs as (`uid[:gid]` or a name; empty: the
     /// image's default, usually root).

@@ -30,12 +30,14 @@
 //! root, so everything runs in short-lived helper containers in the engine
 //! host's network namespace, never in bottle's own process. The helper that
 //! writes gets only what writing `/proc/sys/net` needs: `NET_ADMIN`, `/proc/sys`
-//! not read-only, no AppArmor profile (docker-default denies `/proc/sys`
-//! writes), no-new-privileges; not `--privileged`.
+//! not read-only (on podman through its `unmask=/proc/sys` option, as it
+//! ignores an empty `readonly_paths`), no AppArmor profile (docker-default
+//! denies `/proc/sys` writes), no-new-privileges; not `--privileged`.
 
 use super::DockerRuntime;
 use crate::{
-    ContainerSpec, NetworkAttachment, NetworkInfo, Runtime, RuntimeError, RuntimeKind, Weakness,
+    ContainerSpec, NetworkAttachment, NetworkInfo, Role, Runtime, RuntimeError, RuntimeKind,
+    Weakness,
 };
 use bollard::models::{ContainerCreateBody, HostConfig};
 use std::collections::BTreeMap;
@@ -167,6 +169,66 @@ fn failed(operation: &str, message: String) -> RuntimeError {
     }
 }
 
+/// Podman: makes sure a container labelled [`Role::Bridge`] sits on
+/// `network` for as long as the network lives, so its bridge exists now and
+/// is not deleted (losing the settings below) when the agent and sidecar
+/// both stop. It carries the network's labels, so `bottle down` (or a
+/// probe's sweep, for a probe's network) removes it with the rest.
+async fn hold_bridge_for_life(
+    rt: &DockerRuntime,
+    network: &NetworkInfo,
+    helper_image: &str,
+) -> Result<(), RuntimeError> {
+    let name = format!("{}-bridge", network.name);
+    if rt.inspect_container(&name).await.is_ok() {
+        return Ok(());
+    }
+    let mut labels: BTreeMap<String, String> = rt
+        .docker
+        .inspect_network(&network.id, None)
+        .await
+        .map_err(super::call(format!("inspect network {}", network.name)))?
+        .labels
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if Role::of(&labels) != Some(Role::Probe) {
+        labels.extend([Role::Bridge.label()]);
+    }
+    // The last address of the /24, clear of the sidecar's .2 and the
+    // agent's .3 (a dynamic address would take .2 or .3 first).
+    let ipv4 = network
+        .subnet
+        .as_deref()
+        .and_then(|s| s.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .map(|base| {
+            let o = base.octets();
+            Ipv4Addr::new(o[0], o[1], o[2], 254)
+        });
+    let spec = ContainerSpec {
+        name: name.clone(),
+        image: helper_image.into(),
+        entrypoint: Some(vec!["sleep".into(), "infinity".into()]),
+        labels,
+        networks: vec![NetworkAttachment {
+            network: network.id.clone(),
+            ipv4,
+            aliases: vec![],
+        }],
+        user: Some("65534:65534".into()),
+        cap_drop: vec!["ALL".into()],
+        no_new_privileges: true,
+        read_only_rootfs: true,
+        ..Default::default()
+    };
+    let id = rt.create_container(&spec).await?;
+    if let Err(e) = rt.start_container(&id).await {
+        let _ = rt.remove_container(&id).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Sets and reads back the settings of the module doc on `network`'s bridge.
 pub(super) async fn isolate(
     rt: &DockerRuntime,
@@ -191,6 +253,9 @@ pub(super) async fn isolate(
             ))
         }
     };
+    if rt.engine == super::Engine::Podman {
+        hold_bridge_for_life(rt, network, helper_image).await?;
+    }
     let body = ContainerCreateBody {
         image: Some(helper_image.into()),
         entrypoint: Some(vec![
@@ -208,10 +273,18 @@ pub(super) async fn isolate(
             // `/proc/sys` is read-only by default; an empty list lifts that
             // (the CLI's `--security-opt systempaths=unconfined`).
             readonly_paths: Some(vec![]),
-            security_opt: Some(vec![
-                "no-new-privileges:true".into(),
-                "apparmor=unconfined".into(),
-            ]),
+            security_opt: Some({
+                let mut opts = vec![
+                    "no-new-privileges:true".to_string(),
+                    "apparmor=unconfined".to_string(),
+                ];
+                // Podman keeps `/proc/sys` read-only whatever
+                // `readonly_paths` says; its own option lifts it.
+                if rt.engine == super::Engine::Podman {
+                    opts.push("unmask=/proc/sys".into());
+                }
+                opts
+            }),
             init: Some(false),
             ..Default::default()
         }),

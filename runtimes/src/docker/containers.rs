@@ -297,7 +297,15 @@ pub(super) async fn inspect(rt: &DockerRuntime, id: &str) -> Result<ContainerInf
             .collect(),
         ipv4,
         exit_code: state.and_then(|s| s.exit_code),
-        security: Some(security_of(&c)),
+        security: Some({
+            let mut sec = security_of(&c);
+            if rt.engine == super::Engine::Podman {
+                if let Some(id) = &c.id {
+                    sec.bounding_caps = super::libpod::bounding_caps(&rt.endpoint.host, id).await;
+                }
+            }
+            sec
+        }),
     })
 }
 
@@ -426,6 +434,7 @@ fn security_of(c: &bollard::models::ContainerInspectResponse) -> crate::Security
         privileged: hc.privileged.unwrap_or(false),
         cap_add: hc.cap_add.clone().unwrap_or_default(),
         cap_drop: hc.cap_drop.clone().unwrap_or_default(),
+        bounding_caps: None,
         no_new_privileges,
         user: c
             .config

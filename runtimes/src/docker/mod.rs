@@ -33,6 +33,7 @@ mod containers;
 mod endpoint;
 mod exec;
 mod images;
+mod libpod;
 mod networks;
 mod probe;
 

@@ -173,6 +173,33 @@ impl DockerRuntime {
         let created = self.docker.create_network(req).await?;
         Ok(created.id)
     }
+
+    /// An internal network on podman, through libpod: no DNS, so no gateway
+    /// and no address for the host on its bridge ([`super::libpod`]).
+    async fn try_create_podman_internal(
+        &self,
+        spec: &NetworkSpec,
+        subnet: &str,
+        bridge: &str,
+    ) -> Result<Result<String, String>, RuntimeError> {
+        let net = super::libpod::InternalNetwork {
+            name: &spec.name,
+            driver: "bridge",
+            network_interface: bridge,
+            subnets: vec![super::libpod::Subnet {
+                subnet: subnet.to_string(),
+            }],
+            internal: true,
+            dns_enabled: false,
+            ipv6_enabled: false,
+            labels: &spec.labels,
+        };
+        Ok(
+            super::libpod::create_internal_network(&self.endpoint.host, &net)
+                .await?
+                .map_err(|f| f.0),
+        )
+    }
 }
 
 pub(super) async fn create(
@@ -214,10 +241,16 @@ pub(super) async fn create(
             continue;
         }
         let subnet = format!("{}.{}.{third}.0/24", INTERNAL_POOL[0], INTERNAL_POOL[1]);
-        match rt
-            .try_create_network(spec, Some(subnet.clone()), &bridge)
-            .await
-        {
+        let created = if rt.engine == Engine::Podman {
+            // The compatible API would give the bridge a host address.
+            rt.try_create_podman_internal(spec, &subnet, &bridge)
+                .await?
+        } else {
+            rt.try_create_network(spec, Some(subnet.clone()), &bridge)
+                .await
+                .map_err(|e| clean_message(&e))
+        };
+        match created {
             Ok(id) => {
                 return Ok(NetworkInfo {
                     id,
@@ -227,12 +260,19 @@ pub(super) async fn create(
                     host_interface: Some(bridge),
                 })
             }
-            // Another bottle took it between our listing and our create.
-            Err(e) if clean_message(&e).contains("overlap") => {
-                last_error = clean_message(&e);
+            // Another bottle (or, on podman, another tool) took it between
+            // our listing and our create.
+            Err(e) if e.contains("overlap") || e.contains("already used") => {
+                last_error = e;
                 continue;
             }
-            Err(e) => return Err(call(format!("create network {}", spec.name))(e)),
+            Err(e) => {
+                return Err(RuntimeError::Call {
+                    runtime: RuntimeKind::Docker,
+                    operation: format!("create network {}", spec.name),
+                    message: e,
+                })
+            }
         }
     }
     Err(RuntimeError::Call {

@@ -130,21 +130,34 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                         super::networks::INHIBIT_IPV4
                     ),
                 ),
-                // Podman has no such option (its create answers "not a
-                // recognized option"); whether the host holds an address is
-                // the next row's measurement, not a setting read back.
-                Engine::Podman => Capability::new(
-                    "internal-network",
-                    CapabilityState::from_bool(is_internal),
-                    "measured",
-                    true,
-                    format!(
-                        "created {} (subnet {}): internal={is_internal}; podman ignores {}, so the host's address is measured below",
-                        net.name,
-                        net.subnet.as_deref().unwrap_or("?"),
-                        super::networks::INHIBIT_IPV4
-                    ),
-                ),
+                // Made through libpod (libpod.rs): read back there.
+                Engine::Podman => {
+                    match super::libpod::network_facts(&rt.endpoint.host, &net.id).await {
+                        Ok(f) => Capability::new(
+                            "internal-network",
+                            CapabilityState::from_bool(
+                                f.internal && !f.dns_enabled && f.gateways.is_empty(),
+                            ),
+                            "measured",
+                            true,
+                            format!(
+                                "created {} (subnet {}) through podman's own API: internal={}, dns_enabled={}, gateways {:?}",
+                                net.name,
+                                net.subnet.as_deref().unwrap_or("?"),
+                                f.internal,
+                                f.dns_enabled,
+                                f.gateways
+                            ),
+                        ),
+                        Err(e) => Capability::new(
+                            "internal-network",
+                            CapabilityState::Unknown,
+                            "measured",
+                            true,
+                            format!("created {}, but podman's own API did not describe it: {e}", net.name),
+                        ),
+                    }
+                }
             });
             networks.push(net.clone());
             Some(net)
@@ -365,10 +378,10 @@ fn internal_dns(rt: &DockerRuntime) -> Capability {
     if rt.engine == Engine::Podman {
         return Capability::new(
             "internal-dns-isolated",
-            CapabilityState::Unknown,
-            "skipped",
+            CapabilityState::Yes,
+            "measured",
             false,
-            format!("podman {} answers DNS on internal networks with aardvark-dns at the bridge's gateway address; whether it forwards upstream is not inferred from docker's CVE-2024-29018 versions. The agent's DNS server is its sidecar either way", rt.version),
+            format!("podman {}: bottle's internal networks are made with dns_enabled=false (read back in the internal-network row), so no DNS server runs on them; the agent's DNS server is its sidecar", rt.version),
         );
     }
     let dns = dns_isolated_on_internal(&rt.version);
