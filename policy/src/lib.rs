@@ -12,6 +12,7 @@
 pub mod address;
 pub mod egress;
 pub mod fields;
+pub mod git;
 pub mod host;
 pub mod limits;
 pub mod request;
@@ -23,6 +24,10 @@ pub use egress::{
 };
 pub use fields::{
     CredentialHeader, FieldError, PathPrefix, RuleMethod, RESERVED_HEADERS, RULE_METHODS,
+};
+pub use git::{
+    valid_refname, GitFieldError, GitMode, GitPolicy, GitRemote, Oid, PushRefusal, RefPattern,
+    RefUpdate, RemoteName, UpstreamUrl,
 };
 pub use host::{normalize_host, HostError, HostPattern};
 pub use limits::{Limits, LimitsError};
@@ -50,6 +55,9 @@ pub struct Policy {
     /// Connection, timeout and log-size limits; all default when absent.
     #[serde(default)]
     pub limits: Limits,
+    /// The git gate's remotes; none when absent (the gate is not started).
+    #[serde(default)]
+    pub git: GitPolicy,
 }
 
 impl Policy {
@@ -59,6 +67,7 @@ impl Policy {
             bottle: bottle.into(),
             egress,
             limits: Limits::default(),
+            git: GitPolicy::default(),
         }
     }
 }
