@@ -602,6 +602,13 @@ pub fn render_summary(out: &mut dyn Write, summary: &lifecycle::UpSummary) -> st
             )
         }
     )?;
+    for g in &summary.git {
+        writeln!(
+            out,
+            "  git      {} = {} (gate {}, {})",
+            g.name, g.upstream, g.gate, g.mode
+        )?;
+    }
     let l = &summary.limits;
     writeln!(
         out,

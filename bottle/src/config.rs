@@ -124,9 +124,10 @@ pub struct GitConfig {
     pub remotes: Vec<GitRemote>,
 }
 
-/// One `[[git.remote]]`: a repository the agent reaches through the git-gate.
-// TODO(git-gate): move into bottle-policy when the gate enforces it, like
-// the egress types, so CLI and sidecar share one type.
+/// One `[[git.remote]]`: a repository the agent reaches through the
+/// git-gate, as written in `bottle.toml` (checked by the schema with the
+/// policy crate's own parsers; [`GitRemote::to_policy`] makes the typed
+/// form the sidecar enforces).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitRemote {
@@ -144,6 +145,36 @@ pub struct GitRemote {
     /// `bottle up`; the token never enters the agent.
     #[serde(default)]
     pub token_from_env: Option<String>,
+    /// `fetch` refuses every push; `push` (the default) checks each ref.
+    #[serde(default)]
+    pub mode: bottle_policy::GitMode,
+    /// Accept non-fast-forward pushes to refs `push` allows.
+    #[serde(default)]
+    pub allow_force: bool,
+    /// Serve the last mirror when the upstream cannot be reached.
+    #[serde(default)]
+    pub stale_ok: bool,
+}
+
+impl GitRemote {
+    /// The remote as the sidecar enforces it.
+    pub fn to_policy(&self) -> Result<bottle_policy::GitRemote, bottle_policy::GitFieldError> {
+        let patterns = |v: &[String]| {
+            v.iter()
+                .map(|p| bottle_policy::RefPattern::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(bottle_policy::GitRemote {
+            name: bottle_policy::RemoteName::parse(&self.name)?,
+            upstream: bottle_policy::UpstreamUrl::parse(&self.upstream)?,
+            push: patterns(&self.push)?,
+            protected: patterns(&self.protected)?,
+            mode: self.mode,
+            allow_force: self.allow_force,
+            stale_ok: self.stale_ok,
+            credential: self.token_from_env.clone(),
+        })
+    }
 }
 
 /// `[supervise]`.
@@ -221,11 +252,23 @@ impl Config {
     }
 
     /// The whole policy, ready to render for the sidecar.
-    pub fn policy(&self) -> Policy {
-        Policy {
+    pub fn policy(&self) -> Result<Policy, bottle_policy::GitFieldError> {
+        Ok(Policy {
             limits: self.sidecar_limits(),
+            git: self.git_policy()?,
             ..Policy::new(self.name.as_str(), self.egress_policy())
-        }
+        })
+    }
+
+    /// `[[git.remote]]` as the sidecar enforces it.
+    pub fn git_policy(&self) -> Result<bottle_policy::GitPolicy, bottle_policy::GitFieldError> {
+        bottle_policy::GitPolicy::new(
+            self.git
+                .remotes
+                .iter()
+                .map(GitRemote::to_policy)
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     }
 
     /// `[sidecar]` over the sidecar's defaults.

@@ -84,7 +84,7 @@ impl Classify for PlanError {
     fn exit(&self) -> Exit {
         match self {
             PlanError::Mount(e) => e.exit(),
-            PlanError::Roots(_) | PlanError::BadName { .. } => Exit::Usage,
+            PlanError::Roots(_) | PlanError::BadName { .. } | PlanError::Git(_) => Exit::Usage,
             PlanError::State(_) => Exit::Failed,
         }
     }
@@ -95,6 +95,7 @@ impl Classify for crate::materials::MaterialError {
         use crate::materials::MaterialError as M;
         match self {
             M::Secret(crate::secrets::SecretError::Missing { .. })
+            | M::Secret(crate::secrets::SecretError::MissingToken { .. })
             | M::Roots { .. }
             | M::NotPem { .. }
             | M::NotAFile { .. }

@@ -264,7 +264,7 @@ pub fn sidecar_recipe() -> Recipe {
         entrypoint: Some(words(&["/usr/local/bin/bottle-sidecar"])),
         cmd: Some(words(&["run", "--policy", "/etc/bottle/policy.json"])),
         labels: BTreeMap::from([("dev.bottle.image".to_string(), "sidecar".to_string())]),
-        requires: words(&["/etc/ssl/certs/ca-certificates.crt"]),
+        requires: words(&["/etc/ssl/certs/ca-certificates.crt", "/usr/bin/git"]),
         ..Recipe::default()
     }
 }
@@ -674,6 +674,11 @@ mod tests {
                 "{bin}"
             );
         }
-        assert!(SIDECAR_CONTAINERFILE.contains("ca-certificates"));
+        for pkg in ["ca-certificates", "git"] {
+            assert!(SIDECAR_CONTAINERFILE.contains(pkg), "{pkg}");
+        }
+        assert!(sidecar_recipe()
+            .requires
+            .contains(&"/usr/bin/git".to_string()));
     }
 }

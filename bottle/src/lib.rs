@@ -12,6 +12,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod gitconfig;
 pub mod hardening;
 pub mod host;
 pub mod images;

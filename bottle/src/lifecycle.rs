@@ -11,7 +11,8 @@ use crate::host::Host;
 use crate::images::{self, ImageError};
 use crate::interrupt::Interrupt;
 use crate::plan::{
-    labels_for, ImagePlan, Plan, AGENT_CA_DIR, SIDECAR_LOG_MOUNT, SIDECAR_STATE_MOUNT,
+    labels_for, ImagePlan, Plan, AGENT_CA_DIR, SIDECAR_GIT_MOUNT, SIDECAR_LOG_MOUNT,
+    SIDECAR_STATE_MOUNT,
 };
 use crate::report::Reporter;
 use crate::state::{StateDir, StateError, StateRoot};
@@ -125,6 +126,8 @@ pub struct UpSummary {
     pub egress_network: NetworkInfo,
     pub proxy: String,
     pub allow: Vec<String>,
+    /// The git gate's remotes: name, gate URL, upstream.
+    pub git: Vec<GitSummary>,
     pub state_dir: String,
     /// `uid:gid` the agent runs as; `None`: the image's user.
     pub agent_user: Option<String>,
@@ -138,6 +141,15 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
     pub sidecar: bottle_policy::Limits,
+}
+
+/// One `[[git.remote]]` as `up` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GitSummary {
+    pub name: String,
+    pub gate: String,
+    pub upstream: String,
+    pub mode: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -644,18 +656,41 @@ async fn create_all(
     // keeping only NET_BIND_SERVICE.
     let unprivileged = rt.supports_sysctls();
     report.step(&format!("starting sidecar {}", plan.sidecar_name));
+    let git = !plan.policy.git.remotes.is_empty();
+    let mut command = vec![
+        "run".into(),
+        "--policy".into(),
+        format!("{SIDECAR_STATE_MOUNT}/policy.json"),
+        "--audit".into(),
+        format!("{SIDECAR_LOG_MOUNT}/egress.jsonl"),
+        "--dns-answer".into(),
+        dns_answer,
+    ];
+    let mut sidecar_mounts = vec![
+        Mount {
+            source: state.sidecar_dir(),
+            target: SIDECAR_STATE_MOUNT.into(),
+            read_only: true,
+        },
+        Mount {
+            source: state.logs_dir(),
+            target: SIDECAR_LOG_MOUNT.into(),
+            read_only: false,
+        },
+    ];
+    if git {
+        // The gate's mirrors: written by the sidecar, never seen by the agent.
+        command.extend(["--git-state".into(), SIDECAR_GIT_MOUNT.into()]);
+        sidecar_mounts.push(Mount {
+            source: state.git_dir(),
+            target: SIDECAR_GIT_MOUNT.into(),
+            read_only: false,
+        });
+    }
     let sidecar_spec = ContainerSpec {
         name: plan.sidecar_name.clone(),
         image: images.sidecar.clone(),
-        command: vec![
-            "run".into(),
-            "--policy".into(),
-            format!("{SIDECAR_STATE_MOUNT}/policy.json"),
-            "--audit".into(),
-            format!("{SIDECAR_LOG_MOUNT}/egress.jsonl"),
-            "--dns-answer".into(),
-            dns_answer,
-        ],
+        command,
         labels: plan.labels(bottle_runtimes::Role::Sidecar),
         networks: vec![
             NetworkAttachment {
@@ -691,18 +726,7 @@ async fn create_all(
         no_new_privileges: true,
         read_only_rootfs: true,
         tmpfs: vec!["/tmp".into()],
-        mounts: vec![
-            Mount {
-                source: state.sidecar_dir(),
-                target: SIDECAR_STATE_MOUNT.into(),
-                read_only: true,
-            },
-            Mount {
-                source: state.logs_dir(),
-                target: SIDECAR_LOG_MOUNT.into(),
-                read_only: false,
-            },
-        ],
+        mounts: sidecar_mounts,
         healthcheck: Some(vec!["bottle-sidecar".into(), "health".into()]),
         hostname: Some("sidecar".into()),
         ..Default::default()
@@ -750,6 +774,22 @@ async fn create_all(
     }
     env.extend(rendered.placeholders.clone());
     env.extend(Plan::proxy_env(&sidecar_internal_ip.to_string()));
+    // The agent's system git config: upstream URLs to the gate. Written now,
+    // when the sidecar's address is known, into the read-only agent dir.
+    let gitconfig = state.agent_dir().join(crate::gitconfig::FILE);
+    if git {
+        crate::state::write_public(
+            &gitconfig,
+            crate::gitconfig::render(&sidecar_internal_ip.to_string(), &plan.policy.git.remotes)
+                .as_bytes(),
+        )?;
+        env.insert(
+            "GIT_CONFIG_SYSTEM".into(),
+            format!("{AGENT_CA_DIR}/{}", crate::gitconfig::FILE),
+        );
+    } else {
+        let _ = std::fs::remove_file(&gitconfig);
+    }
     env.insert("BOTTLE_NAME".into(), plan.name.clone());
     let agent_spec = ContainerSpec {
         name: plan.agent_name.clone(),
@@ -827,6 +867,18 @@ async fn create_all(
             .allow
             .iter()
             .map(|a| a.to_string())
+            .collect(),
+        git: plan
+            .policy
+            .git
+            .remotes
+            .iter()
+            .map(|r| GitSummary {
+                name: r.name.as_str().to_string(),
+                gate: crate::gitconfig::gate_url(&sidecar_internal_ip.to_string(), r),
+                upstream: r.upstream.to_string(),
+                mode: r.mode.as_str().to_string(),
+            })
             .collect(),
         state_dir: state.root().display().to_string(),
         agent_user: plan.agent.user.clone(),

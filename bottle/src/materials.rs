@@ -105,7 +105,12 @@ pub fn render(
     // Everything that can fail on bad input is checked before anything is
     // written, so a refused reload leaves the running policy untouched.
     let keep = crate::secrets::existing_placeholders(&state.sidecar_dir().join("secrets.json"));
-    let secrets = Secrets::gather(&plan.policy.egress.credentials, lookup, &keep)?;
+    let secrets = Secrets::gather(
+        &plan.policy.egress.credentials,
+        &plan.policy.git.remotes,
+        lookup,
+        &keep,
+    )?;
     let mut roots = Vec::new();
     for root in &plan.upstream_roots {
         roots.extend_from_slice(&root.pem);

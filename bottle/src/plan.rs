@@ -15,6 +15,8 @@ pub const PROXY_PORT: u16 = 3128;
 pub const SIDECAR_STATE_MOUNT: &str = "/etc/bottle";
 /// Where the sidecar writes its audit log.
 pub const SIDECAR_LOG_MOUNT: &str = "/var/log/bottle";
+/// Where the sidecar keeps the git gate's mirrors (the state dir's `git/`).
+pub const SIDECAR_GIT_MOUNT: &str = "/var/lib/bottle/git";
 /// Where the agent sees the bottle's CA certificate (a directory
 /// `update-ca-certificates` reads).
 pub const AGENT_CA_DIR: &str = "/usr/local/share/ca-certificates/bottle";
@@ -122,6 +124,8 @@ pub enum PlanError {
     BadName { name: String, why: String },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Git(#[from] bottle_policy::GitFieldError),
 }
 
 impl Plan {
@@ -204,11 +208,6 @@ pub fn build(
                 .into(),
         );
     }
-    if !cfg.git.remotes.is_empty() {
-        notes.push(
-            "[[git.remote]] entries are ignored: the git gate is not part of this version".into(),
-        );
-    }
     let config_path = cfg
         .source
         .as_deref()
@@ -227,6 +226,7 @@ pub fn build(
     Ok(Plan {
         policy: Policy {
             limits: cfg.sidecar_limits(),
+            git: cfg.git_policy()?,
             ..Policy::new(name.clone(), cfg.egress_policy())
         },
         runtime,
@@ -414,6 +414,23 @@ pub fn render(plan: &Plan) -> String {
             let _ = writeln!(s, "  egress      allow {a}");
         }
         let _ = writeln!(s, "  egress      deny everything else");
+    }
+    for r in &plan.policy.git.remotes {
+        let _ = writeln!(
+            s,
+            "  git         {} = {} ({}; push {:?}, protected {:?}{}{}{})",
+            r.name.as_str(),
+            r.upstream,
+            r.mode.as_str(),
+            r.push.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            r.protected.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+            if r.allow_force { ", force allowed" } else { "" },
+            if r.stale_ok { ", stale mirror ok" } else { "" },
+            r.credential
+                .as_deref()
+                .map(|c| format!(", token from {c} (sidecar only)"))
+                .unwrap_or_default()
+        );
     }
     for n in &plan.notes {
         let _ = writeln!(s, "  note        {n}");

@@ -1,6 +1,8 @@
-//! Credentials for `[[egress.credential]]`: read from the host's environment
-//! at `bottle up`, written for the sidecar only (`sidecar/secrets.json`, 0600),
-//! and replaced in the agent by a placeholder of the same variable name.
+//! Credentials for `[[egress.credential]]` and the git-gate's upstream tokens
+//! (`[[git.remote]] token_from_env`): read from the host's environment at
+//! `bottle up`, written for the sidecar only (`sidecar/secrets.json`, 0600).
+//! An egress credential is replaced in the agent by a placeholder of the same
+//! variable name; a git token has no counterpart in the agent at all.
 //!
 //! The real value never reaches the agent, its environment, its files or any
 //! log: the plan carries only placeholders, and `--dry-run` shows names only.
@@ -13,6 +15,8 @@ use std::collections::BTreeMap;
 pub enum SecretError {
     #[error("[[egress.credential]] for {host} reads {var} from the host environment, but {var} is not set\n  fix: export {var} before `bottle up`, or remove that credential")]
     Missing { host: String, var: String },
+    #[error("[[git.remote]] `{remote}` reads its token from {var}, but {var} is not set\n  fix: export {var} before `bottle up`, or remove `token_from_env` for a public upstream")]
+    MissingToken { remote: String, var: String },
     #[error("cannot read random bytes for placeholders: {0}\n  fix: check that the kernel's random source (getrandom, /dev/urandom) works")]
     Random(String),
 }
@@ -22,6 +26,9 @@ pub enum SecretError {
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     pub file: SecretsFile,
+    /// The variables the agent gets a placeholder for (egress credentials;
+    /// git tokens stay in the sidecar alone).
+    pub agent_vars: std::collections::BTreeSet<String>,
 }
 
 impl Secrets {
@@ -31,26 +38,49 @@ impl Secrets {
     /// across a reload; others are made fresh.
     pub fn gather(
         rules: &[bottle_policy::CredentialRule],
+        git: &[bottle_policy::GitRemote],
         lookup: impl Fn(&str) -> Option<String>,
         keep: &BTreeMap<String, String>,
     ) -> Result<Secrets, SecretError> {
         let mut credentials = BTreeMap::new();
-        for rule in rules {
-            if credentials.contains_key(&rule.from_env) {
+        let mut agent_vars = std::collections::BTreeSet::new();
+        let wanted = rules
+            .iter()
+            .map(|r| {
+                (
+                    r.from_env.as_str(),
+                    SecretError::Missing {
+                        host: r.host.to_string(),
+                        var: r.from_env.clone(),
+                    },
+                    true,
+                )
+            })
+            .chain(git.iter().filter_map(|g| {
+                let var = g.credential.as_deref()?;
+                Some((
+                    var,
+                    SecretError::MissingToken {
+                        remote: g.name.as_str().to_string(),
+                        var: var.to_string(),
+                    },
+                    false,
+                ))
+            }));
+        for (var, missing, for_agent) in wanted {
+            if for_agent {
+                agent_vars.insert(var.to_string());
+            }
+            if credentials.contains_key(var) {
                 continue;
             }
-            let value = lookup(&rule.from_env)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| SecretError::Missing {
-                    host: rule.host.to_string(),
-                    var: rule.from_env.clone(),
-                })?;
-            let placeholder = match keep.get(&rule.from_env) {
+            let value = lookup(var).filter(|v| !v.is_empty()).ok_or(missing)?;
+            let placeholder = match keep.get(var) {
                 Some(p) => p.clone(),
-                None => placeholder(&rule.from_env)?,
+                None => placeholder(var)?,
             };
             credentials.insert(
-                rule.from_env.clone(),
+                var.to_string(),
                 SecretEntry {
                     value: SecretValue::new(value),
                     placeholder,
@@ -62,6 +92,7 @@ impl Secrets {
                 credentials,
                 ..SecretsFile::default()
             },
+            agent_vars,
         })
     }
 
@@ -70,11 +101,13 @@ impl Secrets {
         serde_json::to_vec_pretty(&self.file).unwrap_or_default()
     }
 
-    /// What the agent sees: variable name → placeholder.
+    /// What the agent sees: variable name → placeholder, for egress
+    /// credentials only.
     pub fn agent_env(&self) -> BTreeMap<String, String> {
         self.file
             .credentials
             .iter()
+            .filter(|(k, _)| self.agent_vars.contains(*k))
             .map(|(k, s)| (k.clone(), s.placeholder.clone()))
             .collect()
     }
@@ -128,6 +161,7 @@ mod tests {
         let none = BTreeMap::new();
         let s = Secrets::gather(
             &[rule("API_KEY")],
+            &[],
             |k| (k == "API_KEY").then(|| "sk-real-value".to_string()),
             &none,
         )
@@ -146,13 +180,13 @@ mod tests {
         assert!(String::from_utf8(s.to_json())
             .unwrap()
             .contains("\"format\": 1"));
-        let again = Secrets::gather(&[rule("API_KEY")], |_| Some("v".into()), &none).unwrap();
+        let again = Secrets::gather(&[rule("API_KEY")], &[], |_| Some("v".into()), &none).unwrap();
         assert_ne!(
             again.agent_env()["API_KEY"],
             env["API_KEY"],
             "placeholders are fresh"
         );
-        let kept = Secrets::gather(&[rule("API_KEY")], |_| Some("v2".into()), &env).unwrap();
+        let kept = Secrets::gather(&[rule("API_KEY")], &[], |_| Some("v2".into()), &env).unwrap();
         assert_eq!(
             kept.agent_env()["API_KEY"],
             env["API_KEY"],
@@ -163,7 +197,35 @@ mod tests {
 
     #[test]
     fn a_missing_variable_is_refused_naming_it() {
-        let e = Secrets::gather(&[rule("NOPE")], |_| None, &BTreeMap::new()).unwrap_err();
+        let e = Secrets::gather(&[rule("NOPE")], &[], |_| None, &BTreeMap::new()).unwrap_err();
         assert!(e.to_string().contains("NOPE is not set"), "{e}");
+    }
+
+    /// A git token reaches the sidecar's file and nothing the agent sees;
+    /// a missing one is refused naming the remote.
+    #[test]
+    fn git_tokens_stay_in_the_sidecar() {
+        let remote: bottle_policy::GitRemote = serde_json::from_value(serde_json::json!({
+            "name": "app", "upstream": "https://git.example/acme/app.git", "credential": "GH_TOKEN"
+        }))
+        .unwrap();
+        let s = Secrets::gather(
+            &[rule("API_KEY")],
+            std::slice::from_ref(&remote),
+            |k| Some(format!("value-of-{k}")),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.file.credentials["GH_TOKEN"].value.expose(),
+            "value-of-GH_TOKEN"
+        );
+        assert_eq!(s.agent_env().keys().collect::<Vec<_>>(), ["API_KEY"]);
+        let e = Secrets::gather(&[], &[remote], |_| None, &BTreeMap::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`app` reads its token from GH_TOKEN"),
+            "{e}"
+        );
     }
 }

@@ -128,6 +128,12 @@ impl StateDir {
         self.root.join("logs")
     }
 
+    /// The git gate's bare mirrors, mounted read-write into the sidecar
+    /// only (when the bottle has `[[git.remote]]`s).
+    pub fn git_dir(&self) -> PathBuf {
+        self.root.join("git")
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.sidecar_dir().join("policy.json")
     }
@@ -143,6 +149,7 @@ impl StateDir {
             self.sidecar_dir(),
             self.agent_dir(),
             self.logs_dir(),
+            self.git_dir(),
         ] {
             fs::create_dir_all(&dir)
                 .and_then(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))

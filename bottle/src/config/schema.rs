@@ -266,6 +266,9 @@ static GIT_REMOTE: TableSchema = TableSchema {
             },
         ),
         opt("token_from_env", Kind::Str(check_env_name)),
+        opt("mode", Kind::Str(check_git_mode)),
+        opt("allow_force", Kind::Bool),
+        opt("stale_ok", Kind::Bool),
     ],
     check: None,
 };
@@ -371,6 +374,12 @@ fn check_remote_name(s: &str) -> Result<(), String> {
 }
 fn check_upstream(s: &str) -> Result<(), String> {
     msg(value::check_upstream(s))
+}
+fn check_git_mode(s: &str) -> Result<(), String> {
+    match s {
+        "fetch" | "push" => Ok(()),
+        _ => Err(format!("`{s}`: mode is `fetch` (no push at all) or `push` (each ref checked against push and protected)")),
+    }
 }
 fn check_ref_pattern(s: &str) -> Result<(), String> {
     msg(value::check_ref_pattern(s))

@@ -105,7 +105,7 @@ fn example_parses() {
     assert!(c.supervise.enabled);
     assert_eq!(c.source.as_deref(), Some(Path::new(PATH)));
     assert_eq!(c.dir, Path::new("/proj"));
-    assert_eq!(c.policy().bottle, "demo");
+    assert_eq!(c.policy().unwrap().bottle, "demo");
     // `./` is writable and holds the file: the agent could edit its policy.
     assert_eq!(
         exposing(&c).map(|m| m.target.clone()),
@@ -711,7 +711,7 @@ fn git_remotes() {
         "git.remote[0].upstream",
         ErrorKind::InvalidValue,
     );
-    assert!(e.message.contains("ssh remotes are not supported"), "{e}");
+    assert!(e.message.contains("ssh has no route out of a bottle"), "{e}");
     one(
         &remote("app", "http://github.com/acme/app.git"),
         3,
@@ -934,7 +934,7 @@ fn limits_load_and_fall_back_to_defaults() {
     assert_eq!(l.audit_max_bytes, 8 << 20);
     let d = bottle_policy::Limits::default();
     assert_eq!(l.max_connections_per_client, d.max_connections_per_client);
-    assert_eq!(c.policy().limits, l);
+    assert_eq!(c.policy().unwrap().limits, l);
     assert_eq!(ok("").sidecar_limits(), d);
 }
 

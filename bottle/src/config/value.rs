@@ -45,20 +45,10 @@ pub enum ValueError {
     /// check, so `bottle.toml` and `policy.json` refuse the same things.
     #[error(transparent)]
     Field(#[from] bottle_policy::FieldError),
-    #[error("`{0}`: a ref pattern is a branch name or a glob such as `agent/*` or `release/*` (no spaces, `..`, `//`, or any of ~^:?[\\)")]
-    RefPattern(String),
-    #[error("`{0}`: a remote name is 1 to 64 characters of letters, digits, `.`, `_` and `-`, starting with a letter or digit (e.g. `app`)")]
-    RemoteName(String),
-    #[error("`{0}`: ssh remotes are not supported; write the https URL (e.g. `https://github.com/acme/app.git`)")]
-    UpstreamSsh(String),
-    #[error("`{0}`: the upstream must be an https URL (e.g. `https://github.com/acme/app.git`)")]
-    UpstreamScheme(String),
-    #[error("`{0}`: do not put credentials in the URL; name an environment variable in `token_from_env` instead")]
-    UpstreamUserinfo(String),
-    #[error("`{url}`: {reason}")]
-    UpstreamHost { url: String, reason: String },
-    #[error("`{0}`: the URL needs a repository path and no query, fragment or whitespace (e.g. `https://github.com/acme/app.git`)")]
-    UpstreamPath(String),
+    /// A remote name, upstream URL or ref pattern: the policy crate's own
+    /// check, so `bottle.toml` and `policy.json` refuse the same things.
+    #[error(transparent)]
+    Git(#[from] bottle_policy::GitFieldError),
     #[error(
         "`{0}`: an image reference cannot be empty or hold whitespace (e.g. `bottle-agent:latest`)"
     )]
@@ -519,79 +509,23 @@ pub fn check_path_prefix(path: &str) -> Result<(), ValueError> {
 // ---------------------------------------------------------------------------
 // Git strings
 
-/// A git-gate remote name; it becomes part of the gate URL
-/// (`http://<sidecar>:8080/<name>.git`).
+/// A `[[git.remote]]` name (served as `/<name>.git`).
 pub fn check_remote_name(name: &str) -> Result<(), ValueError> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if first_ok && rest_ok && name.len() <= 64 && !name.contains("..") {
-        Ok(())
-    } else {
-        Err(ValueError::RemoteName(name.to_owned()))
-    }
+    bottle_policy::RemoteName::parse(name)?;
+    Ok(())
 }
 
-/// A ref pattern for `push`/`protected`: what `git check-ref-format` accepts,
-/// plus `*` as a glob.
+/// A ref pattern for `push`/`protected`: a branch, a branch glob with one
+/// trailing `*`, or a full ref.
 pub fn check_ref_pattern(pattern: &str) -> Result<(), ValueError> {
-    let bad = pattern.is_empty()
-        || pattern
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "~^:?[\\".contains(c))
-        || pattern.contains("..")
-        || pattern.contains("//")
-        || pattern.contains("@{")
-        || pattern.starts_with('/')
-        || pattern.ends_with('/')
-        || pattern.ends_with('.')
-        || pattern.ends_with(".lock")
-        || pattern.split('/').any(|seg| seg.starts_with('.'));
-    if bad {
-        Err(ValueError::RefPattern(pattern.to_owned()))
-    } else {
-        Ok(())
-    }
+    bottle_policy::RefPattern::parse(pattern)?;
+    Ok(())
 }
 
 /// An upstream repository URL: `https://host[:port]/path`, no credentials,
-/// query or fragment. The host must be a plain name or address (checked with
-/// [`bottle_policy::normalize_host`]).
+/// query or fragment.
 pub fn check_upstream(url: &str) -> Result<(), ValueError> {
-    if url.starts_with("ssh://") || url.starts_with("git@") {
-        return Err(ValueError::UpstreamSsh(url.to_owned()));
-    }
-    let Some(rest) = url.strip_prefix("https://") else {
-        return Err(ValueError::UpstreamScheme(url.to_owned()));
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if authority.contains('@') {
-        return Err(ValueError::UpstreamUserinfo(url.to_owned()));
-    }
-    let host = match authority.rsplit_once(':') {
-        // `[v6]` alone has colons but no port after the bracket.
-        Some((h, port)) if !port.contains(']') => {
-            if port.parse::<u16>().map_or(true, |p| p == 0) {
-                return Err(ValueError::UpstreamHost {
-                    url: url.to_owned(),
-                    reason: format!("port `{port}` is not a number from 1 to 65535"),
-                });
-            }
-            h
-        }
-        _ => authority,
-    };
-    bottle_policy::normalize_host(host).map_err(|e| ValueError::UpstreamHost {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let path_ok = path.len() > 1
-        && !path
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#');
-    if !path_ok {
-        return Err(ValueError::UpstreamPath(url.to_owned()));
-    }
+    bottle_policy::UpstreamUrl::parse(url)?;
     Ok(())
 }
 
@@ -797,44 +731,24 @@ mod tests {
 
         assert!(check_remote_name("app").is_ok());
         assert!(check_remote_name("my.repo_1-x").is_ok());
-        for bad in ["", "-a", "a/b", "a..b", &"a".repeat(65)] {
+        for bad in ["", "-a", "a/b", ".a", &"a".repeat(65)] {
             assert!(check_remote_name(bad).is_err(), "{bad:?}");
         }
 
         assert!(check_upstream("https://github.com/acme/app.git").is_ok());
         assert!(check_upstream("https://git.example.com:8443/x").is_ok());
-        assert!(check_upstream("https://[fd00::1]:8443/x").is_ok());
-        assert!(matches!(
-            check_upstream("http://github.com/a"),
-            Err(ValueError::UpstreamScheme(_))
-        ));
-        assert!(matches!(
-            check_upstream("git@github.com:a/b.git"),
-            Err(ValueError::UpstreamSsh(_))
-        ));
-        assert!(matches!(
-            check_upstream("https://tok@github.com/a"),
-            Err(ValueError::UpstreamUserinfo(_))
-        ));
-        assert!(matches!(
-            check_upstream("https://github.com"),
-            Err(ValueError::UpstreamPath(_))
-        ));
-        assert!(matches!(
-            check_upstream("https://github.com/"),
-            Err(ValueError::UpstreamPath(_))
-        ));
-        assert!(matches!(
-            check_upstream("https://github.com/a?b"),
-            Err(ValueError::UpstreamPath(_))
-        ));
-        assert!(matches!(
-            check_upstream("https://gith_ub.com/a"),
-            Err(ValueError::UpstreamHost { .. })
-        ));
-        assert!(matches!(
-            check_upstream("https://github.com:0/a"),
-            Err(ValueError::UpstreamHost { .. })
-        ));
+        for (bad, says) in [
+            ("http://github.com/a", "over https only"),
+            ("git@github.com:a/b.git", "ssh has no route"),
+            ("https://tok@github.com/a", "cannot carry a user or token"),
+            ("https://github.com", "the path names a repository"),
+            ("https://github.com/", "the path names a repository"),
+            ("https://github.com/a?b", "query"),
+            ("https://gith_ub.com/a", "gith_ub.com"),
+            ("https://github.com:0/a", "port"),
+        ] {
+            let e = check_upstream(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }
