@@ -721,14 +721,17 @@ async fn logs(
         Service::Agent => (bottle_runtimes::Role::Agent, None),
         Service::Sidecar => (bottle_runtimes::Role::Sidecar, None),
         Service::Egress => (bottle_runtimes::Role::Sidecar, Some("egress")),
-        Service::GitGate => return Err(CliError::NoService("git-gate")),
+        Service::GitGate => (bottle_runtimes::Role::Sidecar, Some("git-gate")),
         Service::Supervise => return Err(CliError::NoService("supervise")),
     };
     let host = Host::from_env()?;
-    if filter == Some("egress") {
+    if let Some(service @ ("egress" | "git-gate")) = filter {
         // The audit log lives in the state dir, so it outlives the sidecar.
+        // Egress, DNS and the git gate write to it, each line naming its
+        // service: `egress` shows the whole stream, `git-gate` its own.
         let path = host.state.bottle(name).audit_path();
-        let mut sink = crate::logview::LogSink::new(None, json, std::io::stdout());
+        let only = (service == "git-gate").then_some(service);
+        let mut sink = crate::logview::LogSink::new(only, json, std::io::stdout());
         crate::logview::follow_file(&path, follow, tail, &mut sink)
             .await
             .map_err(|source| CliError::ReadLog { path, source })?;

@@ -711,7 +711,10 @@ fn git_remotes() {
         "git.remote[0].upstream",
         ErrorKind::InvalidValue,
     );
-    assert!(e.message.contains("ssh has no route out of a bottle"), "{e}");
+    assert!(
+        e.message.contains("ssh has no route out of a bottle"),
+        "{e}"
+    );
     one(
         &remote("app", "http://github.com/acme/app.git"),
         3,
