@@ -71,6 +71,9 @@ pub struct Pinned {
     /// `agent.millicpus`, `sidecar.*`).
     #[serde(default)]
     pub limits: BTreeMap<String, u64>,
+    /// `[[git.remote]]`s: where the gate may fetch from and push to.
+    #[serde(default)]
+    pub git: Vec<bottle_policy::GitRemote>,
 }
 
 impl Pinned {
@@ -118,6 +121,7 @@ impl Pinned {
                 .iter()
                 .map(|r| format!("{} (sha256 {})", r.path.display(), r.sha256))
                 .collect(),
+            git: plan.policy.git.remotes.clone(),
             limits,
         }
     }
@@ -156,6 +160,7 @@ impl Pinned {
             image: String::new(),
             upstream_roots: Vec::new(),
             limits: BTreeMap::new(),
+            git: Vec::new(),
         }
     }
 }
@@ -306,11 +311,72 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
             }
         }
     }
+    out.extend(git_widenings(&old.git, &new.git));
     if old.image != new.image {
         out.push(format!(
             "agent.image changes from `{}` to `{}`",
             old.image, new.image
         ));
+    }
+    out
+}
+
+/// Every way `new`'s remotes grant more than `old`'s: a new remote or
+/// upstream, a push pattern gained, a protected pattern lost, `mode` from
+/// fetch to push, force allowed, a stale mirror allowed, another token.
+fn git_widenings(
+    old: &[bottle_policy::GitRemote],
+    new: &[bottle_policy::GitRemote],
+) -> Vec<String> {
+    use bottle_policy::GitMode;
+    let mut out = Vec::new();
+    for n in new {
+        let name = n.name.as_str();
+        let Some(o) = old.iter().find(|o| o.name == n.name) else {
+            out.push(format!(
+                "git.remote `{name}` is new: the gate reaches {} ({}, push {:?})",
+                n.upstream,
+                n.mode.as_str(),
+                n.push.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+            ));
+            continue;
+        };
+        if o.upstream != n.upstream {
+            out.push(format!(
+                "git.remote `{name}` moves from {} to {}",
+                o.upstream, n.upstream
+            ));
+        }
+        if o.mode == GitMode::Fetch && n.mode == GitMode::Push {
+            out.push(format!(
+                "git.remote `{name}` changes from mode fetch to push"
+            ));
+        }
+        for p in &n.push {
+            if !o.push.contains(p) {
+                out.push(format!("git.remote `{name}` push gains `{}`", p.as_str()));
+            }
+        }
+        for p in &o.protected {
+            if !n.protected.contains(p) {
+                out.push(format!(
+                    "git.remote `{name}` protected loses `{}`",
+                    p.as_str()
+                ));
+            }
+        }
+        if n.allow_force && !o.allow_force {
+            out.push(format!("git.remote `{name}` allows force pushes"));
+        }
+        if n.stale_ok && !o.stale_ok {
+            out.push(format!("git.remote `{name}` may serve a stale mirror"));
+        }
+        if n.credential.is_some() && n.credential != o.credential {
+            out.push(format!(
+                "git.remote `{name}` pushes with the token from {}",
+                n.credential.as_deref().unwrap_or_default()
+            ));
+        }
     }
     out
 }
@@ -335,7 +401,72 @@ mod tests {
             image: "bottle-agent:latest".into(),
             upstream_roots: vec![],
             limits: BTreeMap::from([("agent.pids".into(), 2048)]),
+            git: vec![],
         }
+    }
+
+    fn remote(json: serde_json::Value) -> bottle_policy::GitRemote {
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// An agent that can write bottle.toml must not widen its own git
+    /// access at the next `up` without the user's consent.
+    #[test]
+    fn every_git_widening_needs_consent_and_narrowing_none() {
+        let base = serde_json::json!({"name": "app", "upstream": "https://git.example/a/app.git",
+            "push": ["agent/*"], "protected": ["main"], "mode": "fetch"});
+        let mut old = pin(&[]);
+        old.git = vec![remote(base.clone())];
+        let with = |patch: serde_json::Value| {
+            let mut v = base.clone();
+            for (k, x) in patch.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let mut p = pin(&[]);
+            p.git = vec![remote(v)];
+            widenings(&old, &p)
+        };
+        for (patch, says) in [
+            (
+                serde_json::json!({"push": ["agent/*", "*"]}),
+                "push gains `*`",
+            ),
+            (
+                serde_json::json!({"protected": []}),
+                "protected loses `main`",
+            ),
+            (
+                serde_json::json!({"mode": "push"}),
+                "from mode fetch to push",
+            ),
+            (
+                serde_json::json!({"allow_force": true}),
+                "allows force pushes",
+            ),
+            (serde_json::json!({"stale_ok": true}), "stale mirror"),
+            (
+                serde_json::json!({"upstream": "https://evil.example/a/app.git"}),
+                "moves from",
+            ),
+            (
+                serde_json::json!({"credential": "OTHER_TOKEN"}),
+                "token from OTHER_TOKEN",
+            ),
+        ] {
+            let w = with(patch.clone());
+            assert!(w.iter().any(|l| l.contains(says)), "{patch}: {w:?}");
+        }
+        let mut more = pin(&[]);
+        more.git = vec![
+            remote(base.clone()),
+            remote(serde_json::json!({"name": "b", "upstream": "https://git.example/b.git"})),
+        ];
+        assert!(widenings(&old, &more)
+            .iter()
+            .any(|l| l.contains("`b` is new")));
+        // Narrowing: fewer push patterns, more protected, a remote removed.
+        assert!(with(serde_json::json!({"push": [], "protected": ["main", "x"]})).is_empty());
+        assert!(widenings(&old, &pin(&[])).is_empty());
     }
 
     fn rule(host: &str, methods: &[&str]) -> HttpRule {

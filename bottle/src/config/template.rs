@@ -85,6 +85,9 @@ unknown = "deny"
 # push = ["agent/*"]
 # protected = ["main", "release/*"]
 # token_from_env = "GITHUB_TOKEN"
+# mode = "push"          # or "fetch": no push at all
+# allow_force = false    # non-fast-forward pushes to `push` refs
+# stale_ok = false       # serve the last mirror when the upstream is down
 
 [supervise]
 # The MCP service through which the agent asks for more (request_egress,
