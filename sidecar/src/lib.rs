@@ -46,6 +46,7 @@ pub mod policy_file;
 pub mod proxy;
 pub mod redact;
 pub mod reload;
+pub mod scan;
 pub mod secrets;
 pub mod shared;
 pub mod tls;
