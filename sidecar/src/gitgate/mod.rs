@@ -270,7 +270,7 @@ pub fn full(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<B
 /// Client text with control characters replaced, for messages.
 pub fn clean(s: &str) -> String {
     s.chars()
-        .take(200)
+        .take(2000)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }

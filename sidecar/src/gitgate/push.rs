@@ -346,7 +346,6 @@ async fn push_upstream(
         "--atomic".into(),
         "--porcelain".into(),
         "--no-verify".into(),
-        "--quiet".into(),
     ];
     let mut specs = Vec::new();
     for c in &cmds.commands {
@@ -394,7 +393,11 @@ async fn push_upstream(
             .relay
             .last_error(name)
             .unwrap_or_else(|| scrub(String::from_utf8_lossy(&out.stderr).trim()));
-        return Err(format!("upstream {} push failed: {cause}", remote.upstream));
+        return Err(format!(
+            "upstream {} push failed: {cause} [{}]",
+            remote.upstream,
+            scrub(&stdout)
+        ));
     }
     Ok(results)
 }
