@@ -26,6 +26,9 @@
 //!   aborted); [`redact`]: credential values never come back in responses.
 //! - [`log`]: lifecycle events on stdout and the audit JSONL, rate-limited
 //!   per client. [`policy_file`] and [`reload`]: the policy in force.
+//! - [`gitgate`]: the `:8080` git gate (smart HTTP per `[[git.remote]]`,
+//!   push rules, mirrors, the token-holding relay); [`scan`]: the secret
+//!   detectors it runs over pushed commits.
 
 #![forbid(unsafe_code)]
 
@@ -34,6 +37,7 @@ pub mod dns;
 pub mod egress;
 pub mod exchange;
 pub mod forward;
+pub mod gitgate;
 pub mod guard;
 pub mod health;
 pub mod intercept;
@@ -46,12 +50,14 @@ pub mod policy_file;
 pub mod proxy;
 pub mod redact;
 pub mod reload;
+pub mod scan;
 pub mod secrets;
 pub mod shared;
 pub mod tls;
 pub mod transparent;
 
 use crate::dns::Dns;
+use crate::gitgate::GitGate;
 use crate::guard::{LocalNetSource, Resolver};
 use crate::listen::ListenError;
 use crate::log::Logger;
@@ -104,6 +110,11 @@ pub struct RunConfig {
     pub transparent_http_port: u16,
     /// Destination port of the transparent HTTPS listener (443).
     pub transparent_https_port: u16,
+    /// The git gate's address; it listens only when the policy has
+    /// `[[git.remote]]` entries.
+    pub git_listen: Option<SocketAddr>,
+    /// Where the git gate keeps its mirrors (read-write, the sidecar's own).
+    pub git_state: PathBuf,
 }
 
 impl RunConfig {
@@ -122,6 +133,8 @@ impl RunConfig {
             local_net: LocalNetSource::System,
             transparent_http_port: 80,
             transparent_https_port: 443,
+            git_listen: None,
+            git_state: PathBuf::from(gitgate::DEFAULT_GIT_STATE),
         }
     }
 
@@ -154,6 +167,8 @@ pub struct Addrs {
     pub dns_tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// The git gate (only when the policy has remotes).
+    pub git: Option<SocketAddr>,
 }
 
 /// A started sidecar: everything loaded and bound, nothing served yet.
@@ -164,6 +179,7 @@ pub struct Sidecar {
     dns: Option<Dns>,
     http: Option<Transparent>,
     https: Option<Transparent>,
+    git: Option<GitGate>,
     watch: Watch,
     stamps: (Stamp, Stamp),
     addrs: Addrs,
@@ -200,6 +216,7 @@ impl Sidecar {
                 "allow": policy.egress.allow.len(),
                 "rules": policy.egress.rules.len(),
                 "credentials": policy.egress.credentials.len(),
+                "git_remotes": policy.git.remotes.len(),
                 "secrets": !secrets.is_empty(),
             }),
         );
@@ -237,6 +254,14 @@ impl Sidecar {
             }
             None => None,
         };
+        let git = match config.git_listen {
+            Some(addr) if !policy.git.remotes.is_empty() => {
+                let g = GitGate::bind(addr, &config.git_state).await?;
+                addrs.git = Some(g.local_addr());
+                Some(g)
+            }
+            _ => None,
+        };
         let (close, closed) = watch::channel(());
         let shared = Arc::new(Shared {
             policy: Live::new(policy),
@@ -257,6 +282,7 @@ impl Sidecar {
             dns,
             http,
             https,
+            git,
             watch: Watch {
                 policy: config.policy_path.clone(),
                 secrets: secrets_path,
@@ -271,6 +297,12 @@ impl Sidecar {
     /// The addresses bound.
     pub fn addrs(&self) -> &Addrs {
         &self.addrs
+    }
+
+    /// The git gate's `git` spawner, when the gate is on (tests read the
+    /// children it ran).
+    pub fn git_children(&self) -> Option<gitgate::git::Git> {
+        self.git.as_ref().map(GitGate::git)
     }
 
     /// Serves until `shutdown` completes, then stops every listener,
@@ -301,6 +333,10 @@ impl Sidecar {
         if let Some(t) = self.https {
             listening("https", t.local_addr());
             tasks.spawn(t.serve(shared.clone()));
+        }
+        if let Some(g) = self.git {
+            listening("git-gate", g.local_addr());
+            tasks.spawn(g.serve(shared.clone()));
         }
         let (policy_stamp, secrets_stamp) = self.stamps;
         tasks.spawn(reload::watch(

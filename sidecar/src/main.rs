@@ -24,7 +24,7 @@ usage:
   bottle-sidecar run --policy PATH [--audit PATH] [--dns-answer IPV4|SUBNET]
                      [--proxy-listen ADDR] [--dns-listen ADDR]
                      [--http-listen ADDR] [--https-listen ADDR]
-                     [--health-file PATH]
+                     [--health-file PATH] [--git-listen ADDR] [--git-state DIR]
       ca.pem, ca-key.pem (required), secrets.json and upstream-roots.pem
       (optional) are read from the policy file's directory.
       --audit       decisions as JSON lines appended here (default: stdout);
@@ -37,6 +37,9 @@ usage:
       listen ADDRs are ip:port, or `off`; defaults <internal>:3128,
       <internal>:53 (udp+tcp), <internal>:80, <internal>:443. Nothing listens
       on 0.0.0.0 or the egress side unless asked to here.
+      --git-listen  the git gate (default <internal>:8080, or `off`); it
+                    listens only when the policy has [[git.remote]] entries
+      --git-state   the git gate's mirrors (default /var/lib/bottle/git)
       --health-file where the proxy's bound address is recorded for `health`
                     (default /tmp/bottle-sidecar.proxy-addr), or `off`
   bottle-sidecar health [--addr ADDR | --file PATH]
@@ -110,7 +113,7 @@ fn version() -> String {
 }
 
 /// The flags `run` takes, each with a value.
-const RUN_FLAGS: [&str; 8] = [
+const RUN_FLAGS: [&str; 10] = [
     "policy",
     "audit",
     "dns-answer",
@@ -119,6 +122,8 @@ const RUN_FLAGS: [&str; 8] = [
     "http-listen",
     "https-listen",
     "health-file",
+    "git-listen",
+    "git-state",
 ];
 
 /// The arguments after the program name: a subcommand, then its flags.
@@ -167,6 +172,21 @@ fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result
             config.dns_listen = listen_flag(&mut flags, "dns-listen", internal, DNS_PORT)?;
             config.http_listen = listen_flag(&mut flags, "http-listen", internal, HTTP_PORT)?;
             config.https_listen = listen_flag(&mut flags, "https-listen", internal, HTTPS_PORT)?;
+            // Without an internal address the gate is off unless given its
+            // own ADDR (it serves nothing without [[git.remote]] anyway).
+            config.git_listen = if internal.is_none() && !flags.0.contains_key("git-listen") {
+                None
+            } else {
+                listen_flag(
+                    &mut flags,
+                    "git-listen",
+                    internal,
+                    bottle_sidecar::gitgate::GIT_PORT,
+                )?
+            };
+            if let Some(dir) = flags.take("git-state") {
+                config.git_state = PathBuf::from(dir);
+            }
             if config.dns_listen.is_some() && config.dns_answer.is_none() {
                 bail!("`run` needs --dns-answer IPV4 while DNS is on (or --dns-listen off)");
             }

@@ -250,6 +250,12 @@ impl Tls {
         Ok(config)
     }
 
+    /// The upstream client config (verification on, ring, webpki roots plus
+    /// `upstream-roots.pem`): the git gate's relay uses it too.
+    pub fn upstream_config(&self) -> Arc<ClientConfig> {
+        self.upstream.clone()
+    }
+
     /// A connector for upstream TLS (verification on).
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
         tokio_rustls::TlsConnector::from(self.upstream.clone())

@@ -5,7 +5,8 @@
 //! - Decisions go to the audit sink: the `--audit` JSONL file in the bottle's
 //!   state dir. `"service":"egress"` lines carry one request or tunnel each
 //!   ([`EgressRecord`]); `"service":"dns"` lines one DNS query
-//!   ([`DnsRecord`]).
+//!   ([`DnsRecord`]); `"service":"git-gate"` lines one git operation
+//!   ([`GitRecord`]).
 //!
 //! Lines a client can cause in unbounded numbers go through per-client-IP
 //! token buckets, so an agent in a loop cannot flood the host's disk. There
@@ -35,7 +36,7 @@ mod records;
 mod sinks;
 
 pub use limit::{Admit, Budget, Dropped, LineKind, RateLimit, RateLimiter};
-pub use records::{DnsRecord, EgressRecord};
+pub use records::{DnsRecord, EgressRecord, GitRecord, GitRefRecord};
 pub use sinks::{AuditFileError, FileSink, LineSink, StdoutSink};
 
 use bottle_policy::Verdict;
@@ -153,6 +154,23 @@ impl Logger {
         };
         self.limited(ip, Budget::Refused, line, now, || {
             write(&*self.audit, "egress", record)
+        });
+    }
+
+    /// A git gate operation (`"service":"git-gate"`). An `allow` is always
+    /// written (it stands for traffic that reached the upstream); a refusal
+    /// is subject to the client's [`Budget::Refused`] rate limit.
+    pub fn git(&self, client: SocketAddr, record: &GitRecord) {
+        if record.decision == Verdict::Allow {
+            write(&*self.audit, "git-gate", record);
+            return;
+        }
+        let line = LineKind {
+            kind: "git-gate/deny",
+            host: Some(&record.remote),
+        };
+        self.limited(client.ip(), Budget::Refused, line, Instant::now(), || {
+            write(&*self.audit, "git-gate", record)
         });
     }
 

@@ -111,6 +111,77 @@ impl DnsRecord {
     }
 }
 
+/// One git gate operation (an advertisement, a fetch, a push), as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct GitRecord {
+    /// `ip:port` of the client.
+    pub client: String,
+    /// The `[[git.remote]]` name (cut; it comes from the request path).
+    pub remote: String,
+    /// `advertise`, `fetch` or `push`.
+    pub op: &'static str,
+    /// The ref updates of a push, each `old → new` (abbreviated ids; `-`
+    /// for none) and its outcome.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<GitRefRecord>,
+    pub decision: Verdict,
+    /// The rule that decided (`git.remote "app" push`, `secret-scan`,
+    /// `upstream-unreachable`, …).
+    pub rule: String,
+    /// Why, when refused or failed (never a secret: the scanner's findings
+    /// name the detector, not the text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Served from the last mirror because the upstream was unreachable
+    /// (`stale_ok = true`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// Bytes of the client's request body.
+    pub bytes_up: u64,
+    /// Bytes of the answer to the client.
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+}
+
+/// One ref update in a [`GitRecord`].
+#[derive(Debug, Clone, Serialize)]
+pub struct GitRefRecord {
+    #[serde(rename = "ref")]
+    pub refname: String,
+    /// `old → new`.
+    pub update: String,
+    /// `ok`, or the reason it was refused.
+    pub result: String,
+}
+
+impl GitRecord {
+    pub fn new(client: SocketAddr, remote: &str, op: &'static str) -> Self {
+        GitRecord {
+            client: client.to_string(),
+            remote: truncate(remote, 64),
+            op,
+            refs: Vec::new(),
+            decision: Verdict::Deny,
+            rule: String::new(),
+            reason: None,
+            stale: false,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+        }
+    }
+
+    /// Adds one ref update (fields cut to a safe length).
+    pub fn add_ref(&mut self, refname: &str, old: Option<&str>, new: Option<&str>, result: &str) {
+        let short = |o: Option<&str>| o.map_or("-".to_string(), |o| o.chars().take(12).collect());
+        self.refs.push(GitRefRecord {
+            refname: truncate(refname, MAX_FIELD),
+            update: format!("{} → {}", short(old), short(new)),
+            result: truncate(result, MAX_FIELD),
+        });
+    }
+}
+
 pub(super) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();

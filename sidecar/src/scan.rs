@@ -1,0 +1,439 @@
+//! Secret detection over text the agent sends out: a set of detectors with
+//! stable names, run line by line. The git gate runs it over every added
+//! line of every commit a push would publish ([`Scanner::scan_patch`] reads
+//! `git log -p` output); the DLP work reuses [`Scanner::scan_line`].
+//!
+//! Detectors (the names are stable; audit lines and refusals carry them):
+//! - `private-key`: a PEM/OpenSSH/PGP private key header.
+//! - `github-token`: `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` tokens and
+//!   fine-grained `github_pat_` tokens.
+//! - `gitlab-token`: `glpat-` personal access tokens.
+//! - `aws-access-key`: `AKIA`/`ASIA`/`ABIA`/`ACCA` access key ids.
+//! - `slack-token`: `xoxb-`/`xoxa-`/`xoxp-`/`xoxr-`/`xoxs-` tokens.
+//! - `anthropic-key`: `sk-ant-` keys.
+//! - `openai-key`: `sk-` / `sk-proj-` / `sk-svcacct-` / `sk-admin-` keys
+//!   of at least 32 characters mixing letters and digits.
+//! - `generic-secret-assignment`: `password|secret|token|api_key|… = value`
+//!   where the value is 16+ characters mixing letters and digits with a
+//!   Shannon entropy of at least [`GENERIC_MIN_ENTROPY`] bits per character.
+//! - `bottle-credential`: the exact value of any credential in this
+//!   bottle's `secrets.json` (values shorter than [`MIN_EXACT_LEN`] are not
+//!   searched: they would match ordinary text).
+//!
+//! A hit names the detector and where it is, never the matched text. No
+//! in-file suppression comment (`# nosecret`, `gitleaks:allow`, …) is
+//! honoured: the agent writes those files.
+
+use regex::bytes::Regex;
+use std::fmt;
+use std::sync::LazyLock;
+
+/// Shortest credential value searched for by `bottle-credential`.
+pub const MIN_EXACT_LEN: usize = 8;
+
+/// Bits per character a `generic-secret-assignment` value must reach.
+pub const GENERIC_MIN_ENTROPY: f64 = 3.5;
+
+/// One pattern detector.
+struct Detector {
+    name: &'static str,
+    re: Regex,
+    /// Further check of the match (the whole match, or group 1 when present).
+    accept: fn(&[u8]) -> bool,
+}
+
+fn any(_: &[u8]) -> bool {
+    true
+}
+
+fn letters_and_digits(v: &[u8]) -> bool {
+    v.iter().any(u8::is_ascii_digit) && v.iter().any(u8::is_ascii_alphabetic)
+}
+
+/// An OpenAI-shaped key that is not an Anthropic key and looks random.
+fn openai_shaped(v: &[u8]) -> bool {
+    !v.starts_with(b"sk-ant-") && letters_and_digits(&v[3..])
+}
+
+fn high_entropy(v: &[u8]) -> bool {
+    letters_and_digits(v) && entropy(v) >= GENERIC_MIN_ENTROPY
+}
+
+/// Shannon entropy of `v`, in bits per byte.
+pub fn entropy(v: &[u8]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0usize; 256];
+    for b in v {
+        counts[*b as usize] += 1;
+    }
+    let n = v.len() as f64;
+    counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = *c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
+    let d = |name, re: &str, accept| Detector {
+        name,
+        re: Regex::new(re).expect("detector regexes are fixed and tested"),
+        accept,
+    };
+    vec![
+        d(
+            "private-key",
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+            any,
+        ),
+        d(
+            "github-token",
+            r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{80,255})\b",
+            any,
+        ),
+        d("gitlab-token", r"\bglpat-[A-Za-z0-9_-]{20,}", any),
+        d(
+            "aws-access-key",
+            r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+            any,
+        ),
+        d(
+            "slack-token",
+            r"\bxox[baprs]-[A-Za-z0-9-]{10,}",
+            letters_and_digits,
+        ),
+        d("anthropic-key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", any),
+        d(
+            "openai-key",
+            r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}",
+            openai_shaped,
+        ),
+        d(
+            "generic-secret-assignment",
+            r#"(?i)(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*["']?\s*(?::=|=>|[:=])\s*["'`]?([A-Za-z0-9+/_.~=-]{16,})"#,
+            high_entropy,
+        ),
+    ]
+});
+
+/// What a detector found on a line: its name, never the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub detector: &'static str,
+}
+
+/// The detectors plus this bottle's exact credential values.
+#[derive(Clone, Default)]
+pub struct Scanner {
+    exact: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scanner")
+            .field(
+                "exact",
+                &format_args!("[{} values elided]", self.exact.len()),
+            )
+            .finish()
+    }
+}
+
+/// A hit in a patch: where, and which detector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchFinding {
+    /// The commit's full object id.
+    pub commit: String,
+    /// The file's path in the commit, as git prints it.
+    pub file: String,
+    /// 1-based line number in the file as of the commit.
+    pub line: u64,
+    pub detector: &'static str,
+}
+
+impl fmt::Display for PatchFinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = self.commit.get(..12).unwrap_or(&self.commit);
+        write!(
+            f,
+            "commit {short} {}:{}: {} detected",
+            self.file, self.line, self.detector
+        )
+    }
+}
+
+impl Scanner {
+    /// A scanner that also looks for these exact values (the real values of
+    /// the bottle's credentials).
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let exact = values
+            .into_iter()
+            .filter(|v| v.len() >= MIN_EXACT_LEN)
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
+        Scanner { exact }
+    }
+
+    /// The first detector that fires on `line`, exact values first.
+    pub fn scan_line(&self, line: &[u8]) -> Option<Hit> {
+        if self
+            .exact
+            .iter()
+            .any(|v| memchr::memmem::find(line, v).is_some())
+        {
+            return Some(Hit {
+                detector: "bottle-credential",
+            });
+        }
+        for d in DETECTORS.iter() {
+            for caps in d.re.captures_iter(line) {
+                let m = caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_bytes());
+                if m.is_some_and(d.accept) {
+                    return Some(Hit { detector: d.name });
+                }
+            }
+        }
+        None
+    }
+
+    /// Every hit on an added line of `patch`, the output of
+    /// `git log -p --format='commit %H' --unified=0` (any context size
+    /// works). Lines are numbered from the hunk headers, so a content line
+    /// that happens to start with `+++` is still content.
+    pub fn scan_patch(&self, patch: &[u8]) -> Vec<PatchFinding> {
+        let mut out = Vec::new();
+        let mut commit = String::new();
+        let mut file = String::new();
+        // Lines of the current hunk still to come (old side, new side).
+        let (mut old_left, mut new_left) = (0u64, 0u64);
+        let mut new_line = 0u64;
+        for raw in patch.split(|b| *b == b'\n') {
+            if old_left > 0 || new_left > 0 {
+                match raw.first() {
+                    Some(b'+') => {
+                        if let Some(hit) = self.scan_line(&raw[1..]) {
+                            out.push(PatchFinding {
+                                commit: commit.clone(),
+                                file: file.clone(),
+                                line: new_line,
+                                detector: hit.detector,
+                            });
+                        }
+                        new_line += 1;
+                        new_left = new_left.saturating_sub(1);
+                    }
+                    Some(b'-') => old_left = old_left.saturating_sub(1),
+                    Some(b'\\') => {} // "\ No newline at end of file"
+                    _ => {
+                        new_line += 1;
+                        old_left = old_left.saturating_sub(1);
+                        new_left = new_left.saturating_sub(1);
+                    }
+                }
+                continue;
+            }
+            if let Some(rest) = raw.strip_prefix(b"commit ") {
+                commit = String::from_utf8_lossy(rest).trim().to_owned();
+            } else if let Some(rest) = raw.strip_prefix(b"+++ ") {
+                let name = String::from_utf8_lossy(rest);
+                file = name.strip_prefix("b/").unwrap_or(&name).to_owned();
+            } else if let Some(rest) = raw.strip_prefix(b"@@ ") {
+                if let Some((o, n, start)) = hunk_header(rest) {
+                    (old_left, new_left, new_line) = (o, n, start);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `-a[,b] +c[,d] @@…` → (b, d, c): lines on each side and the first new line.
+fn hunk_header(rest: &[u8]) -> Option<(u64, u64, u64)> {
+    let text = std::str::from_utf8(rest).ok()?;
+    let mut parts = text.split(' ');
+    let old = parts.next()?.strip_prefix('-')?;
+    let new = parts.next()?.strip_prefix('+')?;
+    let side = |s: &str| -> Option<(u64, u64)> {
+        match s.split_once(',') {
+            Some((start, len)) => Some((start.parse().ok()?, len.parse().ok()?)),
+            None => Some((s.parse().ok()?, 1)),
+        }
+    };
+    let (_, old_len) = side(old)?;
+    let (new_start, new_len) = side(new)?;
+    Some((old_len, new_len, new_start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(line: &str) -> Option<&'static str> {
+        Scanner::new(["the-real-credential-value"])
+            .scan_line(line.as_bytes())
+            .map(|h| h.detector)
+    }
+
+    // Test keys are assembled at run time so this file holds no string a
+    // scanner (ours or a host's) would flag.
+    fn k(parts: &[&str]) -> String {
+        parts.concat()
+    }
+
+    #[test]
+    fn each_detector_fires_on_its_shape() {
+        let cases = [
+            (k(&["-----BEGIN RSA ", "PRIVATE KEY-----"]), "private-key"),
+            (
+                k(&["-----BEGIN OPENSSH ", "PRIVATE KEY-----"]),
+                "private-key",
+            ),
+            (
+                k(&["x = \"-----BEGIN ", "PRIVATE KEY-----\\n"]),
+                "private-key",
+            ),
+            (
+                k(&["-----BEGIN PGP ", "PRIVATE KEY BLOCK-----"]),
+                "private-key",
+            ),
+            (k(&["token: gh", "p_", &"a1B2".repeat(9)]), "github-token"),
+            (k(&["github_", "pat_", &"aB3_".repeat(21)]), "github-token"),
+            (k(&["gl", "pat-", "xYz12-AbC34_dEf56gHi7"]), "gitlab-token"),
+            (k(&["AK", "IA", "IOSFODNN7EXAMPLE"]), "aws-access-key"),
+            (k(&["xo", "xb-", "1234567890-abcdefABCDEF"]), "slack-token"),
+            (
+                k(&["sk-", "ant-api03-", "Ab3dEf6hIj9kLm2nOp5qRs8t"]),
+                "anthropic-key",
+            ),
+            (
+                k(&["sk-", "proj-", "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"]),
+                "openai-key",
+            ),
+            (
+                k(&["sk-", "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb3dEf6hIj9kLm2n"]),
+                "openai-key",
+            ),
+            (
+                k(&["DB_PASS", "WORD=\"Zq8x", "xT4vLp9wR2mK7sB1\""]),
+                "generic-secret-assignment",
+            ),
+            (
+                k(&["api_", "key: 'a8Fk2LmQ9zX4vB7nR1tY'"]),
+                "generic-secret-assignment",
+            ),
+            (
+                k(&["client_", "secret := X9f2kLq8Zm4Vb7Nr1Ty5Wp3"]),
+                "generic-secret-assignment",
+            ),
+            (
+                "auth = the-real-credential-value;".to_string(),
+                "bottle-credential",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(hit(&line), Some(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn near_misses_do_not_fire() {
+        for line in [
+            k(&["-----BEGIN ", "PUBLIC KEY-----"]),
+            k(&["-----BEGIN ", "CERTIFICATE-----"]),
+            "the word private key in prose".into(),
+            k(&["gh", "p_short"]),
+            k(&["gh", "x_", &"a1B2".repeat(9)]),
+            k(&["gl", "pat-short"]),
+            k(&["AK", "IA", "IOSFODNN7EXAMP"]),
+            k(&["ak", "ia", "iosfodnn7example"]),
+            k(&["xo", "xb-", "not-a-token"]),
+            k(&["sk-", "ant-short"]),
+            k(&["sk-", "this-is-a-long-kebab-case-identifier-name"]),
+            "risk-management-1234567890abcdefghijklmnopqrst".into(),
+            "password = \"changeme\"".into(),
+            "token = os.environ[\"TOKEN\"]".into(),
+            "api_key = \"${API_KEY_FROM_THE_ENVIRONMENT}\"".into(),
+            "secret_name = get_secret_from_vault_function".into(),
+            "password = \"aaaaaaaaaaaaaaaa1\"".into(),
+            "the-real-credential".into(),
+        ] {
+            assert_eq!(hit(&line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn short_exact_values_are_not_searched() {
+        let s = Scanner::new(["short", "a-long-enough-value"]);
+        assert_eq!(s.scan_line(b"a short line"), None);
+        assert!(s.scan_line(b"x a-long-enough-value y").is_some());
+        assert!(!format!("{s:?}").contains("long-enough"));
+    }
+
+    #[test]
+    fn a_suppression_comment_changes_nothing() {
+        let line = k(&["AK", "IA", "IOSFODNN7EXAMPLE # nosecret gitleaks:allow"]);
+        assert_eq!(hit(&line), Some("aws-access-key"));
+    }
+
+    #[test]
+    fn patches_name_commit_file_and_line() {
+        let key = k(&["-----BEGIN OPENSSH ", "PRIVATE KEY-----"]);
+        let aws = k(&["AK", "IA", "IOSFODNN7EXAMPLE"]);
+        let patch = format!(
+            "commit 0123456789abcdef0123456789abcdef01234567\n\
+             \n\
+             diff --git a/keys/id b/keys/id\n\
+             new file mode 100644\n\
+             --- /dev/null\n\
+             +++ b/keys/id\n\
+             @@ -0,0 +1,3 @@\n\
+             +first\n\
+             +{key}\n\
+             +last\n\
+             commit fedcba9876543210fedcba9876543210fedcba98\n\
+             diff --git a/src/a.rs b/src/a.rs\n\
+             --- a/src/a.rs\n\
+             +++ b/src/a.rs\n\
+             @@ -10,2 +10,0 @@ fn x()\n\
+             -{aws}\n\
+             -gone\n\
+             @@ -40 +38,2 @@\n\
+             -old\n\
+             +++ {aws}\n\
+             +fine\n"
+        );
+        let found = Scanner::default().scan_patch(patch.as_bytes());
+        assert_eq!(
+            found,
+            vec![
+                PatchFinding {
+                    commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                    file: "keys/id".into(),
+                    line: 2,
+                    detector: "private-key",
+                },
+                PatchFinding {
+                    commit: "fedcba9876543210fedcba9876543210fedcba98".into(),
+                    file: "src/a.rs".into(),
+                    line: 38,
+                    detector: "aws-access-key",
+                },
+            ]
+        );
+        let shown = found[0].to_string();
+        assert_eq!(shown, "commit 0123456789ab keys/id:2: private-key detected");
+        assert!(!found.iter().any(|f| f.to_string().contains("IOSF")));
+    }
+
+    #[test]
+    fn entropy_is_bits_per_byte() {
+        assert_eq!(entropy(b""), 0.0);
+        assert_eq!(entropy(b"aaaa"), 0.0);
+        assert!((entropy(b"abcd") - 2.0).abs() < 1e-9);
+    }
+}
