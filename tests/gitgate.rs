@@ -333,6 +333,34 @@ fn the_agent_clones_fetches_and_pushes_through_the_gate_within_its_rules() {
     let s = stats(&up_name);
     assert!(s["upload"].as_u64().unwrap_or(0) >= 1, "{s}");
 
+    // verify's git rows, from the agent: ssh refused, no token, protected
+    // ref refused.
+    let v = b.bottle(&["verify", &b.name]);
+    let text = stdout(&v);
+    // Counted rows, run with trusted tools in the agent's network namespace.
+    for row in [
+        "probe      attack   git over ssh to",
+        "probe      attack   git push to protected main",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no `{row}` row: {text}"));
+        assert!(line.starts_with("pass"), "{line}");
+    }
+    // The agent's own view, reported.
+    for row in [
+        "agent-view attack   git over ssh ",
+        "agent-view attack   git token absent",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no `{row}` row: {text}"));
+        assert!(line.starts_with("(pass)"), "{line}");
+    }
+    assert_eq!(v.status.code(), Some(0), "{text}{}", stderr(&v));
+
     // Upstream down: the clone fails with the gate's own message.
     drop(upstream);
     let (code, out) = agent(

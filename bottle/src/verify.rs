@@ -682,12 +682,67 @@ pub async fn verify(
         |o| (o.stdout.trim() == "done", brief(o)),
     ));
 
-    // ---- the git gate, when the bottle has remotes
+    // ---- the git gate, when the bottle has remotes. What the gate enforces
+    // is checked with trusted tools (counted); what the agent's own git and
+    // environment show is its view (reported).
     let remotes = policy
         .as_ref()
         .map(|p| p.git.remotes.clone())
         .unwrap_or_default();
-    if !remotes.is_empty() {
+    if let Some(first) = remotes.first() {
+        let upstream_host = first.upstream.host().to_string();
+        checks.push(check(
+            format!("git over ssh to {upstream_host}"),
+            Kind::Attack,
+            format!("TCP to {upstream_host}:22, the way git over ssh would go"),
+            "no connection",
+            format!("timeout 5 bash -c '</dev/tcp/{upstream_host}/22' 2>&1; echo \"exit=$?\""),
+            |o| (!o.stdout.contains("exit=0"), brief(o)),
+        ));
+        if let Some((remote, protected)) = remotes
+            .iter()
+            .find_map(|r| r.protected.first().map(|p| (r, p)))
+        {
+            let target = protected.as_str().trim_end_matches('*');
+            let target = if target.is_empty() || target.ends_with('/') {
+                format!("{target}bottle-verify")
+            } else {
+                target.to_string()
+            };
+            let refname = if target.starts_with("refs/") {
+                target
+            } else {
+                format!("refs/heads/{target}")
+            };
+            let url = format!(
+                "http://{sc}:{}/{}.git",
+                crate::gitconfig::GATE_PORT,
+                remote.name.as_str()
+            );
+            checks.push(check(
+                format!("git push to protected {}", protected.as_str()),
+                Kind::Attack,
+                format!(
+                    "force-push an unrelated commit to {refname} of remote {} through the gate (git sends it; the gate must refuse)",
+                    remote.name.as_str()
+                ),
+                "refused by the gate, naming the rule",
+                format!(
+                    "d=$(mktemp -d) && cd \"$d\" && git init -q && git -c user.name=verify -c user.email=verify@bottle.invalid commit -q --allow-empty -m bottle-verify && timeout 60 git push --force {url} HEAD:{refname} 2>&1; echo \"exit=$?\"; rm -rf \"$d\""
+                ),
+                |o| {
+                    (
+                        o.stdout.contains("protected") && !o.stdout.contains("exit=0"),
+                        o.stdout
+                            .lines()
+                            .find(|l| l.contains("protected"))
+                            .unwrap_or_else(|| o.stdout.lines().next().unwrap_or(""))
+                            .trim()
+                            .to_string(),
+                    )
+                },
+            ));
+        }
         // The tokens' values, read from the sidecar's own file on the host,
         // to look for in what the agent can see.
         let tokens: Vec<String> = std::fs::read_to_string(state.sidecar_dir().join("secrets.json"))
@@ -723,7 +778,10 @@ pub async fn verify(
             "env; git config --list --show-origin 2>&1; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n'; printf 'protocol=https\\nhost=bottle-verify.invalid\\n\\n' | GIT_TERMINAL_PROMPT=0 timeout 5 git credential fill 2>&1; echo done",
             move |o| {
                 let text = format!("{}{}", o.stdout, o.stderr);
-                let found = tokens.iter().filter(|t| !t.is_empty() && text.contains(t.as_str())).count();
+                let found = tokens
+                    .iter()
+                    .filter(|t| !t.is_empty() && text.contains(t.as_str()))
+                    .count();
                 (
                     found == 0 && text.contains("done"),
                     if found == 0 {
@@ -734,47 +792,6 @@ pub async fn verify(
                 )
             },
         ));
-        if let Some((remote, protected)) = remotes
-            .iter()
-            .find_map(|r| r.protected.first().map(|p| (r, p)))
-        {
-            let target = protected.as_str().trim_end_matches('*');
-            let target = if target.is_empty() || target.ends_with('/') {
-                format!("{target}bottle-verify")
-            } else {
-                target.to_string()
-            };
-            let refname = if target.starts_with("refs/") {
-                target
-            } else {
-                format!("refs/heads/{target}")
-            };
-            let url = format!(
-                "http://{sc}:{}/{}.git",
-                crate::gitconfig::GATE_PORT,
-                remote.name.as_str()
-            );
-            agent_only.push(check(
-                format!("git push to protected {}", protected.as_str()),
-                Kind::Attack,
-                format!("push a new commit to {refname} of remote {} through the gate", remote.name.as_str()),
-                "refused by the gate, naming the rule",
-                format!(
-                    "d=$(mktemp -d) && cd \"$d\" && git init -q && git -c user.name=verify -c user.email=verify@bottle.invalid commit -q --allow-empty -m bottle-verify && timeout 60 git push {url} HEAD:{refname} 2>&1; echo \"exit=$?\"; rm -rf \"$d\""
-                ),
-                |o| {
-                    (
-                        o.stdout.contains("protected") && !o.stdout.contains("exit=0"),
-                        o.stdout
-                            .lines()
-                            .find(|l| l.contains("protected"))
-                            .unwrap_or_else(|| o.stdout.lines().next().unwrap_or(""))
-                            .trim()
-                            .to_string(),
-                    )
-                },
-            ));
-        }
     }
 
     agent_only.push(check(
