@@ -35,6 +35,11 @@ const CONFIG: &[&str] = &[
     "gc.auto=0",
     "maintenance.auto=false",
     "uploadpack.allowFilter=true",
+    // Fetched objects stay in the pack they came in, however few: serving
+    // a clone then reuses it instead of compressing loose objects again
+    // (a 30 MB mirror of loose objects served at a quarter of the speed).
+    "transfer.unpackLimit=1",
+    "fetch.unpackLimit=1",
     "core.quotePath=false",
 ];
 
