@@ -149,7 +149,7 @@ pub async fn advertise(
     )
 }
 
-/// A receive-pack advertisement with its capabilities cut to [`PUSH_CAPS`]
+/// A receive-pack advertisement with its capabilities cut to `PUSH_CAPS`
 /// (plus `object-format` and `agent`).
 pub fn push_caps(adv: &[u8]) -> Vec<u8> {
     let Some(first) = pkt::first(adv) else {
