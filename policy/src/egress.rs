@@ -20,8 +20,9 @@ pub enum Unknown {
     /// Refuse it (403).
     #[default]
     Deny,
-    /// Hold it and queue an approval. Until the supervise service exists this
-    /// is enforced exactly like `Deny`, and the 403 says so.
+    /// Hold it and file a proposal for a human to decide (the sidecar's
+    /// supervise service); where `supervise.enabled` is off, enforced exactly
+    /// like `Deny`.
     Ask,
 }
 
@@ -217,9 +218,9 @@ impl EgressPolicy {
                     .unwrap_or_else(|| "443 or 80".into())
             ),
             (None, Unknown::Deny) => format!("{host}:{port} is not in egress.allow"),
-            (None, Unknown::Ask) => format!(
-                "{host}:{port} is not in egress.allow; egress.unknown = \"ask\" is enforced as deny until the supervise service is available"
-            ),
+            (None, Unknown::Ask) => {
+                format!("{host}:{port} is not in egress.allow (egress.unknown = \"ask\")")
+            }
         };
         Decision {
             verdict: Verdict::Deny,
@@ -346,6 +347,10 @@ mod tests {
         };
         let d = p.decide("example.com", 443);
         assert_eq!(d.verdict, Verdict::Deny);
-        assert!(d.reason.contains("enforced as deny"));
+        assert!(
+            d.reason.contains("egress.unknown = \"ask\""),
+            "{}",
+            d.reason
+        );
     }
 }

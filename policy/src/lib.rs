@@ -1,9 +1,11 @@
 //! The policy model of a bottle, as data.
 //!
 //! One type, shared by the `bottle` CLI (which builds and validates it from
-//! `bottle.toml`) and by `bottle-sidecar` (which enforces it). Nothing here does
-//! I/O or knows about a runtime: the CLI renders a [`Policy`] to JSON in the
-//! bottle's state directory and the sidecar reads the same JSON back.
+//! `bottle.toml`) and by `bottle-sidecar` (which enforces it). Nothing here
+//! knows about a runtime, and nothing does I/O except [`queue`], the supervise
+//! queue's files, which the CLI and the sidecar must read and write alike: the
+//! CLI renders a [`Policy`] to JSON in the bottle's state directory and the
+//! sidecar reads the same JSON back.
 //!
 //! Everything is deny-by-default: an empty [`EgressPolicy`] allows nothing.
 
@@ -15,8 +17,10 @@ pub mod fields;
 pub mod git;
 pub mod host;
 pub mod limits;
+pub mod queue;
 pub mod request;
 pub mod secrets;
+pub mod supervise;
 
 pub use address::{classify, AddressClass, Classified, Embedding, LocalNet};
 pub use egress::{
@@ -31,11 +35,16 @@ pub use git::{
 };
 pub use host::{normalize_host, HostError, HostPattern};
 pub use limits::{Limits, LimitsError};
+pub use queue::{Entry, Listing, QueueDir, QueueError};
 pub use request::{
     check_path, method_override_param, PathError, FORBIDDEN_METHODS, METHOD_OVERRIDE_HEADERS,
     METHOD_OVERRIDE_PARAMS,
 };
 pub use secrets::{FormatError, SecretEntry, SecretValue, SecretsFile, SECRETS_FORMAT};
+pub use supervise::{
+    Ask, AskedHost, AskedRef, Grant, Grants, Proposal, ProposalId, Scope, Status,
+    SuperviseFieldError, SupervisePolicy, Text, SUPERVISE_FORMAT,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +67,9 @@ pub struct Policy {
     /// The git gate's remotes; none when absent (the gate is not started).
     #[serde(default)]
     pub git: GitPolicy,
+    /// The supervise service (MCP server, `unknown = "ask"`); off when absent.
+    #[serde(default)]
+    pub supervise: SupervisePolicy,
 }
 
 impl Policy {
@@ -68,6 +80,7 @@ impl Policy {
             egress,
             limits: Limits::default(),
             git: GitPolicy::default(),
+            supervise: SupervisePolicy::default(),
         }
     }
 }
