@@ -147,6 +147,32 @@ pub enum Command {
         #[arg(long)]
         accept_changes: bool,
     },
+    /// List the requests the agents filed through supervise (pending first).
+    Requests {
+        /// Only this bottle's (default: every bottle's).
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request: the sidecar applies it at once.
+    Approve {
+        /// The request's id, as `bottle requests` lists it.
+        id: String,
+        /// once: the one request that asked; session: until the bottle
+        /// stops; always: also pinned, so the next `up` asks nothing more.
+        #[arg(long, value_enum, default_value = "once")]
+        scope: ScopeArg,
+        /// A note the agent reads with the decision.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        id: String,
+        /// A note the agent reads with the decision.
+        #[arg(long)]
+        note: Option<String>,
+    },
     /// Measure what a runtime can do.
     Probe {
         #[arg(long, value_enum, env = "BOTTLE_RUNTIME")]
@@ -154,6 +180,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    Once,
+    Session,
+    Always,
+}
+
+impl From<ScopeArg> for bottle_policy::Scope {
+    fn from(s: ScopeArg) -> Self {
+        match s {
+            ScopeArg::Once => bottle_policy::Scope::Once,
+            ScopeArg::Session => bottle_policy::Scope::Session,
+            ScopeArg::Always => bottle_policy::Scope::Always,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -208,6 +251,8 @@ pub enum CliError {
     },
     #[error(transparent)]
     Reload(#[from] crate::reload::ReloadError),
+    #[error(transparent)]
+    Request(#[from] crate::requests::RequestError),
     #[error("interrupted; nothing was left behind")]
     Interrupted,
     /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
@@ -236,6 +281,7 @@ impl Classify for CliError {
             | CliError::NotATerminal
             | CliError::NoService(_) => Exit::Usage,
             CliError::Reload(e) => e.exit(),
+            CliError::Request(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
             CliError::Interrupted => Exit::Interrupted,
             CliError::State(_)
@@ -332,6 +378,50 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             follow,
             tail,
         } => logs(&name, service, json, follow, tail).await,
+        Command::Requests { name, json } => {
+            let host = Host::from_env()?;
+            let now = crate::requests::now();
+            let (rows, unreadable) = crate::requests::list(&host.state, name.as_deref(), now);
+            for u in &unreadable {
+                eprintln!("bottle: skipped an unreadable request: {u}");
+            }
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&rows).unwrap_or_default())?;
+            } else {
+                render_requests(&mut out, &rows, now)?;
+            }
+            Ok(0)
+        }
+        Command::Approve { id, scope, note } => {
+            let host = Host::from_env()?;
+            let (bottle, entry) = crate::requests::approve(
+                &host.state,
+                &id,
+                scope.into(),
+                note.as_deref(),
+                crate::requests::now(),
+            )?;
+            eprintln!(
+                "bottle `{bottle}`: {} {} — {}",
+                entry.proposal.id.as_str(),
+                entry.status.label(),
+                entry.proposal.ask.summary()
+            );
+            Ok(0)
+        }
+        Command::Deny { id, note } => {
+            let host = Host::from_env()?;
+            let (bottle, entry) =
+                crate::requests::deny(&host.state, &id, note.as_deref(), crate::requests::now())?;
+            eprintln!(
+                "bottle `{bottle}`: {} {} — {}",
+                entry.proposal.id.as_str(),
+                entry.status.label(),
+                entry.proposal.ask.summary()
+            );
+            Ok(0)
+        }
         Command::Probe { runtime, json } => probe(runtime, json).await,
         Command::Reload {
             name,
@@ -339,6 +429,45 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             accept_changes,
         } => reload(&name, file, accept_changes).await,
     }
+}
+
+/// `bottle requests` as a table: pending first, then the rest, newest last.
+pub fn render_requests(
+    out: &mut dyn Write,
+    rows: &[crate::requests::Row],
+    now: u64,
+) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(out, "no requests");
+    }
+    writeln!(
+        out,
+        "{:<10} {:<16} {:<20} {:<40} REASON",
+        "ID", "BOTTLE", "STATUS", "ASKS"
+    )?;
+    let pending = rows.iter().filter(|r| r.status == "pending");
+    let rest = rows.iter().filter(|r| r.status != "pending");
+    for r in pending.chain(rest) {
+        let status = if r.status == "pending" {
+            format!("pending ({}s left)", r.expires.saturating_sub(now))
+        } else {
+            r.status.clone()
+        };
+        writeln!(
+            out,
+            "{:<10} {:<16} {:<20} {:<40} {}{}",
+            r.id,
+            r.bottle,
+            status,
+            r.ask,
+            r.reason,
+            r.note
+                .as_deref()
+                .map(|n| format!(" (note: {n})"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
 }
 
 /// `bottle ps` as a table.

@@ -25,6 +25,7 @@ pub mod pin;
 pub mod plan;
 pub mod reload;
 pub mod report;
+pub mod requests;
 pub mod runtime_select;
 pub mod secrets;
 pub mod state;
