@@ -24,6 +24,9 @@
 //!   client socket; [`body`]: the agent's request body (gap deadline, a
 //!   broken body is the agent's 400/408 and the upstream request is
 //!   aborted); [`redact`]: credential values never come back in responses.
+//! - [`supervise`]: proposals, decisions, grants and the connections
+//!   `egress.unknown = "ask"` holds; [`mcp`]: the `:8765/mcp` MCP server the
+//!   agent asks through.
 //! - [`log`]: lifecycle events on stdout and the audit JSONL, rate-limited
 //!   per client. [`policy_file`] and [`reload`]: the policy in force.
 
@@ -41,6 +44,7 @@ pub mod io;
 pub mod limits;
 pub mod listen;
 pub mod log;
+pub mod mcp;
 pub mod netinfo;
 pub mod policy_file;
 pub mod proxy;
@@ -48,6 +52,7 @@ pub mod redact;
 pub mod reload;
 pub mod secrets;
 pub mod shared;
+pub mod supervise;
 pub mod tls;
 pub mod transparent;
 
@@ -55,11 +60,13 @@ use crate::dns::Dns;
 use crate::guard::{LocalNetSource, Resolver};
 use crate::listen::ListenError;
 use crate::log::Logger;
+use crate::mcp::Mcp;
 use crate::policy_file::{Live, PolicyFileError};
 use crate::proxy::Proxy;
 use crate::reload::{Stamp, Watch};
 use crate::secrets::{Secrets, SecretsError};
 use crate::shared::Shared;
+use crate::supervise::{SuperviseConfig, Supervisor};
 use crate::tls::{Tls, TlsSetupError};
 use crate::transparent::Transparent;
 use serde_json::json;
@@ -104,6 +111,14 @@ pub struct RunConfig {
     pub transparent_http_port: u16,
     /// Destination port of the transparent HTTPS listener (443).
     pub transparent_https_port: u16,
+    /// The supervise queue directory (`--supervise-state`); `None` turns
+    /// the supervise service off whatever the policy says.
+    pub supervise_state: Option<PathBuf>,
+    /// The MCP server's address; it is bound only while the policy has
+    /// `supervise.enabled` at start.
+    pub supervise_listen: Option<SocketAddr>,
+    /// How often a waiting tool call reports progress.
+    pub supervise_progress: Duration,
 }
 
 impl RunConfig {
@@ -122,6 +137,9 @@ impl RunConfig {
             local_net: LocalNetSource::System,
             transparent_http_port: 80,
             transparent_https_port: 443,
+            supervise_state: None,
+            supervise_listen: None,
+            supervise_progress: supervise::PROGRESS_EVERY,
         }
     }
 
@@ -144,6 +162,8 @@ pub enum RunError {
     NoDnsAnswer,
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("refusing to start without the supervise queue: {0}")]
+    Supervise(#[from] bottle_policy::QueueError),
 }
 
 /// The addresses the listeners actually bound (`None` when off).
@@ -154,6 +174,8 @@ pub struct Addrs {
     pub dns_tcp: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// The supervise MCP server.
+    pub supervise: Option<SocketAddr>,
 }
 
 /// A started sidecar: everything loaded and bound, nothing served yet.
@@ -164,6 +186,7 @@ pub struct Sidecar {
     dns: Option<Dns>,
     http: Option<Transparent>,
     https: Option<Transparent>,
+    mcp: Option<Mcp>,
     watch: Watch,
     stamps: (Stamp, Stamp),
     addrs: Addrs,
@@ -237,6 +260,32 @@ impl Sidecar {
             }
             None => None,
         };
+        let mcp = match (&config.supervise_state, config.supervise_listen) {
+            (Some(_), Some(addr)) if policy.supervise.enabled => {
+                let m = Mcp::bind(addr).await?;
+                addrs.supervise = Some(m.local_addr());
+                Some(m)
+            }
+            _ => None,
+        };
+        let supervisor = match &config.supervise_state {
+            Some(dir) => {
+                let url = match addrs.supervise.or(config.supervise_listen) {
+                    Some(a) => format!("http://{a}{}", mcp::MCP_PATH),
+                    None => "the sidecar's port 8765".to_string(),
+                };
+                Some(Arc::new(Supervisor::open(&SuperviseConfig {
+                    queue_dir: dir.clone(),
+                    url,
+                    progress_every: config.supervise_progress,
+                })?))
+            }
+            None => None,
+        };
+        let policy = match &supervisor {
+            Some(s) => s.overlay(policy),
+            None => policy,
+        };
         let (close, closed) = watch::channel(());
         let shared = Arc::new(Shared {
             policy: Live::new(policy),
@@ -249,6 +298,7 @@ impl Sidecar {
             transparent_https_port: config.transparent_https_port,
             closed,
             conns: crate::limits::Conns::default(),
+            supervisor,
         });
         Ok(Sidecar {
             shared,
@@ -257,6 +307,7 @@ impl Sidecar {
             dns,
             http,
             https,
+            mcp,
             watch: Watch {
                 policy: config.policy_path.clone(),
                 secrets: secrets_path,
@@ -301,6 +352,13 @@ impl Sidecar {
         if let Some(t) = self.https {
             listening("https", t.local_addr());
             tasks.spawn(t.serve(shared.clone()));
+        }
+        if let Some(m) = self.mcp {
+            listening("supervise", m.local_addr());
+            tasks.spawn(m.serve(shared.clone()));
+        }
+        if shared.supervisor.is_some() {
+            tasks.spawn(supervise::poll(shared.clone()));
         }
         let (policy_stamp, secrets_stamp) = self.stamps;
         tasks.spawn(reload::watch(
