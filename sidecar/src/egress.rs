@@ -44,6 +44,31 @@ impl Allowed {
     }
 }
 
+impl Allowed {
+    /// Was this destination let through by a supervise approval rather than
+    /// a policy rule (see [`granted`])?
+    pub fn by_supervise(&self) -> bool {
+        self.decision.rule.starts_with("supervise ")
+    }
+}
+
+/// A destination a supervise approval let through although the policy in
+/// force does not cover it: a `once` approval, or a connection held under
+/// `egress.unknown = "ask"` until approved. Only
+/// [`crate::supervise::Supervisor::on_denied`] makes one; the destination
+/// guard still runs on it.
+pub(crate) fn granted(host: &str, port: u16, id: &impl std::fmt::Display, scope: &str) -> Allowed {
+    Allowed {
+        host: host.to_string(),
+        port,
+        decision: Decision {
+            verdict: Verdict::Allow,
+            rule: format!("supervise {id}"),
+            reason: format!("{host}:{port} was approved ({scope}) in request {id}"),
+        },
+    }
+}
+
 /// A destination the policy refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {

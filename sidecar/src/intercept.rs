@@ -537,14 +537,30 @@ impl Session {
             return ex.forbid(refusal("host-mismatch", why), authority_hint);
         }
         let policy = self.shared.policy.current();
-        let decision = policy.egress.decide_request(&host, port, &method, &path);
+        // A tunnel a supervise approval opened covers its own host and port
+        // although the policy may not (a `once` or held approval).
+        let widened = self
+            .checked
+            .allowed()
+            .by_supervise()
+            .then(|| crate::supervise::widened(&policy.egress, self.checked.allowed()));
+        let decision = widened
+            .as_ref()
+            .unwrap_or(&policy.egress)
+            .decide_request(&host, port, &method, &path);
         if decision.verdict == Verdict::Deny {
-            let hint = if decision.rule == "default-deny" || decision.rule == "invalid-host" {
+            let hint = if decision.rule == "invalid-host" {
                 access_hint(&Denied {
                     host: host.clone(),
                     port,
                     decision: decision.clone(),
                 })
+            } else if decision.rule == "default-deny" {
+                self.shared.ask_hint(access_hint(&Denied {
+                    host: host.clone(),
+                    port,
+                    decision: decision.clone(),
+                }))
             } else {
                 rule_hint(&decision, &host)
             };

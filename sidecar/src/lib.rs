@@ -24,6 +24,9 @@
 //!   client socket; [`body`]: the agent's request body (gap deadline, a
 //!   broken body is the agent's 400/408 and the upstream request is
 //!   aborted); [`redact`]: credential values never come back in responses.
+//! - [`supervise`]: proposals, decisions, grants and the connections
+//!   `egress.unknown = "ask"` holds; [`mcp`]: the `:8765/mcp` MCP server the
+//!   agent asks through.
 //! - [`log`]: lifecycle events on stdout and the audit JSONL, rate-limited
 //!   per client. [`policy_file`] and [`reload`]: the policy in force.
 //! - [`gitgate`]: the `:8080` git gate (smart HTTP per `[[git.remote]]`,
@@ -45,6 +48,7 @@ pub mod io;
 pub mod limits;
 pub mod listen;
 pub mod log;
+pub mod mcp;
 pub mod netinfo;
 pub mod policy_file;
 pub mod proxy;
@@ -53,6 +57,7 @@ pub mod reload;
 pub mod scan;
 pub mod secrets;
 pub mod shared;
+pub mod supervise;
 pub mod tls;
 pub mod transparent;
 
@@ -61,11 +66,13 @@ use crate::gitgate::GitGate;
 use crate::guard::{LocalNetSource, Resolver};
 use crate::listen::ListenError;
 use crate::log::Logger;
+use crate::mcp::Mcp;
 use crate::policy_file::{Live, PolicyFileError};
 use crate::proxy::Proxy;
 use crate::reload::{Stamp, Watch};
 use crate::secrets::{Secrets, SecretsError};
 use crate::shared::Shared;
+use crate::supervise::{SuperviseConfig, Supervisor};
 use crate::tls::{Tls, TlsSetupError};
 use crate::transparent::Transparent;
 use serde_json::json;
@@ -115,6 +122,14 @@ pub struct RunConfig {
     pub git_listen: Option<SocketAddr>,
     /// Where the git gate keeps its mirrors (read-write, the sidecar's own).
     pub git_state: PathBuf,
+    /// The supervise queue directory (`--supervise-state`); `None` turns
+    /// the supervise service off whatever the policy says.
+    pub supervise_state: Option<PathBuf>,
+    /// The MCP server's address; it is bound only while the policy has
+    /// `supervise.enabled` at start.
+    pub supervise_listen: Option<SocketAddr>,
+    /// How often a waiting tool call reports progress.
+    pub supervise_progress: Duration,
 }
 
 impl RunConfig {
@@ -135,6 +150,9 @@ impl RunConfig {
             transparent_https_port: 443,
             git_listen: None,
             git_state: PathBuf::from(gitgate::DEFAULT_GIT_STATE),
+            supervise_state: None,
+            supervise_listen: None,
+            supervise_progress: supervise::PROGRESS_EVERY,
         }
     }
 
@@ -157,6 +175,8 @@ pub enum RunError {
     NoDnsAnswer,
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("refusing to start without the supervise queue: {0}")]
+    Supervise(#[from] bottle_policy::QueueError),
 }
 
 /// The addresses the listeners actually bound (`None` when off).
@@ -169,6 +189,8 @@ pub struct Addrs {
     pub https: Option<SocketAddr>,
     /// The git gate (only when the policy has remotes).
     pub git: Option<SocketAddr>,
+    /// The supervise MCP server.
+    pub supervise: Option<SocketAddr>,
 }
 
 /// A started sidecar: everything loaded and bound, nothing served yet.
@@ -180,6 +202,7 @@ pub struct Sidecar {
     http: Option<Transparent>,
     https: Option<Transparent>,
     git: Option<GitGate>,
+    mcp: Option<Mcp>,
     watch: Watch,
     stamps: (Stamp, Stamp),
     addrs: Addrs,
@@ -262,6 +285,32 @@ impl Sidecar {
             }
             _ => None,
         };
+        let mcp = match (&config.supervise_state, config.supervise_listen) {
+            (Some(_), Some(addr)) if policy.supervise.enabled => {
+                let m = Mcp::bind(addr).await?;
+                addrs.supervise = Some(m.local_addr());
+                Some(m)
+            }
+            _ => None,
+        };
+        let supervisor = match &config.supervise_state {
+            Some(dir) => {
+                let url = match addrs.supervise.or(config.supervise_listen) {
+                    Some(a) => format!("http://{a}{}", mcp::MCP_PATH),
+                    None => "the sidecar's port 8765".to_string(),
+                };
+                Some(Arc::new(Supervisor::open(&SuperviseConfig {
+                    queue_dir: dir.clone(),
+                    url,
+                    progress_every: config.supervise_progress,
+                })?))
+            }
+            None => None,
+        };
+        let policy = match &supervisor {
+            Some(s) => s.overlay(policy),
+            None => policy,
+        };
         let (close, closed) = watch::channel(());
         let shared = Arc::new(Shared {
             policy: Live::new(policy),
@@ -274,6 +323,7 @@ impl Sidecar {
             transparent_https_port: config.transparent_https_port,
             closed,
             conns: crate::limits::Conns::default(),
+            supervisor,
         });
         Ok(Sidecar {
             shared,
@@ -283,6 +333,7 @@ impl Sidecar {
             http,
             https,
             git,
+            mcp,
             watch: Watch {
                 policy: config.policy_path.clone(),
                 secrets: secrets_path,
@@ -337,6 +388,13 @@ impl Sidecar {
         if let Some(g) = self.git {
             listening("git-gate", g.local_addr());
             tasks.spawn(g.serve(shared.clone()));
+        }
+        if let Some(m) = self.mcp {
+            listening("supervise", m.local_addr());
+            tasks.spawn(m.serve(shared.clone()));
+        }
+        if shared.supervisor.is_some() {
+            tasks.spawn(supervise::poll(shared.clone()));
         }
         let (policy_stamp, secrets_stamp) = self.stamps;
         tasks.spawn(reload::watch(

@@ -25,6 +25,7 @@ usage:
                      [--proxy-listen ADDR] [--dns-listen ADDR]
                      [--http-listen ADDR] [--https-listen ADDR]
                      [--health-file PATH] [--git-listen ADDR] [--git-state DIR]
+                     [--supervise-state DIR] [--supervise-listen ADDR]
       ca.pem, ca-key.pem (required), secrets.json and upstream-roots.pem
       (optional) are read from the policy file's directory.
       --audit       decisions as JSON lines appended here (default: stdout);
@@ -42,6 +43,11 @@ usage:
       --git-state   the git gate's mirrors (default /var/lib/bottle/git)
       --health-file where the proxy's bound address is recorded for `health`
                     (default /tmp/bottle-sidecar.proxy-addr), or `off`
+      --supervise-state DIR  the supervise queue (proposals/, decisions/,
+                    grants.json; the host mounts it at /var/lib/bottle/supervise);
+                    without it the supervise service is off
+      --supervise-listen ADDR  the MCP server (default <internal>:8765), bound
+                    only while the policy has supervise.enabled
   bottle-sidecar health [--addr ADDR | --file PATH]
       succeeds when the proxy accepts a TCP connection at ADDR, or at the
       address `run` recorded in PATH (default /tmp/bottle-sidecar.proxy-addr)
@@ -113,7 +119,7 @@ fn version() -> String {
 }
 
 /// The flags `run` takes, each with a value.
-const RUN_FLAGS: [&str; 10] = [
+const RUN_FLAGS: [&str; 12] = [
     "policy",
     "audit",
     "dns-answer",
@@ -124,6 +130,8 @@ const RUN_FLAGS: [&str; 10] = [
     "health-file",
     "git-listen",
     "git-state",
+    "supervise-state",
+    "supervise-listen",
 ];
 
 /// The arguments after the program name: a subcommand, then its flags.
@@ -190,6 +198,17 @@ fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result
             if config.dns_listen.is_some() && config.dns_answer.is_none() {
                 bail!("`run` needs --dns-answer IPV4 while DNS is on (or --dns-listen off)");
             }
+            config.supervise_state = flags.take("supervise-state").map(PathBuf::from);
+            let supervise_listen = listen_flag(
+                &mut flags,
+                "supervise-listen",
+                internal,
+                bottle_sidecar::supervise::SUPERVISE_PORT,
+            );
+            config.supervise_listen = match &config.supervise_state {
+                Some(_) => supervise_listen?,
+                None => None,
+            };
             let audit = flags.take("audit").map(PathBuf::from);
             let health_file = match flags.take("health-file") {
                 Some(off) if off == "off" => None,

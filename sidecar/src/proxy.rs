@@ -28,6 +28,7 @@ use crate::log::EgressRecord;
 use crate::redact::Needles;
 use crate::secrets;
 use crate::shared::Shared;
+use crate::supervise::{self, Supervisor};
 use bottle_policy::{EgressPolicy, Verdict};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -193,9 +194,16 @@ async fn handle(
 }
 
 /// The refusal for a destination the policy denied, with the matching hint.
-pub(crate) fn deny_destination(ex: Exchange, denied: &Denied) -> Response<ProxyBody> {
+pub(crate) fn deny_destination(
+    ex: Exchange,
+    denied: &Denied,
+    shared: &Shared,
+) -> Response<ProxyBody> {
     let hint = match denied.decision.rule.as_str() {
-        "default-deny" | "invalid-host" => access_hint(denied),
+        "invalid-host" => access_hint(denied),
+        "default-deny" | "supervise-denied" | "supervise-expired" | "supervise-busy" => {
+            shared.ask_hint(access_hint(denied))
+        }
         _ => rule_hint(&denied.decision, &denied.host),
     };
     ex.forbid(denied.decision.clone(), hint)
@@ -226,10 +234,13 @@ async fn connect_request(
     let policy = shared.policy.current();
     let allowed = match egress::check(&policy.egress, &host, port) {
         Ok(allowed) => allowed,
-        Err(denied) => {
-            ex.record = ex.record.host(&denied.host, Some(port));
-            return deny_destination(ex, &denied);
-        }
+        Err(denied) => match Supervisor::on_denied(shared, &policy, denied, &ex.what).await {
+            Ok(granted) => granted,
+            Err(denied) => {
+                ex.record = ex.record.host(&denied.host, Some(port));
+                return deny_destination(ex, &denied, shared);
+            }
+        },
     };
     ex.record = ex.record.host(allowed.host(), Some(port));
     let (checked, upstream) = match reach(&policy.egress, &allowed, shared).await {
@@ -321,22 +332,33 @@ pub(crate) async fn forward_plain(
     let path = req.uri().path().to_string();
     let allowed = match egress::check(&policy.egress, host, port) {
         Ok(allowed) => allowed,
-        Err(denied) => {
-            ex.record.host = Some(denied.host.clone());
-            return deny_destination(ex, &denied);
-        }
+        Err(denied) => match Supervisor::on_denied(shared, &policy, denied, &ex.what).await {
+            Ok(granted) => granted,
+            Err(denied) => {
+                ex.record.host = Some(denied.host.clone());
+                return deny_destination(ex, &denied, shared);
+            }
+        },
     };
     ex.record.host = Some(allowed.host().to_string());
-    let decision = policy
-        .egress
-        .decide_request(allowed.host(), port, req.method().as_str(), &path);
+    // A supervise approval the policy does not hold covers this request's
+    // host and port (never the guard, which runs on `policy` below).
+    let widened = allowed
+        .by_supervise()
+        .then(|| supervise::widened(&policy.egress, &allowed));
+    let decision = widened.as_ref().unwrap_or(&policy.egress).decide_request(
+        allowed.host(),
+        port,
+        req.method().as_str(),
+        &path,
+    );
     if decision.verdict == Verdict::Deny {
         let denied = Denied {
             host: allowed.host().to_string(),
             port,
             decision,
         };
-        return deny_destination(ex, &denied);
+        return deny_destination(ex, &denied, shared);
     }
     if let Some(d) = forward::method_override(
         &policy.egress,

@@ -86,6 +86,11 @@ fn reload_policy(path: &Path, shared: &Shared) {
                 "credentials": policy.egress.credentials.len(),
             });
             shared.logger.limit_audit(policy.limits.audit_max_bytes);
+            // Supervise grants stay in force across reloads.
+            let policy = match &shared.supervisor {
+                Some(s) => s.overlay(policy),
+                None => policy,
+            };
             shared.policy.replace(policy);
             shared.logger.event("policy-reloaded", fields);
         }

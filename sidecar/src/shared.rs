@@ -8,8 +8,10 @@ use crate::limits::Conns;
 use crate::log::Logger;
 use crate::policy_file::{Live, PolicyHandle};
 use crate::secrets::Secrets;
+use crate::supervise::Supervisor;
 use crate::tls::Tls;
 use bottle_policy::{EgressPolicy, Limits, LocalNet};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Shared by every connection of every listener (behind an `Arc`).
@@ -31,6 +33,8 @@ pub struct Shared {
     pub closed: watch::Receiver<()>,
     /// Client connections open now, against `limits.max_connections*`.
     pub conns: Conns,
+    /// The supervise service, when the sidecar was given a queue directory.
+    pub supervisor: Option<Arc<Supervisor>>,
 }
 
 impl Shared {
@@ -42,6 +46,18 @@ impl Shared {
         target: &Allowed,
     ) -> Result<Checked, ReachError> {
         egress::guarded_addrs(&self.resolver, policy, &self.local.current(), target).await
+    }
+
+    /// How a denied client learns to ask: the supervise hint when the
+    /// service runs, else `hint` alone.
+    pub fn ask_hint(&self, hint: String) -> String {
+        match &self.supervisor {
+            Some(s) if self.policy.current().supervise.enabled => format!(
+                "{hint}, or ask with the request_egress tool of the supervise MCP server at {}",
+                s.url()
+            ),
+            _ => hint,
+        }
     }
 
     /// The limits in force now (they reload with the policy).

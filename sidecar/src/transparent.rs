@@ -22,6 +22,7 @@ use crate::listen::{self, ClientStream, ListenError, OverCap};
 use crate::log::EgressRecord;
 use crate::proxy::forward_plain;
 use crate::shared::Shared;
+use crate::supervise::Supervisor;
 use bottle_policy::normalize_host;
 use hyper::body::Incoming;
 use hyper::header::HOST;
@@ -110,9 +111,21 @@ async fn serve_tls(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>
     let allowed = match egress::check(&policy.egress, &host, port) {
         Ok(a) => a,
         Err(denied) => {
-            let canned = Canned::forbid(denied.decision.clone(), access_hint(&denied));
-            intercept::refuse_in_tls(start, &host, port, canned, client, shared.clone()).await;
-            return;
+            match Supervisor::on_denied(&shared, &policy, denied, &format!("TLS {host}:{port}"))
+                .await
+            {
+                Ok(granted) => granted,
+                Err(denied) => {
+                    let hint = match denied.decision.rule.as_str() {
+                        "invalid-host" => access_hint(&denied),
+                        _ => shared.ask_hint(access_hint(&denied)),
+                    };
+                    let canned = Canned::forbid(denied.decision.clone(), hint);
+                    intercept::refuse_in_tls(start, &host, port, canned, client, shared.clone())
+                        .await;
+                    return;
+                }
+            }
         }
     };
     let checked = match shared.check_destination(&policy.egress, &allowed).await {

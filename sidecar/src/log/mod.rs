@@ -131,6 +131,13 @@ impl Logger {
         write(&*self.audit, "egress", &event_body(event, fields));
     }
 
+    /// A supervise audit line (a proposal filed, a decision applied):
+    /// `{"ts","service":"supervise","event":…,…fields}`. Not rate-limited
+    /// here: the supervisor bounds how many proposals a bottle files.
+    pub fn supervise(&self, event: &str, fields: Value) {
+        write(&*self.audit, "supervise", &event_body(event, fields));
+    }
+
     /// Sets the audit sink's size bound (`limits.audit_max_bytes`).
     pub fn limit_audit(&self, max_bytes: u64) {
         self.audit.limit_size(max_bytes);
