@@ -256,6 +256,10 @@ impl Config {
         Ok(Policy {
             limits: self.sidecar_limits(),
             git: self.git_policy()?,
+            supervise: bottle_policy::SupervisePolicy {
+                enabled: self.supervise.enabled,
+                ..Default::default()
+            },
             ..Policy::new(self.name.as_str(), self.egress_policy())
         })
     }

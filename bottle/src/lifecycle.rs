@@ -12,7 +12,7 @@ use crate::images::{self, ImageError};
 use crate::interrupt::Interrupt;
 use crate::plan::{
     labels_for, ImagePlan, Plan, AGENT_CA_DIR, SIDECAR_GIT_MOUNT, SIDECAR_LOG_MOUNT,
-    SIDECAR_STATE_MOUNT,
+    SIDECAR_STATE_MOUNT, SIDECAR_SUPERVISE_MOUNT, SUPERVISE_PORT,
 };
 use crate::report::Reporter;
 use crate::state::{StateDir, StateError, StateRoot};
@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 /// Why `up` (or another verb) stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
+    #[error("cannot prepare the supervise queue: {0}\n  fix: check that the bottle's state dir is writable by you")]
+    Queue(String),
     #[error("bottle `{name}` already exists ({count} resources carry its label)\n  fix: `bottle down {name}` first, or pick another --name")]
     Exists { name: String, count: usize },
     #[error("no bottle named `{name}` is running\n  fix: `bottle ps` lists bottles; `bottle up` starts one")]
@@ -254,6 +256,31 @@ pub async fn ensure_images(
     let plan = plan_images(rt, host, agent_image).await?;
     build_images(rt, host, &plan, report).await?;
     Ok(plan)
+}
+
+/// The generic MCP config in the agent dir.
+pub const MCP_FILE: &str = "mcp.json";
+
+/// `{"mcpServers": {"bottle": {"type": "http", "url": URL}}}`, the shape
+/// Claude Code's and most MCP clients' configs share.
+pub fn mcp_config(url: &str) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "mcpServers": {"bottle": {"type": "http", "url": url}}
+    }))
+    .unwrap_or_default()
+}
+
+/// A shell script that writes Claude Code's `~/.claude.json` and Codex's
+/// `~/.codex/config.toml` pointing at `url`, each only when absent, and
+/// prints which it wrote. `url` is bottle's own (an address and a port).
+pub fn agent_mcp_script(url: &str) -> String {
+    let claude = mcp_config(url).replace('\'', "");
+    format!(
+        "h=\"${{HOME:-/tmp}}\"; w=''; \
+         if [ ! -e \"$h/.claude.json\" ]; then printf '%s\\n' '{claude}' > \"$h/.claude.json\" && chmod 600 \"$h/.claude.json\" && w=\"$w claude\"; fi; \
+         if [ ! -e \"$h/.codex/config.toml\" ]; then mkdir -p \"$h/.codex\" && printf '[mcp_servers.bottle]\\nurl = \"%s\"\\n' '{url}' > \"$h/.codex/config.toml\" && w=\"$w codex\"; fi; \
+         echo \"configured for:${{w:- nothing new}}\""
+    )
 }
 
 /// Everything carrying `dev.bottle.name=<name>`.
@@ -678,6 +705,30 @@ async fn create_all(
             read_only: false,
         },
     ];
+    let supervise = plan.policy.supervise.enabled;
+    if supervise {
+        // The approval queue: the sidecar files proposals, `bottle approve`
+        // writes decisions; the agent never sees it. Session grants end
+        // with the bottle; `always` ones are kept.
+        let queue = crate::requests::queue_of(state);
+        queue
+            .create()
+            .map_err(|e| LifecycleError::Queue(e.to_string()))?;
+        if let Ok(mut grants) = queue.grants() {
+            grants
+                .grants
+                .retain(|g| g.scope == bottle_policy::Scope::Always);
+            queue
+                .save_grants(&grants)
+                .map_err(|e| LifecycleError::Queue(e.to_string()))?;
+        }
+        command.extend(["--supervise-state".into(), SIDECAR_SUPERVISE_MOUNT.into()]);
+        sidecar_mounts.push(Mount {
+            source: state.supervise_dir(),
+            target: SIDECAR_SUPERVISE_MOUNT.into(),
+            read_only: false,
+        });
+    }
     if git {
         // The gate's mirrors: written by the sidecar, never seen by the agent.
         command.extend(["--git-state".into(), SIDECAR_GIT_MOUNT.into()]);
@@ -790,6 +841,20 @@ async fn create_all(
     } else {
         let _ = std::fs::remove_file(&gitconfig);
     }
+    // Where MCP clients find supervise: a generic config in the read-only
+    // agent dir, and BOTTLE_MCP_URL.
+    let mcp_file = state.agent_dir().join(MCP_FILE);
+    let mcp_url = format!("http://{sidecar_internal_ip}:{SUPERVISE_PORT}/mcp");
+    if supervise {
+        crate::state::write_public(&mcp_file, mcp_config(&mcp_url).as_bytes())?;
+        env.insert("BOTTLE_MCP_URL".into(), mcp_url.clone());
+        env.insert(
+            "BOTTLE_MCP_CONFIG".into(),
+            format!("{AGENT_CA_DIR}/{MCP_FILE}"),
+        );
+    } else {
+        let _ = std::fs::remove_file(&mcp_file);
+    }
     env.insert("BOTTLE_NAME".into(), plan.name.clone());
     let agent_spec = ContainerSpec {
         name: plan.agent_name.clone(),
@@ -852,6 +917,26 @@ async fn create_all(
     match trusted {
         Ok(o) if o.code == 0 => report.detail("bottle CA trusted in the agent's system store"),
         _ => report.detail("note: could not add the bottle CA to the agent's system store; CA variables point at it"),
+    }
+    if supervise {
+        // The agent CLIs' own places, in the agent's home (its own files,
+        // never the host's): Claude Code's user config and Codex's, each
+        // only when absent, so a config the image ships wins.
+        let provision = ExecSpec {
+            cmd: vec!["sh".into(), "-c".into(), agent_mcp_script(&mcp_url)],
+            ..Default::default()
+        };
+        let provisioned = rt.exec_capture(&agent_id, &provision).await;
+        halt(interrupt)?;
+        match provisioned {
+            Ok(o) if o.code == 0 => report.detail(&format!(
+                "supervise at {mcp_url} (MCP): {}",
+                o.stdout.trim()
+            )),
+            _ => report.detail(&format!(
+                "note: supervise at {mcp_url}; could not write the agent CLIs' MCP configs (BOTTLE_MCP_CONFIG names a generic one)"
+            )),
+        }
     }
     Ok(UpSummary {
         name: plan.name.clone(),

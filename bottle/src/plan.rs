@@ -17,6 +17,10 @@ pub const SIDECAR_STATE_MOUNT: &str = "/etc/bottle";
 pub const SIDECAR_LOG_MOUNT: &str = "/var/log/bottle";
 /// Where the sidecar keeps the git gate's mirrors (the state dir's `git/`).
 pub const SIDECAR_GIT_MOUNT: &str = "/var/lib/bottle/git";
+/// Where the sidecar keeps the supervise queue (the state dir's `supervise/`).
+pub const SIDECAR_SUPERVISE_MOUNT: &str = "/var/lib/bottle/supervise";
+/// The supervise MCP server's port and path on the sidecar.
+pub const SUPERVISE_PORT: u16 = 8765;
 /// Where the agent sees the bottle's CA certificate (a directory
 /// `update-ca-certificates` reads).
 pub const AGENT_CA_DIR: &str = "/usr/local/share/ca-certificates/bottle";
@@ -202,9 +206,9 @@ pub fn build(
         .map(|p| crate::materials::read_root(p))
         .collect::<Result<Vec<_>, _>>()?;
     let mut notes = exposure.notes.clone();
-    if cfg.egress.unknown == bottle_policy::Unknown::Ask {
+    if cfg.egress.unknown == bottle_policy::Unknown::Ask && !cfg.supervise.enabled {
         notes.push(
-            "egress.unknown = \"ask\" is enforced as deny until the supervise service is available"
+            "egress.unknown = \"ask\" needs [supervise] enabled = true; with supervise off it is enforced as deny"
                 .into(),
         );
     }
@@ -227,6 +231,10 @@ pub fn build(
         policy: Policy {
             limits: cfg.sidecar_limits(),
             git: cfg.git_policy()?,
+            supervise: bottle_policy::SupervisePolicy {
+                enabled: cfg.supervise.enabled,
+                ..Default::default()
+            },
             ..Policy::new(name.clone(), cfg.egress_policy())
         },
         runtime,

@@ -134,6 +134,12 @@ impl StateDir {
         self.root.join("git")
     }
 
+    /// The supervise queue (proposals, decisions, grants), mounted
+    /// read-write into the sidecar only; `bottle approve` writes here.
+    pub fn supervise_dir(&self) -> PathBuf {
+        self.root.join(crate::requests::QUEUE_DIR)
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.sidecar_dir().join("policy.json")
     }
@@ -150,6 +156,7 @@ impl StateDir {
             self.agent_dir(),
             self.logs_dir(),
             self.git_dir(),
+            self.supervise_dir(),
         ] {
             fs::create_dir_all(&dir)
                 .and_then(|_| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
