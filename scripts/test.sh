@@ -58,6 +58,10 @@ export BOTTLE_SMOLVM_BIN
 # podman: probe, up, exec, verify, host unreachable, down).
 BOTTLE_PODMAN_HOST="$(scripts/setup-podman.sh)"
 export BOTTLE_PODMAN_HOST
+# The Python MCP SDK (PyPI mcp), the real MCP client tests/supervise.rs runs
+# inside the agent.
+BOTTLE_TEST_MCP_PY="$(scripts/setup-mcp-client.sh)"
+export BOTTLE_TEST_MCP_PY
 
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check

@@ -220,6 +220,31 @@ impl Bottle {
     }
 }
 
+/// A handle on a running bottle that does not bring it down when dropped
+/// (for threads that run commands in it while the test goes on).
+#[derive(Debug, Clone)]
+pub struct BottleRef {
+    pub name: String,
+    pub dir: PathBuf,
+    pub state: PathBuf,
+}
+
+impl BottleRef {
+    pub fn bottle(&self, args: &[&str]) -> Output {
+        bottle(&self.state, &self.dir, args)
+    }
+}
+
+impl Bottle {
+    pub fn handle(&self) -> BottleRef {
+        BottleRef {
+            name: self.name.clone(),
+            dir: self.dir.0.clone(),
+            state: self.state.0.clone(),
+        }
+    }
+}
+
 impl Drop for Bottle {
     fn drop(&mut self) {
         let _ = self.bottle(&["down", &self.name]);

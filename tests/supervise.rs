@@ -1,0 +1,213 @@
+//! supervise end to end: a real MCP client nobody here wrote (the Python
+//! SDK from PyPI, mounted into the agent read-only) asks the sidecar's MCP
+//! server for egress, and the human answers with `bottle approve` /
+//! `bottle deny` on the host; the proxy then lets the host through, or not.
+
+use bottle_e2e::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The directory scripts/setup-mcp-client.sh installs the `mcp` package
+/// into (`BOTTLE_TEST_MCP_PY`, else its default).
+fn mcp_py(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("BOTTLE_TEST_MCP_PY")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bottle/mcp-py")))
+        .filter(|d| d.join("mcp").is_dir());
+    if dir.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: the Python mcp client is missing and CI=true: run scripts/setup-mcp-client.sh (scripts/test.sh does)");
+        }
+        eprintln!("SKIP {test}: no Python mcp client (scripts/setup-mcp-client.sh)");
+    }
+    dir
+}
+
+/// Runs the MCP client in the agent: `tool` with `args` (JSON); returns its
+/// JSON answer.
+fn ask(b: &BottleRef, tool: &str, args: &str) -> serde_json::Value {
+    let out = b.bottle(&[
+        "exec",
+        &b.name,
+        "-e",
+        "PYTHONPATH=/opt/mcp",
+        "--",
+        "python3",
+        "/opt/fixtures/mcp-ask.py",
+        tool,
+        args,
+    ]);
+    let text = stdout(&out);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|_| panic!("mcp client: {text}{}", stderr(&out)))
+}
+
+/// Waits for a pending request of `b` whose ask contains `what`; its id.
+fn pending(b: &Bottle, what: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let out = b.bottle(&["requests", &b.name, "--json"]);
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
+        if let Some(r) = rows
+            .iter()
+            .find(|r| r["status"] == "pending" && r["ask"].as_str().unwrap_or("").contains(what))
+        {
+            return r["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no pending request for {what}: {}",
+            stdout(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn curl_status(b: &Bottle, url: &str) -> String {
+    let out = b.sh(&format!(
+        "curl -s -o /dev/null --max-time 10 -w '%{{http_connect}} %{{http_code}}' {url}"
+    ));
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn the_agent_asks_and_the_human_answers() {
+    if !engine_or_skip("supervise") {
+        return;
+    }
+    let Some(py) = mcp_py("the_agent_asks_and_the_human_answers") else {
+        return;
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    // A copy outside the home directory, which bottle never mounts.
+    let client = TempDir::new("supervise-mcp");
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", py.display()))
+        .arg(&client.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "copy the mcp client: {}", stderr(&out));
+    let py = client.0.clone();
+    let pki = TempDir::new("supervise-pki");
+    let names = ["origin.test", "denied.test"];
+    test_pki(&pki.0, &names);
+    let ca = std::fs::read(pki.0.join("ca.pem")).unwrap();
+    let config = format!(
+        "[agent]\n\
+         mounts = [\"{}:/opt/mcp:ro\", \"{}:/opt/fixtures:ro\"]\n\
+         [egress]\n\
+         allow_private = [\"origin.test\", \"denied.test\"]\n\
+         upstream_roots = [\"test-ca.pem\"]\n\
+         [supervise]\n\
+         enabled = true\n",
+        py.display(),
+        fixtures.display()
+    );
+    let b = Bottle::up_with("supervise", &config, &[("test-ca.pem", &ca)], &[]);
+    let _origin = echo_origin(
+        &format!("bottle-test-origin-{}", b.name),
+        &format!("bottle-{}-egress", b.name),
+        &names,
+        &pki.0,
+    );
+
+    // Not allowed yet: the 403 says how to ask.
+    let out = b.sh("curl -s --max-time 10 http://origin.test/");
+    assert!(stdout(&out).contains("request_egress"), "{}", stdout(&out));
+    assert_eq!(curl_status(&b, "https://origin.test/"), "403 000");
+
+    // The agent asks; the human approves for the session.
+    let asker = {
+        let b2 = b.handle();
+        std::thread::spawn(move || {
+            ask(
+                &b2,
+                "request_egress",
+                r#"{"host":"origin.test","reason":"e2e: fetch the fixture"}"#,
+            )
+        })
+    };
+    let id = pending(&b, "origin.test");
+    let out = b.bottle(&[
+        "approve",
+        &id,
+        "--scope",
+        "session",
+        "--note",
+        "fine for this run",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer = asker.join().unwrap();
+    let tools: Vec<&str> = answer["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    for t in ["request_egress", "list_egress_rules", "request_approval"] {
+        assert!(tools.contains(&t), "{t} not in {tools:?}");
+    }
+    assert_eq!(answer["is_error"], false, "{answer}");
+    let text = answer["text"].as_str().unwrap();
+    assert!(
+        text.contains("approved") && text.contains("fine for this run"),
+        "{text}"
+    );
+    assert_eq!(curl_status(&b, "https://origin.test/hello"), "200 200");
+
+    // A denial leaves the host blocked.
+    let asker = {
+        let b2 = b.handle();
+        std::thread::spawn(move || {
+            ask(
+                &b2,
+                "request_egress",
+                r#"{"host":"denied.test","reason":"e2e"}"#,
+            )
+        })
+    };
+    let id = pending(&b, "denied.test");
+    let out = b.bottle(&["deny", &id, "--note", "not this one"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer = asker.join().unwrap();
+    let text = answer["text"].as_str().unwrap();
+    assert!(
+        text.contains("denied") && text.contains("not this one"),
+        "{text}"
+    );
+    assert_eq!(curl_status(&b, "https://denied.test/"), "403 000");
+
+    // The metadata address is refused at once; no request is filed.
+    let answer = ask(
+        &b.handle(),
+        "request_egress",
+        r#"{"host":"169.254.169.254","reason":"creds"}"#,
+    );
+    let text = answer["text"].as_str().unwrap();
+    assert!(
+        text.contains("refused") || answer["is_error"] == true,
+        "{answer}"
+    );
+    let rows = stdout(&b.bottle(&["requests", &b.name, "--json"]));
+    assert!(!rows.contains("169.254.169.254"), "{rows}");
+
+    // The queue and the session grant survive a sidecar restart.
+    let sidecar = format!("bottle-{}-sidecar", b.name);
+    let out = docker(&["restart", &sidecar]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let start = Instant::now();
+    while curl_status(&b, "https://origin.test/hello") != "200 200" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the grant did not survive the restart"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let rows = stdout(&b.bottle(&["requests", &b.name, "--json"]));
+    assert!(
+        rows.contains("approved (session)") && rows.contains("denied"),
+        "{rows}"
+    );
+}
