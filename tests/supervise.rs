@@ -88,7 +88,11 @@ fn the_agent_asks_and_the_human_answers() {
         .arg(&client.0)
         .output()
         .unwrap();
-    assert!(out.status.success(), "copy the mcp client: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "copy the mcp client: {}",
+        stderr(&out)
+    );
     let py = client.0.clone();
     let pki = TempDir::new("supervise-pki");
     let names = ["origin.test", "denied.test"];

@@ -235,10 +235,6 @@ pub enum CliError {
     BadEnv(String),
     #[error("--tty needs a terminal on stdin; drop -t when piping")]
     NotATerminal,
-    #[error(
-        "the {0} service is not part of this version's sidecar; available: agent, sidecar, egress"
-    )]
-    NoService(&'static str),
     #[error("cannot read the current directory: {0}")]
     Cwd(std::io::Error),
     #[error("terminal: {0}")]
@@ -276,10 +272,9 @@ impl Classify for CliError {
             CliError::Up(e) => e.exit(),
             CliError::Lifecycle(e) => e.exit(),
             CliError::Runtime(e) => e.exit(),
-            CliError::InitExists { .. }
-            | CliError::BadEnv(_)
-            | CliError::NotATerminal
-            | CliError::NoService(_) => Exit::Usage,
+            CliError::InitExists { .. } | CliError::BadEnv(_) | CliError::NotATerminal => {
+                Exit::Usage
+            }
             CliError::Reload(e) => e.exit(),
             CliError::Request(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
@@ -851,15 +846,15 @@ async fn logs(
         Service::Sidecar => (bottle_runtimes::Role::Sidecar, None),
         Service::Egress => (bottle_runtimes::Role::Sidecar, Some("egress")),
         Service::GitGate => (bottle_runtimes::Role::Sidecar, Some("git-gate")),
-        Service::Supervise => return Err(CliError::NoService("supervise")),
+        Service::Supervise => (bottle_runtimes::Role::Sidecar, Some("supervise")),
     };
     let host = Host::from_env()?;
-    if let Some(service @ ("egress" | "git-gate")) = filter {
+    if let Some(service @ ("egress" | "git-gate" | "supervise")) = filter {
         // The audit log lives in the state dir, so it outlives the sidecar.
         // Egress, DNS and the git gate write to it, each line naming its
-        // service: `egress` shows the whole stream, `git-gate` its own.
+        // service: `egress` shows the whole stream, the others their own.
         let path = host.state.bottle(name).audit_path();
-        let only = (service == "git-gate").then_some(service);
+        let only = (service != "egress").then_some(service);
         let mut sink = crate::logview::LogSink::new(only, json, std::io::stdout());
         crate::logview::follow_file(&path, follow, tail, &mut sink)
             .await
