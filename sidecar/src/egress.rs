@@ -46,7 +46,7 @@ impl Allowed {
 
 impl Allowed {
     /// Was this destination let through by a supervise approval rather than
-    /// a policy rule (see [`granted`])?
+    /// a policy rule (see `granted`)?
     pub fn by_supervise(&self) -> bool {
         self.decision.rule.starts_with("supervise ")
     }
