@@ -285,6 +285,19 @@ fn the_agent_clones_fetches_and_pushes_through_the_gate_within_its_rules() {
     assert!(!out.contains(key_body), "the key came back: {out}");
     assert!(!refs(&repos.0, "app").contains("agent/leak"));
 
+    // A commit adding CI configuration: refused (the upstream would run it
+    // with its own token, which can push where `protected` forbids).
+    let (code, out) = agent(
+        &b,
+        "cd /tmp/app && git checkout -q -b ci origin/main && mkdir -p .github/workflows && printf 'on: push\\njobs: {}\\n' > .github/workflows/x.yml && git add .github && git commit -q -m ci && git push origin HEAD:agent/ci 2>&1",
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(".github/workflows/x.yml is CI configuration"),
+        "{out}"
+    );
+    assert!(!refs(&repos.0, "app").contains("agent/ci"));
+
     // git over ssh has no route, and says to use https.
     let (code, out) = agent(&b, "git ls-remote git@github.com:acme/other.git 2>&1");
     assert_ne!(code, 0, "{out}");

@@ -154,6 +154,9 @@ pub struct GitRemote {
     /// Serve the last mirror when the upstream cannot be reached.
     #[serde(default)]
     pub stale_ok: bool,
+    /// Accept pushed commits that touch CI configuration.
+    #[serde(default)]
+    pub allow_ci_changes: bool,
 }
 
 impl GitRemote {
@@ -172,6 +175,7 @@ impl GitRemote {
             mode: self.mode,
             allow_force: self.allow_force,
             stale_ok: self.stale_ok,
+            allow_ci_changes: self.allow_ci_changes,
             credential: self.token_from_env.clone(),
         })
     }

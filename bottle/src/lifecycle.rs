@@ -258,6 +258,11 @@ pub async fn ensure_images(
     Ok(plan)
 }
 
+/// The sidecar's memory limit (the git gate's children included).
+pub const SIDECAR_MEMORY: u64 = 2 << 30;
+/// The sidecar's process and thread limit.
+pub const SIDECAR_PIDS: i64 = 512;
+
 /// The generic MCP config in the agent dir.
 pub const MCP_FILE: &str = "mcp.json";
 
@@ -777,6 +782,10 @@ async fn create_all(
         no_new_privileges: true,
         read_only_rootfs: true,
         tmpfs: vec!["/tmp".into()],
+        // Bounds on what the agent can make the sidecar spend (the git
+        // gate runs git for it): its processes and memory, not the host's.
+        memory_bytes: Some(SIDECAR_MEMORY),
+        pids_limit: Some(SIDECAR_PIDS),
         mounts: sidecar_mounts,
         healthcheck: Some(vec!["bottle-sidecar".into(), "health".into()]),
         hostname: Some("sidecar".into()),

@@ -368,6 +368,11 @@ fn git_widenings(
         if n.allow_force && !o.allow_force {
             out.push(format!("git.remote `{name}` allows force pushes"));
         }
+        if n.allow_ci_changes && !o.allow_ci_changes {
+            out.push(format!(
+                "git.remote `{name}` accepts pushes that change CI configuration"
+            ));
+        }
         if n.stale_ok && !o.stale_ok {
             out.push(format!("git.remote `{name}` may serve a stale mirror"));
         }
@@ -444,6 +449,10 @@ mod tests {
                 "allows force pushes",
             ),
             (serde_json::json!({"stale_ok": true}), "stale mirror"),
+            (
+                serde_json::json!({"allow_ci_changes": true}),
+                "change CI configuration",
+            ),
             (
                 serde_json::json!({"upstream": "https://evil.example/a/app.git"}),
                 "moves from",

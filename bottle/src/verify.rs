@@ -141,6 +141,26 @@ fn check(
     }
 }
 
+/// A shell script that POSTs one receive-pack command to the gate at `url`:
+/// update `refname` from a stale old id to an object that does not exist,
+/// with an empty pack. The gate must refuse it by its rules; were it ever to
+/// let it through, the upstream would refuse it too (the old id does not
+/// match, the object is missing), so verify never moves a real ref.
+/// `refname` is single-quoted for the shell.
+pub fn receive_pack_probe(url: &str, refname: &str) -> String {
+    let quoted = format!("'{}'", refname.replace('\'', r"'\''"));
+    format!(
+        "old=1111111111111111111111111111111111111111; new=2222222222222222222222222222222222222222; \
+         ref={quoted}; caps='report-status side-band-64k'; body=\"$old $new $ref\"; \
+         n=$(( ${{#body}} + 1 + ${{#caps}} + 1 + 4 )); \
+         {{ printf '%04x%s\\0%s\\n' \"$n\" \"$body\" \"$caps\"; printf '0000'; \
+            printf 'PACK\\0\\0\\0\\2\\0\\0\\0\\0'; \
+            printf '\\x02\\x9d\\x08\\x82\\x3b\\xd8\\xa8\\xea\\xb5\\x10\\xad\\x6a\\xc7\\x5c\\x82\\x3c\\xfd\\x3e\\xd3\\x1e'; }} \
+         | timeout 60 curl -s --noproxy '*' -X POST -H 'Content-Type: application/x-git-receive-pack-request' \
+             --data-binary @- {url}/git-receive-pack | tr -c '[:print:]\\n' ' '; echo"
+    )
+}
+
 /// The first line of output, for the table.
 fn brief(o: &ExecOutput) -> String {
     let text = format!("{}{}", o.stdout, o.stderr);
@@ -723,16 +743,14 @@ pub async fn verify(
                 format!("git push to protected {}", protected.as_str()),
                 Kind::Attack,
                 format!(
-                    "force-push an unrelated commit to {refname} of remote {} through the gate (git sends it; the gate must refuse)",
+                    "send the gate a receive-pack update of {refname} of remote {} (a stale old id and a missing new one: even a gate that let it through would have it refused upstream)",
                     remote.name.as_str()
                 ),
                 "refused by the gate, naming the rule",
-                format!(
-                    "d=$(mktemp -d) && cd \"$d\" && git init -q && git -c user.name=verify -c user.email=verify@bottle.invalid commit -q --allow-empty -m bottle-verify && timeout 60 git push --force {url} HEAD:{refname} 2>&1; echo \"exit=$?\"; rm -rf \"$d\""
-                ),
+                receive_pack_probe(&url, &refname),
                 |o| {
                     (
-                        o.stdout.contains("protected") && !o.stdout.contains("exit=0"),
+                        o.stdout.contains("protected") && !o.stdout.contains(" ok refs/"),
                         o.stdout
                             .lines()
                             .find(|l| l.contains("protected"))

@@ -340,6 +340,12 @@ pub struct GitRemote {
     /// instead of failing the fetch.
     #[serde(default)]
     pub stale_ok: bool,
+    /// Accept pushed commits that touch CI configuration (see
+    /// [`ci_config_path`]). Off: such a push is refused, because the
+    /// upstream runs that file with the repository's secrets and its own
+    /// token, which can push where `protected` forbids.
+    #[serde(default)]
+    pub allow_ci_changes: bool,
     /// The `from_env` name of the token in `secrets.json`; none: the
     /// upstream is reached without credentials.
     #[serde(default)]
@@ -424,11 +430,40 @@ impl GitRemote {
         if u.new.is_none() {
             return Err(PushRefusal::Deletion { remote, refname });
         }
-        if !u.fast_forward && !self.allow_force {
+        // A tag names one commit for good: moving an existing tag, even
+        // forward, is a rewrite (plain git refuses it without --force).
+        let moves_tag = u.refname.starts_with("refs/tags/") && u.old.is_some();
+        if (!u.fast_forward || moves_tag) && !self.allow_force {
             return Err(PushRefusal::NonFastForward { remote, refname });
         }
         Ok(())
     }
+}
+
+/// Is `path` (as git prints it, repository-relative) a file a hosted CI
+/// runs on push: GitHub Actions workflows and actions, GitLab CI, CircleCI,
+/// Jenkins, Buildkite, Azure Pipelines, Bitbucket Pipelines, Travis,
+/// Drone, Woodpecker?
+pub fn ci_config_path(path: &str) -> bool {
+    let p = path.trim_start_matches("./");
+    let file = p.rsplit('/').next().unwrap_or(p);
+    p.starts_with(".github/workflows/")
+        || p.starts_with(".github/actions/")
+        || p.starts_with(".circleci/")
+        || p.starts_with(".buildkite/")
+        || p.starts_with(".woodpecker/")
+        || p.starts_with(".gitlab/ci/")
+        || matches!(
+            p,
+            ".gitlab-ci.yml"
+                | ".travis.yml"
+                | "azure-pipelines.yml"
+                | "bitbucket-pipelines.yml"
+                | ".drone.yml"
+                | ".woodpecker.yml"
+        )
+        || file == "Jenkinsfile"
+        || (p.starts_with(".github/") && (file == "action.yml" || file == "action.yaml"))
 }
 
 /// `[git]`: the remotes of the git gate. Remote names are unique.
@@ -512,6 +547,7 @@ mod tests {
             mode: GitMode::Push,
             allow_force: false,
             stale_ok: false,
+            allow_ci_changes: false,
             credential: Some("GITHUB_TOKEN".into()),
         }
     }
@@ -649,7 +685,11 @@ mod tests {
             r.check_update(&update("refs/heads/agent/x", NEW, true)),
             Ok(())
         );
-        assert_eq!(r.check_update(&update("refs/tags/v1", NEW, true)), Ok(()));
+        // An existing tag does not move, even forward (see below).
+        assert!(matches!(
+            r.check_update(&update("refs/tags/v1", NEW, true)),
+            Err(PushRefusal::NonFastForward { .. })
+        ));
 
         let e = r
             .check_update(&update("refs/heads/main", NEW, true))
@@ -776,5 +816,47 @@ mod tests {
             {"name":"a","upstream":"https://h.example/b"}]}"#;
         let e = serde_json::from_str::<GitPolicy>(twice).unwrap_err();
         assert!(e.to_string().contains("names `a` twice"), "{e}");
+    }
+
+    /// Moving an existing tag forward is still a rewrite; creating one is not.
+    #[test]
+    fn an_existing_tag_never_moves_without_allow_force() {
+        let mut r: GitRemote = serde_json::from_value(serde_json::json!({
+            "name": "app", "upstream": "https://git.example/a.git", "push": ["refs/tags/v*"]
+        }))
+        .unwrap();
+        let update = |old: Option<&str>| RefUpdate {
+            refname: "refs/tags/v1.2.0".into(),
+            old: old.map(str::to_string),
+            new: Some("b".repeat(40)),
+            fast_forward: true,
+        };
+        assert!(r.check_update(&update(None)).is_ok(), "a new tag");
+        let e = r.check_update(&update(Some(&"a".repeat(40)))).unwrap_err();
+        assert!(e.to_string().contains("non-fast-forward refused"), "{e}");
+        r.allow_force = true;
+        assert!(r.check_update(&update(Some(&"a".repeat(40)))).is_ok());
+    }
+
+    #[test]
+    fn ci_configuration_is_recognised() {
+        for p in [
+            ".github/workflows/x.yml",
+            ".gitlab-ci.yml",
+            ".circleci/config.yml",
+            "ci/Jenkinsfile",
+            ".github/actions/a/action.yml",
+            "azure-pipelines.yml",
+        ] {
+            assert!(ci_config_path(p), "{p}");
+        }
+        for p in [
+            "src/main.rs",
+            "docs/github/workflows.md",
+            "README.md",
+            "gitlab-ci.yml.md",
+        ] {
+            assert!(!ci_config_path(p), "{p}");
+        }
     }
 }

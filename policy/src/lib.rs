@@ -30,8 +30,8 @@ pub use fields::{
     CredentialHeader, FieldError, PathPrefix, RuleMethod, RESERVED_HEADERS, RULE_METHODS,
 };
 pub use git::{
-    valid_refname, GitFieldError, GitMode, GitPolicy, GitRemote, Oid, PushRefusal, RefPattern,
-    RefUpdate, RemoteName, UpstreamUrl,
+    ci_config_path, valid_refname, GitFieldError, GitMode, GitPolicy, GitRemote, Oid, PushRefusal,
+    RefPattern, RefUpdate, RemoteName, UpstreamUrl,
 };
 pub use host::{normalize_host, HostError, HostPattern};
 pub use limits::{Limits, LimitsError};

@@ -140,7 +140,7 @@ impl Text {
     pub fn clean(s: &str) -> Option<Self> {
         let cleaned: String = s
             .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
+            .map(|c| if unsafe_char(c) { ' ' } else { c })
             .take(MAX_TEXT)
             .collect();
         let trimmed = cleaned.trim();
@@ -156,7 +156,7 @@ impl Text {
         if s.chars().count() > MAX_TEXT {
             return Err(SuperviseFieldError::LongText { field });
         }
-        if s.chars().any(char::is_control) {
+        if s.chars().any(unsafe_char) {
             return Err(SuperviseFieldError::ControlText { field });
         }
         Ok(Text(s.trim().to_owned()))
@@ -198,6 +198,17 @@ impl AskedHost {
             (None, _) => self.0.clone(),
         }
     }
+}
+
+/// Characters a terminal would act on or that reorder or hide text when
+/// `bottle requests` prints what the agent wrote: controls, bidirectional
+/// overrides and isolates, zero-width characters, line and paragraph
+/// separators, soft hyphen and the byte-order mark.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// A git ref name a push may be asked for (`refs/heads/...`).
@@ -725,5 +736,27 @@ mod tests {
             (300, 8, 12)
         );
         assert!(serde_json::from_value::<SupervisePolicy>(json!({"enable": true})).is_err());
+    }
+
+    /// What the agent writes is shown on the host's terminal: nothing in it
+    /// may reorder or hide the text.
+    #[test]
+    fn text_that_would_spoof_the_host_terminal_is_refused() {
+        for bad in [
+            "ok\u{202E}gnp.exe",
+            "a\u{200B}b",
+            "x\u{2028}y",
+            "\u{1b}[2Jwipe",
+            "\u{2066}iso\u{2069}",
+        ] {
+            assert!(Text::parse(bad).is_err(), "{bad:?}");
+            assert!(
+                !Text::clean(bad)
+                    .map(|t| t.as_str().chars().any(unsafe_char))
+                    .unwrap_or(false),
+                "{bad:?}"
+            );
+        }
+        assert!(Text::parse("needs pypi.org for pip — straße ok").is_ok());
     }
 }

@@ -269,6 +269,7 @@ static GIT_REMOTE: TableSchema = TableSchema {
         opt("mode", Kind::Str(check_git_mode)),
         opt("allow_force", Kind::Bool),
         opt("stale_ok", Kind::Bool),
+        opt("allow_ci_changes", Kind::Bool),
     ],
     check: None,
 };

@@ -288,6 +288,7 @@ async fn scan(
     q: &Path,
     news: &[&str],
     known: &HashMap<String, Oid>,
+    allow_ci: bool,
 ) -> Result<Vec<String>, String> {
     let mut revs = String::new();
     for n in news {
@@ -323,11 +324,38 @@ async fn scan(
         .map_err(|e| format!("cannot list the pushed commits: {e}"))?;
     let secrets = gate.shared.secrets.current();
     let scanner = Scanner::new(secrets.values().map(|(_, v)| v));
-    Ok(scanner
+    let mut findings: Vec<String> = scanner
         .scan_patch(&out.stdout)
         .iter()
         .map(|f| f.to_string())
-        .collect())
+        .collect();
+    if !allow_ci {
+        findings.extend(ci_changes(&out.stdout));
+    }
+    Ok(findings)
+}
+
+/// Every CI configuration file the patch of `git log -p` touches, as
+/// `commit <short>: <path>: ...`: the upstream runs those with the
+/// repository's secrets and a token of its own.
+fn ci_changes(patch: &[u8]) -> Vec<String> {
+    let mut commit = String::new();
+    let mut out = Vec::new();
+    for line in String::from_utf8_lossy(patch).lines() {
+        if let Some(c) = line.strip_prefix("commit ") {
+            commit = c.chars().take(12).collect();
+        } else if let Some(rest) = line.strip_prefix("diff --git a/") {
+            // `diff --git a/P b/P` (no renames: both sides are one path).
+            let path = rest.split(" b/").next().unwrap_or(rest);
+            if bottle_policy::ci_config_path(path) {
+                let f = format!("commit {commit}: {path} is CI configuration, which the upstream runs with its own token and secrets (allow_ci_changes = false)");
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Pushes the accepted updates upstream; per ref `Ok` or the upstream's
@@ -598,7 +626,7 @@ async fn decide<R: AsyncRead + Unpin>(
         .iter()
         .filter_map(|c| c.new.as_deref())
         .collect();
-    match scan(gate, &q.0, &news, &current).await {
+    match scan(gate, &q.0, &news, &current, remote.allow_ci_changes).await {
         Ok(findings) if findings.is_empty() => {}
         Ok(findings) => {
             let mut msgs: Vec<String> = findings
