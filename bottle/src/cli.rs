@@ -397,24 +397,14 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 note.as_deref(),
                 crate::requests::now(),
             )?;
-            eprintln!(
-                "bottle `{bottle}`: {} {} — {}",
-                entry.proposal.id.as_str(),
-                entry.status.label(),
-                entry.proposal.ask.summary()
-            );
+            eprintln!("{}", decided_line(&bottle, &entry));
             Ok(0)
         }
         Command::Deny { id, note } => {
             let host = Host::from_env()?;
             let (bottle, entry) =
                 crate::requests::deny(&host.state, &id, note.as_deref(), crate::requests::now())?;
-            eprintln!(
-                "bottle `{bottle}`: {} {} — {}",
-                entry.proposal.id.as_str(),
-                entry.status.label(),
-                entry.proposal.ask.summary()
-            );
+            eprintln!("{}", decided_line(&bottle, &entry));
             Ok(0)
         }
         Command::Probe { runtime, json } => probe(runtime, json).await,
@@ -424,6 +414,16 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             accept_changes,
         } => reload(&name, file, accept_changes).await,
     }
+}
+
+/// What `approve` and `deny` print: the bottle, the request and where it stands.
+fn decided_line(bottle: &str, entry: &bottle_policy::Entry) -> String {
+    format!(
+        "bottle `{bottle}`: {} {} — {}",
+        entry.proposal.id.as_str(),
+        entry.status.label(),
+        entry.proposal.ask.summary()
+    )
 }
 
 /// `bottle requests` as a table: pending first, then the rest, newest last.

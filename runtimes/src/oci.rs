@@ -474,6 +474,18 @@ fn spec_err(e: impl std::fmt::Display) -> ArchiveError {
     ArchiveError::Spec(e.to_string())
 }
 
+/// A descriptor builder for the blob of `media` with sha256 `hex` and `size`.
+fn descriptor(media: MediaType, hex: &str, size: u64) -> Result<DescriptorBuilder, ArchiveError> {
+    Ok(DescriptorBuilder::default()
+        .media_type(media)
+        .digest(
+            format!("sha256:{hex}")
+                .parse::<oci_spec::image::Digest>()
+                .map_err(spec_err)?,
+        )
+        .size(size))
+}
+
 /// JSON with sorted keys: the same value always gives the same bytes.
 fn canonical(value: &impl serde::Serialize) -> Result<Vec<u8>, ArchiveError> {
     let v = serde_json::to_value(value).map_err(spec_err)?;
@@ -645,14 +657,7 @@ pub fn write_archive(
     let layer_descriptors = layers
         .iter()
         .map(|l| {
-            DescriptorBuilder::default()
-                .media_type(MediaType::ImageLayer)
-                .digest(
-                    format!("sha256:{}", l.digest)
-                        .parse::<oci_spec::image::Digest>()
-                        .map_err(spec_err)?,
-                )
-                .size(l.size)
+            descriptor(MediaType::ImageLayer, &l.digest, l.size)?
                 .build()
                 .map_err(spec_err)
         })
@@ -661,16 +666,13 @@ pub fn write_archive(
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(
-            DescriptorBuilder::default()
-                .media_type(MediaType::ImageConfig)
-                .digest(
-                    format!("sha256:{config_digest}")
-                        .parse::<oci_spec::image::Digest>()
-                        .map_err(spec_err)?,
-                )
-                .size(config_bytes.len() as u64)
-                .build()
-                .map_err(spec_err)?,
+            descriptor(
+                MediaType::ImageConfig,
+                &config_digest,
+                config_bytes.len() as u64,
+            )?
+            .build()
+            .map_err(spec_err)?,
         )
         .layers(layer_descriptors)
         .build()
@@ -680,26 +682,23 @@ pub fn write_archive(
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
-        .manifests(vec![DescriptorBuilder::default()
-            .media_type(MediaType::ImageManifest)
-            .digest(
-                format!("sha256:{manifest_digest}")
-                    .parse::<oci_spec::image::Digest>()
-                    .map_err(spec_err)?,
-            )
-            .size(manifest_bytes.len() as u64)
-            .annotations(HashMap::from([
-                (
-                    "org.opencontainers.image.ref.name".to_string(),
-                    tag.rsplit_once(':')
-                        .map(|(_, t)| t)
-                        .unwrap_or(tag)
-                        .to_string(),
-                ),
-                ("io.containerd.image.name".to_string(), tag.to_string()),
-            ]))
-            .build()
-            .map_err(spec_err)?])
+        .manifests(vec![descriptor(
+            MediaType::ImageManifest,
+            &manifest_digest,
+            manifest_bytes.len() as u64,
+        )?
+        .annotations(HashMap::from([
+            (
+                "org.opencontainers.image.ref.name".to_string(),
+                tag.rsplit_once(':')
+                    .map(|(_, t)| t)
+                    .unwrap_or(tag)
+                    .to_string(),
+            ),
+            ("io.containerd.image.name".to_string(), tag.to_string()),
+        ]))
+        .build()
+        .map_err(spec_err)?])
         .build()
         .map_err(spec_err)?;
     let save = vec![SaveManifest {
