@@ -503,6 +503,37 @@ fn bad_request(
 
 /// Everything between reading the commands and answering: the report, the
 /// decision, the rule and why.
+/// The policy's decision on each `(command, fast_forward)`, on top of the
+/// refusals already found (`reasons` per ref, `messages` for the agent):
+/// `None` when nothing is refused, else the all-or-nothing refusal report
+/// and why.
+fn check_all(
+    remote: &GitRemote,
+    cmds: &Commands,
+    updates: &[(&Command, bool)],
+    mut reasons: HashMap<String, String>,
+    mut messages: Vec<String>,
+) -> Option<(Report, Option<String>)> {
+    for (c, ff) in updates {
+        let u = RefUpdate {
+            refname: c.refname.clone(),
+            old: c.old.clone(),
+            new: c.new.clone(),
+            fast_forward: *ff,
+        };
+        if let Err(refusal) = remote.check_update(&u) {
+            messages.push(refusal.to_string());
+            reasons.insert(c.refname.clone(), format!("git-gate: {refusal}"));
+        }
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    let mut report = Report::refuse_all(cmds, &reasons);
+    report.messages = messages.clone();
+    Some((report, Some(messages.join("; "))))
+}
+
 async fn decide<R: AsyncRead + Unpin>(
     gate: &Gate,
     remote: &GitRemote,
@@ -512,29 +543,9 @@ async fn decide<R: AsyncRead + Unpin>(
     let name = remote.name.as_str();
     let rule_of = |r: &str| format!("git.remote \"{name}\" {r}");
     // 1. The policy, as far as it can be decided without the pack.
-    let mut reasons = HashMap::new();
-    let mut messages = Vec::new();
-    for c in &cmds.commands {
-        let u = RefUpdate {
-            refname: c.refname.clone(),
-            old: c.old.clone(),
-            new: c.new.clone(),
-            fast_forward: true,
-        };
-        if let Err(refusal) = remote.check_update(&u) {
-            messages.push(refusal.to_string());
-            reasons.insert(c.refname.clone(), format!("git-gate: {refusal}"));
-        }
-    }
-    if !reasons.is_empty() {
-        let mut report = Report::refuse_all(cmds, &reasons);
-        report.messages = messages.clone();
-        return (
-            report,
-            Verdict::Deny,
-            rule_of("push"),
-            Some(messages.join("; ")),
-        );
+    let updates: Vec<(&Command, bool)> = cmds.commands.iter().map(|c| (c, true)).collect();
+    if let Some(refused) = check_all(remote, cmds, &updates, HashMap::new(), Vec::new()) {
+        return (refused.0, Verdict::Deny, rule_of("push"), refused.1);
     }
     let fail_all = |why: String, rule: String| {
         let reasons: HashMap<String, String> = cmds
@@ -582,6 +593,9 @@ async fn decide<R: AsyncRead + Unpin>(
         }
     }
     // Stale and fast-forward, against the mirror's values.
+    let mut reasons = HashMap::new();
+    let mut messages = Vec::new();
+    let mut updates = Vec::new();
     for c in &cmds.commands {
         let cur = current.get(&c.refname);
         if c.old.as_ref() != cur {
@@ -598,27 +612,10 @@ async fn decide<R: AsyncRead + Unpin>(
         let (Some(cur), Some(new)) = (cur, &c.new) else {
             continue;
         };
-        let ff = is_ancestor(gate, &q.0, cur, new).await;
-        let u = RefUpdate {
-            refname: c.refname.clone(),
-            old: c.old.clone(),
-            new: c.new.clone(),
-            fast_forward: ff,
-        };
-        if let Err(refusal) = remote.check_update(&u) {
-            messages.push(refusal.to_string());
-            reasons.insert(c.refname.clone(), format!("git-gate: {refusal}"));
-        }
+        updates.push((c, is_ancestor(gate, &q.0, cur, new).await));
     }
-    if !reasons.is_empty() {
-        let mut report = Report::refuse_all(cmds, &reasons);
-        report.messages = messages.clone();
-        return (
-            report,
-            Verdict::Deny,
-            rule_of("push"),
-            Some(messages.join("; ")),
-        );
+    if let Some(refused) = check_all(remote, cmds, &updates, reasons, messages) {
+        return (refused.0, Verdict::Deny, rule_of("push"), refused.1);
     }
     // 4. Secrets in the new commits.
     let news: Vec<&str> = cmds
