@@ -42,6 +42,16 @@ fn ask(b: &BottleRef, tool: &str, args: &str) -> serde_json::Value {
         .unwrap_or_else(|_| panic!("mcp client: {text}{}", stderr(&out)))
 }
 
+/// [`ask`] on its own thread, while the test answers as the human.
+fn ask_in_background(
+    b: &Bottle,
+    tool: &'static str,
+    args: &'static str,
+) -> std::thread::JoinHandle<serde_json::Value> {
+    let handle = b.handle();
+    std::thread::spawn(move || ask(&handle, tool, args))
+}
+
 /// Waits for a pending request of `b` whose ask contains `what`; its id.
 fn pending(b: &Bottle, what: &str) -> String {
     let start = Instant::now();
@@ -123,16 +133,11 @@ fn the_agent_asks_and_the_human_answers() {
     assert_eq!(curl_status(&b, "https://origin.test/"), "403 000");
 
     // The agent asks; the human approves for the session.
-    let asker = {
-        let b2 = b.handle();
-        std::thread::spawn(move || {
-            ask(
-                &b2,
-                "request_egress",
-                r#"{"host":"origin.test","reason":"e2e: fetch the fixture"}"#,
-            )
-        })
-    };
+    let asker = ask_in_background(
+        &b,
+        "request_egress",
+        r#"{"host":"origin.test","reason":"e2e: fetch the fixture"}"#,
+    );
     let id = pending(&b, "origin.test");
     let out = b.bottle(&[
         "approve",
@@ -162,16 +167,11 @@ fn the_agent_asks_and_the_human_answers() {
     assert_eq!(curl_status(&b, "https://origin.test/hello"), "200 200");
 
     // A denial leaves the host blocked.
-    let asker = {
-        let b2 = b.handle();
-        std::thread::spawn(move || {
-            ask(
-                &b2,
-                "request_egress",
-                r#"{"host":"denied.test","reason":"e2e"}"#,
-            )
-        })
-    };
+    let asker = ask_in_background(
+        &b,
+        "request_egress",
+        r#"{"host":"denied.test","reason":"e2e"}"#,
+    );
     let id = pending(&b, "denied.test");
     let out = b.bottle(&["deny", &id, "--note", "not this one"]);
     assert!(out.status.success(), "{}", stderr(&out));
