@@ -258,6 +258,18 @@ pub async fn ensure_images(
     Ok(plan)
 }
 
+/// Keeps, of a previous run's grants, the `always` ones whose allow entry
+/// the user's pin holds (`bottle approve --scope always` put it there).
+/// grants.json is written by the sidecar: nothing in it survives `up` on
+/// that file's word alone, and session grants end with the bottle.
+pub fn keep_pinned_grants(grants: &mut bottle_policy::Grants, pinned: &[bottle_policy::AllowRule]) {
+    grants.grants.retain(|g| {
+        g.scope == bottle_policy::Scope::Always
+            && bottle_policy::AllowRule::parse(&g.host.allow_entry(g.port))
+                .is_ok_and(|r| pinned.contains(&r))
+    });
+}
+
 /// The sidecar's memory limit (the git gate's children included).
 pub const SIDECAR_MEMORY: u64 = 2 << 30;
 /// The sidecar's process and thread limit.
@@ -720,9 +732,10 @@ async fn create_all(
             .create()
             .map_err(|e| LifecycleError::Queue(e.to_string()))?;
         if let Ok(mut grants) = queue.grants() {
-            grants
-                .grants
-                .retain(|g| g.scope == bottle_policy::Scope::Always);
+            let pinned = crate::pin::load(state)
+                .map(|p| p.egress.allow)
+                .unwrap_or_default();
+            keep_pinned_grants(&mut grants, &pinned);
             queue
                 .save_grants(&grants)
                 .map_err(|e| LifecycleError::Queue(e.to_string()))?;
@@ -1249,4 +1262,35 @@ pub async fn ps(rt: &dyn Runtime, root: &StateRoot) -> Result<Vec<BottleStatus>,
         }
     }
     Ok(by_name.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only `always` grants the pin holds outlive the bottle: one planted in
+    /// grants.json, or a session one, does not.
+    #[test]
+    fn only_pinned_always_grants_survive_up() {
+        let grant = |host: &str, scope: &str| -> bottle_policy::Grant {
+            serde_json::from_value(serde_json::json!({
+                "id": "abcdefgh23", "host": host, "scope": scope, "granted": 1
+            }))
+            .unwrap()
+        };
+        let mut grants = bottle_policy::Grants {
+            grants: vec![
+                grant("kept.example", "always"),
+                grant("planted.example", "always"),
+                grant("session.example", "session"),
+            ],
+        };
+        let pinned = vec![
+            bottle_policy::AllowRule::parse("kept.example").unwrap(),
+            bottle_policy::AllowRule::parse("session.example").unwrap(),
+        ];
+        keep_pinned_grants(&mut grants, &pinned);
+        let hosts: Vec<&str> = grants.grants.iter().map(|g| g.host.as_str()).collect();
+        assert_eq!(hosts, ["kept.example"]);
+    }
 }
