@@ -395,6 +395,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 &id,
                 scope.into(),
                 note.as_deref(),
+                None,
                 crate::requests::now(),
             )?;
             eprintln!("{}", decided_line(&bottle, &entry));

@@ -177,29 +177,35 @@ fn check_egress(id: &ProposalId, ask: &Ask) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// Approves request `id` with `scope` (and `note`) at `now`. `always` also
+/// Approves request `id` with `scope` (and `note`) at `now`, as asked or as
+/// the operator `edited` it (same kind, checked by the queue). `always` also
 /// adds the rule to the bottle's pin. Returns the bottle and the entry.
 pub fn approve(
     root: &StateRoot,
     id: &str,
     scope: Scope,
     note: Option<&str>,
+    edited: Option<Ask>,
     now: u64,
 ) -> Result<(String, Entry), RequestError> {
     let id = ProposalId::parse(id)?;
     let (bottle, q) = find(root, &id)?;
     let proposal = q.proposal(&id)?;
     check_egress(&id, &proposal.ask)?;
+    if let Some(e) = &edited {
+        check_egress(&id, e)?;
+    }
     let decision = Decision {
         id: id.clone(),
         verdict: Verdict::Approve,
         scope,
         note: note.map(Text::parse).transpose()?,
         decided: now,
+        edited,
     };
     let entry = q.decide(&decision, now)?;
     if scope == Scope::Always {
-        if let Ask::Egress { host, port, .. } = &proposal.ask {
+        if let Ask::Egress { host, port, .. } = decision.ask(&proposal) {
             let state = root.bottle(&bottle);
             if let Some(mut pinned) = crate::pin::load(&state) {
                 if let Ok(rule) = AllowRule::parse(&host.allow_entry(*port)) {
@@ -229,6 +235,7 @@ pub fn deny(
         scope: Scope::Once,
         note: note.map(Text::parse).transpose()?,
         decided: now,
+        edited: None,
     };
     let entry = q.decide(&decision, now)?;
     Ok((bottle, entry))
@@ -285,14 +292,15 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert!(rows.iter().all(|r| r.status == "pending"));
         let b = rows.iter().find(|r| r.bottle == "b").unwrap().id.clone();
-        let (bottle, e) = approve(&root, &b, Scope::Session, Some("ok for today"), 1500).unwrap();
+        let (bottle, e) =
+            approve(&root, &b, Scope::Session, Some("ok for today"), None, 1500).unwrap();
         assert_eq!(bottle, "b");
         assert_eq!(e.status.label(), "approved (session)");
         let again = deny(&root, &b, None, 1501).unwrap_err().to_string();
         assert!(again.contains("already"), "{again}");
         let a = rows.iter().find(|r| r.bottle == "a").unwrap().id.clone();
         // Past its expiry nothing is decided.
-        let late = approve(&root, &a, Scope::Once, None, 2500)
+        let late = approve(&root, &a, Scope::Once, None, None, 2500)
             .unwrap_err()
             .to_string();
         assert!(late.contains("expired"), "{late}");
@@ -323,7 +331,7 @@ mod tests {
             let (_d, root) = setup(&[("a", egress(host))]);
             let id = list(&root, None, 1500).0[0].id.clone();
             for scope in [Scope::Once, Scope::Session, Scope::Always] {
-                let e = approve(&root, &id, scope, None, 1500)
+                let e = approve(&root, &id, scope, None, None, 1500)
                     .unwrap_err()
                     .to_string();
                 assert!(e.contains("which bottle never opens"), "{host}: {e}");
@@ -337,12 +345,37 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_cannot_open_what_the_guard_forbids() {
+        let (_d, root) = setup(&[("a", egress("api.example.com"))]);
+        let id = list(&root, None, 1500).0[0].id.clone();
+        let e = approve(
+            &root,
+            &id,
+            Scope::Session,
+            None,
+            Some(egress("169.254.169.254")),
+            1500,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("which bottle never opens"), "{e}");
+        assert_eq!(list(&root, None, 1500).0[0].status, "pending");
+        let narrowed = Ask::egress("api.example.com", Some(443), vec![]).unwrap();
+        let (_, entry) = approve(&root, &id, Scope::Once, None, Some(narrowed), 1500).unwrap();
+        let d = entry.decision.unwrap();
+        assert_eq!(
+            d.ask(&entry.proposal).summary(),
+            "egress api.example.com:443"
+        );
+    }
+
+    #[test]
     fn always_is_pinned() {
         let (_d, root) = setup(&[("a", egress("api.example.com"))]);
         let state = root.bottle("a");
         crate::pin::accept(&state, &crate::pin::Pinned::nothing()).unwrap();
         let id = list(&root, None, 1500).0[0].id.clone();
-        approve(&root, &id, Scope::Always, None, 1500).unwrap();
+        approve(&root, &id, Scope::Always, None, None, 1500).unwrap();
         let pinned = crate::pin::load(&state).unwrap();
         assert_eq!(
             pinned.egress.allow,

@@ -61,6 +61,12 @@ pub enum QueueError {
     Expired(ProposalId),
     #[error("cannot draw a random proposal id: {0}")]
     Random(String),
+    #[error("request {id}: {source}; approve the request as asked or edit it within its kind")]
+    Edit {
+        id: ProposalId,
+        #[source]
+        source: crate::supervise::SuperviseFieldError,
+    },
 }
 
 /// One proposal with its decision and status at the time of listing.
@@ -207,6 +213,12 @@ impl QueueDir {
     pub fn decide(&self, decision: &Decision, now: u64) -> Result<Entry, QueueError> {
         let id = &decision.id;
         let entry = self.entry(id, now)?;
+        decision
+            .answers(&entry.proposal)
+            .map_err(|source| QueueError::Edit {
+                id: id.clone(),
+                source,
+            })?;
         match entry.status {
             Status::Pending => {}
             Status::Expired if entry.decision.is_none() => {
@@ -334,6 +346,7 @@ mod tests {
             scope: Scope::Session,
             note: None,
             decided,
+            edited: None,
         }
     }
 
@@ -387,6 +400,14 @@ mod tests {
         assert!(e.to_string().contains("bottle requests"), "{e}");
         let e = q.decide(&approve(&p.id, 400), 400).unwrap_err();
         assert!(matches!(e, QueueError::Expired(_)), "{e}");
+        let other_kind = Decision {
+            edited: Some(Ask::Approval {
+                action: Text::clean("anything").unwrap(),
+            }),
+            ..approve(&p.id, 110)
+        };
+        let e = q.decide(&other_kind, 110).unwrap_err();
+        assert!(matches!(e, QueueError::Edit { .. }), "{e}");
         assert_eq!(snapshot(&q), before);
         q.decide(&approve(&p.id, 110), 110).unwrap();
         let after_first = snapshot(&q);

@@ -88,6 +88,12 @@ pub enum SuperviseFieldError {
     Format { found: u32 },
     #[error("expires ({expires}) is not after created ({created})")]
     Times { created: u64, expires: u64 },
+    #[error("the edited rule {edited} does not answer the request for {asked}: {why}")]
+    Edit {
+        asked: String,
+        edited: String,
+        why: &'static str,
+    },
 }
 
 /// A proposal's id: [`ProposalId::LEN`] characters of RFC 4648 base32 in
@@ -436,6 +442,43 @@ pub struct Decision {
     pub note: Option<Text>,
     /// Unix seconds.
     pub decided: u64,
+    /// What the operator approved when they edited the proposal's ask
+    /// before approving (a narrower port, fewer methods, another ref); the
+    /// proposal's own ask when `None`. [`Decision::answers`] checks it fits.
+    pub edited: Option<Ask>,
+}
+
+impl Decision {
+    /// The ask this decision puts in force for `proposal`.
+    pub fn ask<'a>(&'a self, proposal: &'a Proposal) -> &'a Ask {
+        self.edited.as_ref().unwrap_or(&proposal.ask)
+    }
+
+    /// Checks that an edited ask still answers `proposal`: only an approval
+    /// carries one, of the same kind (egress for egress, a push through the
+    /// same remote for a push); a free-text approval is not edited.
+    pub fn answers(&self, proposal: &Proposal) -> Result<(), SuperviseFieldError> {
+        let Some(edited) = &self.edited else {
+            return Ok(());
+        };
+        let refuse = |why| SuperviseFieldError::Edit {
+            asked: proposal.ask.summary(),
+            edited: edited.summary(),
+            why,
+        };
+        if self.verdict == Verdict::Deny {
+            return Err(refuse("a denial carries no rule"));
+        }
+        match (&proposal.ask, edited) {
+            (Ask::Egress { .. }, Ask::Egress { .. }) => Ok(()),
+            (Ask::GitPush { remote: a, .. }, Ask::GitPush { remote: b, .. }) if a == b => Ok(()),
+            (Ask::GitPush { .. }, Ask::GitPush { .. }) => {
+                Err(refuse("a push is approved for the remote it asked for"))
+            }
+            (Ask::Approval { .. }, _) => Err(refuse("an approval of an action is not edited")),
+            _ => Err(refuse("the edited rule is of another kind")),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -449,6 +492,8 @@ struct DecisionWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     note: Option<Text>,
     decided: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    edited: Option<Ask>,
 }
 
 impl TryFrom<DecisionWire> for Decision {
@@ -463,6 +508,7 @@ impl TryFrom<DecisionWire> for Decision {
             scope: w.scope,
             note: w.note,
             decided: w.decided,
+            edited: w.edited,
         })
     }
 }
@@ -476,6 +522,7 @@ impl From<Decision> for DecisionWire {
             scope: d.scope,
             note: d.note,
             decided: d.decided,
+            edited: d.edited,
         }
     }
 }
@@ -707,6 +754,7 @@ mod tests {
             scope: Scope::Session,
             note: Text::clean("ok for today"),
             decided: 200,
+            edited: None,
         };
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["scope"], json!("session"));
@@ -726,6 +774,48 @@ mod tests {
         assert_eq!(Status::of(&p, Some(&deny), 150), Status::Denied);
         let late = Decision { decided: 400, ..d };
         assert_eq!(Status::of(&p, Some(&late), 401), Status::Expired);
+    }
+
+    #[test]
+    fn an_edited_rule_must_answer_the_request() {
+        let p = proposal();
+        let approve = |edited: Ask| Decision {
+            id: p.id.clone(),
+            verdict: Verdict::Approve,
+            scope: Scope::Once,
+            note: None,
+            decided: 200,
+            edited: Some(edited),
+        };
+        let narrower = approve(Ask::egress("api.example.com", Some(443), vec![]).unwrap());
+        assert_eq!(narrower.answers(&p), Ok(()));
+        assert_eq!(narrower.ask(&p).summary(), "egress api.example.com:443");
+        let v = serde_json::to_value(&narrower).unwrap();
+        assert_eq!(serde_json::from_value::<Decision>(v).unwrap(), narrower);
+        let push = approve(Ask::GitPush {
+            remote: RemoteName::parse("origin").unwrap(),
+            refname: AskedRef::parse("main").unwrap(),
+        });
+        let e = push.answers(&p).unwrap_err().to_string();
+        assert!(e.contains("of another kind"), "{e}");
+        let deny = Decision {
+            verdict: Verdict::Deny,
+            ..narrower.clone()
+        };
+        assert!(deny.answers(&p).unwrap_err().to_string().contains("denial"));
+        let asked_push = Proposal {
+            ask: Ask::GitPush {
+                remote: RemoteName::parse("origin").unwrap(),
+                refname: AskedRef::parse("agent/x").unwrap(),
+            },
+            ..p.clone()
+        };
+        assert_eq!(push.answers(&asked_push), Ok(()));
+        let elsewhere = approve(Ask::GitPush {
+            remote: RemoteName::parse("fork").unwrap(),
+            refname: AskedRef::parse("main").unwrap(),
+        });
+        assert!(elsewhere.answers(&asked_push).is_err());
     }
 
     #[test]

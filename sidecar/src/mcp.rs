@@ -499,7 +499,14 @@ pub fn answer(p: &Proposal, o: &Outcome) -> String {
             .unwrap_or_default()
     };
     match (o, &p.ask) {
-        (Outcome::Approved { scope, note: n }, Ask::Egress { host, port, .. }) => {
+        (
+            Outcome::Approved {
+                scope,
+                note: n,
+                ask: Ask::Egress { host, port, .. },
+            },
+            _,
+        ) => {
             let reach = match scope {
                 bottle_policy::Scope::Once => "for one connection within the next minute".to_string(),
                 _ => "for the rest of this session".to_string(),
@@ -510,8 +517,15 @@ pub fn answer(p: &Proposal, o: &Outcome) -> String {
                 note(n)
             )
         }
-        (Outcome::Approved { scope, note: n }, _) => {
-            format!("approved ({scope}): {}. Go ahead.{}", p.ask.summary(), note(n))
+        (
+            Outcome::Approved {
+                scope,
+                note: n,
+                ask,
+            },
+            _,
+        ) => {
+            format!("approved ({scope}): {}. Go ahead.{}", ask.summary(), note(n))
         }
         (Outcome::Denied { note: n }, _) => format!(
             "denied: {}. Do not retry it; find another way or ask the user.{}",

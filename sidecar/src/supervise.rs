@@ -72,8 +72,15 @@ pub fn now_secs() -> u64 {
 /// How a proposal ended, for whoever waits on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { scope: Scope, note: Option<String> },
-    Denied { note: Option<String> },
+    /// `ask` is what the operator approved: the proposal's, or their edit.
+    Approved {
+        scope: Scope,
+        note: Option<String>,
+        ask: Ask,
+    },
+    Denied {
+        note: Option<String>,
+    },
     Expired,
 }
 
@@ -409,11 +416,23 @@ impl Supervisor {
             return Outcome::Expired;
         };
         let note = answer.note.as_ref().map(|n| n.as_str().to_string());
+        let asked = answer.ask(&proposal).clone();
         let mut outcome = match Status::of(&proposal, Some(answer), now_secs()) {
-            Status::Approved { scope } => Outcome::Approved { scope, note },
+            Status::Approved { scope } => Outcome::Approved {
+                scope,
+                note,
+                ask: asked.clone(),
+            },
             Status::Denied => Outcome::Denied { note },
             Status::Pending | Status::Expired => Outcome::Expired,
         };
+        // The host checks an edited rule before writing it; a decision file
+        // that does not answer its proposal is not applied.
+        if let Err(e) = answer.answers(&proposal) {
+            outcome = Outcome::Denied {
+                note: Some(format!("the approval was not applied: {e}")),
+            };
+        }
         if let (
             Outcome::Approved { scope, .. },
             Ask::Egress {
@@ -421,7 +440,7 @@ impl Supervisor {
                 port,
                 methods,
             },
-        ) = (&outcome, &proposal.ask)
+        ) = (&outcome, &asked)
         {
             if let Some(refusal) = literal_guard(shared, host, *port) {
                 outcome = Outcome::Denied {
@@ -441,6 +460,7 @@ impl Supervisor {
             json!({
                 "id": id.as_str(),
                 "ask": proposal.ask.summary(),
+                "approved": answer.edited.as_ref().map(Ask::summary),
                 "verdict": verdict,
                 "scope": scope,
                 "note": answer.note.as_ref().map(Text::as_str),
@@ -577,11 +597,17 @@ impl Supervisor {
             () = shared.closing() => Outcome::Expired,
         };
         match outcome {
-            Outcome::Approved { scope, .. } => Ok(egress::granted(
-                &denied.host,
-                denied.port,
-                &id,
-                scope.as_str(),
+            Outcome::Approved { scope, ask, .. } if covers(&ask, scope, &denied) => Ok(
+                egress::granted(&denied.host, denied.port, &id, scope.as_str()),
+            ),
+            Outcome::Approved { ask, .. } => Err(refuse(
+                "supervise-edited",
+                format!(
+                    "the operator approved {} instead of {}:{}; retry the request if that covers it",
+                    ask.summary(),
+                    denied.host,
+                    denied.port
+                ),
             )),
             Outcome::Denied { note } => Err(refuse(
                 "supervise-denied",
@@ -601,6 +627,26 @@ impl Supervisor {
             )),
         }
     }
+}
+
+/// Does the approved `ask` let the held connection `denied` through as it
+/// is? The same host and a port the approval names (or 443/80 when it names
+/// none); a `once` approval narrowed to methods cannot be checked on a held
+/// tunnel, so it does not cover one.
+fn covers(ask: &Ask, scope: Scope, denied: &Denied) -> bool {
+    let Ask::Egress {
+        host,
+        port,
+        methods,
+    } = ask
+    else {
+        return false;
+    };
+    let port_ok = match port {
+        Some(p) => *p == denied.port,
+        None => DEFAULT_PORTS.contains(&denied.port),
+    };
+    host.as_str() == denied.host && port_ok && (methods.is_empty() || scope != Scope::Once)
 }
 
 /// Counts a held connection for as long as it lives.

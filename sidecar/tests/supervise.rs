@@ -201,6 +201,7 @@ async fn decide_when_filed(
         scope,
         note: Text::clean("looked fine"),
         decided: bottle_sidecar::supervise::now_secs(),
+        edited: None,
     };
     queue.decide(&d, d.decided).unwrap();
     id.to_string()
@@ -378,6 +379,7 @@ async fn undecided_requests_expire() {
         scope: Scope::Session,
         note: None,
         decided: bottle_sidecar::supervise::now_secs(),
+        edited: None,
     };
     let e = queue.decide(&d, d.decided).unwrap_err();
     assert!(e.to_string().contains("expired"), "{e}");
@@ -549,6 +551,7 @@ async fn ask_mode_holds_a_connection_until_the_decision() {
             scope: Scope::Once,
             note: Text::clean("not today"),
             decided: bottle_sidecar::supervise::now_secs(),
+            edited: None,
         };
         queue.decide(&d, d.decided).unwrap();
     });
