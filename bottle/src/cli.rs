@@ -165,6 +165,10 @@ pub enum Command {
         /// A note the agent reads with the decision.
         #[arg(long)]
         note: Option<String>,
+        /// With `--scope always`: also write the rule into the bottle.toml
+        /// the bottle was brought up from.
+        #[arg(long)]
+        save: bool,
     },
     /// Deny a request.
     Deny {
@@ -388,15 +392,40 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        Command::Approve { id, scope, note } => {
+        Command::Approve {
+            id,
+            scope,
+            note,
+            save,
+        } => {
             let host = Host::from_env()?;
+            let now = crate::requests::now();
+            if save {
+                if !matches!(scope, ScopeArg::Always) {
+                    eprintln!("bottle: --save keeps a rule for good, so it needs --scope always\n  fix: bottle approve {id} --scope always --save");
+                    return Ok(crate::exit::Exit::Usage.code());
+                }
+                let (bottle, entry, saved) = crate::requests::approve_and_save(
+                    &host.state,
+                    &id,
+                    note.as_deref(),
+                    None,
+                    now,
+                )?;
+                eprintln!("{}", decided_line(&bottle, &entry));
+                match saved {
+                    Some(path) => eprintln!("bottle: saved the rule into {}", path.display()),
+                    None => eprintln!("bottle: the bottle.toml already has the rule"),
+                }
+                return Ok(0);
+            }
             let (bottle, entry) = crate::requests::approve(
                 &host.state,
                 &id,
                 scope.into(),
                 note.as_deref(),
                 None,
-                crate::requests::now(),
+                now,
             )?;
             eprintln!("{}", decided_line(&bottle, &entry));
             Ok(0)

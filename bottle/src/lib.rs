@@ -27,6 +27,7 @@ pub mod reload;
 pub mod report;
 pub mod requests;
 pub mod runtime_select;
+pub mod save_rule;
 pub mod secrets;
 pub mod state;
 pub mod up;

@@ -41,6 +41,8 @@ pub enum RequestError {
     },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Save(#[from] crate::save_rule::SaveError),
 }
 
 impl crate::exit::Classify for RequestError {
@@ -53,7 +55,8 @@ impl crate::exit::Classify for RequestError {
             RequestError::Queue(QueueError::Expired(_) | QueueError::AlreadyDecided { .. }) => {
                 Exit::Usage
             }
-            RequestError::Queue(_) | RequestError::State(_) => Exit::Failed,
+            RequestError::Save(crate::save_rule::SaveError::NotEgress { .. }) => Exit::Usage,
+            RequestError::Queue(_) | RequestError::State(_) | RequestError::Save(_) => Exit::Failed,
         }
     }
 }
@@ -220,6 +223,34 @@ pub fn approve(
     Ok((bottle, entry))
 }
 
+/// [`approve`] with scope `always`, and the rule also written into the
+/// `bottle.toml` the bottle was accepted from ([`crate::save_rule`]). The
+/// file is checked and the edit prepared first: when it cannot be saved,
+/// nothing is decided. Returns the bottle, the entry and the file when it
+/// changed.
+pub fn approve_and_save(
+    root: &StateRoot,
+    id: &str,
+    note: Option<&str>,
+    edited: Option<Ask>,
+    now: u64,
+) -> Result<(String, Entry, Option<std::path::PathBuf>), RequestError> {
+    let pid = ProposalId::parse(id)?;
+    let (bottle, q) = find(root, &pid)?;
+    let proposal = q.proposal(&pid)?;
+    let ask = edited.clone().unwrap_or(proposal.ask);
+    let config = crate::pin::load(&root.bottle(&bottle))
+        .and_then(|p| p.config)
+        .ok_or_else(|| crate::save_rule::SaveError::NoConfig {
+            bottle: bottle.clone(),
+        })?;
+    let prepared = crate::save_rule::prepare(&config, &ask)?;
+    let changes = prepared.changes;
+    let (bottle, entry) = approve(root, id, Scope::Always, note, edited, now)?;
+    let path = prepared.write()?;
+    Ok((bottle, entry, changes.then_some(path)))
+}
+
 /// Denies request `id` (with `note`) at `now`.
 pub fn deny(
     root: &StateRoot,
@@ -366,6 +397,32 @@ mod tests {
         assert_eq!(
             d.ask(&entry.proposal).summary(),
             "egress api.example.com:443"
+        );
+    }
+
+    #[test]
+    fn always_is_saved_on_request_and_nothing_is_decided_when_it_cannot_be() {
+        let (d, root) = setup(&[("a", egress("api.example.com"))]);
+        let state = root.bottle("a");
+        let id = list(&root, None, 1500).0[0].id.clone();
+        // No accepted config: refused, nothing decided.
+        let e = approve_and_save(&root, &id, None, None, 1500).unwrap_err();
+        assert!(e.to_string().contains("no accepted bottle.toml"), "{e}");
+        assert_eq!(list(&root, None, 1500).0[0].status, "pending");
+        let config = d.path().canonicalize().unwrap().join("bottle.toml");
+        std::fs::write(&config, "[egress]\nallow = []\n").unwrap();
+        let mut pinned = crate::pin::Pinned::nothing();
+        pinned.config = Some(config.clone());
+        crate::pin::accept(&state, &pinned).unwrap();
+        let (_, entry, saved) = approve_and_save(&root, &id, Some("keep it"), None, 1500).unwrap();
+        assert_eq!(entry.status.label(), "approved (always)");
+        assert_eq!(saved.as_deref(), Some(config.as_path()));
+        assert!(std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("allow = [\"api.example.com\"]"));
+        assert_eq!(
+            crate::pin::load(&state).unwrap().egress.allow,
+            vec![AllowRule::parse("api.example.com").unwrap()]
         );
     }
 
