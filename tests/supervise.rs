@@ -215,3 +215,98 @@ fn the_agent_asks_and_the_human_answers() {
         "{rows}"
     );
 }
+
+/// A curl in the agent on its own thread: `http_connect http_code` and
+/// the body, of a request `egress.unknown = "ask"` holds.
+fn curl_in_background(b: &Bottle, url: &'static str) -> std::thread::JoinHandle<String> {
+    let handle = b.handle();
+    std::thread::spawn(move || {
+        let out = handle.bottle(&[
+            "exec",
+            &handle.name,
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "60",
+            "-w",
+            "\n%{http_connect} %{http_code}",
+            url,
+        ]);
+        stdout(&out)
+    })
+}
+
+#[test]
+fn ask_mode_holds_the_connection_until_the_human_answers() {
+    if !engine_or_skip("supervise ask") {
+        return;
+    }
+    let pki = TempDir::new("supervise-ask-pki");
+    let names = ["held.test", "refused.test", "kept.test"];
+    test_pki(&pki.0, &names);
+    let ca = std::fs::read(pki.0.join("ca.pem")).unwrap();
+    let config = "[egress]\n\
+         unknown = \"ask\"\n\
+         allow_private = [\"held.test\", \"refused.test\", \"kept.test\"]\n\
+         upstream_roots = [\"test-ca.pem\"]\n\
+         [supervise]\n\
+         enabled = true\n";
+    let b = Bottle::up_with("supervise-ask", config, &[("test-ca.pem", &ca)], &[]);
+    let _origin = echo_origin(
+        &format!("bottle-test-origin-{}", b.name),
+        &format!("bottle-{}-egress", b.name),
+        &names,
+        &pki.0,
+    );
+
+    // A TLS request to an unknown host is held; a `once` approval serves it.
+    let curl = curl_in_background(&b, "https://held.test/hello");
+    let id = pending(&b, "held.test:443");
+    assert!(
+        !curl.is_finished(),
+        "the connection was answered before the decision"
+    );
+    let out = b.bottle(&["approve", &id, "--scope", "once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = curl.join().unwrap();
+    assert!(got.ends_with("200 200"), "{got}");
+    // `once` was that connection: the next one is held again, not served.
+    let again = curl_in_background(&b, "https://held.test/hello");
+    let id = pending(&b, "held.test:443");
+    let out = b.bottle(&["deny", &id, "--note", "once was enough"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = again.join().unwrap();
+    assert!(got.ends_with("403 000"), "{got}");
+
+    // A plain HTTP request held and denied gets the 403 with the note.
+    let curl = curl_in_background(&b, "http://refused.test/");
+    let id = pending(&b, "refused.test:80");
+    let out = b.bottle(&["deny", &id, "--note", "not today"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = curl.join().unwrap();
+    assert!(
+        got.contains("supervise-denied") && got.contains("not today") && got.ends_with(" 403"),
+        "{got}"
+    );
+
+    // `always --save`: served, pinned, and written into bottle.toml.
+    let curl = curl_in_background(&b, "https://kept.test/hello");
+    let id = pending(&b, "kept.test:443");
+    let out = b.bottle(&["approve", &id, "--scope", "always", "--save"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("saved the rule into"),
+        "{}",
+        stderr(&out)
+    );
+    let got = curl.join().unwrap();
+    assert!(got.ends_with("200 200"), "{got}");
+    let saved = std::fs::read_to_string(b.dir.0.join("bottle.toml")).unwrap();
+    assert!(
+        saved.contains("allow = [\"kept.test:443\"]") && saved.contains("unknown = \"ask\""),
+        "{saved}"
+    );
+    // Served for the session without asking again.
+    assert_eq!(curl_status(&b, "https://kept.test/hello"), "200 200");
+}
