@@ -253,6 +253,8 @@ pub enum CliError {
     Reload(#[from] crate::reload::ReloadError),
     #[error(transparent)]
     Request(#[from] crate::requests::RequestError),
+    #[error(transparent)]
+    Attach(#[from] crate::attach::AttachError),
     #[error("interrupted; nothing was left behind")]
     Interrupted,
     /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
@@ -281,6 +283,7 @@ impl Classify for CliError {
             }
             CliError::Reload(e) => e.exit(),
             CliError::Request(e) => e.exit(),
+            CliError::Attach(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
             CliError::Interrupted => Exit::Interrupted,
             CliError::State(_)
@@ -826,9 +829,6 @@ async fn exec(
             _ => Err(CliError::BadEnv(kv)),
         })
         .collect::<Result<_, _>>()?;
-    if tty && !std::io::stdin().is_terminal() {
-        return Err(CliError::NotATerminal);
-    }
     let host = Host::from_env()?;
     let rt = connect(crate::reload::runtime_of(&host, name)).await?;
     let agent = lifecycle::find_container(rt.as_ref(), name, bottle_runtimes::Role::Agent).await?;
@@ -839,11 +839,6 @@ async fn exec(
         }
         .into());
     }
-    let size = if tty {
-        crossterm::terminal::size().ok().map(|(c, r)| (r, c))
-    } else {
-        None
-    };
     let spec = ExecSpec {
         cmd,
         env,
@@ -851,15 +846,9 @@ async fn exec(
         user: None,
         stdin: interactive,
         tty,
-        size,
+        ..ExecSpec::default()
     };
-    if tty {
-        crossterm::terminal::enable_raw_mode().map_err(CliError::Terminal)?;
-    }
-    let result = rt.exec_attached(&agent.id, &spec).await;
-    if tty {
-        let _ = crossterm::terminal::disable_raw_mode();
-    }
+    let result = crate::attach::run(rt.as_ref(), &agent.id, spec).await;
     let code = result?;
     Ok(i32::try_from(code).unwrap_or(1))
 }

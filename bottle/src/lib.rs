@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -153,6 +153,7 @@ mod tests {
             host: HostPattern::parse("api.example.com").unwrap(),
             header: bottle_policy::CredentialHeader::parse("x-api-key").unwrap(),
             from_env: var.into(),
+            scheme: None,
         }
     }
 

@@ -5,7 +5,7 @@
 //! connection (or `default-deny`) travels with the decision so the audit log and
 //! the 403 body can say why.
 
-use crate::fields::{CredentialHeader, PathPrefix, RuleMethod};
+use crate::fields::{AuthScheme, CredentialHeader, PathPrefix, RuleMethod};
 use crate::host::{normalize_host, HostError, HostPattern};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -148,6 +148,9 @@ pub struct CredentialRule {
     pub host: HostPattern,
     pub header: CredentialHeader,
     pub from_env: String,
+    /// Sent as `<scheme> <value>` (e.g. `Bearer`); the bare value when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<AuthScheme>,
 }
 
 /// The whole egress section.
@@ -332,6 +335,7 @@ mod tests {
                 host: HostPattern::parse("api.anthropic.com").unwrap(),
                 header: crate::CredentialHeader::parse("x-api-key").unwrap(),
                 from_env: "ANTHROPIC_API_KEY".into(),
+                scheme: None,
             }],
             ..Default::default()
         };

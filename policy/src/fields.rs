@@ -42,6 +42,31 @@ pub enum FieldError {
     PathStart(String),
     #[error("`{0}`: a path prefix cannot hold whitespace, control characters, `?`, `#`, or `.`/`..` segments")]
     PathChars(String),
+    #[error("`{0}`: an authorization scheme is one word of letters, digits and `-`, at most 32 (e.g. `Bearer`)")]
+    Scheme(String),
+}
+
+/// The scheme an injected credential is sent with (`Bearer` makes the
+/// header `Bearer <value>`), for APIs whose key travels in
+/// `authorization`. One token of letters, digits and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AuthScheme(String);
+
+impl AuthScheme {
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(FieldError::Scheme(s.to_owned()));
+        }
+        Ok(AuthScheme(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// One method of an `[[egress.rule]]`, upper case, one of [`RULE_METHODS`].
@@ -147,6 +172,7 @@ macro_rules! string_form {
 string_form!(RuleMethod);
 string_form!(CredentialHeader);
 string_form!(PathPrefix);
+string_form!(AuthScheme);
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,8 @@ pub use egress::{
     AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,
 };
 pub use fields::{
-    CredentialHeader, FieldError, PathPrefix, RuleMethod, RESERVED_HEADERS, RULE_METHODS,
+    AuthScheme, CredentialHeader, FieldError, PathPrefix, RuleMethod, RESERVED_HEADERS,
+    RULE_METHODS,
 };
 pub use git::{
     ci_config_path, valid_refname, GitFieldError, GitMode, GitPolicy, GitRemote, Oid, PushRefusal,

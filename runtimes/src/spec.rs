@@ -205,6 +205,10 @@ pub struct ExecSpec {
     pub tty: bool,
     /// Terminal size (rows, cols) when `tty`.
     pub size: Option<(u16, u16)>,
+    /// Later sizes (rows, cols) of the caller's terminal, when `tty`: the
+    /// runtime resizes the command's terminal to each. Runtimes whose exec
+    /// is a CLI on the caller's terminal follow it themselves.
+    pub resize: Option<tokio::sync::watch::Receiver<(u16, u16)>>,
 }
 
 /// Output of [`crate::Runtime::exec_capture`].

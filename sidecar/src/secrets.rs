@@ -236,7 +236,11 @@ pub fn apply(
                 format!("egress.credential for {host} uses {}, but the sidecar holds no value for it (it was not set on the host at `bottle up`)", rule.from_env),
             ));
         };
-        let Ok(value) = HeaderValue::from_str(&secret.value) else {
+        let sent = match &rule.scheme {
+            Some(scheme) => format!("{} {}", scheme.as_str(), secret.value),
+            None => secret.value.clone(),
+        };
+        let Ok(value) = HeaderValue::from_str(&sent) else {
             return Err(refusal(
                 "credential-invalid",
                 format!(
@@ -273,6 +277,7 @@ mod tests {
                 host: HostPattern::parse("api.anthropic.com").unwrap(),
                 header: bottle_policy::CredentialHeader::parse("x-api-key").unwrap(),
                 from_env: "ANTHROPIC_API_KEY".into(),
+                scheme: None,
             }],
             ..Default::default()
         };
@@ -312,6 +317,19 @@ mod tests {
         let mut h = HeaderMap::new();
         apply(&p, &s, "api.anthropic.com", "/", true, &mut h).unwrap();
         assert_eq!(h["x-api-key"], VALUE);
+    }
+
+    #[test]
+    fn a_scheme_prefixes_the_value() {
+        let (mut p, s) = setup();
+        p.credentials[0].header = bottle_policy::CredentialHeader::parse("authorization").unwrap();
+        p.credentials[0].scheme = Some(bottle_policy::AuthScheme::parse("Bearer").unwrap());
+        let mut h = headers(&[("authorization", &format!("Bearer {PLACEHOLDER}"))]);
+        apply(&p, &s, "api.anthropic.com", "/v1/messages", true, &mut h).unwrap();
+        let all: Vec<_> = h.get_all("authorization").iter().collect();
+        assert_eq!(all, [format!("Bearer {VALUE}").as_str()]);
+        assert!(bottle_policy::AuthScheme::parse("Bearer x").is_err());
+        assert!(bottle_policy::AuthScheme::parse("").is_err());
     }
 
     #[test]

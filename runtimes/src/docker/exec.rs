@@ -1,5 +1,6 @@
 //! Running commands in a Docker container: attached to the caller's
-//! terminal (stdin forwarded, the terminal resized), or captured.
+//! terminal (stdin forwarded, the terminal resized whenever the caller's
+//! is), or captured.
 
 use super::{call, DockerRuntime};
 use crate::{ExecOutput, ExecSpec, RuntimeError, RuntimeKind};
@@ -51,6 +52,23 @@ pub(super) async fn attached(
             .build();
         let _ = rt.docker.resize_exec(&exec.id, opts).await;
     }
+    let resizer = match (spec.tty, spec.resize.clone()) {
+        (true, Some(mut sizes)) => {
+            let docker = rt.docker.clone();
+            let exec_id = exec.id.clone();
+            Some(tokio::spawn(async move {
+                while sizes.changed().await.is_ok() {
+                    let (rows, cols) = *sizes.borrow_and_update();
+                    let opts = ResizeExecOptionsBuilder::default()
+                        .h(i32::from(rows))
+                        .w(i32::from(cols))
+                        .build();
+                    let _ = docker.resize_exec(&exec_id, opts).await;
+                }
+            }))
+        }
+        _ => None,
+    };
     if spec.stdin {
         tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();
@@ -71,6 +89,9 @@ pub(super) async fn attached(
                 let _ = stdout.flush();
             }
         }
+    }
+    if let Some(r) = resizer {
+        r.abort();
     }
     let inspected = rt
         .docker
