@@ -113,6 +113,36 @@ pub enum Command {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Start an agent CLI in a bottle, attached to this terminal (`up`
+    /// first, unless the bottle runs already); the bottle is removed when
+    /// the CLI ends, unless --keep.
+    Run {
+        /// claude, codex or shell.
+        #[arg(value_enum, default_value = "shell")]
+        agent: AgentArg,
+        #[command(flatten)]
+        up: UpArgs,
+        /// Keep the bottle when the CLI ends (`bottle resume NAME` returns).
+        #[arg(long)]
+        keep: bool,
+        /// No terminal: run one prompt and exit with the CLI's exit code
+        /// (with --json, the CLI's JSON event stream on stdout).
+        #[arg(long, requires = "prompt")]
+        headless: bool,
+        /// The prompt for --headless.
+        #[arg(long, requires = "headless")]
+        prompt: Option<String>,
+        /// Extra arguments for the agent CLI.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Re-attach to the agent CLI of a bottle `run --keep` left running.
+    Resume {
+        name: String,
+        /// Extra arguments for the agent CLI.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Remove everything of a bottle. Idempotent.
     Down {
         name: String,
@@ -212,6 +242,24 @@ pub enum Service {
     Supervise,
 }
 
+/// The agent CLIs `bottle run` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentArg {
+    Claude,
+    Codex,
+    Shell,
+}
+
+impl From<AgentArg> for crate::provider::Provider {
+    fn from(a: AgentArg) -> Self {
+        match a {
+            AgentArg::Claude => crate::provider::Provider::Claude,
+            AgentArg::Codex => crate::provider::Provider::Codex,
+            AgentArg::Shell => crate::provider::Provider::Shell,
+        }
+    }
+}
+
 /// Everything the CLI can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -255,6 +303,8 @@ pub enum CliError {
     Request(#[from] crate::requests::RequestError),
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
     #[error("interrupted; nothing was left behind")]
     Interrupted,
     /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
@@ -284,6 +334,7 @@ impl Classify for CliError {
             CliError::Reload(e) => e.exit(),
             CliError::Request(e) => e.exit(),
             CliError::Attach(e) => e.exit(),
+            CliError::Run(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
             CliError::Interrupted => Exit::Interrupted,
             CliError::State(_)
@@ -301,6 +352,25 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Init { file, force } => init(&file, force),
         Command::Up(args) => up(args).await,
+        Command::Run {
+            agent,
+            up,
+            keep,
+            headless,
+            prompt,
+            args,
+        } => {
+            let mode = match (headless, prompt) {
+                (true, Some(prompt)) => crate::provider::Mode::Headless {
+                    prompt,
+                    json: up.json,
+                    args,
+                },
+                _ => crate::provider::Mode::Attached { args },
+            };
+            run_agent(up, agent.into(), mode, keep).await
+        }
+        Command::Resume { name, args } => resume(&name, args).await,
         Command::Verify { name, json } => {
             let host = Host::from_env()?;
             let rt = connect(crate::reload::runtime_of(&host, &name)).await?;
@@ -618,22 +688,49 @@ async fn offer_apple_start() -> bool {
 }
 
 async fn up(args: UpArgs) -> Result<i32, CliError> {
+    let json = args.json;
+    let host = Host::from_env()?;
+    // From here on Ctrl-C removes what `up` made instead of killing bottle.
+    let interrupt = Interrupt::install();
+    let mut report = Reporter::new(args.quiet || json);
+    let Some(outcome) = bring_up(args, None, &host, &interrupt, &mut report).await? else {
+        return Ok(0);
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&outcome.summary).unwrap_or_default()
+        )?;
+    } else {
+        render_summary(&mut out, &outcome.summary)?;
+    }
+    Ok(0)
+}
+
+/// `up`'s plan, consent and creation, for `up` and `run`: `None` when
+/// `--dry-run` printed the plan instead.
+async fn bring_up(
+    args: UpArgs,
+    provider: Option<crate::provider::Provider>,
+    host: &Host,
+    interrupt: &Interrupt,
+    report: &mut Reporter,
+) -> Result<Option<up::Outcome>, CliError> {
     let UpArgs {
         file,
         name,
         runtime,
         dry_run,
         json,
-        quiet,
+        quiet: _,
         verify,
         accept_changes,
         accept_weakness,
         allow_mount,
         allow_root_owner,
     } = args;
-    let host = Host::from_env()?;
-    // From here on Ctrl-C removes what `up` made instead of killing bottle.
-    let interrupt = Interrupt::install();
     let request = up::Request {
         file,
         cwd: std::env::current_dir().map_err(CliError::Cwd)?,
@@ -645,15 +742,15 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
             root_owner: allow_root_owner,
         },
         verify,
+        provider,
     };
-    let mut report = Reporter::new(quiet || json);
     let mut prepared = up::prepare(
-        &host,
+        host,
         &request,
         &Terminal,
         &crate::runtime_select::auto_order(),
-        &interrupt,
-        &mut report,
+        interrupt,
+        report,
     )
     .await?;
     if dry_run {
@@ -667,7 +764,7 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
         } else {
             write!(out, "{}", crate::plan::render(&prepared.plan))?;
         }
-        return Ok(0);
+        return Ok(None);
     }
     let plan = &prepared.plan;
     prepared.consented = ask_consent(
@@ -675,10 +772,10 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
         &plan.config_source,
         &plan.consent,
         accept_changes,
-        &interrupt,
+        interrupt,
     )
     .await?;
-    let outcome = match up::execute(&host, prepared, &interrupt, &mut report).await {
+    let outcome = match up::execute(host, prepared, interrupt, report).await {
         Ok(o) => o,
         Err(UpError::VerifyFailed {
             name,
@@ -703,17 +800,111 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
     if let (Some(checked), false) = (&outcome.verified, json) {
         eprint!("{}", crate::verify::render(checked));
     }
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&outcome.summary).unwrap_or_default()
-        )?;
+    Ok(Some(outcome))
+}
+
+/// `bottle run`: the bottle up (or reused), the CLI started, the bottle
+/// removed at the end when `run` made it and `keep` is off.
+async fn run_agent(
+    args: UpArgs,
+    provider: crate::provider::Provider,
+    mode: crate::provider::Mode,
+    keep: bool,
+) -> Result<i32, CliError> {
+    let host = Host::from_env()?;
+    let interrupt = Interrupt::install();
+    let mut report = Reporter::new(args.quiet || args.json);
+    let dry_run = args.dry_run;
+    // A running bottle of that name is reused as it is.
+    let name = up::bottle_name(args.file.as_deref(), args.name.as_deref())?;
+    let existing = match connect(crate::reload::runtime_of(&host, &name)).await {
+        Ok(rt) => crate::run::running_agent(rt.as_ref(), &name)
+            .await
+            .ok()
+            .map(|_| rt),
+        Err(_) => None,
+    };
+    let (rt, made) = match existing {
+        Some(rt) if !dry_run => {
+            crate::run::check_reuse(&host.state.bottle(&name), &name, provider)?;
+            report.step(&format!(
+                "bottle `{name}` is running; starting {} in it",
+                provider.as_str()
+            ));
+            (rt, false)
+        }
+        _ => {
+            let Some(outcome) =
+                bring_up(args, Some(provider), &host, &interrupt, &mut report).await?
+            else {
+                return Ok(0);
+            };
+            report.step(&format!(
+                "bottle `{}` is up; starting {}",
+                outcome.summary.name,
+                provider.as_str()
+            ));
+            let rt = connect(crate::reload::runtime_of(&host, &outcome.summary.name)).await?;
+            (rt, true)
+        }
+    };
+    let state = host.state.bottle(&name);
+    let kept = keep || !made;
+    let mut session = crate::run::Session {
+        provider: provider.as_str().into(),
+        mode: match mode {
+            crate::provider::Mode::Headless { .. } => "headless".into(),
+            _ => "attached".into(),
+        },
+        started: crate::run::now(),
+        state: "running".into(),
+        kept,
+    };
+    crate::run::save(&state, &session)?;
+    let result = interrupt
+        .unless(crate::run::start(rt.as_ref(), &name, provider, &mode))
+        .await;
+    let code = match &result {
+        Ok(Ok(c)) => Some(*c),
+        _ => None,
+    };
+    session.state = code.map_or("ended".into(), |c| format!("exited {c}"));
+    if kept {
+        crate::run::save(&state, &session)?;
+        report.step(&format!(
+            "bottle `{name}` kept; `bottle resume {name}` returns to it, `bottle down {name}` removes it"
+        ));
     } else {
-        render_summary(&mut out, &outcome.summary)?;
+        report.step(&format!("removing bottle `{name}`"));
+        lifecycle::down(rt.as_ref(), &host.state, &name, &mut report).await?;
     }
-    Ok(0)
+    match result {
+        Err(_) => Err(CliError::Interrupted),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(c)) => Ok(i32::try_from(c).unwrap_or(1)),
+    }
+}
+
+/// `bottle resume`: the kept bottle's CLI, attached again.
+async fn resume(name: &str, args: Vec<String>) -> Result<i32, CliError> {
+    let host = Host::from_env()?;
+    let state = host.state.bottle(name);
+    let session = crate::run::load(&state)
+        .ok_or_else(|| crate::run::RunError::NoSession { name: name.into() })?;
+    let provider = match session.provider.as_str() {
+        "claude" => crate::provider::Provider::Claude,
+        "codex" => crate::provider::Provider::Codex,
+        _ => crate::provider::Provider::Shell,
+    };
+    let rt = connect(crate::reload::runtime_of(&host, name)).await?;
+    let mode = crate::provider::Mode::Resume { args };
+    let code = crate::run::start(rt.as_ref(), name, provider, &mode).await?;
+    let session = crate::run::Session {
+        state: format!("exited {code}"),
+        ..session
+    };
+    crate::run::save(&state, &session)?;
+    Ok(i32::try_from(code).unwrap_or(1))
 }
 
 /// The summary `up` prints.

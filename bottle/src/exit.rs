@@ -137,7 +137,7 @@ impl Classify for crate::reload::ReloadError {
 impl Classify for UpError {
     fn exit(&self) -> Exit {
         match self {
-            UpError::Config(_) => Exit::Usage,
+            UpError::Config(_) | UpError::Provider(_) => Exit::Usage,
             UpError::Plan(e) => e.exit(),
             UpError::Runtime(e) => e.exit(),
             UpError::NoRuntime(e) if e.refused => Exit::Refused,

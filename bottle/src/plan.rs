@@ -177,6 +177,23 @@ pub fn config_runtime(cfg: &crate::config::Config) -> Option<RuntimeKind> {
     cfg.runtime.kind()
 }
 
+/// The bottle's name: `--name`, checked, else the config's.
+pub fn bottle_name(
+    cfg: &crate::config::Config,
+    name_override: Option<&str>,
+) -> Result<String, PlanError> {
+    match name_override {
+        Some(n) => Ok(crate::config::BottleName::parse(n)
+            .map_err(|e| PlanError::BadName {
+                name: n.into(),
+                why: e.to_string(),
+            })?
+            .as_str()
+            .to_string()),
+        None => Ok(cfg.name().to_string()),
+    }
+}
+
 /// Resolves a config (and an optional `--name`) into a plan. Reads the file
 /// system (mount sources, git config, upstream roots); changes nothing.
 /// `grants` are what the user allowed on the command line for this run
@@ -189,16 +206,7 @@ pub fn build(
     runtime: RuntimeKind,
     grants: &crate::mounts::Grants,
 ) -> Result<Plan, PlanError> {
-    let name = match name_override {
-        Some(n) => crate::config::BottleName::parse(n)
-            .map_err(|e| PlanError::BadName {
-                name: n.into(),
-                why: e.to_string(),
-            })?
-            .as_str()
-            .to_string(),
-        None => cfg.name().to_string(),
-    };
+    let name = bottle_name(cfg, name_override)?;
     let exposure = crate::mounts::resolve(cfg.mounts(), source, grants, &host.facts)?;
     let upstream_roots = cfg
         .upstream_roots

@@ -132,12 +132,14 @@ pub fn existing_placeholders(path: &std::path::Path) -> BTreeMap<String, String>
 }
 
 /// `bottle-placeholder-<var>-<32 hex>`: recognisable in logs and to the
-/// sidecar, worthless anywhere else.
+/// sidecar, worthless anywhere else. A provider's key variable gets its
+/// API's key prefix first (`sk-ant-api03-…`), so the CLI accepts it.
 fn placeholder(var: &str) -> Result<String, SecretError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
     Ok(format!(
-        "bottle-placeholder-{}-{}",
+        "{}bottle-placeholder-{}-{}",
+        crate::provider::Auth::placeholder_prefix(var).unwrap_or(""),
         var.to_ascii_lowercase().replace('_', "-"),
         hex::encode(bytes)
     ))

@@ -40,6 +40,9 @@ pub struct Request {
     pub accept_weakness: Vec<String>,
     pub grants: Grants,
     pub verify: bool,
+    /// `bottle run AGENT`: the provider whose API, credential and CLI
+    /// variables are added to the config.
+    pub provider: Option<crate::provider::Provider>,
 }
 
 /// A complete plan and the runtime it runs on.
@@ -74,6 +77,8 @@ pub enum UpError {
     Refused(#[from] RefusalReason),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
     #[error("cannot read the current directory: {0}")]
     Cwd(std::io::Error),
     #[error("refusing to start bottle `{name}` without your consent: {count} reason(s) listed above; an agent may have written them\n  fix: review them, then rerun with --accept-changes")]
@@ -124,6 +129,14 @@ pub fn load_config(
     }
 }
 
+/// The name `up` would give the bottle of `file` (else `bottle.toml` in the
+/// current directory, else the default) and `--name`.
+pub fn bottle_name(file: Option<&Path>, name: Option<&str>) -> Result<String, UpError> {
+    let cwd = std::env::current_dir().map_err(UpError::Cwd)?;
+    let (cfg, _) = load_config(file, &cwd)?;
+    Ok(plan::bottle_name(&cfg, name)?)
+}
+
 /// Resolves `req` into a complete plan. Reads files, connects to the
 /// runtime and asks it which images it has; under `auto` it probes
 /// runtimes to choose one. Creates no part of a bottle.
@@ -135,7 +148,12 @@ pub async fn prepare(
     interrupt: &Interrupt,
     report: &mut Reporter,
 ) -> Result<Prepared, UpError> {
-    let (cfg, source) = load_config(req.file.as_deref(), &req.cwd)?;
+    let (mut cfg, source) = load_config(req.file.as_deref(), &req.cwd)?;
+    if let Some(p) = req.provider {
+        if let Some(a) = crate::provider::additions(p, None, None)? {
+            crate::provider::apply(&mut cfg, &a);
+        }
+    }
     let named = match req.runtime {
         Some(RuntimeRequest::Named(kind)) => Some((kind, "--runtime / BOTTLE_RUNTIME")),
         Some(RuntimeRequest::Auto) => None,

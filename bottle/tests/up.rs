@@ -69,6 +69,7 @@ impl Machine {
             accept_weakness: vec![],
             grants: Grants::default(),
             verify: false,
+            provider: None,
         }
     }
 }

@@ -1,0 +1,107 @@
+//! `bottle run` and `bottle resume` on a real Docker engine: the agent's
+//! command runs in the bottle and its exit code becomes bottle's, the
+//! bottle is removed at exit unless kept, a kept bottle is resumed, and a
+//! running bottle is never widened by a `run` of another provider.
+
+use bottle_e2e::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// `bottle ARGS` in `dir` with `state`, `stdin` piped in.
+fn bottle_in(dir: &TempDir, state: &TempDir, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(bottle_bin())
+        .args(args)
+        .current_dir(&dir.0)
+        .env("XDG_STATE_HOME", &state.0)
+        .env_remove("BOTTLE_RUNTIME")
+        .env_remove("ANTHROPIC_API_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bottle");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn run_headless_keep_and_resume() {
+    if !engine_or_skip("run") {
+        return;
+    }
+    let name = unique_name("run");
+    let dir = TempDir::new("run");
+    let state = TempDir::new("run-state");
+    std::fs::write(dir.0.join("bottle.toml"), format!("name = \"{name}\"\n")).unwrap();
+
+    // Headless: the output, the exit code, and nothing left behind.
+    let out = bottle_in(
+        &dir,
+        &state,
+        &[
+            "run",
+            "shell",
+            "-q",
+            "--headless",
+            "--prompt",
+            "echo in-bottle $BOTTLE_NAME; exit 3",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("in-bottle {name}"));
+    assert!(labelled(&name).is_empty(), "left: {:?}", labelled(&name));
+
+    // --keep: the bottle stays, `resume` returns to it (stdin forwarded).
+    let out = bottle_in(
+        &dir,
+        &state,
+        &[
+            "run",
+            "shell",
+            "-q",
+            "--keep",
+            "--headless",
+            "--prompt",
+            "touch /tmp/kept-marker",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!labelled(&name).is_empty(), "the kept bottle is gone");
+    let out = bottle_in(
+        &dir,
+        &state,
+        &["resume", &name],
+        "test -e /tmp/kept-marker && echo same-agent; exit 4\n",
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "same-agent");
+
+    // Another provider never widens the running bottle.
+    let out = bottle_in(
+        &dir,
+        &state,
+        &["run", "claude", "-q", "--headless", "--prompt", "hi"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is running without claude's API"),
+        "{}",
+        stderr(&out)
+    );
+    let out = bottle_in(&dir, &state, &["down", &name], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // `resume` of a bottle that is gone says so.
+    let out = bottle_in(&dir, &state, &["resume", &name], "");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
+    assert!(labelled(&name).is_empty());
+}
