@@ -74,6 +74,19 @@ fn run_headless_keep_and_resume() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!labelled(&name).is_empty(), "the kept bottle is gone");
+    let ps = stdout(&bottle_in(&dir, &state, &["ps", "--json"], ""));
+    let ps: Vec<serde_json::Value> = serde_json::from_str(ps.trim()).unwrap();
+    let me = ps
+        .iter()
+        .find(|b| b["name"] == name.as_str())
+        .expect("in ps");
+    assert_eq!(me["session"]["provider"], "shell", "{me}");
+    assert_eq!(me["session"]["state"], "exited 0", "{me}");
+    assert_eq!(
+        me["resume"],
+        format!("bottle resume {name}").as_str(),
+        "{me}"
+    );
     let out = bottle_in(
         &dir,
         &state,

@@ -572,15 +572,15 @@ pub fn render_requests(
 pub fn render_ps(out: &mut dyn Write, list: &[lifecycle::BottleStatus]) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} ACCEPTED WEAKNESS",
-        "NAME", "RUNTIME", "AGENT", "SIDECAR", "HEALTH", "AGENT IP", "SIDECAR IP"
+        "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} {:<20} ACCEPTED WEAKNESS",
+        "NAME", "RUNTIME", "AGENT", "SIDECAR", "HEALTH", "AGENT IP", "SIDECAR IP", "SESSION"
     )?;
     for b in list {
         let ip =
             |i: Option<std::net::Ipv4Addr>| i.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} {}",
+            "{:<20} {:<16} {:<10} {:<10} {:<10} {:<15} {:<15} {:<20} {}",
             b.name,
             b.runtime,
             b.agent,
@@ -588,6 +588,9 @@ pub fn render_ps(out: &mut dyn Write, list: &[lifecycle::BottleStatus]) -> std::
             b.sidecar_health,
             ip(b.agent_ip),
             ip(b.sidecar_ip),
+            b.session
+                .as_ref()
+                .map_or("-".to_string(), |s| format!("{} {}", s.provider, s.state)),
             if b.accepted_weaknesses.is_empty() {
                 "-".to_string()
             } else {
@@ -598,6 +601,16 @@ pub fn render_ps(out: &mut dyn Write, list: &[lifecycle::BottleStatus]) -> std::
                     .join(",")
             }
         )?;
+    }
+    for b in list {
+        if let Some(r) = &b.resume {
+            writeln!(
+                out,
+                "  {}: `{r}` returns to its {} session",
+                b.name,
+                b.session.as_ref().map_or("agent", |s| s.provider.as_str())
+            )?;
+        }
     }
     Ok(())
 }

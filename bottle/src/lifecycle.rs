@@ -1214,6 +1214,10 @@ pub struct BottleStatus {
     pub networks: Vec<String>,
     /// Weaknesses accepted at `up` (`--accept-weakness`).
     pub accepted_weaknesses: Vec<Weakness>,
+    /// The agent session `bottle run` started, when it did.
+    pub session: Option<crate::run::Session>,
+    /// How to return to a kept session (`bottle resume NAME`).
+    pub resume: Option<String>,
 }
 
 /// Every bottle the runtime holds, found by label.
@@ -1238,6 +1242,8 @@ pub async fn ps(rt: &dyn Runtime, root: &StateRoot) -> Result<Vec<BottleStatus>,
             accepted_weaknesses: recorded(&root.bottle(name))
                 .map(|r| r.accepted_weaknesses)
                 .unwrap_or_default(),
+            session: crate::run::load(&root.bottle(name)),
+            resume: crate::run::load(&root.bottle(name)).and_then(|s| s.resume_hint(name)),
         });
         let internal = Plan::resource_name(name, Role::Internal);
         match (r.kind, Role::of(&r.labels)) {
