@@ -96,6 +96,51 @@ fn run_headless_keep_and_resume() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "same-agent");
 
+    // A snapshot keeps the agent's files, not its variables' values; a new
+    // bottle starts from it (a new image: consent, as for any other).
+    let tag = format!("t{}", name.replace("run-", ""));
+    let out = bottle_in(
+        &dir,
+        &state,
+        &["snapshot", &name, "--tag", &tag, "--json"],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let image = format!("bottle-snapshot:{tag}");
+    assert!(stdout(&out).contains(&image), "{}", stdout(&out));
+    let env = stdout(&docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        &image,
+    ]));
+    assert!(env.contains("\"BOTTLE_NAME=\""), "{env}");
+    assert!(
+        !env.contains(&name),
+        "a value of the bottle's variables is in the image: {env}"
+    );
+    let out = bottle_in(
+        &dir,
+        &state,
+        &[
+            "run",
+            "--from",
+            &tag,
+            "-q",
+            "--headless",
+            "--prompt",
+            "true",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--from starts a new bottle"),
+        "{}",
+        stderr(&out)
+    );
+
     // Another provider never widens the running bottle.
     let out = bottle_in(
         &dir,
@@ -111,6 +156,43 @@ fn run_headless_keep_and_resume() {
     );
     let out = bottle_in(&dir, &state, &["down", &name], "");
     assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = bottle_in(
+        &dir,
+        &state,
+        &[
+            "run",
+            "--from",
+            &tag,
+            "-q",
+            "--accept-changes",
+            "--headless",
+            "--prompt",
+            "test -e /tmp/kept-marker",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "started from the snapshot: {}",
+        stderr(&out)
+    );
+    let _ = docker(&["rmi", "-f", &image]);
+    let out = bottle_in(
+        &dir,
+        &state,
+        &[
+            "run",
+            "--from",
+            "NO",
+            "-q",
+            "--headless",
+            "--prompt",
+            "true",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
     // `resume` of a bottle that is gone says so.
     let out = bottle_in(&dir, &state, &["resume", &name], "");

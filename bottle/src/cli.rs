@@ -132,6 +132,10 @@ pub enum Command {
         /// The prompt for --headless.
         #[arg(long, requires = "headless")]
         prompt: Option<String>,
+        /// Start from a snapshot (`bottle snapshot NAME --tag TAG`) instead
+        /// of the config's agent image.
+        #[arg(long, value_name = "TAG")]
+        from: Option<String>,
         /// Extra arguments for the agent CLI.
         #[arg(last = true)]
         args: Vec<String>,
@@ -142,6 +146,16 @@ pub enum Command {
         /// Extra arguments for the agent CLI.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Save a running bottle's agent (its filesystem, not its mounts) as
+    /// an image `bottle run --from TAG` starts from.
+    Snapshot {
+        name: String,
+        /// The snapshot's tag (default: the bottle's name).
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Remove everything of a bottle. Idempotent.
     Down {
@@ -358,6 +372,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             keep,
             headless,
             prompt,
+            from,
             args,
         } => {
             let mode = match (headless, prompt) {
@@ -368,7 +383,28 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 },
                 _ => crate::provider::Mode::Attached { args },
             };
-            run_agent(up, agent.into(), mode, keep).await
+            let image = from
+                .as_deref()
+                .map(crate::run::snapshot_image)
+                .transpose()?;
+            run_agent(up, agent.into(), mode, keep, image).await
+        }
+        Command::Snapshot { name, tag, json } => {
+            let host = Host::from_env()?;
+            let rt = connect(crate::reload::runtime_of(&host, &name)).await?;
+            let tag = tag.unwrap_or_else(|| name.clone());
+            let session = crate::run::load(&host.state.bottle(&name));
+            let image = crate::run::snapshot(rt.as_ref(), &name, &tag, session.as_ref()).await?;
+            if json {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::json!({"name": name, "tag": tag, "image": image})
+                )?;
+            } else {
+                eprintln!("bottle `{name}`: agent saved as {image}; `bottle run --from {tag}` starts from it");
+            }
+            Ok(0)
         }
         Command::Resume { name, args } => resume(&name, args).await,
         Command::Verify { name, json } => {
@@ -706,7 +742,7 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
     // From here on Ctrl-C removes what `up` made instead of killing bottle.
     let interrupt = Interrupt::install();
     let mut report = Reporter::new(args.quiet || json);
-    let Some(outcome) = bring_up(args, None, &host, &interrupt, &mut report).await? else {
+    let Some(outcome) = bring_up(args, None, None, &host, &interrupt, &mut report).await? else {
         return Ok(0);
     };
     let mut out = std::io::stdout().lock();
@@ -727,6 +763,7 @@ async fn up(args: UpArgs) -> Result<i32, CliError> {
 async fn bring_up(
     args: UpArgs,
     provider: Option<crate::provider::Provider>,
+    image: Option<String>,
     host: &Host,
     interrupt: &Interrupt,
     report: &mut Reporter,
@@ -756,6 +793,7 @@ async fn bring_up(
         },
         verify,
         provider,
+        image,
     };
     let mut prepared = up::prepare(
         host,
@@ -823,6 +861,7 @@ async fn run_agent(
     provider: crate::provider::Provider,
     mode: crate::provider::Mode,
     keep: bool,
+    image: Option<String>,
 ) -> Result<i32, CliError> {
     let host = Host::from_env()?;
     let interrupt = Interrupt::install();
@@ -839,6 +878,9 @@ async fn run_agent(
     };
     let (rt, made) = match existing {
         Some(rt) if !dry_run => {
+            if image.is_some() {
+                return Err(crate::run::RunError::FromRunning { name }.into());
+            }
             crate::run::check_reuse(&host.state.bottle(&name), &name, provider)?;
             report.step(&format!(
                 "bottle `{name}` is running; starting {} in it",
@@ -848,7 +890,7 @@ async fn run_agent(
         }
         _ => {
             let Some(outcome) =
-                bring_up(args, Some(provider), &host, &interrupt, &mut report).await?
+                bring_up(args, Some(provider), image, &host, &interrupt, &mut report).await?
             else {
                 return Ok(0);
             };

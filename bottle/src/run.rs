@@ -72,6 +72,12 @@ pub enum RunError {
         provider: String,
         was: String,
     },
+    #[error("bottle `{name}` is running; --from starts a new bottle from a snapshot\n  fix: `bottle down {name}` first, or give another --name")]
+    FromRunning { name: String },
+    #[error("snapshot tag `{tag}`: use 1 to 64 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit")]
+    BadTag { tag: String },
+    #[error("no snapshot `{tag}` ({image} is not in the runtime)\n  fix: `bottle snapshot NAME --tag {tag}` makes one from a kept bottle")]
+    NoSnapshot { tag: String, image: String },
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
     #[error(transparent)]
@@ -89,7 +95,10 @@ impl crate::exit::Classify for RunError {
             RunError::NotRunning { .. }
             | RunError::NoSession { .. }
             | RunError::NoCli { .. }
-            | RunError::OtherProvider { .. } => Exit::Usage,
+            | RunError::OtherProvider { .. }
+            | RunError::BadTag { .. }
+            | RunError::FromRunning { .. }
+            | RunError::NoSnapshot { .. } => Exit::Usage,
             RunError::Attach(e) => e.exit(),
             RunError::Lifecycle(e) => e.exit(),
             RunError::Runtime(e) => e.exit(),
@@ -174,6 +183,54 @@ pub async fn start(
     Ok(code)
 }
 
+/// Where snapshots go: `bottle-snapshot:<tag>`.
+pub const SNAPSHOT_REPO: &str = "bottle-snapshot";
+
+/// The image of snapshot `tag`, the tag checked: 1 to 64 of `a-z0-9._-`,
+/// starting with a letter or digit.
+pub fn snapshot_image(tag: &str) -> Result<String, RunError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 64
+        && tag.as_bytes()[0].is_ascii_alphanumeric()
+        && tag.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if !ok {
+        return Err(RunError::BadTag { tag: tag.into() });
+    }
+    Ok(format!("{SNAPSHOT_REPO}:{tag}"))
+}
+
+/// Saves the agent of `name` as snapshot `tag`: its filesystem (not its
+/// mounts: the workspace stays where it is), the agent image's command and
+/// working directory, none of its variables' values. Returns the image.
+pub async fn snapshot(
+    rt: &dyn Runtime,
+    name: &str,
+    tag: &str,
+    session: Option<&Session>,
+) -> Result<String, RunError> {
+    let image = snapshot_image(tag)?;
+    let agent = running_agent(rt, name).await?;
+    let mut labels = std::collections::BTreeMap::from([
+        ("dev.bottle.snapshot.of".to_string(), name.to_string()),
+        ("dev.bottle.snapshot.from".to_string(), agent.image.clone()),
+        ("dev.bottle.image".to_string(), "agent".to_string()),
+    ]);
+    if let Some(s) = session {
+        labels.insert("dev.bottle.snapshot.provider".into(), s.provider.clone());
+    }
+    let spec = bottle_runtimes::CommitSpec {
+        env: Vec::new(),
+        cmd: vec!["sleep".into(), "infinity".into()],
+        workdir: Some(crate::config::AgentConfig::DEFAULT_WORKDIR.into()),
+        user: None,
+        labels,
+    };
+    rt.commit(&agent.id, &image, &spec).await?;
+    Ok(image)
+}
+
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     crate::requests::now()
@@ -182,6 +239,20 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_tags_are_checked() {
+        assert_eq!(
+            snapshot_image("v1.2_x-y").unwrap(),
+            "bottle-snapshot:v1.2_x-y"
+        );
+        for bad in ["", "-x", "A", "a/b", "a:b", &"x".repeat(65)] {
+            assert!(
+                matches!(snapshot_image(bad), Err(RunError::BadTag { .. })),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn sessions_round_trip_and_say_how_to_resume() {

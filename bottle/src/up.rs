@@ -43,6 +43,8 @@ pub struct Request {
     /// `bottle run AGENT`: the provider whose API, credential and CLI
     /// variables are added to the config.
     pub provider: Option<crate::provider::Provider>,
+    /// `bottle run --from TAG`: the agent image instead of the config's.
+    pub image: Option<String>,
 }
 
 /// A complete plan and the runtime it runs on.
@@ -149,6 +151,9 @@ pub async fn prepare(
     report: &mut Reporter,
 ) -> Result<Prepared, UpError> {
     let (mut cfg, source) = load_config(req.file.as_deref(), &req.cwd)?;
+    if let Some(image) = &req.image {
+        cfg.agent.image = image.clone();
+    }
     if let Some(p) = req.provider {
         if let Some(a) = crate::provider::additions(p, None, None)? {
             crate::provider::apply(&mut cfg, &a);

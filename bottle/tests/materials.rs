@@ -266,6 +266,7 @@ async fn the_dry_run_text_names_runtime_images_and_consent() {
         grants: Grants::default(),
         verify: false,
         provider: None,
+        image: None,
     };
     let prepared = bottle::up::prepare(
         &h,

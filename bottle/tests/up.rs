@@ -70,6 +70,7 @@ impl Machine {
             grants: Grants::default(),
             verify: false,
             provider: None,
+            image: None,
         }
     }
 }

@@ -31,9 +31,9 @@ pub use probe::{Capability, CapabilityState, Probe, UnknownWeakness, Weakness};
 pub use process::Version;
 pub use role::{Role, UnknownRole};
 pub use spec::{
-    BuildSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec, Mount,
-    MountInfo, NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Publish, ResourceKind,
-    ResourceRef, SecurityInfo,
+    BuildSpec, CommitSpec, ContainerInfo, ContainerSpec, ContainerState, ExecOutput, ExecSpec,
+    Mount, MountInfo, NetworkAttachment, NetworkInfo, NetworkKind, NetworkSpec, Publish,
+    ResourceKind, ResourceRef, SecurityInfo,
 };
 
 use async_trait::async_trait;
@@ -202,6 +202,26 @@ pub trait Runtime: Send + Sync {
     /// Stops and removes; a missing container is not an error.
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
     async fn inspect_container(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
+
+    /// Saves a container's filesystem as image `image` (`repo:tag`) with
+    /// `config`'s environment, command, working directory, user and labels,
+    /// and returns the image id. None of the container's own variables keep
+    /// a value in the image (PATH excepted): they may hold what its config
+    /// gave that bottle alone. Runtimes that cannot refuse with what to do instead.
+    async fn commit(
+        &self,
+        id: &str,
+        image: &str,
+        config: &CommitSpec,
+    ) -> Result<String, RuntimeError> {
+        let _ = (id, image, config);
+        Err(RuntimeError::Capability {
+            runtime: self.kind(),
+            capability: "commit".into(),
+            detail: format!("{} cannot save a running agent as an image", self.kind()),
+            fix: "snapshot a bottle on the docker or podman runtime".into(),
+        })
+    }
 
     /// Runs a command with the caller's stdin/stdout/stderr; returns its exit code.
     async fn exec_attached(&self, id: &str, spec: &ExecSpec) -> Result<i64, RuntimeError>;

@@ -192,6 +192,20 @@ pub struct MountInfo {
     pub read_only: bool,
 }
 
+/// The image configuration [`crate::Runtime::commit`] writes: the whole of
+/// it, so nothing of the container's own configuration (its environment
+/// above all) is carried into the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitSpec {
+    /// `KEY=VALUE` the image gets; the container's other variables are
+    /// emptied (PATH kept).
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A command to run inside a running container.
 #[derive(Debug, Clone, Default)]
 pub struct ExecSpec {

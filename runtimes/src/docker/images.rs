@@ -118,3 +118,61 @@ pub(super) async fn build(
     }
     Ok(())
 }
+
+/// `docker commit` with the whole image configuration given. The engine
+/// merges the container's environment into a given one for every variable
+/// the given one lacks, so each of the container's variables is named here:
+/// the caller's value, PATH as it was, every other one empty.
+pub(super) async fn commit(
+    rt: &DockerRuntime,
+    id: &str,
+    image: &str,
+    config: &crate::CommitSpec,
+) -> Result<String, RuntimeError> {
+    let (repo, tag) = match image.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (image, "latest"),
+    };
+    let options = bollard::query_parameters::CommitContainerOptionsBuilder::new()
+        .container(id)
+        .repo(repo)
+        .tag(tag)
+        .comment("bottle snapshot")
+        .pause(true)
+        .build();
+    // The container's own variables, from the engine (never from inside
+    // the container, which the agent controls): each is cleared unless the
+    // caller gives it, PATH kept.
+    let inspected = rt
+        .docker
+        .inspect_container(id, None)
+        .await
+        .map_err(call(format!("inspect container {id}")))?;
+    let mut env = config.env.clone();
+    let given = |k: &str| config.env.iter().any(|e| e.split('=').next() == Some(k));
+    for var in inspected.config.and_then(|c| c.env).unwrap_or_default() {
+        let key = var.split('=').next().unwrap_or_default().to_string();
+        if key.is_empty() || given(&key) {
+            continue;
+        }
+        env.push(if key == "PATH" {
+            var
+        } else {
+            format!("{key}=")
+        });
+    }
+    let body = bollard::models::ContainerConfig {
+        env: Some(env),
+        cmd: Some(config.cmd.clone()),
+        working_dir: config.workdir.clone(),
+        user: config.user.clone(),
+        labels: Some(config.labels.clone().into_iter().collect()),
+        ..Default::default()
+    };
+    let done = rt
+        .docker
+        .commit_container(options, body)
+        .await
+        .map_err(call(format!("commit {id} as {image}")))?;
+    Ok(done.id)
+}

@@ -231,6 +231,15 @@ impl Runtime for DockerRuntime {
         images::exists(self, image).await
     }
 
+    async fn commit(
+        &self,
+        id: &str,
+        image: &str,
+        config: &crate::CommitSpec,
+    ) -> Result<String, RuntimeError> {
+        images::commit(self, id, image, config).await
+    }
+
     async fn prune_images(&self, repo: &str, keep: &str) -> Result<usize, RuntimeError> {
         images::prune(self, repo, keep).await
     }
