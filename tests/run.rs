@@ -9,8 +9,20 @@ use std::process::{Command, Stdio};
 
 /// `bottle ARGS` in `dir` with `state`, `stdin` piped in.
 fn bottle_in(dir: &TempDir, state: &TempDir, args: &[&str], stdin: &str) -> std::process::Output {
+    bottle_env(dir, state, args, stdin, &[])
+}
+
+/// [`bottle_in`] with extra environment.
+fn bottle_env(
+    dir: &TempDir,
+    state: &TempDir,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &std::path::Path)],
+) -> std::process::Output {
     let mut child = Command::new(bottle_bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(&dir.0)
         .env("XDG_STATE_HOME", &state.0)
         .env_remove("BOTTLE_RUNTIME")
@@ -39,8 +51,15 @@ fn run_headless_keep_and_resume() {
     let state = TempDir::new("run-state");
     std::fs::write(dir.0.join("bottle.toml"), format!("name = \"{name}\"\n")).unwrap();
 
-    // Headless: the output, the exit code, and nothing left behind.
-    let out = bottle_in(
+    // Headless: the output, the exit code, the user's git identity, and
+    // nothing left behind.
+    let home = TempDir::new("run-home");
+    std::fs::write(
+        home.0.join(".gitconfig"),
+        "[user]\n\tname = Run Tester\n\temail = run@example.com\n",
+    )
+    .unwrap();
+    let out = bottle_env(
         &dir,
         &state,
         &[
@@ -49,12 +68,16 @@ fn run_headless_keep_and_resume() {
             "-q",
             "--headless",
             "--prompt",
-            "echo in-bottle $BOTTLE_NAME; exit 3",
+            "echo in-bottle $BOTTLE_NAME; git config user.email; exit 3",
         ],
         "",
+        &[("HOME", &home.0)],
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), format!("in-bottle {name}"));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("in-bottle {name}\nrun@example.com")
+    );
     assert!(labelled(&name).is_empty(), "left: {:?}", labelled(&name));
 
     // --keep: the bottle stays, `resume` returns to it (stdin forwarded).

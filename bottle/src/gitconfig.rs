@@ -1,4 +1,6 @@
-//! The agent's system git configuration: each `[[git.remote]]` upstream URL
+//! The agent's system git configuration: the user's git identity (from
+//! their global config on the host) for the agent's commits, and each
+//! `[[git.remote]]` upstream URL
 //! rewritten (`url.<gate>.insteadOf`) to the sidecar's git gate, so a plain
 //! `git clone https://github.com/acme/app.git` inside the agent goes through
 //! the gate unchanged, and git over ssh answered with the way that works.
@@ -69,13 +71,66 @@ pub fn gate_url(sidecar_ip: &str, remote: &GitRemote) -> String {
     )
 }
 
-/// The whole file for `remotes` behind the sidecar at `sidecar_ip`.
-pub fn render(sidecar_ip: &str, remotes: &[GitRemote]) -> String {
+/// The user's git identity, for the agent's commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub email: String,
+}
+
+impl Identity {
+    /// Both values on one line of printable text, at most 200 characters
+    /// each; else `None`.
+    pub fn new(name: &str, email: &str) -> Option<Identity> {
+        let ok = |s: &str| !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
+        (ok(name.trim()) && ok(email.trim())).then(|| Identity {
+            name: name.trim().to_string(),
+            email: email.trim().to_string(),
+        })
+    }
+}
+
+/// The host user's `user.name` and `user.email` from their global git
+/// config, read by the host's `git` run in `/` (never in the workspace,
+/// whose `.git/` the agent writes); `None` when either is unset or git is
+/// missing.
+pub fn host_identity() -> Option<Identity> {
+    let git = which::which("git").ok()?;
+    let get = |key: &str| -> Option<String> {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the host's own git reads the user's global config, in / and with no repository, so nothing the agent wrote is read or run"
+        )]
+        let out = std::process::Command::new(&git)
+            .args(["config", "--global", "--includes", "--get", key])
+            .current_dir("/")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CEILING_DIRECTORIES", "/")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    Identity::new(&get("user.name")?, &get("user.email")?)
+}
+
+/// The whole file for `remotes` behind the sidecar at `sidecar_ip`, with
+/// the user's `identity` for the agent's commits.
+pub fn render(sidecar_ip: &str, remotes: &[GitRemote], identity: Option<&Identity>) -> String {
     let mut out = String::from(
         "# Written by bottle at `bottle up`; read-only in the agent.\n\
          # Each remote's upstream URL goes to the sidecar's git gate, which holds the\n\
          # token and checks every push; no other route to these hosts exists.\n",
     );
+    if let Some(id) = identity {
+        out.push_str(&format!(
+            "[user]\n\tname = {}\n\temail = {}\n",
+            quoted(&id.name),
+            quoted(&id.email)
+        ));
+    }
     for r in remotes {
         out.push_str(&format!("[url {}]\n", quoted(&gate_url(sidecar_ip, r))));
         for s in spellings(r) {
@@ -113,7 +168,13 @@ mod tests {
                 "ssh://git@github.com/acme/app.git",
             ]
         );
-        let text = render("10.213.0.2", &[r]);
+        let id = Identity::new("A \"Q\" User", "a@example.com").unwrap();
+        let text = render("10.213.0.2", &[r], Some(&id));
+        assert!(
+            text.contains("[user]\n\tname = \"A \\\"Q\\\" User\"\n\temail = \"a@example.com\"\n"),
+            "{text}"
+        );
+        assert!(Identity::new("x\ny", "a@b").is_none());
         assert!(text.contains("[url \"http://10.213.0.2:8080/app.git\"]\n\tinsteadOf = \"https://github.com/acme/app.git\"\n"), "{text}");
         assert!(text.contains("sshCommand = \"echo 'bottle: git over ssh has no route out of this bottle; use the https URL (through the git gate: app)' >&2; exit 128; :\""), "{text}");
         // A port of its own has no ssh spelling.
@@ -139,7 +200,11 @@ mod tests {
         let file = dir.path().join(FILE);
         std::fs::write(
             &file,
-            render("10.213.0.2", &[remote("https://github.com/acme/app.git")]),
+            render(
+                "10.213.0.2",
+                &[remote("https://github.com/acme/app.git")],
+                Identity::new("Ann", "ann@example.com").as_ref(),
+            ),
         )
         .unwrap();
         let resolve = |url: &str| {
@@ -164,6 +229,21 @@ mod tests {
         ] {
             assert_eq!(resolve(url), "http://10.213.0.2:8080/app.git", "{url}");
         }
+        let get = |key: &str| {
+            #[allow(clippy::disallowed_methods)]
+            let out = std::process::Command::new(&git)
+                .args(["config", "--get", key])
+                .env_clear()
+                .env("GIT_CONFIG_SYSTEM", &file)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("HOME", dir.path())
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(get("user.name"), "Ann");
+        assert_eq!(get("user.email"), "ann@example.com");
         assert_eq!(
             resolve("https://github.com/acme/other.git"),
             "https://github.com/acme/other.git"

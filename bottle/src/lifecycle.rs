@@ -850,11 +850,16 @@ async fn create_all(
     // The agent's system git config: upstream URLs to the gate. Written now,
     // when the sidecar's address is known, into the read-only agent dir.
     let gitconfig = state.agent_dir().join(crate::gitconfig::FILE);
-    if git {
+    let identity = crate::gitconfig::host_identity();
+    if git || identity.is_some() {
         crate::state::write_public(
             &gitconfig,
-            crate::gitconfig::render(&sidecar_internal_ip.to_string(), &plan.policy.git.remotes)
-                .as_bytes(),
+            crate::gitconfig::render(
+                &sidecar_internal_ip.to_string(),
+                &plan.policy.git.remotes,
+                identity.as_ref(),
+            )
+            .as_bytes(),
         )?;
         env.insert(
             "GIT_CONFIG_SYSTEM".into(),
