@@ -12,7 +12,7 @@ use std::io::IsTerminal;
 /// Why a command could not be attached.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("a terminal is needed (stdin is not one)\n  fix: run it from a terminal, or without -t / with --headless")]
+    #[error("--tty needs a terminal on stdin\n  fix: drop -t when piping")]
     NotATerminal,
     #[error("cannot switch the terminal to raw mode: {0}\n  fix: run it from a real terminal (a pipe or a dumb terminal cannot be attached)")]
     Terminal(std::io::Error),
