@@ -13,11 +13,14 @@ command -v cargo >/dev/null 2>&1 || {
   exit 1
 }
 # Host tools the end-to-end tests use: iproute2 (host addresses, breaking a
-# bridge on purpose), openssl (a test CA for local TLS origins), script (a pty).
+# bridge on purpose), openssl (a test CA for local TLS origins), script (a pty),
+# tmux (a terminal to drive a full-screen UI in).
 need=""
 command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v script >/dev/null 2>&1 || need="$need bsdutils"
+# tmux: a real terminal for `bottle requests --watch` (keys sent, screen read).
+command -v tmux >/dev/null 2>&1 || need="$need tmux"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
 # qemu-aarch64-static runs the cross-built aarch64 sidecar (--version).
 command -v qemu-aarch64-static >/dev/null 2>&1 || need="$need qemu-user-static"

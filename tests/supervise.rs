@@ -5,6 +5,7 @@
 
 use bottle_e2e::*;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The directory scripts/setup-mcp-client.sh installs the `mcp` package
@@ -243,12 +244,12 @@ fn ask_mode_holds_the_connection_until_the_human_answers() {
         return;
     }
     let pki = TempDir::new("supervise-ask-pki");
-    let names = ["held.test", "refused.test", "kept.test"];
+    let names = ["held.test", "refused.test", "kept.test", "tui.test"];
     test_pki(&pki.0, &names);
     let ca = std::fs::read(pki.0.join("ca.pem")).unwrap();
     let config = "[egress]\n\
          unknown = \"ask\"\n\
-         allow_private = [\"held.test\", \"refused.test\", \"kept.test\"]\n\
+         allow_private = [\"held.test\", \"refused.test\", \"kept.test\", \"tui.test\"]\n\
          upstream_roots = [\"test-ca.pem\"]\n\
          [supervise]\n\
          enabled = true\n";
@@ -309,4 +310,54 @@ fn ask_mode_holds_the_connection_until_the_human_answers() {
     );
     // Served for the session without asking again.
     assert_eq!(curl_status(&b, "https://kept.test/hello"), "200 200");
+
+    // The operator's terminal UI: the held request appears, a + Enter
+    // approves it for the session, and the agent's curl gets its answer.
+    let curl = curl_in_background(&b, "https://tui.test/hello");
+    let id = pending(&b, "tui.test:443");
+    let ui = format!("bottle-e2e-watch-{}", b.name);
+    let script = format!(
+        "XDG_STATE_HOME='{}' '{}' requests --watch; echo watch-exited=$?; sleep 30",
+        b.state.0.display(),
+        bottle_bin().display()
+    );
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().expect("tmux");
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &ui,
+        "-x",
+        "150",
+        "-y",
+        "20",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "tmux: {}", stderr(&out));
+    let screen = || stdout(&tmux(&["capture-pane", "-p", "-t", &ui]));
+    let wait = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        loop {
+            let s = screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{what}:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the request on screen", &|s| s.contains(&id));
+    tmux(&["send-keys", "-t", &ui, "a"]);
+    wait("the approve dialog", &|s| s.contains("scope: session"));
+    tmux(&["send-keys", "-t", &ui, "Enter"]);
+    wait("the approval", &|s| s.contains(&format!("approved {id}")));
+    tmux(&["send-keys", "-t", &ui, "q"]);
+    let end = wait("the UI's exit", &|s| s.contains("watch-exited="));
+    let _ = tmux(&["kill-session", "-t", &ui]);
+    assert!(end.contains("watch-exited=0"), "{end}");
+    let got = curl.join().unwrap();
+    assert!(got.ends_with("200 200"), "{got}");
+    assert_eq!(curl_status(&b, "https://tui.test/again"), "200 200");
 }

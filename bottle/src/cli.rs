@@ -197,6 +197,11 @@ pub enum Command {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        /// A live terminal UI: new requests appear as they are filed; keys
+        /// approve (with a scope and note), deny, edit the rule in $EDITOR,
+        /// show the egress log around a request.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Approve a request: the sidecar applies it at once.
     Approve {
@@ -213,6 +218,9 @@ pub enum Command {
         /// the bottle was brought up from.
         #[arg(long)]
         save: bool,
+        /// Edit the rule (and scope and note) in $EDITOR before approving.
+        #[arg(long, conflicts_with = "save")]
+        edit: bool,
     },
     /// Deny a request.
     Deny {
@@ -319,6 +327,10 @@ pub enum CliError {
     Attach(#[from] crate::attach::AttachError),
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
+    #[error(transparent)]
+    Edit(#[from] crate::edit::EditError),
     #[error("interrupted; nothing was left behind")]
     Interrupted,
     /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
@@ -349,6 +361,8 @@ impl Classify for CliError {
             CliError::Request(e) => e.exit(),
             CliError::Attach(e) => e.exit(),
             CliError::Run(e) => e.exit(),
+            CliError::Watch(e) => e.exit(),
+            CliError::Edit(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
             CliError::Interrupted => Exit::Interrupted,
             CliError::State(_)
@@ -486,7 +500,20 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             follow,
             tail,
         } => logs(&name, service, json, follow, tail).await,
-        Command::Requests { name, json } => {
+        Command::Requests {
+            name,
+            json: _,
+            watch: true,
+        } => {
+            let host = Host::from_env()?;
+            crate::watch::run(&host, name)?;
+            Ok(0)
+        }
+        Command::Requests {
+            name,
+            json,
+            watch: false,
+        } => {
             let host = Host::from_env()?;
             let now = crate::requests::now();
             let (rows, unreadable) = crate::requests::list(&host.state, name.as_deref(), now);
@@ -506,9 +533,26 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             scope,
             note,
             save,
+            edit,
         } => {
             let host = Host::from_env()?;
             let now = crate::requests::now();
+            if edit {
+                let (bottle, proposal) = crate::requests::proposal(&host.state, &id)?;
+                let form = crate::edit::form(&bottle, &proposal, scope.into(), note.as_deref());
+                let text = crate::edit::run_editor(&crate::edit::editor(&host), &form)?;
+                let edited = crate::edit::parse(&proposal, &text)?;
+                let (bottle, entry) = crate::requests::approve(
+                    &host.state,
+                    &id,
+                    edited.scope,
+                    edited.note.as_deref(),
+                    Some(edited.ask),
+                    crate::requests::now(),
+                )?;
+                eprintln!("{}", decided_line(&bottle, &entry));
+                return Ok(0);
+            }
             if save {
                 if !matches!(scope, ScopeArg::Always) {
                     eprintln!("bottle: --save keeps a rule for good, so it needs --scope always\n  fix: bottle approve {id} --scope always --save");

@@ -137,6 +137,16 @@ fn find(root: &StateRoot, id: &ProposalId) -> Result<(String, QueueDir), Request
     })
 }
 
+/// The bottle and the proposal of request `id`.
+pub fn proposal(
+    root: &StateRoot,
+    id: &str,
+) -> Result<(String, bottle_policy::Proposal), RequestError> {
+    let pid = ProposalId::parse(id)?;
+    let (bottle, q) = find(root, &pid)?;
+    Ok((bottle, q.proposal(&pid)?))
+}
+
 /// Names that stand for the host or a metadata service wherever they
 /// resolve.
 fn forbidden_name(host: &str) -> Option<&'static str> {
