@@ -147,26 +147,6 @@ pub fn proposal(
     Ok((bottle, q.proposal(&pid)?))
 }
 
-/// Names that stand for the host or a metadata service wherever they
-/// resolve.
-fn forbidden_name(host: &str) -> Option<&'static str> {
-    let h = host.trim_end_matches('.');
-    if h == "localhost" || h.ends_with(".localhost") {
-        return Some("it names this machine (loopback)");
-    }
-    if matches!(
-        h,
-        "metadata" | "metadata.google.internal" | "instance-data" | "instance-data.ec2.internal"
-    ) || h.ends_with(".internal")
-    {
-        return Some("it names a cloud metadata or internal-only service");
-    }
-    if h == "sidecar" || h.ends_with(".sidecar") {
-        return Some("it names a bottle's sidecar");
-    }
-    None
-}
-
 /// Refuses an egress approval the guard would never let through.
 fn check_egress(id: &ProposalId, ask: &Ask) -> Result<(), RequestError> {
     let Ask::Egress { host, port, .. } = ask else {
@@ -184,7 +164,7 @@ fn check_egress(id: &ProposalId, ask: &Ask) -> Result<(), RequestError> {
                 c.class
             )));
         }
-    } else if let Some(why) = forbidden_name(host.as_str()) {
+    } else if let Some(why) = bottle_policy::forbidden_name(host.as_str()) {
         return Err(forbidden(why.into()));
     }
     Ok(())

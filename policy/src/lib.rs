@@ -43,7 +43,7 @@ pub use request::{
 };
 pub use secrets::{FormatError, SecretEntry, SecretValue, SecretsFile, SECRETS_FORMAT};
 pub use supervise::{
-    Ask, AskedHost, AskedRef, Grant, Grants, Proposal, ProposalId, Scope, Status,
+    forbidden_name, Ask, AskedHost, AskedRef, Grant, Grants, Proposal, ProposalId, Scope, Status,
     SuperviseFieldError, SupervisePolicy, Text, SUPERVISE_FORMAT,
 };
 

@@ -96,6 +96,28 @@ pub enum SuperviseFieldError {
     },
 }
 
+/// Names that stand for the host, a cloud metadata service, an internal-only
+/// service or a bottle's sidecar wherever they resolve: never approved (the
+/// host refuses the approval) and never answered by DNS on an ask. The
+/// reason, or `None` for an ordinary name.
+pub fn forbidden_name(host: &str) -> Option<&'static str> {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    if h == "localhost" || h.ends_with(".localhost") {
+        return Some("it names this machine (loopback)");
+    }
+    if matches!(
+        h.as_str(),
+        "metadata" | "metadata.google.internal" | "instance-data" | "instance-data.ec2.internal"
+    ) || h.ends_with(".internal")
+    {
+        return Some("it names a cloud metadata or internal-only service");
+    }
+    if h == "sidecar" || h.ends_with(".sidecar") {
+        return Some("it names a bottle's sidecar");
+    }
+    None
+}
+
 /// A proposal's id: [`ProposalId::LEN`] characters of RFC 4648 base32 in
 /// lower case, from [`ProposalId::from_random`] (50 random bits: not
 /// guessable by the agent, short enough to type).

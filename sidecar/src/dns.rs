@@ -12,6 +12,12 @@
 //!   back at once instead of timing out);
 //! - any other type is REFUSED.
 //!
+//! With supervise on, a name the policy does not cover may still resolve
+//! (to the same address) by a decision: a live `once` approval, or under
+//! `egress.unknown = "ask"` any ordinary name whose last proposal was not
+//! refused lately, so the connection reaches the listener that holds it
+//! and asks ([`crate::supervise::Supervisor::dns_rule`]).
+//!
 //! Every other name, class or malformed query is REFUSED (or FORMERR /
 //! NOTIMP when it cannot be read). The wire format is parsed here directly:
 //! a query is one header, one question, and the name is read without
@@ -126,6 +132,18 @@ fn question(buf: &[u8]) -> Option<Question<'_>> {
 /// Answers one DNS message. `None` when it must be dropped (too short to
 /// carry an ID, or itself a response).
 pub fn answer(query: &[u8], policy: &EgressPolicy, ip: Ipv4Addr) -> Option<(Vec<u8>, Outcome)> {
+    answer_with(query, policy, ip, |_| None)
+}
+
+/// [`answer`], where `fallback` may still resolve a name the policy does
+/// not allow, naming the rule (supervise's decisions:
+/// [`crate::supervise::Supervisor::dns_rule`]).
+pub fn answer_with(
+    query: &[u8],
+    policy: &EgressPolicy,
+    ip: Ipv4Addr,
+    fallback: impl Fn(&str) -> Option<&'static str>,
+) -> Option<(Vec<u8>, Outcome)> {
     if query.len() < 12 {
         return None;
     }
@@ -161,14 +179,13 @@ pub fn answer(query: &[u8], policy: &EgressPolicy, ip: Ipv4Addr) -> Option<(Vec<
     let Some(q) = question(query) else {
         return Some(header_only(Rcode::FormErr, "dns-malformed"));
     };
-    let allowed = q
-        .name
-        .as_deref()
-        .filter(|_| q.qclass == CLASS_IN)
-        .and_then(|n| policy.allows_name(n));
+    let in_class = q.name.as_deref().filter(|_| q.qclass == CLASS_IN);
+    let allowed = in_class
+        .and_then(|n| policy.allows_name(n).map(|r| r.to_string()))
+        .or_else(|| in_class.and_then(|n| fallback(n).map(String::from)));
     let (rcode, answers, rule) = match (allowed, q.qtype) {
-        (Some(rule), TYPE_A) => (Rcode::NoError, 1u16, rule.to_string()),
-        (Some(rule), TYPE_AAAA) => (Rcode::NoError, 0, rule.to_string()),
+        (Some(rule), TYPE_A) => (Rcode::NoError, 1u16, rule),
+        (Some(rule), TYPE_AAAA) => (Rcode::NoError, 0, rule),
         (Some(_), _) => (Rcode::Refused, 0, "dns-type".to_string()),
         (None, _) => {
             let rule = match q.name.as_deref().map(normalize_host) {
@@ -301,6 +318,19 @@ impl Dns {
     }
 }
 
+/// [`answer_with`] the policy and supervise's decisions.
+fn answer_for(
+    shared: &Shared,
+    query: &[u8],
+    policy: &bottle_policy::Policy,
+    ip: Ipv4Addr,
+) -> Option<(Vec<u8>, Outcome)> {
+    match &shared.supervisor {
+        Some(sup) => answer_with(query, &policy.egress, ip, |n| sup.dns_rule(policy, n)),
+        None => answer(query, &policy.egress, ip),
+    }
+}
+
 async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, ip: Ipv4Addr) {
     let mut buf = vec![0u8; 4096];
     loop {
@@ -313,7 +343,7 @@ async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, ip: Ipv4Addr) {
             },
         };
         let policy = shared.policy.current();
-        if let Some((reply, outcome)) = answer(&buf[..n], &policy.egress, ip) {
+        if let Some((reply, outcome)) = answer_for(&shared, &buf[..n], &policy, ip) {
             // Logged before answering, so the log is complete once the
             // client has its answer.
             log(&shared, client, "udp", &outcome);
@@ -354,7 +384,7 @@ async fn serve_tcp(
             },
         };
         let policy = shared.policy.current();
-        let Some((reply, outcome)) = answer(&msg, &policy.egress, ip) else {
+        let Some((reply, outcome)) = answer_for(&shared, &msg, &policy, ip) else {
             return;
         };
         log(&shared, client, "tcp", &outcome);

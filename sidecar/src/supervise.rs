@@ -25,8 +25,12 @@
 //!   connection to a host no rule covers files a proposal (one per
 //!   host:port while it waits) and is held, at most `max_pending` at once and
 //!   at most `timeout_secs`, then served (approved) or refused (denied,
-//!   expired). DNS follows the policy: REFUSED until a `session`/`always`
-//!   grant adds the name.
+//!   expired).
+//! - **DNS** follows the decisions ([`Supervisor::dns_rule`]): a name a
+//!   `session`/`always` grant added resolves through the policy; a live
+//!   `once` grant resolves; under `ask` an ordinary name resolves (to the
+//!   sidecar, whose listener then holds the connection and asks) unless
+//!   its last proposal was denied or expired within `timeout_secs`.
 //!
 //! Every proposal and every decision is one audit line with
 //! `"service":"supervise"`.
@@ -129,6 +133,9 @@ struct State {
     filed: VecDeque<Instant>,
     once: Vec<OnceGrant>,
     grants: Grants,
+    /// Hosts whose last egress proposal was denied or expired, and when:
+    /// DNS refuses them on an ask for `timeout_secs` after.
+    refused: HashMap<String, Instant>,
 }
 
 /// The supervise service's state, shared by the MCP server, the listeners
@@ -329,6 +336,59 @@ impl Supervisor {
         }
     }
 
+    /// Whether a one-shot grant for `host` (any port) is live; DNS answers
+    /// it without taking it.
+    pub fn has_once(&self, host: &str) -> bool {
+        let now = Instant::now();
+        self.state()
+            .once
+            .iter()
+            .any(|g| g.host == host && g.until > now)
+    }
+
+    /// Whether `host`'s last egress proposal was denied or expired less
+    /// than `within` ago.
+    pub fn refused_recently(&self, host: &str, within: Duration) -> bool {
+        self.state()
+            .refused
+            .get(host)
+            .is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// What DNS answers for `name`, which the policy does not allow: the
+    /// rule that lets it resolve (to the sidecar), or `None` to refuse.
+    /// A live `once` grant resolves; under `egress.unknown = "ask"` any
+    /// ordinary name resolves, so that the connection reaches the listener
+    /// that holds it and asks, unless its last proposal was refused lately.
+    /// Names that stand for the host, metadata or a sidecar, and names that
+    /// read as addresses, never do.
+    pub fn dns_rule(&self, policy: &Policy, name: &str) -> Option<&'static str> {
+        if !policy.supervise.enabled {
+            return None;
+        }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let numeric = name
+            .rsplit('.')
+            .next()
+            .is_none_or(|last| last.is_empty() || last.chars().all(|c| c.is_ascii_digit()))
+            || name.starts_with("0x")
+            || name.parse::<IpAddr>().is_ok();
+        if numeric || bottle_policy::forbidden_name(&name).is_some() {
+            return None;
+        }
+        if self.has_once(&name) {
+            return Some("supervise-once");
+        }
+        if policy.egress.unknown != Unknown::Ask {
+            return None;
+        }
+        let within = Duration::from_secs(policy.supervise.timeout_secs.max(1));
+        if self.refused_recently(&name, within) {
+            return None;
+        }
+        Some("supervise-ask")
+    }
+
     /// Takes the one-shot grant for `host:port`, if there is one.
     pub fn take_once(&self, host: &str, port: u16) -> Option<ProposalId> {
         let mut state = self.state();
@@ -373,6 +433,15 @@ impl Supervisor {
                     shared
                         .logger
                         .supervise("expired", json!({"id": id.as_str(), "status": "expired"}));
+                    let mut state = self.state();
+                    let host = state.waiting.get(&id).and_then(|w| match &w.proposal.ask {
+                        Ask::Egress { host, .. } => Some(host.as_str().to_string()),
+                        _ => None,
+                    });
+                    if let Some(h) = host {
+                        state.refused.insert(h, Instant::now());
+                    }
+                    drop(state);
                     Some(Outcome::Expired)
                 }
                 None => None,
@@ -449,6 +518,13 @@ impl Supervisor {
             } else {
                 self.grant(shared, &proposal, *scope, origin, host, *port, methods);
             }
+        }
+        if let (Outcome::Denied { .. } | Outcome::Expired, Ask::Egress { host, .. }) =
+            (&outcome, &proposal.ask)
+        {
+            self.state()
+                .refused
+                .insert(host.as_str().to_string(), Instant::now());
         }
         let (verdict, scope) = match &outcome {
             Outcome::Approved { scope, .. } => ("approve", Some(scope.as_str())),

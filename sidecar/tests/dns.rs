@@ -12,40 +12,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&[0, 1]);
-    q
-}
-
-fn rcode(reply: &[u8]) -> u8 {
-    reply[3] & 0xF
-}
-
-fn ancount(reply: &[u8]) -> u16 {
-    u16::from_be_bytes([reply[6], reply[7]])
-}
-
 async fn ask_udp(bottle: &Bottle, id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sock.send_to(&query(id, name, qtype), bottle.addrs.dns_udp.unwrap())
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(PATIENCE, sock.recv(&mut buf))
-        .await
-        .expect("no DNS answer")
-        .unwrap();
-    buf.truncate(n);
-    assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), id);
-    buf
+    dns_udp(bottle.addrs.dns_udp.unwrap(), id, name, qtype).await
 }
 
 async fn dns_bottle(limit: RateLimit) -> Bottle {
@@ -85,7 +53,7 @@ async fn allowed_names_get_the_sidecar_and_the_rest_is_refused() {
         .await
         .unwrap();
     for (id, name, want) in [(9u16, "api.example.com", 0u8), (10, "evil.example", 5)] {
-        let q = query(id, name, 1);
+        let q = dns_query(id, name, 1);
         s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
         s.write_all(&q).await.unwrap();
         let len = s.read_u16().await.unwrap();
@@ -149,7 +117,7 @@ async fn a_dns_flood_never_hides_forwarded_requests_from_the_audit_log() {
     let b = Bottle::start(opts).await;
     let dns = b.addrs.dns_udp.unwrap();
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let q = query(0x1234, "x.invalid", 1);
+    let q = dns_query(0x1234, "x.invalid", 1);
     let flood = tokio::spawn(async move {
         let mut sent = 0u64;
         loop {

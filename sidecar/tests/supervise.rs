@@ -47,6 +47,11 @@ impl Supervised {
     fn queue(&self) -> QueueDir {
         QueueDir::new(&self.queue)
     }
+    /// (RCODE, answer count) of an A query for `name`.
+    async fn resolve(&self, name: &str) -> (u8, u16) {
+        let r = dns_udp(self.addrs.dns_udp.unwrap(), 7, name, 1).await;
+        (rcode(&r), ancount(&r))
+    }
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.done.take().unwrap().await.unwrap();
@@ -86,6 +91,8 @@ async fn start(
     let mut config = RunConfig::new(&policy_path);
     config.proxy_listen = Some(local);
     config.supervise_listen = Some(local);
+    config.dns_listen = Some(local);
+    config.dns_answer = Some("10.99.0.2".parse().unwrap());
     config.supervise_state = Some(queue.to_path_buf());
     config.supervise_progress = Duration::from_millis(100);
     config.reload_interval = Duration::from_millis(50);
@@ -348,6 +355,9 @@ async fn once_approval_opens_one_connection() {
     .await;
     decider.await.unwrap();
     assert!(text.starts_with("approved (once)"), "{text}");
+    // DNS follows the approval while it waits for its connection.
+    assert_eq!(s.resolve("origin.test").await, (0, 1));
+    assert_eq!(s.resolve("other.test").await, (5, 0));
     assert_eq!(https_get(&pki, s.proxy(), port).await.status, 200);
     let second = raw_request(
         s.proxy(),
@@ -518,6 +528,17 @@ async fn ask_mode_holds_a_connection_until_the_decision() {
         ],
     )
     .await;
+    // An unknown name resolves (to the sidecar), so a client without the
+    // proxy variables reaches the listener that asks; what never may, not.
+    assert_eq!(s.resolve("new.test").await, (0, 1));
+    for never in [
+        "metadata.google.internal",
+        "localhost",
+        "10.0.0.5",
+        "0x0a.0.0.5",
+    ] {
+        assert_eq!(s.resolve(never).await, (5, 0), "{never}");
+    }
     // Approved: the held CONNECT gets its tunnel.
     let decider = tokio::spawn(decide_when_filed(
         s.queue(),
@@ -563,6 +584,9 @@ async fn ask_mode_holds_a_connection_until_the_decision() {
     denier.await.unwrap();
     assert_eq!(denied.status, 403, "{denied:?}");
     assert!(denied.body.contains("supervise-denied"), "{}", denied.body);
+    // After the denial DNS refuses the name for a while.
+    assert_eq!(s.resolve("other.test").await, (5, 0));
+    assert_eq!(s.resolve("new.test").await, (0, 1));
     assert!(denied.body.contains("not today"), "{}", denied.body);
     // A guarded address is refused at once, without a proposal.
     let before = s.queue().list(0).unwrap().entries.len();

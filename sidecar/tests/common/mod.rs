@@ -706,3 +706,43 @@ pub fn stdout(out: &std::process::Output) -> String {
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
+
+/// A DNS query for `name` of type `qtype` (class IN, recursion desired).
+pub fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    q
+}
+
+/// A DNS reply's RCODE.
+pub fn rcode(reply: &[u8]) -> u8 {
+    reply[3] & 0xF
+}
+
+/// A DNS reply's answer count.
+pub fn ancount(reply: &[u8]) -> u16 {
+    u16::from_be_bytes([reply[6], reply[7]])
+}
+
+/// Asks the DNS server at `server` over UDP; the reply (its id checked).
+pub async fn dns_udp(server: SocketAddr, id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&dns_query(id, name, qtype), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(PATIENCE, sock.recv(&mut buf))
+        .await
+        .expect("no DNS answer")
+        .unwrap();
+    buf.truncate(n);
+    assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), id);
+    buf
+}
