@@ -262,7 +262,11 @@ pub async fn ensure_images(
 /// the user's pin holds (`bottle approve --scope always` put it there).
 /// grants.json is written by the sidecar: nothing in it survives `up` on
 /// that file's word alone, and session grants end with the bottle.
+///
+/// Approved pushes never outlive the bottle: the pin holds no git grant, so
+/// `always` is `session` for a push.
 pub fn keep_pinned_grants(grants: &mut bottle_policy::Grants, pinned: &[bottle_policy::AllowRule]) {
+    grants.git.clear();
     grants.grants.retain(|g| {
         g.scope == bottle_policy::Scope::Always
             && bottle_policy::AllowRule::parse(&g.host.allow_entry(g.port))
@@ -1295,6 +1299,11 @@ mod tests {
                 grant("planted.example", "always"),
                 grant("session.example", "session"),
             ],
+            git: vec![serde_json::from_value(serde_json::json!({
+                "id": "abcdefgh24", "remote": "app", "refname": "refs/heads/main",
+                "scope": "always", "granted": 1
+            }))
+            .unwrap()],
         };
         let pinned = vec![
             bottle_policy::AllowRule::parse("kept.example").unwrap(),
@@ -1303,5 +1312,6 @@ mod tests {
         keep_pinned_grants(&mut grants, &pinned);
         let hosts: Vec<&str> = grants.grants.iter().map(|g| g.host.as_str()).collect();
         assert_eq!(hosts, ["kept.example"]);
+        assert!(grants.git.is_empty(), "approved pushes last one run");
     }
 }

@@ -399,6 +399,15 @@ impl GitRemote {
     /// it. Checked in order: mode, ref name, protected, push patterns,
     /// deletion, fast-forward.
     pub fn check_update(&self, u: &RefUpdate) -> Result<(), PushRefusal> {
+        self.check_update_with(u, false)
+    }
+
+    /// [`GitRemote::check_update`], where `approved` says a human approved
+    /// pushing exactly this ref (supervise's `request_git_push`): that lifts
+    /// the ref-name rules (`protected`, `push` patterns) and nothing else. A
+    /// fetch-only remote, an invalid name, a deletion, a rewrite without
+    /// `allow_force` stay refused.
+    pub fn check_update_with(&self, u: &RefUpdate, approved: bool) -> Result<(), PushRefusal> {
         let remote = self.name.as_str().to_owned();
         let refname = u.refname.clone();
         if self.mode == GitMode::Fetch {
@@ -407,14 +416,18 @@ impl GitRemote {
         if !valid_refname(&u.refname) {
             return Err(PushRefusal::BadRef { remote, refname });
         }
-        if let Some(p) = self.protected.iter().find(|p| p.matches(&u.refname)) {
+        if let Some(p) = self
+            .protected
+            .iter()
+            .find(|p| !approved && p.matches(&u.refname))
+        {
             return Err(PushRefusal::Protected {
                 remote,
                 refname,
                 pattern: p.as_str().to_owned(),
             });
         }
-        if !self.push.iter().any(|p| p.matches(&u.refname)) {
+        if !approved && !self.push.iter().any(|p| p.matches(&u.refname)) {
             let patterns = self
                 .push
                 .iter()
@@ -778,6 +791,48 @@ mod tests {
             .check_update(&update("refs/heads/agent/x", NEW, true))
             .unwrap_err();
         assert!(e.to_string().contains("push = []"), "{e}");
+    }
+
+    /// A human's approval of one ref lifts the ref-name rules only.
+    #[test]
+    fn an_approval_lifts_only_the_ref_name_rules() {
+        let r = remote();
+        for refname in [
+            "refs/heads/main",
+            "refs/heads/release/1",
+            "refs/heads/feature",
+        ] {
+            assert!(r.check_update(&update(refname, NEW, true)).is_err());
+            assert_eq!(
+                r.check_update_with(&update(refname, NEW, true), true),
+                Ok(()),
+                "{refname}"
+            );
+        }
+        assert!(matches!(
+            r.check_update_with(&update("refs/heads/main", NEW, false), true),
+            Err(PushRefusal::NonFastForward { .. })
+        ));
+        assert!(matches!(
+            r.check_update_with(&update("refs/heads/main", None, true), true),
+            Err(PushRefusal::Deletion { .. })
+        ));
+        assert!(matches!(
+            r.check_update_with(&update("refs/tags/v1", NEW, true), true),
+            Err(PushRefusal::NonFastForward { .. })
+        ));
+        assert!(matches!(
+            r.check_update_with(&update("refs/heads/a..b", NEW, true), true),
+            Err(PushRefusal::BadRef { .. })
+        ));
+        let fetch = GitRemote {
+            mode: GitMode::Fetch,
+            ..remote()
+        };
+        assert!(matches!(
+            fetch.check_update_with(&update("refs/heads/main", NEW, true), true),
+            Err(PushRefusal::FetchOnly { .. })
+        ));
     }
 
     #[test]

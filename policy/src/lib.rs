@@ -43,8 +43,8 @@ pub use request::{
 };
 pub use secrets::{FormatError, SecretEntry, SecretValue, SecretsFile, SECRETS_FORMAT};
 pub use supervise::{
-    forbidden_name, Ask, AskedHost, AskedRef, Grant, Grants, Proposal, ProposalId, Scope, Status,
-    SuperviseFieldError, SupervisePolicy, Text, SUPERVISE_FORMAT,
+    forbidden_name, Ask, AskedHost, AskedRef, GitGrant, Grant, Grants, Proposal, ProposalId, Scope,
+    Status, SuperviseFieldError, SupervisePolicy, Text, SUPERVISE_FORMAT,
 };
 
 use serde::{Deserialize, Serialize};

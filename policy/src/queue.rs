@@ -470,6 +470,13 @@ mod tests {
                 scope: Scope::Session,
                 granted: 5,
             }],
+            git: vec![crate::supervise::GitGrant {
+                id: QueueDir::new_id().unwrap(),
+                remote: crate::RemoteName::parse("app").unwrap(),
+                refname: crate::supervise::AskedRef::parse("main").unwrap(),
+                scope: Scope::Session,
+                granted: 6,
+            }],
         };
         q.save_grants(&g).unwrap();
         q.save_grants(&g).unwrap();

@@ -602,11 +602,27 @@ pub struct Grant {
     pub granted: u64,
 }
 
+/// An approved `request_git_push` of scope `session` or `always`: the git
+/// gate lets that ref through that remote's ref-name rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitGrant {
+    /// The proposal it answered.
+    pub id: ProposalId,
+    pub remote: RemoteName,
+    pub refname: AskedRef,
+    pub scope: Scope,
+    /// Unix seconds.
+    pub granted: u64,
+}
+
 /// Every grant in force (`grants.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "GrantsWire", into = "GrantsWire")]
 pub struct Grants {
     pub grants: Vec<Grant>,
+    /// Approved pushes.
+    pub git: Vec<GitGrant>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -615,6 +631,8 @@ struct GrantsWire {
     format: u32,
     #[serde(default)]
     grants: Vec<Grant>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    git: Vec<GitGrant>,
 }
 
 impl TryFrom<GrantsWire> for Grants {
@@ -623,7 +641,10 @@ impl TryFrom<GrantsWire> for Grants {
         if w.format != SUPERVISE_FORMAT {
             return Err(SuperviseFieldError::Format { found: w.format });
         }
-        Ok(Grants { grants: w.grants })
+        Ok(Grants {
+            grants: w.grants,
+            git: w.git,
+        })
     }
 }
 
@@ -632,6 +653,7 @@ impl From<Grants> for GrantsWire {
         GrantsWire {
             format: SUPERVISE_FORMAT,
             grants: g.grants,
+            git: g.git,
         }
     }
 }

@@ -7,8 +7,9 @@
 //! - `request_egress {host, port?, methods?, reason}`: reach a host;
 //! - `list_egress_rules {}`: what is allowed now (policy and grants);
 //! - `request_git_push {remote, ref, reason}`: push a ref the git gate's
-//!   policy does not cover (recorded for the human; the git gate applies
-//!   nothing from it yet);
+//!   ref rules refuse (`protected`, not in `push`); an approval lets the
+//!   gate pass that ref (once, or for the session), never a rewrite, a
+//!   deletion or a secret; a fetch-only remote is refused at once;
 //! - `request_approval {action, reason}`: anything else.
 //!
 //! A request tool files a proposal ([`crate::supervise`]) and waits for its
@@ -488,6 +489,15 @@ fn git_ask(args: &Args<'_>, git: &bottle_policy::GitPolicy) -> Result<Ask, Refus
         )
         .into());
     }
+    if git
+        .remotes
+        .iter()
+        .any(|r| r.name == remote && r.mode == bottle_policy::GitMode::Fetch)
+    {
+        return Err(Refusal::Now(format!(
+            "remote `{remote}` is fetch-only (mode = \"fetch\" in bottle.toml); no approval can make it pushable, ask the user to change its mode"
+        )));
+    }
     Ok(Ask::GitPush { remote, refname })
 }
 
@@ -514,6 +524,23 @@ pub fn answer(p: &Proposal, o: &Outcome) -> String {
             format!(
                 "approved ({scope}): {} is reachable {reach}. Retry your request now.{}",
                 host.allow_entry(*port),
+                note(n)
+            )
+        }
+        (
+            Outcome::Approved {
+                scope,
+                note: n,
+                ask: Ask::GitPush { remote, refname },
+            },
+            _,
+        ) => {
+            let reach = match scope {
+                bottle_policy::Scope::Once => "the approval covers one push within a minute",
+                _ => "the approval covers pushes of that ref for the rest of this session",
+            };
+            format!(
+                "approved ({scope}): push {refname} to {remote} now (git push {remote} HEAD:{refname}); {reach}. A non-fast-forward, a deletion or a secret in the commits is still refused.{}",
                 note(n)
             )
         }
@@ -561,5 +588,80 @@ impl ServerHandler for Tools {
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.clone().unwrap_or_default();
         Ok(self.call(&request.name, &args, &context).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::Outcome;
+    use bottle_policy::{AskedRef, ProposalId, Scope};
+    use serde_json::json;
+
+    fn git() -> bottle_policy::GitPolicy {
+        serde_json::from_value(json!({"remotes": [
+            {"name": "app", "upstream": "https://git.example/app.git", "push": ["agent/*"]},
+            {"name": "ro", "upstream": "https://git.example/ro.git", "mode": "fetch"},
+        ]}))
+        .unwrap()
+    }
+
+    fn ask(args: serde_json::Value) -> Result<Ask, Refusal> {
+        let obj = args.as_object().unwrap().clone();
+        git_ask(&Args(&obj), &git())
+    }
+
+    #[test]
+    fn push_requests_name_a_pushable_remote() {
+        assert!(ask(json!({"remote": "app", "ref": "main", "reason": "x"})).is_ok());
+        match ask(json!({"remote": "ro", "ref": "main", "reason": "x"})) {
+            Err(Refusal::Now(why)) => assert!(why.contains("fetch-only"), "{why}"),
+            _ => panic!("a fetch-only remote is refused at once"),
+        }
+        assert!(matches!(
+            ask(json!({"remote": "nope", "ref": "main", "reason": "x"})),
+            Err(Refusal::Bad(_))
+        ));
+    }
+
+    #[test]
+    fn an_approved_push_says_how_to_push() {
+        let a = Ask::GitPush {
+            remote: bottle_policy::RemoteName::parse("app").unwrap(),
+            refname: AskedRef::parse("main").unwrap(),
+        };
+        let p = Proposal {
+            id: ProposalId::from_random([1; 8]),
+            bottle: "t".into(),
+            created: 1,
+            expires: 2,
+            ask: a.clone(),
+            reason: Text::clean("r").unwrap(),
+        };
+        let once = answer(
+            &p,
+            &Outcome::Approved {
+                scope: Scope::Once,
+                note: None,
+                ask: a.clone(),
+            },
+        );
+        assert!(
+            once.starts_with("approved (once): push refs/heads/main to app now (git push app HEAD:refs/heads/main); the approval covers one push within a minute."),
+            "{once}"
+        );
+        let session = answer(
+            &p,
+            &Outcome::Approved {
+                scope: Scope::Session,
+                note: Some("ok".into()),
+                ask: a,
+            },
+        );
+        assert!(
+            session.contains("for the rest of this session")
+                && session.ends_with("Operator's note: ok"),
+            "{session}"
+        );
     }
 }

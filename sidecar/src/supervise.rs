@@ -32,6 +32,12 @@
 //!   sidecar, whose listener then holds the connection and asks) unless
 //!   its last proposal was denied or expired within `timeout_secs`.
 //!
+//! - **Pushes.** An approved `request_git_push` lets the git gate pass
+//!   that ref through that remote's ref-name rules (`protected`, `push`),
+//!   nothing else ([`Supervisor::push_approval`]): `once` for the next push
+//!   of it within [`ONCE_TTL`], `session`/`always` while the bottle lives
+//!   (in `grants.json`; `up` drops them, so `always` is `session` here).
+//!
 //! Every proposal and every decision is one audit line with
 //! `"service":"supervise"`.
 
@@ -124,6 +130,16 @@ struct OnceGrant {
     until: Instant,
 }
 
+/// An approved push of scope `once`: the next push of `refname` through
+/// `remote` within [`ONCE_TTL`].
+#[derive(Debug)]
+struct GitOnce {
+    id: ProposalId,
+    remote: String,
+    refname: String,
+    until: Instant,
+}
+
 #[derive(Debug, Default)]
 struct State {
     waiting: HashMap<ProposalId, Waiting>,
@@ -132,6 +148,7 @@ struct State {
     held: u32,
     filed: VecDeque<Instant>,
     once: Vec<OnceGrant>,
+    git_once: Vec<GitOnce>,
     grants: Grants,
     /// Hosts whose last egress proposal was denied or expired, and when:
     /// DNS refuses them on an ask for `timeout_secs` after.
@@ -389,6 +406,81 @@ impl Supervisor {
         Some("supervise-ask")
     }
 
+    /// Puts an approved push in force: once, the next push of the ref
+    /// within [`ONCE_TTL`]; session or always, every push of it while the
+    /// bottle lives (kept in `grants.json` across a sidecar restart).
+    fn grant_push(
+        &self,
+        shared: &Shared,
+        id: &ProposalId,
+        scope: Scope,
+        remote: &bottle_policy::RemoteName,
+        refname: &bottle_policy::AskedRef,
+    ) {
+        if scope == Scope::Once {
+            self.state().git_once.push(GitOnce {
+                id: id.clone(),
+                remote: remote.as_str().to_string(),
+                refname: refname.as_str().to_string(),
+                until: Instant::now() + ONCE_TTL,
+            });
+            return;
+        }
+        let grants = {
+            let mut state = self.state();
+            state.grants.git.push(bottle_policy::GitGrant {
+                id: id.clone(),
+                remote: remote.clone(),
+                refname: refname.clone(),
+                scope,
+                granted: now_secs(),
+            });
+            state.grants.clone()
+        };
+        if let Err(e) = self.queue.save_grants(&grants) {
+            shared.logger.event(
+                "supervise-grants-unsaved",
+                json!({"error": e.to_string(), "effect": "the grant is in force until the sidecar restarts"}),
+            );
+        }
+    }
+
+    /// The approval that covers a push of `refname` through `remote`, as the
+    /// gate's rule names it (`supervise <id> (<scope>)`); `None` when no
+    /// human approved it.
+    pub fn push_approval(&self, remote: &str, refname: &str) -> Option<String> {
+        let state = self.state();
+        let now = Instant::now();
+        if let Some(g) = state
+            .git_once
+            .iter()
+            .find(|g| g.remote == remote && g.refname == refname && g.until > now)
+        {
+            return Some(format!("supervise {} (once)", g.id));
+        }
+        state
+            .grants
+            .git
+            .iter()
+            .find(|g| g.remote.as_str() == remote && g.refname.as_str() == refname)
+            .map(|g| format!("supervise {} ({})", g.id, g.scope))
+    }
+
+    /// Uses up the `once` approval of a push of `refname` through `remote`
+    /// (after the gate let that push through).
+    pub fn take_push_once(&self, remote: &str, refname: &str) {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.git_once.retain(|g| g.until > now);
+        if let Some(i) = state
+            .git_once
+            .iter()
+            .position(|g| g.remote == remote && g.refname == refname)
+        {
+            state.git_once.remove(i);
+        }
+    }
+
     /// Takes the one-shot grant for `host:port`, if there is one.
     pub fn take_once(&self, host: &str, port: u16) -> Option<ProposalId> {
         let mut state = self.state();
@@ -518,6 +610,11 @@ impl Supervisor {
             } else {
                 self.grant(shared, &proposal, *scope, origin, host, *port, methods);
             }
+        }
+        if let (Outcome::Approved { scope, .. }, Ask::GitPush { remote, refname }) =
+            (&outcome, &asked)
+        {
+            self.grant_push(shared, &proposal.id, *scope, remote, refname);
         }
         if let (Outcome::Denied { .. } | Outcome::Expired, Ask::Egress { host, .. }) =
             (&outcome, &proposal.ask)

@@ -291,6 +291,16 @@ impl Gate {
 /// `upstream` defaults to `https://git.test:<port>/app.git`, the credential
 /// to GIT_TOKEN).
 async fn gate(pki: Pki, up: &Upstream, remotes: Vec<Value>) -> Gate {
+    gate_with(&pki, up, remotes, None).await
+}
+
+/// [`gate`], with supervise on over the queue `supervise` when given.
+async fn gate_with(
+    pki: &Pki,
+    up: &Upstream,
+    remotes: Vec<Value>,
+    supervise: Option<&Path>,
+) -> Gate {
     let remotes: Vec<Value> = remotes
         .into_iter()
         .map(|mut r| {
@@ -306,6 +316,7 @@ async fn gate(pki: Pki, up: &Upstream, remotes: Vec<Value>) -> Gate {
         "bottle": "test",
         "egress": {"allow": [format!("127.0.0.1:{}", up.port)]},
         "git": {"remotes": remotes},
+        "supervise": {"enabled": supervise.is_some()},
     });
     let policy_path = pki.dir.join("policy.json");
     std::fs::write(&policy_path, policy.to_string()).unwrap();
@@ -319,6 +330,7 @@ async fn gate(pki: Pki, up: &Upstream, remotes: Vec<Value>) -> Gate {
     let mut config = RunConfig::new(&policy_path);
     config.git_listen = Some("127.0.0.1:0".parse().unwrap());
     config.git_state = temp_dir("git-state");
+    config.supervise_state = supervise.map(Path::to_path_buf);
     config.reload_interval = Duration::from_millis(50);
     config.resolver = Resolver::fixed([("git.test", vec!["127.0.0.1".parse().unwrap()])]);
     config.local_net = LocalNetSource::Fixed(bottle_policy::LocalNet {
@@ -603,5 +615,146 @@ async fn the_destination_guard_applies_to_the_upstream() {
     assert!(
         err.contains("destination-guard") && err.contains("loopback"),
         "{err}"
+    );
+}
+
+/// Files a push request for `refname` as the MCP tool would; its id.
+fn file_push(queue: &Path, refname: &str) -> bottle_policy::ProposalId {
+    use bottle_policy::{Ask, AskedRef, Proposal, QueueDir, RemoteName, Text};
+    let q = QueueDir::new(queue);
+    q.create().unwrap();
+    let now = bottle_sidecar::supervise::now_secs();
+    let p = Proposal {
+        id: QueueDir::new_id().unwrap(),
+        bottle: "test".into(),
+        created: now,
+        expires: now + 300,
+        ask: Ask::GitPush {
+            remote: RemoteName::parse("app").unwrap(),
+            refname: AskedRef::parse(refname).unwrap(),
+        },
+        reason: Text::clean("release the fix").unwrap(),
+    };
+    q.file_proposal(&p).unwrap();
+    p.id
+}
+
+/// Approves request `id` with `scope`, as `bottle approve` does.
+fn approve(queue: &Path, id: bottle_policy::ProposalId, scope: bottle_policy::Scope) {
+    use bottle_policy::supervise::{Decision, Verdict};
+    let now = bottle_sidecar::supervise::now_secs();
+    let d = Decision {
+        id,
+        verdict: Verdict::Approve,
+        scope,
+        note: None,
+        decided: now,
+        edited: None,
+    };
+    bottle_policy::QueueDir::new(queue).decide(&d, now).unwrap();
+}
+
+/// A human's approval of a push to a protected ref lets exactly that push
+/// through (once), and never a rewrite; a session approval outlives a
+/// sidecar restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approved_push_passes_the_ref_rules_and_nothing_else() {
+    let pki = Pki::new();
+    let up = upstream(&pki).await;
+    seed(&up, "app").await;
+    let queue = temp_dir("git-supervise");
+    let remotes = vec![json!({"name": "app", "push": ["agent/*"], "protected": ["main"]})];
+    // Filed before the sidecar starts (it reads waiting proposals back),
+    // approved once it runs.
+    let id = file_push(&queue, "main");
+    let g = gate_with(&pki, &up, remotes.clone(), Some(&queue)).await;
+    approve(&queue, id, bottle_policy::Scope::Once);
+    let agent = temp_dir("git-agent");
+    let work = agent.join("work");
+    ok(&agent, &["clone", "-q", &g.url("app"), "work"]).await;
+    std::fs::write(work.join("fix"), "the fix\n").unwrap();
+    ok(&work, &["add", "fix"]).await;
+    ok(&work, &["commit", "-q", "-m", "fix"]).await;
+    let head = ok(&work, &["rev-parse", "HEAD"]).await;
+    // The once approval is applied within a poll; then one push passes.
+    let mut pushed = false;
+    for _ in 0..40 {
+        let (done, _, err) = git(&work, &["push", "origin", "HEAD:refs/heads/main"]).await;
+        if done {
+            pushed = true;
+            break;
+        }
+        assert!(err.contains("is protected"), "{err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pushed, "the approved push never passed");
+    assert_eq!(
+        upstream_rev(&up, "refs/heads/main").as_deref(),
+        Some(head.as_str())
+    );
+    let line = g
+        .git_lines()
+        .into_iter()
+        .rev()
+        .find(|v| v["decision"] == "allow")
+        .unwrap();
+    assert!(line["rule"].as_str().unwrap().contains("(once)"), "{line}");
+    // Used up: the next push to main is refused again.
+    std::fs::write(work.join("fix2"), "more\n").unwrap();
+    ok(&work, &["add", "fix2"]).await;
+    ok(&work, &["commit", "-q", "-m", "fix2"]).await;
+    let (done, _, err) = git(&work, &["push", "origin", "HEAD:refs/heads/main"]).await;
+    assert!(
+        !done && err.contains("refs/heads/main is protected"),
+        "{err}"
+    );
+    assert_eq!(
+        upstream_rev(&up, "refs/heads/main").as_deref(),
+        Some(head.as_str())
+    );
+
+    // A session approval: pushes of main pass, a rewrite never does, and it
+    // outlives a sidecar restart.
+    let id = file_push(&queue, "main");
+    drop(g);
+    let g = gate_with(&pki, &up, remotes.clone(), Some(&queue)).await;
+    approve(&queue, id, bottle_policy::Scope::Session);
+    let url = g.url("app");
+    ok(&work, &["remote", "set-url", "origin", &url]).await;
+    let mut pushed = false;
+    for _ in 0..40 {
+        if git(&work, &["push", "origin", "HEAD:refs/heads/main"])
+            .await
+            .0
+        {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pushed, "the session approval never applied");
+    let second = ok(&work, &["rev-parse", "HEAD"]).await;
+    ok(&work, &["reset", "-q", "--hard", "HEAD~2"]).await;
+    std::fs::write(work.join("other"), "rewritten\n").unwrap();
+    ok(&work, &["add", "other"]).await;
+    ok(&work, &["commit", "-q", "-m", "rewritten"]).await;
+    let (done, _, err) = git(&work, &["push", "-f", "origin", "HEAD:refs/heads/main"]).await;
+    assert!(!done && err.contains("non-fast-forward refused"), "{err}");
+    assert_eq!(
+        upstream_rev(&up, "refs/heads/main").as_deref(),
+        Some(second.as_str())
+    );
+    drop(g);
+    let g = gate_with(&pki, &up, remotes, Some(&queue)).await;
+    ok(&work, &["remote", "set-url", "origin", &g.url("app")]).await;
+    ok(&work, &["reset", "-q", "--hard", &second]).await;
+    std::fs::write(work.join("fix3"), "after the restart\n").unwrap();
+    ok(&work, &["add", "fix3"]).await;
+    ok(&work, &["commit", "-q", "-m", "fix3"]).await;
+    let third = ok(&work, &["rev-parse", "HEAD"]).await;
+    ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]).await;
+    assert_eq!(
+        upstream_rev(&up, "refs/heads/main").as_deref(),
+        Some(third.as_str())
     );
 }

@@ -511,6 +511,7 @@ fn check_all(
     remote: &GitRemote,
     cmds: &Commands,
     updates: &[(&Command, bool)],
+    approved: &HashMap<String, String>,
     mut reasons: HashMap<String, String>,
     mut messages: Vec<String>,
 ) -> Option<(Report, Option<String>)> {
@@ -521,7 +522,7 @@ fn check_all(
             new: c.new.clone(),
             fast_forward: *ff,
         };
-        if let Err(refusal) = remote.check_update(&u) {
+        if let Err(refusal) = remote.check_update_with(&u, approved.contains_key(&c.refname)) {
             messages.push(refusal.to_string());
             reasons.insert(c.refname.clone(), format!("git-gate: {refusal}"));
         }
@@ -541,10 +542,35 @@ async fn decide<R: AsyncRead + Unpin>(
     body: &mut R,
 ) -> (Report, Verdict, String, Option<String>) {
     let name = remote.name.as_str();
-    let rule_of = |r: &str| format!("git.remote \"{name}\" {r}");
+    // The refs a human approved pushing (supervise's request_git_push).
+    let approved: HashMap<String, String> = match &gate.shared.supervisor {
+        Some(sup) => cmds
+            .commands
+            .iter()
+            .filter_map(|c| Some((c.refname.clone(), sup.push_approval(name, &c.refname)?)))
+            .collect(),
+        None => HashMap::new(),
+    };
+    let rule_of = |r: &str| {
+        let mut rule = format!("git.remote \"{name}\" {r}");
+        let mut by: Vec<&String> = approved.values().collect();
+        by.sort();
+        by.dedup();
+        for b in by {
+            rule.push_str(&format!(", {b}"));
+        }
+        rule
+    };
     // 1. The policy, as far as it can be decided without the pack.
     let updates: Vec<(&Command, bool)> = cmds.commands.iter().map(|c| (c, true)).collect();
-    if let Some(refused) = check_all(remote, cmds, &updates, HashMap::new(), Vec::new()) {
+    if let Some(refused) = check_all(
+        remote,
+        cmds,
+        &updates,
+        &approved,
+        HashMap::new(),
+        Vec::new(),
+    ) {
         return (refused.0, Verdict::Deny, rule_of("push"), refused.1);
     }
     let fail_all = |why: String, rule: String| {
@@ -614,7 +640,7 @@ async fn decide<R: AsyncRead + Unpin>(
         };
         updates.push((c, is_ancestor(gate, &q.0, cur, new).await));
     }
-    if let Some(refused) = check_all(remote, cmds, &updates, reasons, messages) {
+    if let Some(refused) = check_all(remote, cmds, &updates, &approved, reasons, messages) {
         return (refused.0, Verdict::Deny, rule_of("push"), refused.1);
     }
     // 4. Secrets in the new commits.
@@ -675,6 +701,13 @@ async fn decide<R: AsyncRead + Unpin>(
             } else {
                 Verdict::Deny
             };
+            if all_ok {
+                if let Some(sup) = &gate.shared.supervisor {
+                    for refname in approved.keys() {
+                        sup.take_push_once(name, refname);
+                    }
+                }
+            }
             let rule = if all_ok {
                 rule_of("push")
             } else {
