@@ -187,6 +187,13 @@ impl GitRemote {
 pub struct SuperviseConfig {
     /// Run the MCP supervise service (approvals, `request_egress`).
     pub enabled: bool,
+    /// Seconds a request waits for a decision (the tool call, a held
+    /// connection); `None`: the sidecar's default, 300.
+    pub timeout_secs: Option<u64>,
+    /// Requests pending at once per bottle; `None`: 8.
+    pub max_pending: Option<u32>,
+    /// Requests filed per minute per bottle; `None`: 12.
+    pub rate_per_minute: Option<u32>,
 }
 
 /// `[sidecar]`: the sidecar's connection limits and deadlines; `None` takes
@@ -208,7 +215,12 @@ pub struct SidecarConfig {
 
 impl Default for SuperviseConfig {
     fn default() -> Self {
-        SuperviseConfig { enabled: true }
+        SuperviseConfig {
+            enabled: true,
+            timeout_secs: None,
+            max_pending: None,
+            rate_per_minute: None,
+        }
     }
 }
 
@@ -260,9 +272,14 @@ impl Config {
         Ok(Policy {
             limits: self.sidecar_limits(),
             git: self.git_policy()?,
-            supervise: bottle_policy::SupervisePolicy {
-                enabled: self.supervise.enabled,
-                ..Default::default()
+            supervise: {
+                let d = bottle_policy::SupervisePolicy::default();
+                bottle_policy::SupervisePolicy {
+                    enabled: self.supervise.enabled,
+                    timeout_secs: self.supervise.timeout_secs.unwrap_or(d.timeout_secs),
+                    max_pending: self.supervise.max_pending.unwrap_or(d.max_pending),
+                    rate_per_minute: self.supervise.rate_per_minute.unwrap_or(d.rate_per_minute),
+                }
             },
             ..Policy::new(self.name.as_str(), self.egress_policy())
         })

@@ -228,6 +228,7 @@ static EGRESS_CREDENTIAL: TableSchema = TableSchema {
             Kind::Str(check_env_name),
             "the host environment variable holding the secret, such as `API_KEY`",
         ),
+        opt("scheme", Kind::Str(check_auth_scheme)),
     ],
     check: None,
 };
@@ -314,7 +315,24 @@ static SIDECAR: TableSchema = TableSchema {
 
 static SUPERVISE: TableSchema = TableSchema {
     header: "[supervise]",
-    fields: &[opt("enabled", Kind::Bool)],
+    fields: &[
+        opt("enabled", Kind::Bool),
+        opt(
+            "timeout_secs",
+            Kind::Count {
+                min: 1,
+                max: 86_400,
+            },
+        ),
+        opt("max_pending", Kind::Count { min: 1, max: 1000 }),
+        opt(
+            "rate_per_minute",
+            Kind::Count {
+                min: 1,
+                max: 10_000,
+            },
+        ),
+    ],
     check: None,
 };
 
@@ -366,6 +384,9 @@ fn check_host_pattern(s: &str) -> Result<(), String> {
 }
 fn check_path_prefix(s: &str) -> Result<(), String> {
     msg(value::check_path_prefix(s))
+}
+fn check_auth_scheme(s: &str) -> Result<(), String> {
+    msg(bottle_policy::AuthScheme::parse(s))
 }
 fn check_header_name(s: &str) -> Result<(), String> {
     msg(value::check_header_name(s))

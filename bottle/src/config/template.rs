@@ -57,7 +57,7 @@ allow = []
 
 # What happens to a destination no rule allows: "deny", or "ask" to hold the
 # request and queue an approval for `bottle requests` / `bottle approve`
-# (until the supervise service is available, "ask" is enforced as "deny").
+# (needs [supervise] enabled, the default).
 unknown = "deny"
 
 # Narrow an allowed host to some methods and path prefixes (needs the

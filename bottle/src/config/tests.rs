@@ -434,6 +434,39 @@ fn wrong_types_say_what_was_expected() {
         ErrorKind::WrongType,
     );
     assert_eq!(e.message, "expected true or false, found string");
+    one(
+        "[supervise]\ntimeout_secs = 0\n",
+        2,
+        16,
+        "supervise.timeout_secs",
+        ErrorKind::InvalidValue,
+    );
+    let c = ok("[[egress.credential]]\nhost = \"api.openai.com\"\nheader = \"authorization\"\nfrom_env = \"OPENAI_API_KEY\"\nscheme = \"Bearer\"\n");
+    assert_eq!(
+        c.egress_policy().credentials[0]
+            .scheme
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("Bearer")
+    );
+    one(
+        "[[egress.credential]]\nhost = \"a.example\"\nheader = \"authorization\"\nfrom_env = \"K\"\nscheme = \"Bearer x\"\n",
+        5,
+        10,
+        "egress.credential[0].scheme",
+        ErrorKind::InvalidValue,
+    );
+    let c = ok("[supervise]\ntimeout_secs = 60\nmax_pending = 2\nrate_per_minute = 30\n");
+    let s = c.policy().unwrap().supervise;
+    assert_eq!(
+        (s.timeout_secs, s.max_pending, s.rate_per_minute),
+        (60, 2, 30)
+    );
+    let s = ok("").policy().unwrap().supervise;
+    assert_eq!(
+        (s.timeout_secs, s.max_pending, s.rate_per_minute),
+        (300, 8, 12)
+    );
     let e = one(
         "[agent]\ncpus = \"2\"\n",
         2,
