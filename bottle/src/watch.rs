@@ -442,14 +442,19 @@ impl Screen {
     }
 }
 
+/// The terminal as it was: cursor shown, main screen, cooked mode.
+fn restore() {
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        crossterm::cursor::Show,
+        crossterm::terminal::LeaveAlternateScreen
+    );
+    let _ = crossterm::terminal::disable_raw_mode();
+}
+
 impl Drop for Screen {
     fn drop(&mut self) {
-        let _ = crossterm::execute!(
-            std::io::stdout(),
-            crossterm::cursor::Show,
-            crossterm::terminal::LeaveAlternateScreen
-        );
-        let _ = crossterm::terminal::disable_raw_mode();
+        restore();
     }
 }
 
@@ -459,6 +464,24 @@ pub fn run(host: &Host, only: Option<String>) -> Result<(), WatchError> {
         return Err(WatchError::NotATerminal);
     }
     let mut app = App::new(host.state.clone(), only);
+    // A panic's message is printed before unwinding drops the screen: put
+    // the terminal back first, so the message lands on the main screen.
+    let previous = std::sync::Arc::new(std::panic::take_hook());
+    let chained = previous.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        restore();
+        chained(info);
+    }));
+    let result = ui(host, &mut app);
+    let _ = std::panic::take_hook();
+    if let Ok(previous) = std::sync::Arc::try_unwrap(previous) {
+        std::panic::set_hook(previous);
+    }
+    result
+}
+
+/// The loop of [`run`], with the panic hook in place.
+fn ui(host: &Host, app: &mut App) -> Result<(), WatchError> {
     let mut screen = Some(Screen::enter()?);
     let mut terminal =
         ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
@@ -476,7 +499,7 @@ pub fn run(host: &Host, only: Option<String>) -> Result<(), WatchError> {
                 Action::Edit(id) => {
                     // The editor gets the real terminal.
                     drop(screen.take());
-                    let edited = edit_one(host, &app, &id);
+                    let edited = edit_one(host, app, &id);
                     screen = Some(Screen::enter()?);
                     terminal.clear()?;
                     match edited {

@@ -34,7 +34,7 @@
 //!
 //! - **Pushes.** An approved `request_git_push` lets the git gate pass
 //!   that ref through that remote's ref-name rules (`protected`, `push`),
-//!   nothing else ([`Supervisor::push_approval`]): `once` for the next push
+//!   nothing else ([`Supervisor::claim_push`]): `once` for the next push
 //!   of it within [`ONCE_TTL`], `session`/`always` while the bottle lives
 //!   (in `grants.json`; `up` drops them, so `always` is `session` here).
 //!
@@ -129,6 +129,10 @@ struct OnceGrant {
     port: Option<u16>,
     until: Instant,
 }
+
+/// A `once` push approval taken out by [`Supervisor::claim_push`].
+#[derive(Debug)]
+pub struct PushClaim(GitOnce);
 
 /// An approved push of scope `once`: the next push of `refname` through
 /// `remote` within [`ONCE_TTL`].
@@ -445,30 +449,13 @@ impl Supervisor {
         }
     }
 
-    /// The approval that covers a push of `refname` through `remote`, as the
-    /// gate's rule names it (`supervise <id> (<scope>)`); `None` when no
-    /// human approved it.
-    pub fn push_approval(&self, remote: &str, refname: &str) -> Option<String> {
-        let state = self.state();
-        let now = Instant::now();
-        if let Some(g) = state
-            .git_once
-            .iter()
-            .find(|g| g.remote == remote && g.refname == refname && g.until > now)
-        {
-            return Some(format!("supervise {} (once)", g.id));
-        }
-        state
-            .grants
-            .git
-            .iter()
-            .find(|g| g.remote.as_str() == remote && g.refname.as_str() == refname)
-            .map(|g| format!("supervise {} ({})", g.id, g.scope))
-    }
-
-    /// Uses up the `once` approval of a push of `refname` through `remote`
-    /// (after the gate let that push through).
-    pub fn take_push_once(&self, remote: &str, refname: &str) {
+    /// Claims the approval that covers a push of `refname` through
+    /// `remote`: its rule as the gate names it (`supervise <id> (<scope>)`)
+    /// and, for a `once` approval, the approval itself, taken out so two
+    /// pushes at once cannot both use it ([`Supervisor::return_push`] puts
+    /// it back when the push does not land). `None` when no human approved
+    /// that push.
+    pub fn claim_push(&self, remote: &str, refname: &str) -> Option<(String, Option<PushClaim>)> {
         let mut state = self.state();
         let now = Instant::now();
         state.git_once.retain(|g| g.until > now);
@@ -477,8 +464,20 @@ impl Supervisor {
             .iter()
             .position(|g| g.remote == remote && g.refname == refname)
         {
-            state.git_once.remove(i);
+            let g = state.git_once.remove(i);
+            return Some((format!("supervise {} (once)", g.id), Some(PushClaim(g))));
         }
+        state
+            .grants
+            .git
+            .iter()
+            .find(|g| g.remote.as_str() == remote && g.refname.as_str() == refname)
+            .map(|g| (format!("supervise {} ({})", g.id, g.scope), None))
+    }
+
+    /// Puts back a `once` approval whose push did not land.
+    pub fn return_push(&self, claim: PushClaim) {
+        self.state().git_once.push(claim.0);
     }
 
     /// Takes the one-shot grant for `host:port`, if there is one.

@@ -26,7 +26,7 @@
 use super::{audit, clean, fetch, full, pkt, Body, Gate};
 use crate::log::GitRecord;
 use crate::scan::Scanner;
-use bottle_policy::{GitRemote, Oid, RefUpdate, Verdict};
+use bottle_policy::{GitRemote, Oid, PushRefusal, RefUpdate, Verdict};
 use futures_util::TryStreamExt;
 use http_body_util::BodyDataStream;
 use hyper::body::Incoming;
@@ -542,15 +542,52 @@ async fn decide<R: AsyncRead + Unpin>(
     body: &mut R,
 ) -> (Report, Verdict, String, Option<String>) {
     let name = remote.name.as_str();
-    // The refs a human approved pushing (supervise's request_git_push).
-    let approved: HashMap<String, String> = match &gate.shared.supervisor {
-        Some(sup) => cmds
-            .commands
-            .iter()
-            .filter_map(|c| Some((c.refname.clone(), sup.push_approval(name, &c.refname)?)))
-            .collect(),
-        None => HashMap::new(),
-    };
+    // The refs the ref-name rules refuse and a human approved pushing
+    // (supervise's request_git_push); a `once` approval is claimed for this
+    // push and given back unless it lands.
+    let mut claims = Vec::new();
+    let mut approved: HashMap<String, String> = HashMap::new();
+    if let Some(sup) = &gate.shared.supervisor {
+        for c in &cmds.commands {
+            let u = RefUpdate {
+                refname: c.refname.clone(),
+                old: c.old.clone(),
+                new: c.new.clone(),
+                fast_forward: true,
+            };
+            let needs = matches!(
+                remote.check_update(&u),
+                Err(PushRefusal::Protected { .. } | PushRefusal::NotPushable { .. })
+            );
+            if !needs {
+                continue;
+            }
+            if let Some((rule, claim)) = sup.claim_push(name, &c.refname) {
+                approved.insert(c.refname.clone(), rule);
+                claims.extend(claim);
+            }
+        }
+    }
+    let (report, verdict, rule, reason) = decide_claimed(gate, remote, cmds, body, &approved).await;
+    if let Some(sup) = &gate.shared.supervisor {
+        if verdict != Verdict::Allow {
+            for claim in claims {
+                sup.return_push(claim);
+            }
+        }
+    }
+    (report, verdict, rule, reason)
+}
+
+/// [`decide`] with the approvals claimed.
+async fn decide_claimed<R: AsyncRead + Unpin>(
+    gate: &Gate,
+    remote: &GitRemote,
+    cmds: &Commands,
+    body: &mut R,
+    approved: &HashMap<String, String>,
+) -> (Report, Verdict, String, Option<String>) {
+    let name = remote.name.as_str();
     let rule_of = |r: &str| {
         let mut rule = format!("git.remote \"{name}\" {r}");
         let mut by: Vec<&String> = approved.values().collect();
@@ -563,14 +600,7 @@ async fn decide<R: AsyncRead + Unpin>(
     };
     // 1. The policy, as far as it can be decided without the pack.
     let updates: Vec<(&Command, bool)> = cmds.commands.iter().map(|c| (c, true)).collect();
-    if let Some(refused) = check_all(
-        remote,
-        cmds,
-        &updates,
-        &approved,
-        HashMap::new(),
-        Vec::new(),
-    ) {
+    if let Some(refused) = check_all(remote, cmds, &updates, approved, HashMap::new(), Vec::new()) {
         return (refused.0, Verdict::Deny, rule_of("push"), refused.1);
     }
     let fail_all = |why: String, rule: String| {
@@ -640,7 +670,7 @@ async fn decide<R: AsyncRead + Unpin>(
         };
         updates.push((c, is_ancestor(gate, &q.0, cur, new).await));
     }
-    if let Some(refused) = check_all(remote, cmds, &updates, &approved, reasons, messages) {
+    if let Some(refused) = check_all(remote, cmds, &updates, approved, reasons, messages) {
         return (refused.0, Verdict::Deny, rule_of("push"), refused.1);
     }
     // 4. Secrets in the new commits.
@@ -701,13 +731,6 @@ async fn decide<R: AsyncRead + Unpin>(
             } else {
                 Verdict::Deny
             };
-            if all_ok {
-                if let Some(sup) = &gate.shared.supervisor {
-                    for refname in approved.keys() {
-                        sup.take_push_once(name, refname);
-                    }
-                }
-            }
             let rule = if all_ok {
                 rule_of("push")
             } else {
