@@ -182,6 +182,8 @@ fn init_template_parses_to_safe_defaults() {
         })
         // The commented examples replace these empty settings.
         .filter(|l| *l != "allow = []" && *l != "mounts = []")
+        // Its parent does not exist here (`extends` has its own tests).
+        .filter(|l| !l.starts_with("extends = "))
         .collect::<Vec<_>>()
         .join("\n");
     let full = ok(&uncommented);
@@ -192,6 +194,13 @@ fn init_template_parses_to_safe_defaults() {
     assert_eq!(full.git.remotes.len(), 1);
     assert_eq!(full.mounts().len(), 1);
     assert_eq!(full.agent.memory.map(Memory::bytes), Some(4 << 30));
+    assert_eq!(full.agent.provider, Provider::Claude);
+    assert_eq!(full.agent.auth(), Some(AgentAuth::AnthropicApiKey));
+    assert_eq!(
+        full.agent.env["REGION"],
+        EnvValue::Host("AWS_REGION".into())
+    );
+    assert!(INIT_TEMPLATE.contains("\n# extends = ["));
 }
 
 #[test]
