@@ -16,7 +16,9 @@
 //! the sidecar enforces with, so the CLI never accepts a rule the sidecar
 //! would read differently.
 
+mod agent;
 mod error;
+mod extends;
 mod schema;
 mod template;
 mod value;
@@ -24,6 +26,10 @@ mod value;
 #[cfg(test)]
 mod tests;
 
+pub use agent::{
+    check_auth_fits, resolve_env, resolve_env_values, AgentAuth, AgentVersion, ApiBase,
+    ApiBaseError, EnvError, EnvValue, Prompter, Provider, ResolvedEnv, TtyPrompter, VersionError,
+};
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use template::INIT_TEMPLATE;
 pub use value::{BottleName, Memory, Mount, RuntimeChoice, ValueError, RESERVED_ENV};
@@ -56,6 +62,10 @@ pub struct Config {
     /// The file this came from (absolute), or `None` for the built-in
     /// default.
     pub source: Option<PathBuf>,
+    /// Every file read to make this config (absolute), in merge order:
+    /// `extends` parents first, [`Config::source`] last. Empty for the
+    /// built-in default.
+    pub sources: Vec<PathBuf>,
     /// The directory relative paths were resolved against.
     pub dir: PathBuf,
 }
@@ -72,14 +82,25 @@ pub struct AgentConfig {
     pub workdir: String,
     /// Bind mounts; sources are absolute once loaded.
     pub mounts: Vec<Mount>,
-    /// Extra environment (never bottle's own proxy or `BOTTLE_*` variables).
-    pub env: BTreeMap<String, String>,
+    /// Extra environment (never bottle's own proxy or `BOTTLE_*` variables):
+    /// literals, `${HOST_VAR}` or `?prompt` (see [`EnvValue`]).
+    pub env: BTreeMap<String, EnvValue>,
     /// CPU limit; `None` takes [`AgentConfig::default_cpus`].
     pub cpus: Option<f64>,
     /// Memory limit; `None` takes bottle's default ([`AgentConfig::DEFAULT_MEMORY`]).
     pub memory: Option<Memory>,
     /// Process (and thread) limit; `None` takes [`AgentConfig::DEFAULT_PIDS`].
     pub pids: Option<u64>,
+    /// The agent CLI the provider image carries (`shell`: none).
+    pub provider: Provider,
+    /// The host credential the provider's API gets; `None` takes
+    /// [`Provider::default_auth`] (see [`AgentConfig::auth`]).
+    pub auth: Option<AgentAuth>,
+    /// A base URL override for the provider's API (local models).
+    pub api_base: Option<ApiBase>,
+    /// The agent CLI's package version for the provider image; `None`:
+    /// the image's default.
+    pub version: Option<AgentVersion>,
 }
 
 impl AgentConfig {
@@ -93,6 +114,12 @@ impl AgentConfig {
 
     /// Two CPUs, or every CPU of a smaller machine (runtimes refuse more
     /// than they have).
+    /// The credential the provider's API gets: `auth`, else the
+    /// provider's default (`None` for `shell`).
+    pub fn auth(&self) -> Option<AgentAuth> {
+        self.auth.or(self.provider.default_auth())
+    }
+
     pub fn default_cpus() -> f64 {
         std::thread::available_parallelism()
             .map(|n| (n.get() as f64).min(2.0))
@@ -111,6 +138,10 @@ impl Default for AgentConfig {
             cpus: None,
             memory: None,
             pids: None,
+            provider: Provider::default(),
+            auth: None,
+            api_base: None,
+            version: None,
         }
     }
 }
@@ -318,8 +349,9 @@ impl Config {
     }
 }
 
-/// Reads and checks `path`. A missing or unreadable file is an error naming
-/// the path; use [`load_dir`] to fall back to the default.
+/// Reads and checks `path` (and every file it `extends`). A missing or
+/// unreadable file is an error naming the path; use [`load_dir`] to fall
+/// back to the default.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors::io(path, e))?;
     parse(&src, path)
@@ -337,34 +369,23 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Checks `src` as the contents of `path`. `path` names the file in error
-/// messages (as given) and locates relative mount paths (its directory, made
-/// absolute against the current directory when needed).
+/// messages (as given) and locates relative mount paths and `extends`
+/// parents (its directory, made absolute against the current directory
+/// when needed). Parents are read from disk.
 pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let (root, syntax) = toml::de::DeTable::parse_recoverable(src);
-    if !syntax.is_empty() {
-        return Err(ConfigErrors::from_found(
-            src,
-            path,
-            syntax_problems(src, syntax),
-        ));
-    }
-    let found = schema::check_document(&root);
-    if !found.is_empty() {
-        return Err(ConfigErrors::from_found(src, path, found));
-    }
-    // The safety net: anything the walk let through that the typed structs
-    // refuse is still reported with its place.
-    let file: ConfigFile = toml::from_str(src).map_err(|e| {
-        let found = Found::new(
-            e.span(),
-            None,
-            ErrorKind::InvalidValue,
-            e.message().to_owned(),
-        );
+    let layers = extends::load_layers(src, path)?;
+    let merged = extends::merge(&layers);
+    // The safety net: anything the walks let through that the typed
+    // structs refuse is still reported (without a place: the tree is
+    // merged from several files).
+    let file: ConfigFile = toml::Value::Table(merged).try_into().map_err(|e| {
+        let found = Found::new(None, None, ErrorKind::InvalidValue, e.message().to_owned());
         ConfigErrors::from_found(src, path, vec![found])
     })?;
+    extends::check_merged(&layers, &file.agent)?;
 
-    let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let top = layers.last().expect("the top file is always a layer");
+    let source = top.abs.clone();
     let dir = source
         .parent()
         .map(Path::to_path_buf)
@@ -373,8 +394,15 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
     for mount in &mut agent.mounts {
         mount.resolve(&dir);
     }
+    // A parent and its child may both allow a host: keep the first.
+    let mut allow: Vec<AllowRule> = Vec::new();
+    for a in file.egress.allow {
+        if !allow.contains(&a) {
+            allow.push(a);
+        }
+    }
     let egress = EgressPolicy {
-        allow: file.egress.allow,
+        allow,
         unknown: file.egress.unknown,
         rules: file.egress.rule,
         credentials: file.egress.credential,
@@ -395,6 +423,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         supervise: file.supervise,
         sidecar: file.sidecar,
         upstream_roots,
+        sources: layers.iter().map(|l| l.abs.clone()).collect(),
         source: Some(source),
         dir,
     })
@@ -414,6 +443,7 @@ pub fn default_for_dir(dir: &Path) -> Config {
         sidecar: SidecarConfig::default(),
         upstream_roots: Vec::new(),
         source: None,
+        sources: Vec::new(),
         dir,
     }
 }

@@ -139,6 +139,7 @@ impl Classify for UpError {
         match self {
             UpError::Config(_) | UpError::Provider(_) => Exit::Usage,
             UpError::Plan(e) => e.exit(),
+            UpError::Env(_) => Exit::Usage,
             UpError::Runtime(e) => e.exit(),
             UpError::NoRuntime(e) if e.refused => Exit::Refused,
             UpError::NoRuntime(_) => Exit::Unavailable,

@@ -843,7 +843,7 @@ async fn create_all(
         let json = serde_json::to_vec(&made).unwrap_or_default();
         crate::state::write_private(&state.root().join(PLANTED), &json)?;
     }
-    let mut env = plan.agent.env.clone();
+    let mut env = plan.agent.resolved_env.0.clone();
     if plan.agent.user.is_some() && !env.contains_key("HOME") {
         // The agent runs as the mount owner's uid, which has no home in the
         // image; a writable one keeps tools that write dotfiles working.

@@ -21,7 +21,12 @@
 //!   added rule can only open more), a credential, a mount (canonical
 //!   source; a read-only mount inside an already mounted source is not more),
 //!   an upstream root (path and digest), a larger resource limit, another
-//!   image, `unknown = "ask"`.
+//!   image, `unknown = "ask"`, an `[agent] env` value newly read from the
+//!   host (`${VAR}`) or asked on the terminal (`?prompt`).
+//!
+//! The pin is taken from the plan, which is built from the RESOLVED config:
+//! a widening written in an `extends` parent is judged like one in
+//! bottle.toml itself.
 //!
 //! Consent is `--accept-changes`, or y at a terminal prompt. Narrowing needs
 //! none. The pin (`accepted.json` in the state dir) is written only after a
@@ -74,6 +79,11 @@ pub struct Pinned {
     /// `[[git.remote]]`s: where the gate may fetch from and push to.
     #[serde(default)]
     pub git: Vec<bottle_policy::GitRemote>,
+    /// `[agent] env` values read from the host (`${VAR}`) or asked on the
+    /// terminal (`?prompt`), as written: a config an agent edited could
+    /// otherwise copy any host variable into the agent.
+    #[serde(default)]
+    pub env_from_host: BTreeMap<String, String>,
 }
 
 impl Pinned {
@@ -123,6 +133,13 @@ impl Pinned {
                 .collect(),
             git: plan.policy.git.remotes.clone(),
             limits,
+            env_from_host: plan
+                .agent
+                .env
+                .iter()
+                .filter(|(_, v)| !v.is_literal())
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -143,6 +160,7 @@ impl Pinned {
     pub fn keeping_agent_of(mut self, old: &Pinned) -> Self {
         self.mounts = old.mounts.clone();
         self.image = old.image.clone();
+        self.env_from_host = old.env_from_host.clone();
         self.limits.retain(|k, _| !k.starts_with("agent."));
         for (k, v) in old.limits.iter().filter(|(k, _)| k.starts_with("agent.")) {
             self.limits.insert(k.clone(), *v);
@@ -161,6 +179,7 @@ impl Pinned {
             upstream_roots: Vec::new(),
             limits: BTreeMap::new(),
             git: Vec::new(),
+            env_from_host: BTreeMap::new(),
         }
     }
 }
@@ -312,6 +331,16 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
         }
     }
     out.extend(git_widenings(&old.git, &new.git));
+    for (k, v) in &new.env_from_host {
+        if old.env_from_host.get(k) != Some(v) {
+            let how = if v.starts_with('?') {
+                "is asked on the terminal"
+            } else {
+                "is read from the host environment"
+            };
+            out.push(format!("agent.env.{k} = \"{v}\" {how}"));
+        }
+    }
     if old.image != new.image {
         out.push(format!(
             "agent.image changes from `{}` to `{}`",
@@ -407,6 +436,7 @@ mod tests {
             upstream_roots: vec![],
             limits: BTreeMap::from([("agent.pids".into(), 2048)]),
             git: vec![],
+            env_from_host: BTreeMap::new(),
         }
     }
 

@@ -41,8 +41,14 @@ pub struct AgentPlan {
     pub image: String,
     pub command: Vec<String>,
     pub workdir: String,
-    /// User-provided environment (never secrets: those stay in the sidecar).
-    pub env: BTreeMap<String, String>,
+    /// User-provided environment as written (`${HOST_VAR}` and `?prompt`
+    /// shown as such, never their values; secrets stay in the sidecar).
+    pub env: BTreeMap<String, crate::config::EnvValue>,
+    /// The values the agent gets: the literals once planned, every value
+    /// once `up` resolved them ([`crate::config::resolve_env_values`]).
+    /// Never serialised or shown.
+    #[serde(skip)]
+    pub resolved_env: crate::config::ResolvedEnv,
     /// Canonical sources (see [`crate::mounts`]), git protections included.
     pub mounts: Vec<Mount>,
     /// Empty `.git` directories to create (owned by `uid:gid`) before the
@@ -262,6 +268,16 @@ pub fn build(
             command: cfg.agent.command.clone(),
             workdir: cfg.agent.workdir.clone(),
             env: cfg.agent.env.clone(),
+            resolved_env: crate::config::ResolvedEnv(
+                cfg.agent
+                    .env
+                    .iter()
+                    .filter_map(|(k, v)| match v {
+                        crate::config::EnvValue::Literal(s) => Some((k.clone(), s.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
             mounts: exposure.mounts,
             plant: exposure.plant,
             user: exposure.user.map(|(u, g)| format!("{u}:{g}")),

@@ -55,6 +55,9 @@ pub struct Prepared {
     /// [`execute`] refuses a plan that needs consent without it.
     pub consented: bool,
     pub verify: bool,
+    /// Answers `?prompt` values of `[agent] env` when [`execute`] resolves
+    /// them; the terminal unless a caller (a test) sets another.
+    pub prompter: Box<dyn config::Prompter>,
 }
 
 /// What a successful `up` made.
@@ -71,6 +74,8 @@ pub enum UpError {
     Config(#[from] ConfigErrors),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    Env(#[from] config::EnvError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -230,6 +235,7 @@ pub async fn prepare(
         runtime: rt,
         consented: false,
         verify: req.verify,
+        prompter: Box::new(config::TtyPrompter),
     })
 }
 
@@ -244,10 +250,11 @@ pub async fn execute(
     report: &mut Reporter,
 ) -> Result<Outcome, UpError> {
     let Prepared {
-        plan,
+        mut plan,
         runtime: rt,
         consented,
         verify,
+        mut prompter,
     } = prepared;
     let rt = rt.as_ref();
     if !plan.consent.is_empty() && !consented {
@@ -256,6 +263,13 @@ pub async fn execute(
             count: plan.consent.len(),
         });
     }
+    // `${VAR}` and `?prompt` values are read only now, after consent and
+    // before anything is built; they stay in memory.
+    plan.agent.resolved_env = config::ResolvedEnv(config::resolve_env_values(
+        &plan.agent.env,
+        host,
+        prompter.as_mut(),
+    )?);
     let images = plan
         .images
         .clone()

@@ -108,6 +108,15 @@ impl ConfigErrors {
         }
     }
 
+    /// The problems of several files (an `extends` chain) as one list, file
+    /// by file in the order given.
+    pub(crate) fn join(list: Vec<ConfigErrors>) -> Self {
+        ConfigErrors {
+            errors: list.into_iter().flat_map(|e| e.errors).collect(),
+            io: None,
+        }
+    }
+
     /// Builds the list from problems found at byte spans of `src`, sorted by
     /// position (problems at the same place keep the order they were found
     /// in).

@@ -7,6 +7,7 @@
 //! collected. Value rules themselves live in `value.rs` and in
 //! `bottle_policy`; this file only says which rule applies where.
 
+use super::agent::{AgentAuth, AgentVersion, ApiBase, Provider};
 use super::error::{ErrorKind, Found};
 use super::value::{self, RuntimeChoice, ValueError};
 use bottle_policy::{AllowRule, HostPattern};
@@ -110,6 +111,13 @@ static ROOT: TableSchema = TableSchema {
     header: "the top level",
     fields: &[
         opt("name", Kind::Str(check_name)),
+        opt(
+            "extends",
+            Kind::StrArray {
+                each: check_file_path,
+                non_empty: false,
+            },
+        ),
         opt("runtime", Kind::OneOf(&RuntimeChoice::NAMES)),
         opt("agent", Kind::Table(&AGENT)),
         opt("egress", Kind::Table(&EGRESS)),
@@ -155,6 +163,10 @@ static AGENT: TableSchema = TableSchema {
                 max: 1 << 22,
             },
         ),
+        opt("provider", Kind::OneOf(&Provider::NAMES)),
+        opt("auth", Kind::OneOf(&AgentAuth::NAMES)),
+        opt("api_base", Kind::Str(check_api_base)),
+        opt("version", Kind::Str(check_version)),
     ],
     check: Some(check_agent_table),
 };
@@ -364,6 +376,12 @@ fn check_agent_env_name(s: &str) -> Result<(), String> {
 fn check_env_value(s: &str) -> Result<(), String> {
     msg(value::check_env_value(s))
 }
+fn check_api_base(s: &str) -> Result<(), String> {
+    msg(ApiBase::parse(s))
+}
+fn check_version(s: &str) -> Result<(), String> {
+    msg(AgentVersion::parse(s))
+}
 fn check_env_name(s: &str) -> Result<(), String> {
     msg(value::check_env_name(s))
 }
@@ -374,7 +392,7 @@ fn check_file_path(s: &str) -> Result<(), String> {
     if s.trim().is_empty() {
         Err("a file path is empty".into())
     } else if s.starts_with('~') {
-        Err(format!("`{s}`: `~` is not expanded; write an absolute path or one relative to the directory holding bottle.toml"))
+        Err(format!("`{s}`: `~` is not expanded; write an absolute path or one relative to the directory holding this file"))
     } else {
         Ok(())
     }

@@ -21,6 +21,12 @@ pub const INIT_TEMPLATE: &str = r#"# bottle.toml: what the agent in this bottle 
 # `bottle up --runtime R` and $BOTTLE_RUNTIME override this.
 runtime = "auto"
 
+# Build on other config files (relative to this file's directory): their
+# tables merge under this one, later values win, and allow lists, rules,
+# credentials, mounts and git remotes add up. A parent is as trusted as this
+# file: keep it where the agent cannot write.
+# extends = ["../team/bottle-base.toml"]
+
 [agent]
 # The agent's image; `bottle up` builds it from images/agent when missing.
 image = "bottle-agent:latest"
@@ -38,11 +44,22 @@ workdir = "/workspace"
 # mounts = ["./:/workspace:rw"]
 mounts = []
 
+# The agent CLI in the provider image: "claude", "codex", or "shell" (none,
+# the default); which host credential its API gets; a base URL for a local
+# model (a host NAME, reached through the sidecar; allow it in [egress]); the
+# CLI's version.
+# provider = "claude"
+# auth = "ANTHROPIC_API_KEY"        # or "CLAUDE_CODE_OAUTH_TOKEN"; codex: "OPENAI_API_KEY" or "codex-login"
+# api_base = "http://llm.example:8080/v1"
+# version = "2.0.14"
+
 # Extra environment variables for the agent. bottle sets HTTP_PROXY,
 # HTTPS_PROXY, NO_PROXY, ALL_PROXY and BOTTLE_* itself; those are refused here.
+# A value "${NAME}" is read from the host at `bottle up`; "?text" is asked at
+# the terminal; "??x" is the literal "?x".
 # Do not put secrets here: the agent can read its whole environment. Use
 # [[egress.credential]] below instead.
-# env = { EDITOR = "vi" }
+# env = { EDITOR = "vi", REGION = "${AWS_REGION}" }
 
 # Resource limits; unset means the runtime's default.
 # cpus = 2            # a positive number; fractions such as 0.5 are fine

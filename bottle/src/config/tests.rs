@@ -4,6 +4,7 @@
 
 use super::*;
 use bottle_policy::{HostPattern, Unknown, Verdict};
+use std::collections::BTreeMap;
 
 const PATH: &str = "/proj/bottle.toml";
 
@@ -53,7 +54,10 @@ fn example_parses() {
     assert_eq!(c.agent.image, "bottle-agent:latest");
     assert_eq!(c.agent.command, ["sleep", "infinity"]);
     assert_eq!(c.agent.workdir, "/workspace");
-    assert_eq!(c.agent.env.get("EDITOR").map(String::as_str), Some("vi"));
+    assert_eq!(
+        c.agent.env.get("EDITOR"),
+        Some(&EnvValue::Literal("vi".into()))
+    );
     assert_eq!(c.agent.cpus, Some(2.0));
     assert_eq!(c.agent.memory.map(Memory::bytes), Some(4 << 30));
     assert_eq!(
@@ -178,6 +182,8 @@ fn init_template_parses_to_safe_defaults() {
         })
         // The commented examples replace these empty settings.
         .filter(|l| *l != "allow = []" && *l != "mounts = []")
+        // Its parent does not exist here (`extends` has its own tests).
+        .filter(|l| !l.starts_with("extends = "))
         .collect::<Vec<_>>()
         .join("\n");
     let full = ok(&uncommented);
@@ -188,6 +194,13 @@ fn init_template_parses_to_safe_defaults() {
     assert_eq!(full.git.remotes.len(), 1);
     assert_eq!(full.mounts().len(), 1);
     assert_eq!(full.agent.memory.map(Memory::bytes), Some(4 << 30));
+    assert_eq!(full.agent.provider, Provider::Claude);
+    assert_eq!(full.agent.auth(), Some(AgentAuth::AnthropicApiKey));
+    assert_eq!(
+        full.agent.env["REGION"],
+        EnvValue::Host("AWS_REGION".into())
+    );
+    assert!(INIT_TEMPLATE.contains("\n# extends = ["));
 }
 
 #[test]
@@ -349,13 +362,14 @@ fn unknown_keys_name_the_key_suggest_and_list() {
     );
     assert_eq!(
         e.message,
-        "unknown key `imgae`; did you mean `image`? ([agent] allows: image, command, workdir, mounts, env, cpus, memory, pids)"
+        "unknown key `imgae`; did you mean `image`? ([agent] allows: image, command, workdir, mounts, env, cpus, memory, pids, provider, auth, api_base, version)"
     );
     let e = one("[agnet]\n", 1, 2, "agnet", ErrorKind::UnknownKey);
     assert!(e.message.contains("did you mean `agent`?"), "{e}");
     assert!(
-        e.message
-            .contains("the top level allows: name, runtime, agent, egress, git, supervise"),
+        e.message.contains(
+            "the top level allows: name, extends, runtime, agent, egress, git, supervise"
+        ),
         "{e}"
     );
     let e = one("image = \"x\"\n", 1, 1, "image", ErrorKind::UnknownKey);
@@ -994,4 +1008,679 @@ fn limits_out_of_range_are_placed_errors() {
     assert!(e.message.contains("a whole number from 1 to 86400"), "{e}");
     let all = errs("[sidecar]\nmax_connections = 0\nhandshake_timeout = -3\nbogus = 1\n");
     assert_eq!(all.len(), 3, "{all:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// [agent] provider, auth, api_base, version
+
+#[test]
+fn agent_provider_keys_load_typed() {
+    let c = ok(r#"
+[agent]
+provider = "claude"
+auth = "CLAUDE_CODE_OAUTH_TOKEN"
+api_base = "https://llm.internal:8443/v1"
+version = "2.0.14"
+"#);
+    assert_eq!(c.agent.provider, Provider::Claude);
+    assert_eq!(c.agent.auth(), Some(AgentAuth::ClaudeCodeOauthToken));
+    let base = c.agent.api_base.clone().unwrap();
+    assert_eq!(
+        (
+            base.scheme.as_str(),
+            base.host.as_str(),
+            base.port,
+            base.path.as_str()
+        ),
+        ("https", "llm.internal", Some(8443), "/v1")
+    );
+    assert_eq!(base.to_string(), "https://llm.internal:8443/v1");
+    assert_eq!(
+        c.agent.version.as_ref().map(AgentVersion::as_str),
+        Some("2.0.14")
+    );
+    // Serialised lower-case / as written, for --json.
+    let json = serde_json::to_value(&c.agent).unwrap();
+    assert_eq!(json["provider"], "claude");
+    assert_eq!(json["auth"], "CLAUDE_CODE_OAUTH_TOKEN");
+    assert_eq!(json["api_base"], "https://llm.internal:8443/v1");
+
+    // Defaults: shell without auth; claude and codex take their API key.
+    assert_eq!(ok("").agent.provider, Provider::Shell);
+    assert_eq!(ok("").agent.auth(), None);
+    let claude = ok("[agent]\nprovider = \"claude\"\n");
+    assert_eq!(claude.agent.auth(), Some(AgentAuth::AnthropicApiKey));
+    let codex = ok("[agent]\nprovider = \"codex\"\n");
+    assert_eq!(codex.agent.auth(), Some(AgentAuth::OpenaiApiKey));
+    let login = ok("[agent]\nprovider = \"codex\"\nauth = \"codex-login\"\n");
+    assert_eq!(login.agent.auth(), Some(AgentAuth::CodexLogin));
+    assert_eq!(AgentAuth::CodexLogin.host_var(), None);
+    for v in [
+        "1",
+        "2.0.14-beta.1",
+        "1.0.0+build.5",
+        "latest",
+        &"9".repeat(64),
+    ] {
+        assert!(AgentVersion::parse(v).is_ok(), "{v}");
+    }
+    let plain = ok("[agent]\napi_base = \"http://ollama\"\n");
+    assert_eq!(plain.agent.api_base.unwrap().to_string(), "http://ollama");
+}
+
+#[test]
+fn agent_provider_refusals_are_placed() {
+    let e = one(
+        "[agent]\nprovider = \"gemini\"\n",
+        2,
+        12,
+        "agent.provider",
+        ErrorKind::InvalidValue,
+    );
+    assert!(
+        e.message.contains("\"claude\", \"codex\", \"shell\""),
+        "{e}"
+    );
+    let e = one(
+        "[agent]\nprovider = \"Claude\"\n",
+        2,
+        12,
+        "agent.provider",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("did you mean `claude`?"), "{e}");
+    let e = one(
+        "[agent]\nauth = \"GITHUB_TOKEN\"\n",
+        2,
+        8,
+        "agent.auth",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("\"codex-login\""), "{e}");
+
+    // auth must fit the provider.
+    let e = one(
+        "[agent]\nauth = \"ANTHROPIC_API_KEY\"\n",
+        2,
+        8,
+        "agent.auth",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("provider is \"shell\""), "{e}");
+    assert!(
+        e.message
+            .contains("set provider = \"claude\" or \"codex\", or remove auth"),
+        "{e}"
+    );
+    let e = one(
+        "[agent]\nprovider = \"claude\"\nauth = \"OPENAI_API_KEY\"\n",
+        3,
+        8,
+        "agent.auth",
+        ErrorKind::InvalidValue,
+    );
+    assert_eq!(
+        e.message,
+        "`OPENAI_API_KEY` does not fit provider \"claude\"; claude takes \"ANTHROPIC_API_KEY\" or \"CLAUDE_CODE_OAUTH_TOKEN\""
+    );
+    let e = one(
+        "[agent]\nprovider = \"codex\"\nauth = \"CLAUDE_CODE_OAUTH_TOKEN\"\n",
+        3,
+        8,
+        "agent.auth",
+        ErrorKind::InvalidValue,
+    );
+    assert!(
+        e.message
+            .contains("codex takes \"OPENAI_API_KEY\" or \"codex-login\""),
+        "{e}"
+    );
+
+    for (bad, says) in [
+        ("ftp://llm/v1", "starts with https:// or http://"),
+        ("llm.internal", "starts with https:// or http://"),
+        ("https://u:p@llm/v1", "cannot carry a user or password"),
+        ("https://llm/v1?k=1", "without a query or fragment"),
+        ("https://llm/v1#x", "without a query or fragment"),
+        ("http://127.0.0.1:11434", "never by host address"),
+        ("http://[::1]:11434/v1", "never by host address"),
+        ("http://10.0.0.7", "never by host address"),
+        ("https://*.example.com", "a wildcard names no one host"),
+        ("https://ll_m/v1", "ll_m"),
+        ("https://llm:0/v1", "port is a number"),
+        ("https://llm:99999", "port is a number"),
+        ("https://llm/a b", "percent-encode"),
+    ] {
+        let src = format!("[agent]\napi_base = \"{bad}\"\n");
+        let e = one(&src, 2, 12, "agent.api_base", ErrorKind::InvalidValue);
+        assert!(e.message.contains(says), "{bad}: {e}");
+    }
+    for bad in ["", "-1", "1.0 ", "1;rm", "1.0/x", "a$b", &"1".repeat(65)] {
+        let src = format!("[agent]\nversion = \"{bad}\"\n");
+        let e = one(&src, 2, 11, "agent.version", ErrorKind::InvalidValue);
+        assert!(e.message.contains("is not a version"), "{bad:?}: {e}");
+    }
+    one(
+        "[agent]\nversion = 2\n",
+        2,
+        11,
+        "agent.version",
+        ErrorKind::WrongType,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// extends
+
+/// Writes `files` (name, contents) into a fresh directory.
+fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, src) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, src).unwrap();
+    }
+    dir
+}
+
+fn load_errs(path: &Path) -> Vec<ConfigError> {
+    match load(path) {
+        Ok(_) => panic!("expected errors loading {}", path.display()),
+        Err(e) => e.errors().to_vec(),
+    }
+}
+
+#[test]
+fn extends_merges_a_two_level_chain() {
+    let t = tree(&[
+        (
+            "base/root.toml",
+            r#"
+[agent]
+image = "root:1"
+cpus = 1
+mounts = ["./data:/data:ro"]
+env = { A = "root", B = "root" }
+
+[egress]
+allow = ["a.example.com", "shared.example.com"]
+upstream_roots = ["ca.pem"]
+"#,
+        ),
+        (
+            "base/mid.toml",
+            r#"
+extends = ["root.toml"]
+[agent]
+image = "mid:1"
+env = { B = "mid", C = "mid" }
+[egress]
+allow = ["b.example.com"]
+unknown = "ask"
+[[egress.rule]]
+host = "b.example.com"
+methods = ["GET"]
+"#,
+        ),
+        (
+            "proj/bottle.toml",
+            r#"
+name = "child"
+extends = ["../base/mid.toml"]
+[agent]
+cpus = 2
+mounts = ["./:/workspace"]
+env = { C = "child" }
+[egress]
+allow = ["c.example.com", "shared.example.com"]
+[[egress.rule]]
+host = "c.example.com"
+"#,
+        ),
+    ]);
+    let root = std::fs::canonicalize(t.path()).unwrap();
+    let c = load(&root.join("proj/bottle.toml")).unwrap();
+    assert_eq!(c.name(), "child");
+    // Later wins for scalars.
+    assert_eq!(c.agent.image, "mid:1");
+    assert_eq!(c.agent.cpus, Some(2.0));
+    // Tables merge key by key, child wins.
+    let env: Vec<(String, String)> = c
+        .agent
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("A".into(), "root".into()),
+            ("B".into(), "mid".into()),
+            ("C".into(), "child".into())
+        ]
+    );
+    assert_eq!(c.egress.unknown, Unknown::Ask);
+    // Arrays concatenate parent first, duplicate allows removed.
+    let allow: Vec<String> = c.egress.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        allow,
+        [
+            "a.example.com",
+            "shared.example.com",
+            "b.example.com",
+            "c.example.com"
+        ]
+    );
+    let rules: Vec<String> = c.egress.rules.iter().map(|r| r.host.to_string()).collect();
+    assert_eq!(rules, ["b.example.com", "c.example.com"]);
+    // Relative paths resolve against the file that wrote them.
+    let mounts: Vec<String> = c.mounts().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        mounts,
+        [
+            format!("{}:/data:ro", root.join("base/data").display()),
+            format!("{}:/workspace:rw", root.join("proj").display()),
+        ]
+    );
+    assert_eq!(c.upstream_roots, [root.join("base/ca.pem")]);
+    // Every file read, parents first; `source` stays the top file.
+    assert_eq!(
+        c.sources,
+        [
+            root.join("base/root.toml"),
+            root.join("base/mid.toml"),
+            root.join("proj/bottle.toml")
+        ]
+    );
+    assert_eq!(c.source, Some(root.join("proj/bottle.toml")));
+    assert_eq!(c.dir, root.join("proj"));
+}
+
+#[test]
+fn extends_lists_parents_in_order_and_reads_a_diamond_once() {
+    let t = tree(&[
+        ("common.toml", "[egress]\nallow = [\"common.example\"]\n"),
+        (
+            "a.toml",
+            "extends = [\"common.toml\"]\n[egress]\nallow = [\"a.example\"]\n[agent]\nimage = \"a\"\n",
+        ),
+        (
+            "b.toml",
+            "extends = [\"common.toml\"]\n[egress]\nallow = [\"b.example\"]\n[agent]\nimage = \"b\"\n",
+        ),
+        ("bottle.toml", "extends = [\"a.toml\", \"b.toml\"]\n"),
+    ]);
+    let c = load(&t.path().join("bottle.toml")).unwrap();
+    let allow: Vec<String> = c.egress.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(allow, ["common.example", "a.example", "b.example"]);
+    // b.toml is later than a.toml.
+    assert_eq!(c.agent.image, "b");
+    assert_eq!(c.sources.len(), 4);
+}
+
+#[test]
+fn extends_cycles_show_the_chain() {
+    let t = tree(&[
+        ("a.toml", "extends = [\"b.toml\"]\n"),
+        ("b.toml", "\n\nextends = [\"a.toml\"]\n"),
+        ("self.toml", "extends = [\"self.toml\"]\n"),
+    ]);
+    let a = t.path().join("a.toml");
+    let b = t.path().join("b.toml");
+    let all = load_errs(&a);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let e = &all[0];
+    assert_eq!(
+        (e.file.clone(), e.line, e.column, e.key.as_deref()),
+        (b.clone(), Some(3), Some(12), Some("extends[0]"))
+    );
+    assert!(
+        e.message.contains(&format!(
+            "{} -> {} -> {}",
+            a.display(),
+            b.display(),
+            a.display()
+        )),
+        "{e}"
+    );
+    let me = t.path().join("self.toml");
+    let all = load_errs(&me);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0]
+            .message
+            .contains(&format!("{} -> {}", me.display(), me.display())),
+        "{}",
+        all[0]
+    );
+    assert_eq!((all[0].line, all[0].column), (Some(1), Some(12)));
+}
+
+#[test]
+fn a_missing_parent_names_both_files() {
+    let t = tree(&[(
+        "bottle.toml",
+        "name = \"x\"\nextends = [\"nope/base.toml\"]\n",
+    )]);
+    let top = t.path().join("bottle.toml");
+    let all = load_errs(&top);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let e = &all[0];
+    assert_eq!(
+        (e.file.clone(), e.line, e.column, e.key.as_deref(), e.kind),
+        (
+            top.clone(),
+            Some(2),
+            Some(12),
+            Some("extends[0]"),
+            ErrorKind::Io
+        )
+    );
+    assert!(
+        e.message.contains(&format!(
+            "cannot read {} (extended by {})",
+            t.path().join("nope/base.toml").display(),
+            top.display()
+        )),
+        "{e}"
+    );
+    assert!(e.message.contains("fix the path"), "{e}");
+}
+
+#[test]
+fn errors_in_a_parent_carry_the_parents_path_and_line() {
+    let t = tree(&[
+        (
+            "base.toml",
+            "[agent]\nimage = \"x\"\nimgae = \"y\"\n[egress]\nallow = [\"http://x\"]\n",
+        ),
+        (
+            "bottle.toml",
+            "extends = [\"base.toml\"]\n[agent]\ncpus = 0\n",
+        ),
+    ]);
+    let base = t.path().join("base.toml");
+    let top = t.path().join("bottle.toml");
+    let all = load_errs(&top);
+    let got: Vec<(PathBuf, Option<usize>, Option<&str>)> = all
+        .iter()
+        .map(|e| (e.file.clone(), e.line, e.key.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (base.clone(), Some(3), Some("agent.imgae")),
+            (base.clone(), Some(5), Some("egress.allow[0]")),
+            (top.clone(), Some(3), Some("agent.cpus")),
+        ],
+        "{all:#?}"
+    );
+    assert_eq!(all[0].kind, ErrorKind::UnknownKey);
+}
+
+#[test]
+fn a_parent_cannot_name_the_bottle_or_clash_with_its_child() {
+    let t = tree(&[
+        (
+            "base.toml",
+            "name = \"shared\"\n[agent]\nmounts = [\"/a:/data\"]\n[[git.remote]]\nname = \"app\"\nupstream = \"https://github.com/acme/app.git\"\n",
+        ),
+        ("bottle.toml", "extends = [\"base.toml\"]\n"),
+        (
+            "ok-base.toml",
+            "[agent]\nmounts = [\"/a:/data\"]\nprovider = \"claude\"\n[[git.remote]]\nname = \"app\"\nupstream = \"https://github.com/acme/app.git\"\n",
+        ),
+        (
+            "clash.toml",
+            "extends = [\"ok-base.toml\"]\n[agent]\nmounts = [\"/b:/data/\"]\nauth = \"CLAUDE_CODE_OAUTH_TOKEN\"\n[[git.remote]]\nname = \"app\"\nupstream = \"https://github.com/acme/other.git\"\n",
+        ),
+        (
+            "unfit.toml",
+            "extends = [\"ok-base.toml\"]\n[agent]\nauth = \"OPENAI_API_KEY\"\n",
+        ),
+    ]);
+    let all = load_errs(&t.path().join("bottle.toml"));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(
+        (all[0].file.clone(), all[0].line, all[0].key.as_deref()),
+        (t.path().join("base.toml"), Some(1), Some("name"))
+    );
+    assert!(all[0].message.contains("set `name` in the extending file"));
+
+    // A parent's provider makes a child's auth fit; duplicates across files
+    // are placed in the later file.
+    let clash = t.path().join("clash.toml");
+    let all = load_errs(&clash);
+    let got: Vec<(Option<usize>, Option<&str>)> =
+        all.iter().map(|e| (e.line, e.key.as_deref())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(3), Some("agent.mounts[0]")),
+            (Some(6), Some("git.remote[0]"))
+        ],
+        "{all:#?}"
+    );
+    assert!(all[0]
+        .message
+        .contains("`/data` is also in agent.mounts of"));
+    assert!(all[1].message.contains("remote names must be unique"));
+    let unfit = load_errs(&t.path().join("unfit.toml"));
+    assert_eq!(unfit.len(), 1, "{unfit:#?}");
+    assert_eq!(
+        (unfit[0].line, unfit[0].column, unfit[0].key.as_deref()),
+        (Some(3), Some(8), Some("agent.auth"))
+    );
+    assert!(unfit[0]
+        .message
+        .contains("does not fit provider \"claude\""));
+}
+
+/// The pin is taken from the plan of the RESOLVED config, so an `extends`
+/// parent that widens egress (or reads a host variable) needs consent like
+/// bottle.toml itself.
+#[test]
+fn a_widening_parent_is_a_widening_for_the_pin() {
+    let t = tree(&[
+        ("base.toml", "[egress]\nallow = [\"api.anthropic.com\"]\n"),
+        (
+            "proj/bottle.toml",
+            "name = \"p\"\nextends = [\"../base.toml\"]\n",
+        ),
+    ]);
+    let root = std::fs::canonicalize(t.path()).unwrap();
+    let host = crate::host::Host::fixed(root.join("state"), vec![], BTreeMap::new());
+    let pinned = || {
+        let c = load(&root.join("proj/bottle.toml")).unwrap();
+        let plan = crate::plan::build(
+            &host,
+            &c,
+            "bottle.toml",
+            None,
+            bottle_runtimes::RuntimeKind::Docker,
+            &crate::mounts::Grants::default(),
+        )
+        .unwrap();
+        crate::pin::Pinned::of(&plan)
+    };
+    let before = pinned();
+    assert!(crate::pin::widenings(&before, &before).is_empty());
+    std::fs::write(
+        root.join("base.toml"),
+        "[egress]\nallow = [\"api.anthropic.com\", \"evil.example\"]\n[agent]\nenv = { T = \"${GITHUB_TOKEN}\", Q = \"?Region\" }\n",
+    )
+    .unwrap();
+    let after = pinned();
+    let w = crate::pin::widenings(&before, &after);
+    assert_eq!(
+        w,
+        [
+            "egress.allow gains `evil.example`",
+            "agent.env.Q = \"?Region\" is asked on the terminal",
+            "agent.env.T = \"${GITHUB_TOKEN}\" is read from the host environment",
+        ]
+    );
+    // Going back is a narrowing: silent.
+    assert!(crate::pin::widenings(&after, &before).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// env value forms
+
+/// Answers prompts from a list, recording what was asked.
+struct Answers {
+    answers: Vec<&'static str>,
+    asked: Vec<(String, String)>,
+}
+
+impl Prompter for Answers {
+    fn ask(&mut self, var: &str, text: &str) -> Result<String, EnvError> {
+        self.asked.push((var.into(), text.into()));
+        Ok(self.answers.remove(0).to_owned())
+    }
+}
+
+/// A prompter for a run without a terminal.
+struct NoTerminal;
+
+impl Prompter for NoTerminal {
+    fn ask(&mut self, var: &str, _: &str) -> Result<String, EnvError> {
+        Err(EnvError::NoTty { var: var.into() })
+    }
+}
+
+fn fixed_host(vars: &[(&str, &str)]) -> crate::host::Host {
+    crate::host::Host::fixed(
+        "/nonexistent/state".into(),
+        vec![],
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+#[test]
+fn env_value_forms_parse_and_show_as_written() {
+    for (written, value) in [
+        ("${HOST_VAR}", EnvValue::Host("HOST_VAR".into())),
+        ("${_X1}", EnvValue::Host("_X1".into())),
+        ("?Your region", EnvValue::Prompt("Your region".into())),
+        ("?", EnvValue::Prompt(String::new())),
+        ("??x", EnvValue::Literal("?x".into())),
+        ("a $HOME b", EnvValue::Literal("a $HOME b".into())),
+        ("${lower}", EnvValue::Literal("${lower}".into())),
+        ("${A-B}", EnvValue::Literal("${A-B}".into())),
+        ("x${A}", EnvValue::Literal("x${A}".into())),
+        ("${A}x", EnvValue::Literal("${A}x".into())),
+        ("", EnvValue::Literal(String::new())),
+    ] {
+        assert_eq!(EnvValue::parse(written), value, "{written}");
+        assert_eq!(value.to_string(), written, "{value:?} shows as written");
+    }
+    let c = ok("[agent]\nenv = { A = \"${HOST_A}\", B = \"?B please\", C = \"??c\" }\n");
+    assert_eq!(c.agent.env["A"], EnvValue::Host("HOST_A".into()));
+    assert_eq!(c.agent.env["B"], EnvValue::Prompt("B please".into()));
+    assert_eq!(c.agent.env["C"], EnvValue::Literal("?c".into()));
+    // Reserved names stay refused whatever the form.
+    for form in ["${X}", "?p", "v"] {
+        let src = format!("[agent]\nenv = {{ HTTP_PROXY = \"{form}\" }}\n");
+        one(&src, 2, 9, "agent.env.HTTP_PROXY", ErrorKind::InvalidValue);
+        let src = format!("[agent]\nenv = {{ BOTTLE_X = \"{form}\" }}\n");
+        one(&src, 2, 9, "agent.env.BOTTLE_X", ErrorKind::InvalidValue);
+    }
+}
+
+#[test]
+fn env_resolves_from_the_host_and_the_prompter() {
+    let c = ok(
+        "[agent]\nenv = { LIT = \"v\", FROM = \"${SECRET_SRC}\", ASKED = \"?Your region\", Q = \"??q\" }\n",
+    );
+    let host = fixed_host(&[("SECRET_SRC", "s3cr3t-value")]);
+    let mut p = Answers {
+        answers: vec!["eu-west"],
+        asked: vec![],
+    };
+    let env = resolve_env(&c.agent, &host, &mut p).unwrap();
+    assert_eq!(
+        env,
+        BTreeMap::from([
+            ("ASKED".to_string(), "eu-west".to_string()),
+            ("FROM".into(), "s3cr3t-value".into()),
+            ("LIT".into(), "v".into()),
+            ("Q".into(), "?q".into()),
+        ])
+    );
+    assert_eq!(p.asked, [("ASKED".to_string(), "Your region".to_string())]);
+
+    // Unset host variable: named, with the fix.
+    let mut p = Answers {
+        answers: vec!["eu-west"],
+        asked: vec![],
+    };
+    let e = resolve_env(&c.agent, &fixed_host(&[]), &mut p).unwrap_err();
+    assert!(
+        matches!(&e, EnvError::HostUnset { var, host_var } if var == "FROM" && host_var == "SECRET_SRC")
+    );
+    let m = e.to_string();
+    assert!(m.contains("the host variable SECRET_SRC is not set"), "{m}");
+    assert!(m.contains("fix: export SECRET_SRC"), "{m}");
+
+    // No terminal: named, with the fix.
+    let e = resolve_env(&c.agent, &host, &mut NoTerminal).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        matches!(&e, EnvError::NoTty { var } if var == "ASKED"),
+        "{m}"
+    );
+    assert!(
+        m.contains("set it in the host environment and use \"${VAR}\""),
+        "{m}"
+    );
+    // A usage error (exit 2).
+    use crate::exit::Classify as _;
+    assert_eq!(crate::up::UpError::from(e).exit(), crate::exit::Exit::Usage);
+}
+
+#[test]
+fn the_plan_never_shows_a_resolved_value() {
+    let c =
+        ok("[agent]\nenv = { FROM = \"${SECRET_SRC}\", ASKED = \"?Region\", LIT = \"plain\" }\n");
+    let host = fixed_host(&[("SECRET_SRC", "s3cr3t-value")]);
+    let mut plan = crate::plan::build(
+        &host,
+        &c,
+        "bottle.toml",
+        None,
+        bottle_runtimes::RuntimeKind::Docker,
+        &crate::mounts::Grants::default(),
+    )
+    .unwrap();
+    // Planned: literals only.
+    assert_eq!(
+        plan.agent.resolved_env.0,
+        BTreeMap::from([("LIT".to_string(), "plain".to_string())])
+    );
+    let mut p = Answers {
+        answers: vec!["typed-answer"],
+        asked: vec![],
+    };
+    plan.agent.resolved_env =
+        ResolvedEnv(resolve_env_values(&plan.agent.env, &host, &mut p).unwrap());
+    assert_eq!(plan.agent.resolved_env.0["FROM"], "s3cr3t-value");
+    let text = crate::plan::render(&plan);
+    let json = serde_json::to_string(&plan).unwrap();
+    let debug = format!("{plan:?}");
+    let pin = serde_json::to_string(&crate::pin::Pinned::of(&plan)).unwrap();
+    for (what, shown) in [
+        ("text", &text),
+        ("json", &json),
+        ("debug", &debug),
+        ("pin", &pin),
+    ] {
+        assert!(!shown.contains("s3cr3t-value"), "{what}: {shown}");
+        assert!(!shown.contains("typed-answer"), "{what}: {shown}");
+    }
+    assert!(json.contains("\"FROM\":\"${SECRET_SRC}\""), "{json}");
+    assert!(json.contains("\"ASKED\":\"?Region\""), "{json}");
+    assert!(text.contains("env         FROM"), "{text}");
 }
