@@ -117,9 +117,10 @@ pub enum Command {
     /// first, unless the bottle runs already); the bottle is removed when
     /// the CLI ends, unless --keep.
     Run {
-        /// claude, codex or shell.
-        #[arg(value_enum, default_value = "shell")]
-        agent: AgentArg,
+        /// claude, codex or shell (default: `[agent] provider` of the
+        /// config, else shell).
+        #[arg(value_enum)]
+        agent: Option<AgentArg>,
         #[command(flatten)]
         up: UpArgs,
         /// Keep the bottle when the CLI ends (`bottle resume NAME` returns).
@@ -401,7 +402,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 .as_deref()
                 .map(crate::run::snapshot_image)
                 .transpose()?;
-            run_agent(up, agent.into(), mode, keep, image).await
+            run_agent(up, agent.map(Into::into), mode, keep, image).await
         }
         Command::Snapshot { name, tag, json } => {
             let host = Host::from_env()?;
@@ -902,7 +903,7 @@ async fn bring_up(
 /// removed at the end when `run` made it and `keep` is off.
 async fn run_agent(
     args: UpArgs,
-    provider: crate::provider::Provider,
+    provider: Option<crate::provider::Provider>,
     mode: crate::provider::Mode,
     keep: bool,
     image: Option<String>,
@@ -912,7 +913,11 @@ async fn run_agent(
     let mut report = Reporter::new(args.quiet || args.json);
     let dry_run = args.dry_run;
     // A running bottle of that name is reused as it is.
-    let name = up::bottle_name(args.file.as_deref(), args.name.as_deref())?;
+    let (name, cfg) = up::bottle_name(args.file.as_deref(), args.name.as_deref())?;
+    let provider = provider.unwrap_or(cfg.agent.provider);
+    let needs = up::provider_additions(&cfg, provider)
+        .map_err(UpError::from)?
+        .map(|a| a.allow);
     let existing = match connect(crate::reload::runtime_of(&host, &name)).await {
         Ok(rt) => crate::run::running_agent(rt.as_ref(), &name)
             .await
@@ -925,7 +930,7 @@ async fn run_agent(
             if image.is_some() {
                 return Err(crate::run::RunError::FromRunning { name }.into());
             }
-            crate::run::check_reuse(&host.state.bottle(&name), &name, provider)?;
+            crate::run::check_reuse(&host.state.bottle(&name), &name, provider, needs.as_ref())?;
             report.step(&format!(
                 "bottle `{name}` is running; starting {} in it",
                 provider.as_str()
@@ -990,11 +995,8 @@ async fn resume(name: &str, args: Vec<String>) -> Result<i32, CliError> {
     let state = host.state.bottle(name);
     let session = crate::run::load(&state)
         .ok_or_else(|| crate::run::RunError::NoSession { name: name.into() })?;
-    let provider = match session.provider.as_str() {
-        "claude" => crate::provider::Provider::Claude,
-        "codex" => crate::provider::Provider::Codex,
-        _ => crate::provider::Provider::Shell,
-    };
+    let provider = crate::provider::Provider::parse(&session.provider)
+        .unwrap_or(crate::provider::Provider::Shell);
     let rt = connect(crate::reload::runtime_of(&host, name)).await?;
     let mode = crate::provider::Mode::Resume { args };
     let code = crate::run::start(rt.as_ref(), name, provider, &mode).await?;

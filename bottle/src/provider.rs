@@ -16,92 +16,37 @@
 //!
 //! `shell` is no provider: a plain shell in the agent image.
 
+pub use crate::config::Provider;
+use crate::config::{AgentAuth, ApiBase, EnvValue};
 use bottle_policy::{AllowRule, AuthScheme, CredentialHeader, CredentialRule, HostPattern};
-use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// The agent CLI a bottle runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Claude,
-    Codex,
-    Shell,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Claude => "claude",
-            Provider::Codex => "codex",
-            Provider::Shell => "shell",
-        }
-    }
-
-    /// The API host the CLI talks to by default.
-    pub fn api_host(self) -> Option<&'static str> {
-        match self {
-            Provider::Claude => Some("api.anthropic.com"),
-            Provider::Codex => Some("api.openai.com"),
-            Provider::Shell => None,
-        }
+/// The API host `provider`'s CLI talks to by default.
+pub fn api_host(provider: Provider) -> Option<&'static str> {
+    match provider {
+        Provider::Claude => Some("api.anthropic.com"),
+        Provider::Codex => Some("api.openai.com"),
+        Provider::Shell => None,
     }
 }
 
-/// The host credential the provider's API gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Auth {
-    AnthropicApiKey,
-    ClaudeOauthToken,
-    OpenaiApiKey,
-}
-
-impl Auth {
-    /// The host variable read at `up` (and the agent's placeholder's name).
-    pub fn var(self) -> &'static str {
-        match self {
-            Auth::AnthropicApiKey => "ANTHROPIC_API_KEY",
-            Auth::ClaudeOauthToken => "CLAUDE_CODE_OAUTH_TOKEN",
-            Auth::OpenaiApiKey => "OPENAI_API_KEY",
-        }
-    }
-
-    /// The default for `provider`.
-    pub fn default_for(provider: Provider) -> Option<Auth> {
-        match provider {
-            Provider::Claude => Some(Auth::AnthropicApiKey),
-            Provider::Codex => Some(Auth::OpenaiApiKey),
-            Provider::Shell => None,
-        }
-    }
-
-    /// The header (and scheme) the API reads the credential from.
-    fn header(self) -> (&'static str, Option<&'static str>) {
-        match self {
-            Auth::AnthropicApiKey => ("x-api-key", None),
-            Auth::ClaudeOauthToken | Auth::OpenaiApiKey => ("authorization", Some("Bearer")),
-        }
-    }
-
-    /// What the placeholder starts with, so a CLI that checks the shape of
-    /// its key accepts it.
-    pub fn placeholder_prefix(var: &str) -> Option<&'static str> {
-        match var {
-            "ANTHROPIC_API_KEY" => Some("sk-ant-api03-"),
-            "CLAUDE_CODE_OAUTH_TOKEN" => Some("sk-ant-oat01-"),
-            "OPENAI_API_KEY" => Some("sk-proj-"),
-            _ => None,
-        }
+/// The header (and scheme) the API reads `auth` from.
+fn header(auth: AgentAuth) -> (&'static str, Option<&'static str>) {
+    match auth {
+        AgentAuth::AnthropicApiKey => ("x-api-key", None),
+        _ => ("authorization", Some("Bearer")),
     }
 }
 
-/// Where the API is: the provider's host, or `[agent] api_base`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Api {
-    /// `https://host[:port][/path]`.
-    pub base: Option<String>,
-    pub host: String,
-    pub port: Option<u16>,
+/// What a placeholder for `var` starts with, so a CLI that checks the
+/// shape of its key accepts it.
+pub fn placeholder_prefix(var: &str) -> Option<&'static str> {
+    match var {
+        "ANTHROPIC_API_KEY" => Some("sk-ant-api03-"),
+        "CLAUDE_CODE_OAUTH_TOKEN" => Some("sk-ant-oat01-"),
+        "OPENAI_API_KEY" => Some("sk-proj-"),
+        _ => None,
+    }
 }
 
 /// What a provider adds to a bottle.
@@ -115,45 +60,27 @@ pub struct Additions {
 /// Why a provider cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("[agent] provider = \"{provider}\" cannot use auth = \"{auth}\"\n  fix: {fix}")]
-    AuthMismatch {
-        provider: &'static str,
-        auth: &'static str,
-        fix: &'static str,
-    },
+    #[error("[agent] auth = \"codex-login\" (the host's Codex login) is not supported yet\n  fix: use auth = \"OPENAI_API_KEY\" with the key in the host environment")]
+    CodexLogin,
     #[error("[agent] api_base host `{0}` is not a host bottle can allow: {1}\n  fix: name the server by a host name the sidecar resolves")]
     BadApiHost(String, String),
 }
 
-/// The policy and environment `provider` adds, for `auth` (its default when
-/// `None`) and `api` (the provider's own host when `None`).
+/// The policy and environment `provider` adds, for `auth` (the config's,
+/// its default filled in) and `api` (`[agent] api_base`; the provider's
+/// own host when `None`). Over plain `http` no credential is injected (the
+/// sidecar sends credentials over TLS only): the CLI's variable then holds
+/// a fixed dummy so it starts, for a local server that needs no key.
 pub fn additions(
     provider: Provider,
-    auth: Option<Auth>,
-    api: Option<&Api>,
+    auth: Option<AgentAuth>,
+    api: Option<&ApiBase>,
 ) -> Result<Option<Additions>, ProviderError> {
-    let Some(default_host) = provider.api_host() else {
+    let Some(default_host) = api_host(provider) else {
         return Ok(None);
     };
-    let auth = auth.or(Auth::default_for(provider));
-    if let Some(a) = auth {
-        let fits = matches!(
-            (provider, a),
-            (
-                Provider::Claude,
-                Auth::AnthropicApiKey | Auth::ClaudeOauthToken
-            ) | (Provider::Codex, Auth::OpenaiApiKey)
-        );
-        if !fits {
-            return Err(ProviderError::AuthMismatch {
-                provider: provider.as_str(),
-                auth: a.var(),
-                fix: match provider {
-                    Provider::Claude => "use ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN",
-                    _ => "use OPENAI_API_KEY",
-                },
-            });
-        }
+    if auth == Some(AgentAuth::CodexLogin) {
+        return Err(ProviderError::CodexLogin);
     }
     let (host, port) = match api {
         Some(a) => (a.host.as_str(), a.port),
@@ -166,16 +93,24 @@ pub fn additions(
     let bad = |e: String| ProviderError::BadApiHost(host.to_string(), e);
     let allow = AllowRule::parse(&entry).map_err(|e| bad(e.to_string()))?;
     let pattern = HostPattern::parse(host).map_err(|e| bad(e.to_string()))?;
-    let credential = auth.map(|a| {
-        let (header, scheme) = a.header();
-        CredentialRule {
-            host: pattern.clone(),
-            header: CredentialHeader::parse(header).expect("a valid header name"),
-            from_env: a.var().to_string(),
-            scheme: scheme.map(|s| AuthScheme::parse(s).expect("a valid scheme")),
-        }
-    });
+    let plain = api.is_some_and(|a| a.scheme == "http");
     let mut env = BTreeMap::new();
+    let credential = match auth {
+        Some(a) if !plain => {
+            let (header, scheme) = header(a);
+            Some(CredentialRule {
+                host: pattern.clone(),
+                header: CredentialHeader::parse(header).expect("a valid header name"),
+                from_env: a.as_str().to_string(),
+                scheme: scheme.map(|s| AuthScheme::parse(s).expect("a valid scheme")),
+            })
+        }
+        Some(a) => {
+            env.insert(a.as_str().to_string(), "bottle-no-key".to_string());
+            None
+        }
+        None => None,
+    };
     match provider {
         Provider::Claude => {
             for (k, v) in [
@@ -186,13 +121,13 @@ pub fn additions(
             ] {
                 env.insert(k.to_string(), v.to_string());
             }
-            if let Some(base) = api.and_then(|a| a.base.clone()) {
-                env.insert("ANTHROPIC_BASE_URL".into(), base);
+            if let Some(base) = api {
+                env.insert("ANTHROPIC_BASE_URL".into(), base.to_string());
             }
         }
         Provider::Codex => {
-            if let Some(base) = api.and_then(|a| a.base.clone()) {
-                env.insert("OPENAI_BASE_URL".into(), base);
+            if let Some(base) = api {
+                env.insert("OPENAI_BASE_URL".into(), base.to_string());
             }
         }
         Provider::Shell => {}
@@ -221,7 +156,10 @@ pub fn apply(cfg: &mut crate::config::Config, additions: &Additions) {
         }
     }
     for (k, v) in &additions.env {
-        cfg.agent.env.entry(k.clone()).or_insert_with(|| v.clone());
+        cfg.agent
+            .env
+            .entry(k.clone())
+            .or_insert_with(|| EnvValue::Literal(v.clone()));
     }
 }
 
@@ -286,7 +224,9 @@ mod tests {
 
     #[test]
     fn claude_gets_its_host_its_key_header_and_quiet_variables() {
-        let a = additions(Provider::Claude, None, None).unwrap().unwrap();
+        let a = additions(Provider::Claude, Provider::Claude.default_auth(), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(a.allow.to_string(), "api.anthropic.com");
         let c = a.credential.unwrap();
         assert_eq!(
@@ -294,34 +234,41 @@ mod tests {
             ("x-api-key", "ANTHROPIC_API_KEY", None)
         );
         assert_eq!(a.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"], "1");
-        let oauth = additions(Provider::Claude, Some(Auth::ClaudeOauthToken), None)
-            .unwrap()
-            .unwrap()
-            .credential
-            .unwrap();
+        let oauth = additions(
+            Provider::Claude,
+            Some(AgentAuth::ClaudeCodeOauthToken),
+            None,
+        )
+        .unwrap()
+        .unwrap()
+        .credential
+        .unwrap();
         assert_eq!(oauth.header.as_str(), "authorization");
         assert_eq!(oauth.scheme.unwrap().as_str(), "Bearer");
     }
 
     #[test]
     fn a_local_model_is_reached_by_name() {
-        let api = Api {
-            base: Some("https://models.lan:8443/v1".into()),
-            host: "models.lan".into(),
-            port: Some(8443),
-        };
-        let a = additions(Provider::Codex, None, Some(&api))
+        let api = ApiBase::parse("https://models.lan:8443/v1").unwrap();
+        let a = additions(Provider::Codex, Provider::Codex.default_auth(), Some(&api))
             .unwrap()
             .unwrap();
         assert_eq!(a.allow.to_string(), "models.lan:8443");
         assert_eq!(a.credential.unwrap().host.to_string(), "models.lan");
         assert_eq!(a.env["OPENAI_BASE_URL"], "https://models.lan:8443/v1");
+        // Plain http: no credential, a dummy key so the CLI starts.
+        let api = ApiBase::parse("http://models.lan:8080").unwrap();
+        let a = additions(Provider::Codex, Provider::Codex.default_auth(), Some(&api))
+            .unwrap()
+            .unwrap();
+        assert!(a.credential.is_none());
+        assert_eq!(a.env["OPENAI_API_KEY"], "bottle-no-key");
     }
 
     #[test]
-    fn auth_must_fit_the_provider() {
-        let e = additions(Provider::Codex, Some(Auth::AnthropicApiKey), None).unwrap_err();
-        assert!(e.to_string().contains("use OPENAI_API_KEY"), "{e}");
+    fn unsupported_auth_and_shell() {
+        let e = additions(Provider::Codex, Some(AgentAuth::CodexLogin), None).unwrap_err();
+        assert!(e.to_string().contains("OPENAI_API_KEY"), "{e}");
         assert!(additions(Provider::Shell, None, None).unwrap().is_none());
     }
 

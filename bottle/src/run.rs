@@ -131,19 +131,21 @@ pub async fn running_agent(
 }
 
 /// Whether the running bottle `name` was brought up with `provider`'s API
-/// (its accepted policy allows that host); a reused bottle is never widened
-/// by `run`.
-pub fn check_reuse(state: &StateDir, name: &str, provider: Provider) -> Result<(), RunError> {
-    let Some(additions) = crate::provider::additions(provider, None, None)
-        .ok()
-        .flatten()
-    else {
+/// (its accepted policy allows `needs`, the provider's allow entry); a
+/// reused bottle is never widened by `run`.
+pub fn check_reuse(
+    state: &StateDir,
+    name: &str,
+    provider: Provider,
+    needs: Option<&bottle_policy::AllowRule>,
+) -> Result<(), RunError> {
+    let Some(needs) = needs else {
         return Ok(());
     };
     let pinned = crate::pin::load(state);
     let has = pinned
         .as_ref()
-        .is_some_and(|p| p.egress.allow.contains(&additions.allow));
+        .is_some_and(|p| p.egress.allow.contains(needs));
     if has {
         return Ok(());
     }

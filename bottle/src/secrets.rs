@@ -139,7 +139,7 @@ fn placeholder(var: &str) -> Result<String, SecretError> {
     getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
     Ok(format!(
         "{}bottle-placeholder-{}-{}",
-        crate::provider::Auth::placeholder_prefix(var).unwrap_or(""),
+        crate::provider::placeholder_prefix(var).unwrap_or(""),
         var.to_ascii_lowercase().replace('_', "-"),
         hex::encode(bytes)
     ))

@@ -137,11 +137,29 @@ pub fn load_config(
 }
 
 /// The name `up` would give the bottle of `file` (else `bottle.toml` in the
-/// current directory, else the default) and `--name`.
-pub fn bottle_name(file: Option<&Path>, name: Option<&str>) -> Result<String, UpError> {
+/// current directory, else the default) and `--name`, and the config's
+/// `[agent] provider`.
+pub fn bottle_name(
+    file: Option<&Path>,
+    name: Option<&str>,
+) -> Result<(String, config::Config), UpError> {
     let cwd = std::env::current_dir().map_err(UpError::Cwd)?;
     let (cfg, _) = load_config(file, &cwd)?;
-    Ok(plan::bottle_name(&cfg, name)?)
+    Ok((plan::bottle_name(&cfg, name)?, cfg))
+}
+
+/// What `provider` adds to `cfg` (its auth and api_base when it is the
+/// config's own provider, the provider's defaults otherwise).
+pub fn provider_additions(
+    cfg: &config::Config,
+    provider: crate::provider::Provider,
+) -> Result<Option<crate::provider::Additions>, crate::provider::ProviderError> {
+    let (auth, api) = if provider == cfg.agent.provider {
+        (cfg.agent.auth(), cfg.agent.api_base.clone())
+    } else {
+        (provider.default_auth(), None)
+    };
+    crate::provider::additions(provider, auth, api.as_ref())
 }
 
 /// Resolves `req` into a complete plan. Reads files, connects to the
@@ -159,10 +177,11 @@ pub async fn prepare(
     if let Some(image) = &req.image {
         cfg.agent.image = image.clone();
     }
-    if let Some(p) = req.provider {
-        if let Some(a) = crate::provider::additions(p, None, None)? {
-            crate::provider::apply(&mut cfg, &a);
-        }
+    // `bottle run AGENT` names the provider; else `[agent] provider`. The
+    // config's auth and api_base are its provider's.
+    let provider = req.provider.unwrap_or(cfg.agent.provider);
+    if let Some(a) = provider_additions(&cfg, provider)? {
+        crate::provider::apply(&mut cfg, &a);
     }
     let named = match req.runtime {
         Some(RuntimeRequest::Named(kind)) => Some((kind, "--runtime / BOTTLE_RUNTIME")),
