@@ -23,6 +23,7 @@ pub mod materials;
 pub mod mounts;
 pub mod pin;
 pub mod plan;
+pub mod provider_image;
 pub mod reload;
 pub mod report;
 pub mod requests;
