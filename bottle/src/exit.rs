@@ -138,6 +138,7 @@ impl Classify for UpError {
     fn exit(&self) -> Exit {
         match self {
             UpError::Config(_) | UpError::Provider(_) => Exit::Usage,
+            UpError::ProviderImage(_) => Exit::Failed,
             UpError::Plan(e) => e.exit(),
             UpError::Env(_) => Exit::Usage,
             UpError::Runtime(e) => e.exit(),

@@ -26,6 +26,7 @@ pub mod mounts;
 pub mod pin;
 pub mod plan;
 pub mod provider;
+pub mod provider_image;
 pub mod reload;
 pub mod report;
 pub mod requests;

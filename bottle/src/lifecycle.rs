@@ -35,6 +35,8 @@ pub enum LifecycleError {
     Exists { name: String, count: usize },
     #[error("no bottle named `{name}` is running\n  fix: `bottle ps` lists bottles; `bottle up` starts one")]
     NoBottle { name: String },
+    #[error("cannot prepare the agent: {what} failed: {why}\n  fix: check the agent image (`bottle run shell` starts without a provider image)")]
+    Provision { what: String, why: String },
     #[error("bottle `{name}` has no running agent (state: {state})\n  fix: `bottle down {name}` then `bottle up`")]
     AgentNotRunning { name: String, state: String },
     #[error("refusing to start: {runtime} lacks `{capability}`: {detail}\n  fix: {fix}")]
@@ -203,6 +205,7 @@ pub async fn plan_images(
         build_sidecar,
         agent: agent_image.into(),
         build_agent,
+        provider: None,
     })
 }
 
@@ -273,6 +276,9 @@ pub fn keep_pinned_grants(grants: &mut bottle_policy::Grants, pinned: &[bottle_p
                 .is_ok_and(|r| pinned.contains(&r))
     });
 }
+
+/// The agent CLI's home in a provider image (images/agent-claude, -codex).
+pub const PROVIDER_HOME: &str = "/home/agent";
 
 /// The sidecar's memory limit (the git gate's children included).
 pub const SIDECAR_MEMORY: u64 = 2 << 30;
@@ -844,7 +850,11 @@ async fn create_all(
         crate::state::write_private(&state.root().join(PLANTED), &json)?;
     }
     let mut env = plan.agent.resolved_env.0.clone();
-    if plan.agent.user.is_some() && !env.contains_key("HOME") {
+    if images.provider.is_some() && !env.contains_key("HOME") {
+        // A provider image has the CLI's home; it is handed to the uid the
+        // agent runs as once the container is up.
+        env.insert("HOME".into(), PROVIDER_HOME.into());
+    } else if plan.agent.user.is_some() && !env.contains_key("HOME") {
         // The agent runs as the mount owner's uid, which has no home in the
         // image; a writable one keeps tools that write dotfiles working.
         env.insert("HOME".into(), "/tmp".into());
@@ -931,6 +941,32 @@ async fn create_all(
             name: plan.name.clone(),
             state: format!("{:?}, exit code {:?}", agent.state, agent.exit_code),
         });
+    }
+    if let (Some(_), Some(user)) = (&images.provider, &plan.agent.user) {
+        // The provider image's home belongs to its own user (uid 1000); the
+        // agent runs as the mount owner's uid, which must own it.
+        let chown = ExecSpec {
+            cmd: vec![
+                "chown".into(),
+                "-R".into(),
+                user.clone(),
+                PROVIDER_HOME.into(),
+            ],
+            user: Some("0".into()),
+            ..Default::default()
+        };
+        let owned = rt.exec_capture(&agent_id, &chown).await;
+        halt(interrupt)?;
+        match owned {
+            Ok(o) if o.code == 0 => report.detail(&format!("{PROVIDER_HOME} handed to {user}")),
+            Ok(o) => {
+                return Err(LifecycleError::Provision {
+                    what: format!("chown {user} {PROVIDER_HOME}"),
+                    why: o.stderr.trim().to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     // Trust the bottle's CA in the system store too (best effort: the CA
     // variables already point at it for images without update-ca-certificates).

@@ -88,6 +88,18 @@ pub struct ImagePlan {
     pub build_sidecar: bool,
     pub agent: String,
     pub build_agent: bool,
+    /// The provider image `agent` names (built FROM the agent image when
+    /// missing), for `[agent] provider` claude or codex.
+    pub provider: Option<ProviderImage>,
+}
+
+/// A provider image to ensure ([`crate::provider_image`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderImage {
+    pub provider: String,
+    pub version: String,
+    /// The agent image it is built FROM.
+    pub from: String,
 }
 
 /// A fully resolved bottle.

@@ -86,6 +86,8 @@ pub enum UpError {
     Lifecycle(#[from] LifecycleError),
     #[error(transparent)]
     Provider(#[from] crate::provider::ProviderError),
+    #[error(transparent)]
+    ProviderImage(#[from] crate::provider_image::ProviderImageError),
     #[error("cannot read the current directory: {0}")]
     Cwd(std::io::Error),
     #[error("refusing to start bottle `{name}` without your consent: {count} reason(s) listed above; an agent may have written them\n  fix: review them, then rerun with --accept-changes")]
@@ -180,6 +182,12 @@ pub async fn prepare(
     // `bottle run AGENT` names the provider; else `[agent] provider`. The
     // config's auth and api_base are its provider's.
     let provider = req.provider.unwrap_or(cfg.agent.provider);
+    let agent_version = cfg
+        .agent
+        .version
+        .as_ref()
+        .filter(|_| provider == cfg.agent.provider)
+        .map(|v| v.as_str().to_string());
     if let Some(a) = provider_additions(&cfg, provider)? {
         crate::provider::apply(&mut cfg, &a);
     }
@@ -247,6 +255,22 @@ pub async fn prepare(
         .unless(lifecycle::plan_images(rt.as_ref(), host, &plan.agent.image))
         .await
         .map_err(|_| interrupted())??;
+    let mut images = images;
+    if provider != crate::provider::Provider::Shell && req.image.is_none() {
+        // The CLI runs in its provider image, built FROM the agent image.
+        let pi: crate::provider_image::Provider =
+            provider.as_str().parse().map_err(UpError::ProviderImage)?;
+        let version = agent_version.unwrap_or_else(|| pi.default_version().to_string());
+        crate::provider_image::validate_version(&version)?;
+        let tag = crate::provider_image::provider_tag(pi, &plan.agent.image, &version);
+        images.provider = Some(crate::plan::ProviderImage {
+            provider: provider.as_str().into(),
+            version,
+            from: plan.agent.image.clone(),
+        });
+        images.agent = tag.clone();
+        plan.agent.image = tag;
+    }
     plan.images = Some(images);
     plan.consent = pin::judge(&plan.name, &Pinned::of(&plan), &pin::load_all(&host.state));
     Ok(Prepared {
@@ -305,6 +329,24 @@ pub async fn execute(
             .unless(lifecycle::build_images(rt, host, &images, report))
             .await
             .map_err(|_| interrupted())??;
+    }
+    if let Some(p) = &images.provider {
+        report.step(&format!("provider image for {} {}", p.provider, p.version));
+        let pi: crate::provider_image::Provider =
+            p.provider.parse().map_err(UpError::ProviderImage)?;
+        let mut progress = report.progress();
+        let tag = interrupt
+            .unless(crate::provider_image::ensure_provider_image(
+                rt,
+                host,
+                pi,
+                &p.from,
+                Some(&p.version),
+                &mut progress,
+            ))
+            .await
+            .map_err(|_| interrupted())??;
+        report.detail(&tag);
     }
     report.step("probing the runtime");
     if interrupt.count() > 0 {
