@@ -21,6 +21,9 @@ command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v script >/dev/null 2>&1 || need="$need bsdutils"
 # tmux: a real terminal for `bottle requests --watch` (keys sent, screen read).
 command -v tmux >/dev/null 2>&1 || need="$need tmux"
+# npm: the provider images install the agent CLIs from the registry the
+# host's npm is configured with (tests/agents.rs, tests/agent_run.rs).
+command -v npm >/dev/null 2>&1 || need="$need npm"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
 # qemu-aarch64-static runs the cross-built aarch64 sidecar (--version).
 command -v qemu-aarch64-static >/dev/null 2>&1 || need="$need qemu-user-static"
