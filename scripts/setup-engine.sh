@@ -30,7 +30,8 @@ ensure_engine() {
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io iptables
   command -v docker >/dev/null 2>&1 || apt_install docker.io
   log "starting dockerd (log: /var/log/bottle-dockerd.log)"
-  as_root sh -c 'nohup dockerd >/var/log/bottle-dockerd.log 2>&1 &'
+  # From /, so removing the checkout it was started from leaves it working.
+  as_root sh -c 'cd / && nohup dockerd >/var/log/bottle-dockerd.log 2>&1 &'
   for _ in $(seq 1 60); do
     engine_answers && { log "docker engine $(docker version --format '{{.Server.Version}}') started"; return; }
     sleep 1

@@ -43,7 +43,10 @@ service_pid() {
 start_service() {
   as_root mkdir -p "$(dirname "$SOCKET")"
   log "starting podman system service on unix://$SOCKET (log: /var/log/bottle-podman.log)"
-  as_root sh -c "nohup podman system service --time=0 unix://$SOCKET >/var/log/bottle-podman.log 2>&1 &"
+  # From /: the service's conmon children inherit its working directory, and
+  # one started from a checkout that is later removed fails every container
+  # start ("Failed to get working directory", "write child: broken pipe").
+  as_root sh -c "cd / && nohup podman system service --time=0 unix://$SOCKET >/var/log/bottle-podman.log 2>&1 &"
   for _ in $(seq 1 30); do
     api_answers && return
     sleep 1
@@ -53,6 +56,18 @@ start_service() {
 }
 
 ensure_service() {
+  local pid
+  pid=$(service_pid)
+  # A service whose working directory was removed (started from a checkout
+  # since deleted) answers but cannot start a container: restart it from /.
+  if [ -n "$pid" ] && as_root readlink "/proc/$pid/cwd" | grep -q ' (deleted)$'; then
+    log "the API service's working directory was removed; restarting it"
+    as_root kill "$pid"
+    for _ in $(seq 1 20); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.5
+    done
+  fi
   if api_answers; then
     log "podman API answers on unix://$SOCKET"
   else
