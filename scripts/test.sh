@@ -68,6 +68,10 @@ export BOTTLE_PODMAN_HOST
 # inside the agent.
 BOTTLE_TEST_MCP_PY="$(scripts/setup-mcp-client.sh)"
 export BOTTLE_TEST_MCP_PY
+# The real Claude Code and Codex CLIs (npm), which tests/fake_api.rs drives
+# against the fake model API (tests/fixtures/fake-model-api.py).
+BOTTLE_AGENT_CLIS="$(scripts/setup-agent-clis.sh)"
+export BOTTLE_AGENT_CLIS
 
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
