@@ -300,12 +300,24 @@ pub fn mcp_config(url: &str) -> String {
 /// A shell script that writes Claude Code's `~/.claude.json` and Codex's
 /// `~/.codex/config.toml` pointing at `url`, each only when absent, and
 /// prints which it wrote. `url` is bottle's own (an address and a port).
-pub fn agent_mcp_script(url: &str) -> String {
+/// With `codex_base` (the codex provider), Codex's file also names a model
+/// provider of its own at that URL that reads `OPENAI_API_KEY` (Codex's
+/// built-in provider ignores both the variable and `OPENAI_BASE_URL`).
+pub fn agent_mcp_script(url: &str, codex_base: Option<&str>) -> String {
     let claude = mcp_config(url).replace('\'', "");
+    let mut codex = String::new();
+    if let Some(base) = codex_base {
+        codex.push_str(&format!(
+            "model_provider = \"bottle\"\n\n[model_providers.bottle]\nname = \"bottle\"\nbase_url = \"{}\"\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\n\n",
+            base.replace(['\'', '"', '\\'], "")
+        ));
+    }
+    codex.push_str(&format!("[mcp_servers.bottle]\nurl = \"{url}\""));
+    let codex = codex.replace('\'', "");
     format!(
         "h=\"${{HOME:-/tmp}}\"; w=''; \
          if [ ! -e \"$h/.claude.json\" ]; then printf '%s\\n' '{claude}' > \"$h/.claude.json\" && chmod 600 \"$h/.claude.json\" && w=\"$w claude\"; fi; \
-         if [ ! -e \"$h/.codex/config.toml\" ]; then mkdir -p \"$h/.codex\" && printf '[mcp_servers.bottle]\\nurl = \"%s\"\\n' '{url}' > \"$h/.codex/config.toml\" && w=\"$w codex\"; fi; \
+         if [ ! -e \"$h/.codex/config.toml\" ]; then mkdir -p \"$h/.codex\" && printf '%s\\n' '{codex}' > \"$h/.codex/config.toml\" && w=\"$w codex\"; fi; \
          echo \"configured for:${{w:- nothing new}}\""
     )
 }
@@ -985,12 +997,28 @@ async fn create_all(
         Ok(o) if o.code == 0 => report.detail("bottle CA trusted in the agent's system store"),
         _ => report.detail("note: could not add the bottle CA to the agent's system store; CA variables point at it"),
     }
+    let codex_base = images
+        .provider
+        .as_ref()
+        .filter(|p| p.provider == "codex")
+        .map(|_| {
+            plan.agent
+                .resolved_env
+                .0
+                .get("OPENAI_BASE_URL")
+                .cloned()
+                .unwrap_or_else(|| "https://api.openai.com/v1".into())
+        });
     if supervise {
         // The agent CLIs' own places, in the agent's home (its own files,
         // never the host's): Claude Code's user config and Codex's, each
         // only when absent, so a config the image ships wins.
         let provision = ExecSpec {
-            cmd: vec!["sh".into(), "-c".into(), agent_mcp_script(&mcp_url)],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                agent_mcp_script(&mcp_url, codex_base.as_deref()),
+            ],
             ..Default::default()
         };
         let provisioned = rt.exec_capture(&agent_id, &provision).await;
@@ -1318,6 +1346,52 @@ pub async fn ps(rt: &dyn Runtime, root: &StateRoot) -> Result<Vec<BottleStatus>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CLIs' configs as the real `sh` writes them into a home.
+    #[test]
+    fn the_agent_cli_configs_are_written_once() {
+        let home = tempfile::tempdir().unwrap();
+        let script = agent_mcp_script(
+            "http://10.0.0.2:8765/mcp",
+            Some("https://models.lan:8443/v1"),
+        );
+        let run = || {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the test runs the script in a temp home"
+            )]
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .env("HOME", home.path())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(run(), "configured for: claude codex");
+        let codex: toml::Table = toml::from_str(
+            &std::fs::read_to_string(home.path().join(".codex/config.toml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(codex["model_provider"].as_str(), Some("bottle"));
+        assert_eq!(
+            codex["model_providers"]["bottle"]["base_url"].as_str(),
+            Some("https://models.lan:8443/v1")
+        );
+        assert_eq!(
+            codex["mcp_servers"]["bottle"]["url"].as_str(),
+            Some("http://10.0.0.2:8765/mcp")
+        );
+        let claude: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(home.path().join(".claude.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            claude["mcpServers"]["bottle"]["url"],
+            "http://10.0.0.2:8765/mcp"
+        );
+        assert_eq!(run(), "configured for: nothing new");
+    }
 
     /// Only `always` grants the pin holds outlive the bottle: one planted in
     /// grants.json, or a session one, does not.

@@ -203,10 +203,23 @@ pub fn command(provider: Provider, mode: &Mode) -> Vec<String> {
             }
             (v, args)
         }
-        (Provider::Codex, Mode::Attached { args }) => (s(&["codex"]), args),
-        (Provider::Codex, Mode::Resume { args }) => (s(&["codex", "resume", "--last"]), args),
+        // The bottle is the sandbox: Codex's own (bubblewrap) cannot run in
+        // an unprivileged container and would leave the agent read-only.
+        (Provider::Codex, Mode::Attached { args }) => {
+            (s(&["codex", "-s", "danger-full-access"]), args)
+        }
+        (Provider::Codex, Mode::Resume { args }) => (
+            s(&["codex", "resume", "--last", "-s", "danger-full-access"]),
+            args,
+        ),
         (Provider::Codex, Mode::Headless { prompt, json, args }) => {
-            let mut v = s(&["codex", "exec", "--skip-git-repo-check"]);
+            let mut v = s(&[
+                "codex",
+                "exec",
+                "--skip-git-repo-check",
+                "-s",
+                "danger-full-access",
+            ]);
             if *json {
                 v.push("--json".into());
             }
@@ -298,6 +311,8 @@ mod tests {
                 "codex",
                 "exec",
                 "--skip-git-repo-check",
+                "-s",
+                "danger-full-access",
                 "--json",
                 "fix it",
                 "--model",
@@ -306,7 +321,7 @@ mod tests {
         );
         assert_eq!(
             command(Provider::Codex, &Mode::Resume { args: vec![] }),
-            ["codex", "resume", "--last"]
+            ["codex", "resume", "--last", "-s", "danger-full-access"]
         );
         assert_eq!(
             command(Provider::Shell, &Mode::Attached { args: vec![] }),
