@@ -194,3 +194,31 @@ fn codex_runs_headless_in_the_bottle() {
         mcp_list: "codex mcp list 2>&1",
     });
 }
+
+/// An agent run as the workspace owner's uid gets a home of its own in the
+/// provider image, with the CLI's configs in it.
+#[test]
+fn the_workspace_owner_gets_a_home_in_the_provider_image() {
+    if !engine_or_skip("the_workspace_owner_gets_a_home_in_the_provider_image") {
+        return;
+    }
+    let b = Bottle::up_full(
+        "agent-owner",
+        "[agent]\nprovider = \"claude\"\nmounts = [\"./:/workspace:rw\"]\n",
+        &[],
+        &[("ANTHROPIC_API_KEY", ANTHROPIC_KEY)],
+        Some(4242),
+    );
+    let out = b.sh("id -u; echo $HOME; stat -c '%u %a' $HOME; claude mcp list 2>&1");
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        ["4242", "/tmp/bottle-home", "4242 700"],
+        "{text}"
+    );
+    assert!(text.contains("bottle"), "{text}");
+    // The image's own home is untouched.
+    let out = b.sh("stat -c %u /home/agent");
+    assert_eq!(stdout(&out).trim(), "1000");
+}

@@ -149,7 +149,7 @@ impl Bottle {
         Bottle::up_full(prefix, config, &[], &[], Some(uid))
     }
 
-    fn up_full(
+    pub fn up_full(
         prefix: &str,
         config: &str,
         files: &[(&str, &[u8])],

@@ -279,6 +279,9 @@ pub fn keep_pinned_grants(grants: &mut bottle_policy::Grants, pinned: &[bottle_p
 
 /// The agent CLI's home in a provider image (images/agent-claude, -codex).
 pub const PROVIDER_HOME: &str = "/home/agent";
+/// The home of an agent that runs as a mount owner's uid in a provider
+/// image: made by the agent at `up` (in /tmp, which any uid can write).
+pub const OWNER_HOME: &str = "/tmp/bottle-home";
 
 /// The sidecar's memory limit (the git gate's children included).
 pub const SIDECAR_MEMORY: u64 = 2 << 30;
@@ -863,9 +866,15 @@ async fn create_all(
     }
     let mut env = plan.agent.resolved_env.0.clone();
     if images.provider.is_some() && !env.contains_key("HOME") {
-        // A provider image has the CLI's home; it is handed to the uid the
-        // agent runs as once the container is up.
-        env.insert("HOME".into(), PROVIDER_HOME.into());
+        // A provider image has the CLI's home for its own user; an agent run
+        // as a mount owner's uid gets a fresh one, made for that uid once
+        // the container is up (nothing in it but what the CLI writes).
+        let home = if plan.agent.user.is_some() {
+            OWNER_HOME
+        } else {
+            PROVIDER_HOME
+        };
+        env.insert("HOME".into(), home.into());
     } else if plan.agent.user.is_some() && !env.contains_key("HOME") {
         // The agent runs as the mount owner's uid, which has no home in the
         // image; a writable one keeps tools that write dotfiles working.
@@ -955,25 +964,25 @@ async fn create_all(
         });
     }
     if let (Some(_), Some(user)) = (&images.provider, &plan.agent.user) {
-        // The provider image's home belongs to its own user (uid 1000); the
-        // agent runs as the mount owner's uid, which must own it.
+        // The agent runs as the mount owner's uid: its home is a fresh
+        // directory it makes itself (the agent has no capability to chown,
+        // and nothing is handed over: a mount below a home would carry an
+        // ownership change to the host).
         let chown = ExecSpec {
             cmd: vec![
-                "chown".into(),
-                "-R".into(),
-                user.clone(),
-                PROVIDER_HOME.into(),
+                "sh".into(),
+                "-c".into(),
+                format!("mkdir -p -m 700 {OWNER_HOME} && test -O {OWNER_HOME}"),
             ],
-            user: Some("0".into()),
             ..Default::default()
         };
         let owned = rt.exec_capture(&agent_id, &chown).await;
         halt(interrupt)?;
         match owned {
-            Ok(o) if o.code == 0 => report.detail(&format!("{PROVIDER_HOME} handed to {user}")),
+            Ok(o) if o.code == 0 => report.detail(&format!("home {OWNER_HOME} made for {user}")),
             Ok(o) => {
                 return Err(LifecycleError::Provision {
-                    what: format!("chown {user} {PROVIDER_HOME}"),
+                    what: format!("making {OWNER_HOME} for {user}"),
                     why: o.stderr.trim().to_string(),
                 })
             }
