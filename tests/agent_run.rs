@@ -31,16 +31,21 @@ struct Case {
     path: &'static str,
     args: &'static [&'static str],
     mcp_list: &'static str,
+    /// `auth = "codex-login"`: the key is in a Codex login (an
+    /// `auth.json` in the host's `~/.codex`), not in the environment.
+    codex_login: bool,
 }
 
 /// `bottle ARGS` with the test's state dir and the real key in the host
 /// environment.
 fn bottle_with_key(b: &Bottle, c: &Case, args: &[&str]) -> std::process::Output {
-    Command::new(bottle_bin())
-        .args(args)
+    let mut cmd = Command::new(bottle_bin());
+    if !c.codex_login {
+        cmd.env(c.var, c.key);
+    }
+    cmd.args(args)
         .current_dir(&b.dir.0)
         .env("XDG_STATE_HOME", &b.state.0)
-        .env(c.var, c.key)
         .env_remove("BOTTLE_RUNTIME")
         .stdin(std::process::Stdio::null())
         .output()
@@ -54,16 +59,39 @@ fn run_case(c: &Case) {
     let config = format!(
         "[agent]\n\
          provider = \"{}\"\n\
+         {}\
          [egress]\n\
          allow_private = [\"{}\"]\n\
          upstream_roots = [\"test-ca.pem\"]\n",
-        c.provider, c.host
+        c.provider,
+        if c.codex_login {
+            "auth = \"codex-login\"\n"
+        } else {
+            ""
+        },
+        c.host
     );
-    let b = Bottle::up_with(
+    // A Codex login on the host: the key in ~/.codex/auth.json of a home
+    // of the test's own, and none in the environment.
+    let home = TempDir::new("agent-run-home");
+    std::fs::create_dir_all(home.0.join(".codex")).unwrap();
+    std::fs::write(
+        home.0.join(".codex/auth.json"),
+        serde_json::json!({"OPENAI_API_KEY": c.key, "tokens": null}).to_string(),
+    )
+    .unwrap();
+    let home_dir = home.0.display().to_string();
+    let env: Vec<(&str, &str)> = if c.codex_login {
+        vec![("HOME", home_dir.as_str()), ("OPENAI_API_KEY", "")]
+    } else {
+        vec![(c.var, c.key)]
+    };
+    let b = Bottle::up_full(
         &format!("agent-{}", c.provider),
         &config,
         &[("test-ca.pem", &ca)],
-        &[(c.var, c.key)],
+        &env,
+        None,
     );
     // The fake API on the bottle's egress network, under the API's name.
     let log_dir = TempDir::new("agent-run-log");
@@ -175,6 +203,7 @@ fn claude_code_runs_headless_in_the_bottle() {
         path: "/v1/messages",
         args: &["--allowedTools", "Bash"],
         mcp_list: "claude mcp list 2>&1",
+        codex_login: false,
     });
 }
 
@@ -192,6 +221,25 @@ fn codex_runs_headless_in_the_bottle() {
         path: "/v1/responses",
         args: &[],
         mcp_list: "codex mcp list 2>&1",
+        codex_login: false,
+    });
+}
+
+#[test]
+fn codex_uses_the_hosts_codex_login() {
+    if !engine_or_skip("codex_uses_the_hosts_codex_login") {
+        return;
+    }
+    run_case(&Case {
+        provider: "codex",
+        host: "api.openai.com",
+        var: "OPENAI_API_KEY",
+        key: OPENAI_KEY,
+        expect: "EXPECT_OPENAI_KEY",
+        path: "/v1/responses",
+        args: &[],
+        mcp_list: "codex mcp list 2>&1",
+        codex_login: true,
     });
 }
 

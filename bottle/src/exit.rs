@@ -116,6 +116,7 @@ impl Classify for LifecycleError {
             L::Image(crate::images::ImageError::UnknownImage { .. }) => Exit::Usage,
             L::Image(crate::images::ImageError::Runtime(e)) => e.exit(),
             L::Materials(e) => e.exit(),
+            LifecycleError::Provider(_) => Exit::Usage,
             _ => Exit::Failed,
         }
     }

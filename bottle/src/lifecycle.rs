@@ -35,6 +35,8 @@ pub enum LifecycleError {
     Exists { name: String, count: usize },
     #[error("no bottle named `{name}` is running\n  fix: `bottle ps` lists bottles; `bottle up` starts one")]
     NoBottle { name: String },
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
     #[error("cannot prepare the agent: {what} failed: {why}\n  fix: check the agent image (`bottle run shell` starts without a provider image)")]
     Provision { what: String, why: String },
     #[error("bottle `{name}` has no running agent (state: {state})\n  fix: `bottle down {name}` then `bottle up`")]
@@ -277,6 +279,33 @@ pub fn keep_pinned_grants(grants: &mut bottle_policy::Grants, pinned: &[bottle_p
     });
 }
 
+/// Where credential values come from: the host's environment, and with
+/// `auth = "codex-login"` the API key of the host's Codex login
+/// (`$CODEX_HOME`, else `~/.codex`) for `OPENAI_API_KEY`.
+pub fn credentials<'a>(
+    host: &'a Host,
+    plan: &Plan,
+) -> Result<impl Fn(&str) -> Option<String> + 'a, LifecycleError> {
+    let codex = if plan.agent.codex_login {
+        let dir = host
+            .var("CODEX_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                host.var("HOME")
+                    .map(|h| std::path::Path::new(&h).join(".codex"))
+            })
+            .or_else(|| host.facts.homes.first().map(|h| h.join(".codex")))
+            .unwrap_or_else(|| std::path::PathBuf::from(".codex"));
+        Some(crate::provider::codex_login_key(&dir)?)
+    } else {
+        None
+    };
+    Ok(move |k: &str| match (&codex, k) {
+        (Some(v), "OPENAI_API_KEY") => Some(v.clone()),
+        _ => host.var(k),
+    })
+}
+
 /// The agent CLI's home in a provider image (images/agent-claude, -codex).
 pub const PROVIDER_HOME: &str = "/home/agent";
 /// The home of an agent that runs as a mount owner's uid in a provider
@@ -365,7 +394,7 @@ pub async fn create(
         });
     }
     let state = host.state.bottle(&plan.name);
-    let rendered = crate::materials::render(&state, plan, |k| host.var(k))?;
+    let rendered = crate::materials::render(&state, plan, credentials(host, plan)?)?;
     report.step(&format!(
         "policy, CA{} and credentials written to {}",
         if rendered.minted_ca { " (new)" } else { "" },
@@ -1166,7 +1195,7 @@ pub async fn reload(
     rt.logs(&sidecar.id, false, None, &mut logs).await?;
     let seen = count(&logs, "policy-reloaded");
     let failed = count(&logs, "policy-reload-failed");
-    crate::materials::render(&state, plan, |k| host.var(k))?;
+    crate::materials::render(&state, plan, credentials(host, plan)?)?;
     let accepted = recorded(&state)
         .map(|r| r.accepted_weaknesses)
         .unwrap_or_default();

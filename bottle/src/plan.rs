@@ -49,6 +49,9 @@ pub struct AgentPlan {
     /// Never serialised or shown.
     #[serde(skip)]
     pub resolved_env: crate::config::ResolvedEnv,
+    /// `[agent] auth = "codex-login"`: `OPENAI_API_KEY` is read from the
+    /// host's Codex login, not its environment.
+    pub codex_login: bool,
     /// Canonical sources (see [`crate::mounts`]), git protections included.
     pub mounts: Vec<Mount>,
     /// Empty `.git` directories to create (owned by `uid:gid`) before the
@@ -290,6 +293,7 @@ pub fn build(
                     })
                     .collect(),
             ),
+            codex_login: false,
             mounts: exposure.mounts,
             plant: exposure.plant,
             user: exposure.user.map(|(u, g)| format!("{u}:{g}")),

@@ -49,6 +49,38 @@ pub fn placeholder_prefix(var: &str) -> Option<&'static str> {
     }
 }
 
+/// The variable the credential of `auth` is known by: its own name, and
+/// for the host's Codex login the variable Codex reads (`OPENAI_API_KEY`),
+/// whose value then comes from that login ([`codex_login_key`]).
+pub fn credential_var(auth: AgentAuth) -> &'static str {
+    match auth {
+        AgentAuth::CodexLogin => "OPENAI_API_KEY",
+        other => other.as_str(),
+    }
+}
+
+/// The API key of the host's Codex login: `OPENAI_API_KEY` in
+/// `$CODEX_HOME/auth.json` (default `~/.codex/auth.json`), as `codex login
+/// --with-api-key` writes it. A ChatGPT sign-in (tokens only) is refused:
+/// its tokens are refreshed against other hosts and cannot be injected as a
+/// fixed header.
+pub fn codex_login_key(codex_home: &std::path::Path) -> Result<String, ProviderError> {
+    let path = codex_home.join("auth.json");
+    let why = |w: String| ProviderError::CodexLogin { why: w };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| why(format!("cannot read {}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| why(format!("{} is not JSON: {e}", path.display())))?;
+    match v["OPENAI_API_KEY"].as_str().map(str::trim) {
+        Some(k) if !k.is_empty() => Ok(k.to_string()),
+        _ if v["tokens"].is_object() => Err(why(format!(
+            "{} holds a ChatGPT sign-in, not an API key",
+            path.display()
+        ))),
+        _ => Err(why(format!("{} holds no OPENAI_API_KEY", path.display()))),
+    }
+}
+
 /// What a provider adds to a bottle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Additions {
@@ -60,8 +92,8 @@ pub struct Additions {
 /// Why a provider cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("[agent] auth = \"codex-login\" (the host's Codex login) is not supported yet\n  fix: use auth = \"OPENAI_API_KEY\" with the key in the host environment")]
-    CodexLogin,
+    #[error("[agent] auth = \"codex-login\": {why}\n  fix: on the host run `codex login --with-api-key` (bottle injects an API key, never a ChatGPT sign-in), or use auth = \"OPENAI_API_KEY\"")]
+    CodexLogin { why: String },
     #[error("[agent] api_base host `{0}` is not a host bottle can allow: {1}\n  fix: name the server by a host name the sidecar resolves")]
     BadApiHost(String, String),
 }
@@ -79,9 +111,6 @@ pub fn additions(
     let Some(default_host) = api_host(provider) else {
         return Ok(None);
     };
-    if auth == Some(AgentAuth::CodexLogin) {
-        return Err(ProviderError::CodexLogin);
-    }
     let (host, port) = match api {
         Some(a) => (a.host.as_str(), a.port),
         None => (default_host, None),
@@ -101,12 +130,12 @@ pub fn additions(
             Some(CredentialRule {
                 host: pattern.clone(),
                 header: CredentialHeader::parse(header).expect("a valid header name"),
-                from_env: a.as_str().to_string(),
+                from_env: credential_var(a).to_string(),
                 scheme: scheme.map(|s| AuthScheme::parse(s).expect("a valid scheme")),
             })
         }
         Some(a) => {
-            env.insert(a.as_str().to_string(), "bottle-no-key".to_string());
+            env.insert(credential_var(a).to_string(), "bottle-no-key".to_string());
             None
         }
         None => None,
@@ -279,9 +308,34 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_auth_and_shell() {
-        let e = additions(Provider::Codex, Some(AgentAuth::CodexLogin), None).unwrap_err();
-        assert!(e.to_string().contains("OPENAI_API_KEY"), "{e}");
+    fn the_codex_login_gives_its_api_key_only() {
+        let a = additions(Provider::Codex, Some(AgentAuth::CodexLogin), None)
+            .unwrap()
+            .unwrap();
+        let c = a.credential.unwrap();
+        assert_eq!(
+            (c.from_env.as_str(), c.header.as_str()),
+            ("OPENAI_API_KEY", "authorization")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = codex_login_key(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read") && e.contains("codex login --with-api-key"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("auth.json"),
+            r#"{"OPENAI_API_KEY":"sk-x","tokens":null}"#,
+        )
+        .unwrap();
+        assert_eq!(codex_login_key(dir.path()).unwrap(), "sk-x");
+        std::fs::write(
+            dir.path().join("auth.json"),
+            r#"{"OPENAI_API_KEY":null,"tokens":{"access_token":"t"}}"#,
+        )
+        .unwrap();
+        let e = codex_login_key(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("ChatGPT sign-in"), "{e}");
         assert!(additions(Provider::Shell, None, None).unwrap().is_none());
     }
 

@@ -182,6 +182,9 @@ pub async fn prepare(
     // `bottle run AGENT` names the provider; else `[agent] provider`. The
     // config's auth and api_base are its provider's.
     let provider = req.provider.unwrap_or(cfg.agent.provider);
+    let codex_login = provider == crate::provider::Provider::Codex
+        && provider == cfg.agent.provider
+        && cfg.agent.auth() == Some(config::AgentAuth::CodexLogin);
     let agent_version = cfg
         .agent
         .version
@@ -206,6 +209,7 @@ pub async fn prepare(
     )?;
     // A misspelt weakness is refused before anything is touched.
     plan.accept_weakness = runtime_select::known_weaknesses(&req.accept_weakness)?;
+    plan.agent.codex_login = codex_login;
     for note in &plan.notes {
         report.detail(&format!("note: {note}"));
     }
