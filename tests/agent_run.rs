@@ -207,12 +207,9 @@ fn claude_code_runs_headless_in_the_bottle() {
     });
 }
 
-#[test]
-fn codex_runs_headless_in_the_bottle() {
-    if !engine_or_skip("codex_runs_headless_in_the_bottle") {
-        return;
-    }
-    run_case(&Case {
+/// Codex's case, its key in the environment or in a Codex login.
+fn codex(codex_login: bool) -> Case {
+    Case {
         provider: "codex",
         host: "api.openai.com",
         var: "OPENAI_API_KEY",
@@ -221,8 +218,16 @@ fn codex_runs_headless_in_the_bottle() {
         path: "/v1/responses",
         args: &[],
         mcp_list: "codex mcp list 2>&1",
-        codex_login: false,
-    });
+        codex_login,
+    }
+}
+
+#[test]
+fn codex_runs_headless_in_the_bottle() {
+    if !engine_or_skip("codex_runs_headless_in_the_bottle") {
+        return;
+    }
+    run_case(&codex(false));
 }
 
 #[test]
@@ -230,17 +235,7 @@ fn codex_uses_the_hosts_codex_login() {
     if !engine_or_skip("codex_uses_the_hosts_codex_login") {
         return;
     }
-    run_case(&Case {
-        provider: "codex",
-        host: "api.openai.com",
-        var: "OPENAI_API_KEY",
-        key: OPENAI_KEY,
-        expect: "EXPECT_OPENAI_KEY",
-        path: "/v1/responses",
-        args: &[],
-        mcp_list: "codex mcp list 2>&1",
-        codex_login: true,
-    });
+    run_case(&codex(true));
 }
 
 /// An agent run as the workspace owner's uid gets a home of its own in the

@@ -207,12 +207,12 @@ mod tests {
             ),
         )
         .unwrap();
-        let resolve = |url: &str| {
-            // `git ls-remote --get-url` applies insteadOf without a network.
-            // A test's own spawn of the real git, on a file it wrote.
+        // The real git on the file it would read in the agent; a test's own
+        // spawn, on a file it wrote.
+        let git_out = |args: &[&str]| {
             #[allow(clippy::disallowed_methods)]
             let out = std::process::Command::new(&git)
-                .args(["ls-remote", "--get-url", url])
+                .args(args)
                 .env_clear()
                 .env("GIT_CONFIG_SYSTEM", &file)
                 .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -222,6 +222,8 @@ mod tests {
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         };
+        // `git ls-remote --get-url` applies insteadOf without a network.
+        let resolve = |url: &str| git_out(&["ls-remote", "--get-url", url]);
         for url in [
             "https://github.com/acme/app.git",
             "https://github.com/acme/app",
@@ -229,19 +231,7 @@ mod tests {
         ] {
             assert_eq!(resolve(url), "http://10.213.0.2:8080/app.git", "{url}");
         }
-        let get = |key: &str| {
-            #[allow(clippy::disallowed_methods)]
-            let out = std::process::Command::new(&git)
-                .args(["config", "--get", key])
-                .env_clear()
-                .env("GIT_CONFIG_SYSTEM", &file)
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("HOME", dir.path())
-                .current_dir(dir.path())
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
+        let get = |key: &str| git_out(&["config", "--get", key]);
         assert_eq!(get("user.name"), "Ann");
         assert_eq!(get("user.email"), "ann@example.com");
         assert_eq!(

@@ -430,15 +430,23 @@ impl Supervisor {
             });
             return;
         }
-        let grants = {
-            let mut state = self.state();
-            state.grants.git.push(bottle_policy::GitGrant {
+        self.keep_grant(shared, |g| {
+            g.git.push(bottle_policy::GitGrant {
                 id: id.clone(),
                 remote: remote.clone(),
                 refname: refname.clone(),
                 scope,
                 granted: now_secs(),
-            });
+            })
+        });
+    }
+
+    /// Adds a grant with `add` and writes `grants.json`; a grant that
+    /// cannot be written stays in force until the sidecar restarts.
+    fn keep_grant(&self, shared: &Shared, add: impl FnOnce(&mut Grants)) {
+        let grants = {
+            let mut state = self.state();
+            add(&mut state.grants);
             state.grants.clone()
         };
         if let Err(e) = self.queue.save_grants(&grants) {
@@ -664,24 +672,16 @@ impl Supervisor {
             }
             return;
         }
-        let grants = {
-            let mut state = self.state();
-            state.grants.grants.push(Grant {
+        self.keep_grant(shared, |g| {
+            g.grants.push(Grant {
                 id: proposal.id.clone(),
                 host: host.clone(),
                 port,
                 methods: methods.to_vec(),
                 scope,
                 granted: now_secs(),
-            });
-            state.grants.clone()
-        };
-        if let Err(e) = self.queue.save_grants(&grants) {
-            shared.logger.event(
-                "supervise-grants-unsaved",
-                json!({"error": e.to_string(), "effect": "the grant is in force until the sidecar restarts"}),
-            );
-        }
+            })
+        });
         let mut policy = (*shared.policy.current()).clone();
         add_grant(&mut policy.egress, host, port, methods);
         shared.policy.replace(policy);
