@@ -306,7 +306,7 @@ pub fn credentials<'a>(
     })
 }
 
-/// The agent CLI's home in a provider image (images/agent-claude, -codex).
+/// The agent CLI's home in a provider image (images/agent-provider).
 pub const PROVIDER_HOME: &str = "/home/agent";
 /// The home of an agent that runs as a mount owner's uid in a provider
 /// image: made by the agent at `up` (in /tmp, which any uid can write).

@@ -1,8 +1,8 @@
 //! The provider images `bottle-agent-claude` and `bottle-agent-codex`: the
 //! agent image plus Node.js (Debian's) and a coding agent CLI from npm at a
 //! pinned version, run by the non-root user `agent` (uid 1000, home
-//! `/home/agent`). Their Containerfiles (`images/agent-claude`,
-//! `images/agent-codex`) are compiled into the binary like the others.
+//! `/home/agent`). Their one Containerfile (`images/agent-provider`, the
+//! CLI given as build arguments) is compiled into the binary like the others.
 //!
 //! The npm registry is never written into bottle: it is the host's own
 //! (`npm config get registry`, found on the host's `PATH`) or
@@ -28,8 +28,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-pub const CLAUDE_CONTAINERFILE: &str = include_str!("../../images/agent-claude/Containerfile");
-pub const CODEX_CONTAINERFILE: &str = include_str!("../../images/agent-codex/Containerfile");
+pub const PROVIDER_CONTAINERFILE: &str = include_str!("../../images/agent-provider/Containerfile");
 
 /// The Claude Code version a provider image gets unless `[agent] version`
 /// says otherwise (checked to install and run on Debian bookworm's Node 18).
@@ -82,8 +81,7 @@ impl Provider {
 
     pub fn containerfile(self) -> &'static str {
         match self {
-            Provider::Claude => CLAUDE_CONTAINERFILE,
-            Provider::Codex => CODEX_CONTAINERFILE,
+            Provider::Claude | Provider::Codex => PROVIDER_CONTAINERFILE,
         }
     }
 
@@ -305,7 +303,12 @@ pub fn npm_source(host: &Host) -> Result<NpmSource, ProviderImageError> {
 /// the version (semver build metadata) becomes `_`, which tags allow.
 pub fn provider_tag(provider: Provider, agent_image: &str, version: &str) -> String {
     let mut h = Sha256::new();
-    for part in [provider.containerfile(), agent_image, version] {
+    for part in [
+        provider.containerfile(),
+        provider.name(),
+        agent_image,
+        version,
+    ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -330,6 +333,9 @@ pub fn provider_build(
         ("AGENT_IMAGE".to_string(), agent_image.to_string()),
         ("NPM_REGISTRY".to_string(), npm.registry.clone()),
         ("VERSION".to_string(), version.to_string()),
+        ("PROVIDER".to_string(), provider.name().to_string()),
+        ("PACKAGE".to_string(), provider.package().to_string()),
+        ("COMMAND".to_string(), provider.command().to_string()),
     ]);
     if npm.strict_ssl_off {
         build_args.insert("NPM_STRICT_SSL".into(), "false".into());
@@ -621,6 +627,9 @@ mod tests {
                     ("AGENT_IMAGE".into(), "bottle-agent:latest".into()),
                     ("NPM_REGISTRY".into(), "https://npm.example.test/".into()),
                     ("VERSION".into(), "1.2.3".into()),
+                    ("PROVIDER".into(), p.name().into()),
+                    ("PACKAGE".into(), p.package().into()),
+                    ("COMMAND".into(), p.command().into()),
                 ])
             );
             assert_eq!(spec.files["npm-ca.pem"].0, b"");
@@ -629,10 +638,10 @@ mod tests {
             // The Containerfile says the same label and installs the
             // package with the version and registry it is given.
             let file = p.containerfile();
-            assert!(file.contains(&format!("LABEL dev.bottle.image=\"agent-{p}\"")));
-            assert!(file.contains(&format!("\"{}@$VERSION\"", p.package())));
+            assert!(file.contains("LABEL dev.bottle.image=\"agent-${PROVIDER}\""));
+            assert!(file.contains("\"$PACKAGE@$VERSION\""));
             assert!(file.contains("--registry \"$NPM_REGISTRY\""));
-            assert!(file.contains(&format!("{} --version", p.command())));
+            assert!(file.contains("$COMMAND --version"));
             assert!(file.contains("USER agent"));
             assert!(matches!(
                 provider_build(p, "a", "1 2", &npm),
