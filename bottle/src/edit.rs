@@ -63,7 +63,7 @@ fn quote(s: &str) -> String {
 
 /// The form for `p` of bottle `bottle`, with `scope` and `note` filled in.
 pub fn form(bottle: &str, p: &Proposal, scope: Scope, note: Option<&str>) -> String {
-    let one_line = |s: &str| s.replace(['\n', '\r'], " ");
+    let one_line = |s: &str| inert(&s.replace(['\n', '\r'], " "));
     let mut out = format!(
         "# bottle: approve request {} of bottle {}: {}\n# reason: {}\n# Edit, save and quit. An empty file cancels.\n",
         p.id.as_str(),
@@ -107,6 +107,15 @@ pub fn form(bottle: &str, p: &Proposal, scope: Scope, note: Option<&str>) -> Str
         quote(note.unwrap_or(""))
     ));
     out
+}
+
+/// Agent-written text as the form's comments carry it: nothing an editor
+/// reads as settings. Vim's modelines (`vim: set …:`, `vi:`, `ex:`, read
+/// in the first and last lines, and the whole form is that short) and
+/// Emacs's `-*- … -*-` line lose their trigger: every `:` becomes `꞉`
+/// (U+A789) and `-*-` becomes `- * -`.
+fn inert(s: &str) -> String {
+    s.replace(':', "\u{A789}").replace("-*-", "- * -")
 }
 
 #[derive(Deserialize)]
@@ -281,6 +290,61 @@ mod tests {
             .replace("methods = []", "methods = [\"GET\"]");
         let e = parse(&p, &narrowed).unwrap();
         assert_eq!(e.ask.summary(), "egress api.example.com:443 [GET]");
+    }
+
+    /// The agent writes the reason: it must not set the operator's
+    /// editor's options (vim modelines, Emacs file variables).
+    #[test]
+    fn the_agents_text_carries_no_editor_settings() {
+        let mut p = proposal(Ask::egress("vim", Some(443), vec![]).unwrap());
+        p.reason = Text::clean("x vim: set ts=3 sw=3 : -*- eval: (evil) -*- ex:y").unwrap();
+        let text = form("demo", &p, Scope::Once, None);
+        for line in text.lines().filter(|l| l.starts_with('#')) {
+            for trigger in ["vim:", "vi:", "ex:", "-*-"] {
+                assert!(!line.contains(trigger), "{trigger} in {line}");
+            }
+        }
+        assert!(
+            text.contains("set ts=3 sw=3"),
+            "the reason is shown: {text}"
+        );
+        // The real vim, modelines on, takes no setting from the form (a
+        // harmless one stands for what a modeline bug would let through).
+        if let Ok(vim) = which::which("vim") {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("f.toml");
+            std::fs::write(&file, &text).unwrap();
+            let out = dir.path().join("out");
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the real vim reads the form the test wrote"
+            )]
+            let st = std::process::Command::new(vim)
+                .args([
+                    "-E",
+                    "-s",
+                    "-N",
+                    "-u",
+                    "NONE",
+                    "-c",
+                    "set modeline modelines=5",
+                ])
+                .arg("-c")
+                .arg(format!(
+                    "e {} | redir! > {} | set ts? | redir END | q!",
+                    file.display(),
+                    out.display()
+                ))
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let shown = std::fs::read_to_string(&out).unwrap();
+            assert!(
+                shown.contains("tabstop=8"),
+                "a modeline in the form was obeyed: {shown}"
+            );
+        }
+        assert_eq!(parse(&p, &text).unwrap().ask, p.ask);
     }
 
     #[test]
