@@ -40,6 +40,15 @@ service_pid() {
   pgrep -f -x "podman system service --time=0 unix://$SOCKET" | head -n1 || true
 }
 
+# Stops the service process $1 and waits (up to 10 s) until it is gone.
+stop_service() {
+  as_root kill "$1"
+  for _ in $(seq 1 20); do
+    [ -d "/proc/$1" ] || break
+    sleep 0.5
+  done
+}
+
 start_service() {
   as_root mkdir -p "$(dirname "$SOCKET")"
   log "starting podman system service on unix://$SOCKET (log: /var/log/bottle-podman.log)"
@@ -62,11 +71,7 @@ ensure_service() {
   # since deleted) answers but cannot start a container: restart it from /.
   if [ -n "$pid" ] && as_root readlink "/proc/$pid/cwd" | grep -q ' (deleted)$'; then
     log "the API service's working directory was removed; restarting it"
-    as_root kill "$pid"
-    for _ in $(seq 1 20); do
-      [ -d "/proc/$pid" ] || break
-      sleep 0.5
-    done
+    stop_service "$pid"
   fi
   if api_answers; then
     log "podman API answers on unix://$SOCKET"
@@ -103,11 +108,7 @@ ensure_ulimits() {
   as_root mkdir -p "$(dirname "$ULIMITS_CONF")"
   printf '%s\n' "$want" | as_root tee "$ULIMITS_CONF" >/dev/null
   log "restarting the API service to read it"
-  as_root kill "$pid"
-  for _ in $(seq 1 20); do
-    [ -d "/proc/$pid" ] || break
-    sleep 0.5
-  done
+  stop_service "$pid"
   start_service
 }
 

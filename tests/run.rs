@@ -41,6 +41,12 @@ fn bottle_env(
     child.wait_with_output().unwrap()
 }
 
+/// A usage refusal (exit 2) whose message says `why`.
+fn refused(out: &std::process::Output, why: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    assert!(stderr(out).contains(why), "{}", stderr(out));
+}
+
 #[test]
 fn run_headless_keep_and_resume() {
     if !engine_or_skip("run") {
@@ -157,12 +163,7 @@ fn run_headless_keep_and_resume() {
         ],
         "",
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--from starts a new bottle"),
-        "{}",
-        stderr(&out)
-    );
+    refused(&out, "--from starts a new bottle");
 
     // Another provider never widens the running bottle.
     let out = bottle_in(
@@ -171,12 +172,7 @@ fn run_headless_keep_and_resume() {
         &["run", "claude", "-q", "--headless", "--prompt", "hi"],
         "",
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is running without claude's API"),
-        "{}",
-        stderr(&out)
-    );
+    refused(&out, "is running without claude's API");
     let out = bottle_in(&dir, &state, &["down", &name], "");
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -219,7 +215,6 @@ fn run_headless_keep_and_resume() {
 
     // `resume` of a bottle that is gone says so.
     let out = bottle_in(&dir, &state, &["resume", &name], "");
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is not running"), "{}", stderr(&out));
+    refused(&out, "is not running");
     assert!(labelled(&name).is_empty());
 }

@@ -307,17 +307,11 @@ async fn approved_request_opens_the_host_and_survives_a_restart() {
     assert_eq!(resp.status, 200, "{resp:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denied_request_leaves_the_host_blocked() {
-    let (s, origin, _pki) = setup(json!({"enabled": true})).await;
-    let port = origin.port();
+/// `request_egress` for origin.test:`port`, answered at once with
+/// `verdict` and `scope` as `bottle approve`/`deny` would; the tool's text.
+async fn ask_decided(s: &Supervised, port: u16, verdict: Verdict, scope: Scope) -> String {
     let (client, _) = connect(&s.mcp_url()).await;
-    let decider = tokio::spawn(decide_when_filed(
-        s.queue(),
-        Verdict::Deny,
-        Scope::Once,
-        Duration::ZERO,
-    ));
+    let decider = tokio::spawn(decide_when_filed(s.queue(), verdict, scope, Duration::ZERO));
     let (text, _) = call(
         &client,
         "request_egress",
@@ -325,6 +319,14 @@ async fn denied_request_leaves_the_host_blocked() {
     )
     .await;
     decider.await.unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_request_leaves_the_host_blocked() {
+    let (s, origin, _pki) = setup(json!({"enabled": true})).await;
+    let port = origin.port();
+    let text = ask_decided(&s, port, Verdict::Deny, Scope::Once).await;
     assert!(text.starts_with("denied"), "{text}");
     assert!(text.contains("looked fine"), "{text}");
     let after = raw_request(
@@ -340,20 +342,7 @@ async fn denied_request_leaves_the_host_blocked() {
 async fn once_approval_opens_one_connection() {
     let (s, origin, pki) = setup(json!({"enabled": true})).await;
     let port = origin.port();
-    let (client, _) = connect(&s.mcp_url()).await;
-    let decider = tokio::spawn(decide_when_filed(
-        s.queue(),
-        Verdict::Approve,
-        Scope::Once,
-        Duration::ZERO,
-    ));
-    let (text, _) = call(
-        &client,
-        "request_egress",
-        json!({"host": "origin.test", "port": port, "reason": "x"}),
-    )
-    .await;
-    decider.await.unwrap();
+    let text = ask_decided(&s, port, Verdict::Approve, Scope::Once).await;
     assert!(text.starts_with("approved (once)"), "{text}");
     // DNS follows the approval while it waits for its connection.
     assert_eq!(s.resolve("origin.test").await, (0, 1));
