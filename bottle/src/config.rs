@@ -242,6 +242,13 @@ pub struct SidecarConfig {
     pub body_timeout: Option<u64>,
     /// Bytes.
     pub audit_max_bytes: Option<u64>,
+    pub h2_max_streams: Option<u32>,
+    /// Bytes.
+    pub h2_max_header_list_bytes: Option<u32>,
+    /// Bytes.
+    pub h2_stream_window_bytes: Option<u32>,
+    /// Bytes.
+    pub h2_connection_window_bytes: Option<u32>,
 }
 
 impl Default for SuperviseConfig {
@@ -340,6 +347,14 @@ impl Config {
             idle_timeout_secs: s.idle_timeout.unwrap_or(d.idle_timeout_secs),
             body_timeout_secs: s.body_timeout.unwrap_or(d.body_timeout_secs),
             audit_max_bytes: s.audit_max_bytes.unwrap_or(d.audit_max_bytes),
+            h2_max_streams: s.h2_max_streams.unwrap_or(d.h2_max_streams),
+            h2_max_header_list_bytes: s
+                .h2_max_header_list_bytes
+                .unwrap_or(d.h2_max_header_list_bytes),
+            h2_stream_window_bytes: s.h2_stream_window_bytes.unwrap_or(d.h2_stream_window_bytes),
+            h2_connection_window_bytes: s
+                .h2_connection_window_bytes
+                .unwrap_or(d.h2_connection_window_bytes),
         }
     }
 

@@ -109,6 +109,19 @@ impl Pinned {
             ("sidecar.idle_timeout", l.idle_timeout_secs),
             ("sidecar.body_timeout", l.body_timeout_secs),
             ("sidecar.audit_max_bytes", l.audit_max_bytes),
+            ("sidecar.h2_max_streams", u64::from(l.h2_max_streams)),
+            (
+                "sidecar.h2_max_header_list_bytes",
+                u64::from(l.h2_max_header_list_bytes),
+            ),
+            (
+                "sidecar.h2_stream_window_bytes",
+                u64::from(l.h2_stream_window_bytes),
+            ),
+            (
+                "sidecar.h2_connection_window_bytes",
+                u64::from(l.h2_connection_window_bytes),
+            ),
         ] {
             limits.insert(k.into(), v);
         }

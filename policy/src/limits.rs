@@ -34,7 +34,23 @@ pub struct Limits {
     /// `egress.jsonl.1` (one old file is kept, so the log uses at most about
     /// twice this).
     pub audit_max_bytes: u64,
+    /// HTTP/2 streams one agent connection may have open at once (the
+    /// sidecar's `SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused with
+    /// `REFUSED_STREAM`.
+    pub h2_max_streams: u32,
+    /// Largest decoded header list, in bytes, the sidecar accepts on one
+    /// HTTP/2 request (`SETTINGS_MAX_HEADER_LIST_SIZE`): bounds HPACK bombs
+    /// and CONTINUATION floods.
+    pub h2_max_header_list_bytes: u32,
+    /// HTTP/2 flow-control window of one stream, in bytes: how much of a
+    /// body the agent may send before the sidecar has passed it on.
+    pub h2_stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of a whole connection, in bytes.
+    pub h2_connection_window_bytes: u32,
 }
+
+/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+pub const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -45,6 +61,10 @@ impl Default for Limits {
             idle_timeout_secs: 900,
             body_timeout_secs: 30,
             audit_max_bytes: 64 * 1024 * 1024,
+            h2_max_streams: 100,
+            h2_max_header_list_bytes: 64 * 1024,
+            h2_stream_window_bytes: 1024 * 1024,
+            h2_connection_window_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -54,12 +74,14 @@ impl Default for Limits {
 pub enum LimitsError {
     #[error("limits.{0} is 0; every limit must be at least 1 (leave it out for the default)")]
     Zero(&'static str),
+    #[error("limits.{0} is {1}; an HTTP/2 window is at least 65535 and at most 2147483647 bytes")]
+    Window(&'static str, u32),
 }
 
 impl Limits {
     /// Rejects a zero in any field (all of them are reported).
     pub fn validate(&self) -> Result<(), Vec<LimitsError>> {
-        let fields: [(&'static str, u64); 6] = [
+        let fields: [(&'static str, u64); 10] = [
             ("max_connections", u64::from(self.max_connections)),
             (
                 "max_connections_per_client",
@@ -69,12 +91,36 @@ impl Limits {
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("body_timeout_secs", self.body_timeout_secs),
             ("audit_max_bytes", self.audit_max_bytes),
+            ("h2_max_streams", u64::from(self.h2_max_streams)),
+            (
+                "h2_max_header_list_bytes",
+                u64::from(self.h2_max_header_list_bytes),
+            ),
+            (
+                "h2_stream_window_bytes",
+                u64::from(self.h2_stream_window_bytes),
+            ),
+            (
+                "h2_connection_window_bytes",
+                u64::from(self.h2_connection_window_bytes),
+            ),
         ];
-        let errors: Vec<LimitsError> = fields
+        let mut errors: Vec<LimitsError> = fields
             .iter()
             .filter(|(_, v)| *v == 0)
             .map(|(name, _)| LimitsError::Zero(name))
             .collect();
+        for (name, window) in [
+            ("h2_stream_window_bytes", self.h2_stream_window_bytes),
+            (
+                "h2_connection_window_bytes",
+                self.h2_connection_window_bytes,
+            ),
+        ] {
+            if window != 0 && !(65_535..=H2_MAX_WINDOW).contains(&window) {
+                errors.push(LimitsError::Window(name, window));
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -120,5 +166,21 @@ mod tests {
         assert!(errors[0]
             .to_string()
             .contains("limits.max_connections is 0"));
+    }
+
+    #[test]
+    fn h2_windows_stay_within_the_protocol() {
+        let l = Limits {
+            h2_stream_window_bytes: 1024,
+            h2_connection_window_bytes: H2_MAX_WINDOW + 1,
+            ..Limits::default()
+        };
+        assert_eq!(
+            l.validate().unwrap_err(),
+            [
+                LimitsError::Window("h2_stream_window_bytes", 1024),
+                LimitsError::Window("h2_connection_window_bytes", H2_MAX_WINDOW + 1)
+            ]
+        );
     }
 }

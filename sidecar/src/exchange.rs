@@ -123,6 +123,11 @@ impl Exchange {
         let (mut parts, body) = resp.into_parts();
         strip_hop_headers(&mut parts.headers);
         parts.extensions = Extensions::new();
+        // An HTTP/2 upstream's answer may go to an HTTP/1.1 agent (the
+        // agent's server writes its own version either way).
+        if parts.version == hyper::Version::HTTP_2 {
+            parts.version = hyper::Version::HTTP_11;
+        }
         let resp = Response::from_parts(parts, body);
         if redaction.injected {
             if let Some(encoding) = content_encoding(resp.headers()) {

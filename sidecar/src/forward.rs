@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, TE};
 use hyper::http::uri::Authority;
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -73,12 +73,67 @@ pub fn origin_form(uri: &Uri) -> Uri {
 
 /// Builds the upstream request: origin-form target, HTTP/1.1, cleaned
 /// headers, and `Host` set to `host_header` (the authority that was checked).
+/// A `TE: trailers` the client sent is kept (gRPC needs it on HTTP/2);
+/// [`to_h1`] drops it again for an HTTP/1.1 upstream.
 pub fn upstream_request<B>(req: Request<B>, host_header: HeaderValue) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
+    let trailers = parts
+        .headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_headers(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
     parts.headers.insert(HOST, host_header);
+    Request::from_parts(parts, body)
+}
+
+/// An [`upstream_request`] as sent on an HTTP/2 connection: the checked
+/// `Host` becomes the `:authority` of an absolute URL with `scheme`, and no
+/// `Host` header is sent.
+pub fn to_h2<B>(req: Request<B>, scheme: &str) -> Result<Request<B>, ForwardError> {
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .headers
+        .remove(HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ForwardError::Authority(authority))?;
+    parts.version = Version::HTTP_2;
+    Ok(Request::from_parts(parts, body))
+}
+
+/// An [`upstream_request`] as sent on an HTTP/1.1 connection: no `TE`, and
+/// the `Cookie` fields an HTTP/2 client may split joined into one
+/// (RFC 9113 §8.2.3).
+pub fn to_h1<B>(req: Request<B>) -> Request<B> {
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove(TE);
+    let cookies: Vec<HeaderValue> = parts.headers.get_all(COOKIE).iter().cloned().collect();
+    if cookies.len() > 1 {
+        let joined: Vec<&[u8]> = cookies.iter().map(HeaderValue::as_bytes).collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            parts.headers.insert(COOKIE, v);
+        }
+    }
     Request::from_parts(parts, body)
 }
 
@@ -89,6 +144,8 @@ pub enum ForwardError {
     Handshake(#[source] hyper::Error),
     #[error("the upstream did not answer: {0}")]
     Send(#[source] hyper::Error),
+    #[error("{0:?} cannot be the authority of an HTTP/2 request")]
+    Authority(String),
 }
 
 /// Opens an HTTP/1 client connection over `io` (already connected to the
@@ -317,6 +374,37 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["authorization", "x-kept"]);
+    }
+
+    #[test]
+    fn requests_take_the_shape_of_the_upstream_version() {
+        let req = Request::builder()
+            .uri("https://a.example/x?q=1")
+            .header("te", "trailers, deflate")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("connection", "te")
+            .body(())
+            .unwrap();
+        let req = upstream_request(req, HeaderValue::from_static("a.example:8443"));
+        assert_eq!(req.headers()["te"], "trailers");
+        let h2 = to_h2(req, "https").unwrap();
+        assert_eq!(h2.uri(), "https://a.example:8443/x?q=1");
+        assert_eq!(h2.version(), Version::HTTP_2);
+        assert!(h2.headers().get("host").is_none());
+        assert_eq!(h2.headers()["te"], "trailers");
+        let req = Request::builder()
+            .uri("/x")
+            .header("te", "trailers")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap();
+        let h1 = to_h1(upstream_request(req, HeaderValue::from_static("a.example")));
+        assert!(h1.headers().get("te").is_none());
+        assert_eq!(h1.headers()["cookie"], "a=1; b=2");
+        assert_eq!(h1.headers()["host"], "a.example");
+        assert_eq!(h1.uri(), "/x");
     }
 
     #[test]

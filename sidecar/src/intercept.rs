@@ -38,18 +38,19 @@ use crate::redact::Needles;
 use crate::secrets;
 use crate::shared::Shared;
 use crate::tls;
+use crate::wire::{self, Wire};
 use bottle_policy::{normalize_host, Decision, Verdict};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -69,6 +70,8 @@ pub enum Payload {
     Tls,
     /// An HTTP/1 request line (`TOKEN SP`).
     Http,
+    /// The HTTP/2 connection preface in the clear (prior knowledge).
+    H2,
     /// Anything else: refused.
     Other,
 }
@@ -78,6 +81,11 @@ pub fn classify(prefix: &[u8]) -> Option<Payload> {
     let first = *prefix.first()?;
     if first == 0x16 {
         return Some(Payload::Tls);
+    }
+    match crate::wire::preface(prefix) {
+        Some(true) => return Some(Payload::H2),
+        None => return None,
+        Some(false) => {}
     }
     for (i, b) in prefix.iter().enumerate() {
         if *b == b' ' {
@@ -196,12 +204,18 @@ where
         }
         Ok((Payload::Http, prefix)) => {
             let session = Session::new(shared, client, checked, false, Some(upstream), None);
-            serve_http(Prefixed::new(prefix, io), session).await
+            serve_http(Prefixed::new(prefix, io), Wire::H1, session).await
+        }
+        Ok((Payload::H2, prefix)) => {
+            // Prior-knowledge HTTP/2 (gRPC's plaintext channels): served as
+            // HTTP/2, every stream checked, and sent upstream the same way.
+            let session = Session::new(shared, client, checked, false, Some(upstream), None);
+            serve_http(Prefixed::new(prefix, io), Wire::H2, session).await
         }
         Ok((Payload::Other, _)) => {
             let decision = refusal(
                 "tunnel-not-http",
-                format!("the bytes sent inside the tunnel to {} are neither TLS nor HTTP/1; egress tunnels carry only those", forward::host_port(&host, port)),
+                format!("the bytes sent inside the tunnel to {} are neither TLS nor HTTP; egress tunnels carry only those", forward::host_port(&host, port)),
             );
             let refused = Refusal {
                 what: format!("CONNECT {}", forward::host_port(&host, port)),
@@ -290,7 +304,8 @@ where
             return Some(e);
         }
     };
-    serve_http(stream, session).await
+    let wire = Wire::from_alpn(stream.get_ref().1.alpn_protocol());
+    serve_http(stream, wire, session).await
 }
 
 async fn handshake<S>(
@@ -387,38 +402,33 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(closing.limits().handshake())
-        .serve_connection(TokioIo::new(stream), svc);
+    let wire = Wire::from_alpn(stream.get_ref().1.alpn_protocol());
+    let limits = closing.limits();
     tokio::select! {
-        _ = conn => {}
+        _ = wire::serve(stream, wire, &limits, svc) => {}
         () = closing.closing() => {}
     }
     Some(format!("refused: {reason}"))
 }
 
-/// Serves HTTP/1.1 on a (decrypted or plain) tunnel until either side
-/// closes. Returns an error worth logging, if any.
-pub async fn serve_http<S>(stream: S, session: Arc<Session>) -> Option<String>
+/// Serves HTTP/1.1 or HTTP/2 (`wire`) on a (decrypted or plain) tunnel
+/// until either side closes. Returns an error worth logging, if any.
+pub async fn serve_http<S>(stream: S, wire: Wire, session: Arc<Session>) -> Option<String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = session.shared.clone();
+    session.agent_h2.store(wire == Wire::H2, Ordering::Relaxed);
     let svc = service_fn(move |req| {
         let session = session.clone();
         async move { Ok::<_, Infallible>(session.handle(req).await) }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.limits().handshake())
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let limits = shared.limits();
     tokio::select! {
-        result = conn => match result {
+        result = wire::serve(stream, wire, &limits, svc) => match result {
             Ok(()) => None,
             Err(e) if e.is_timeout() || e.is_incomplete_message() || e.is_canceled() => None,
-            Err(e) => Some(format!("HTTP inside the tunnel failed: {e}")),
+            Err(e) => Some(format!("{} inside the tunnel failed: {e}", wire.name())),
         },
         () = shared.closing() => Some("sidecar shutting down".into()),
     }
@@ -444,13 +454,24 @@ pub enum UpstreamError {
     Send(#[source] hyper::Error),
 }
 
-/// The upstream side of one tunnel: a kept-alive HTTP/1 connection to a
-/// checked address, opened lazily (or taken from the connection made before
-/// the CONNECT was answered) and reopened to the same checked addresses.
+/// The upstream side of one tunnel: kept-alive connections to a checked
+/// address, opened lazily (the first may be the connection made before the
+/// CONNECT was answered) and reopened to the same checked addresses. An
+/// HTTP/2 upstream is one connection carrying every stream; an HTTP/1.1
+/// upstream is one connection per request in flight (an HTTP/1.1 agent has
+/// one at a time; an HTTP/2 agent's streams each take an idle one or open
+/// another).
 #[derive(Debug, Default)]
 struct Upstream {
-    sender: Option<SendRequest<UpBody>>,
+    h2: Option<http2::SendRequest<UpBody>>,
+    h1: Vec<http1::SendRequest<UpBody>>,
     preconnected: Option<TcpStream>,
+}
+
+/// One upstream connection, ready for a request.
+enum Conn {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
 }
 
 /// One intercepted (or plain) connection to one checked destination.
@@ -462,6 +483,9 @@ pub struct Session {
     tls: bool,
     /// The port a `Host` without one means.
     default_port: u16,
+    /// The agent speaks HTTP/2 on this connection (set when serving starts);
+    /// in the clear, the upstream is then spoken to with prior knowledge too.
+    agent_h2: AtomicBool,
     upstream: tokio::sync::Mutex<Upstream>,
 }
 
@@ -482,9 +506,10 @@ impl Session {
             checked,
             tls,
             default_port: default_port.unwrap_or(if tls { 443 } else { 80 }),
+            agent_h2: AtomicBool::new(false),
             upstream: tokio::sync::Mutex::new(Upstream {
-                sender: None,
                 preconnected,
+                ..Upstream::default()
             }),
         })
     }
@@ -657,43 +682,98 @@ impl Session {
         })
     }
 
-    /// Sends `req` on the kept-alive upstream connection, (re)opening it to a
-    /// checked address when needed.
+    /// Sends `req` upstream on a kept-alive connection, opening one to a
+    /// checked address when none is free, in the version that connection
+    /// negotiated.
     async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let mut slot = self.upstream.lock().await;
-        let reusable = match slot.sender.as_mut() {
-            Some(sender) => sender.ready().await.is_ok(),
-            None => false,
-        };
-        if !reusable {
-            let pre = slot.preconnected.take();
-            slot.sender = Some(self.open(pre).await?);
+        match self.checkout().await? {
+            Conn::H2(mut sender) => {
+                let req = forward::to_h2(req, self.scheme())?;
+                sender.send_request(req).await.map_err(UpstreamError::Send)
+            }
+            Conn::H1(mut sender) => {
+                // Hop-by-hop headers are stripped by `Exchange::forwarded`,
+                // after it checked them.
+                let sent = sender.send_request(forward::to_h1(req)).await;
+                if !sender.is_closed() {
+                    self.upstream.lock().await.h1.push(sender);
+                }
+                sent.map_err(UpstreamError::Send)
+            }
         }
-        let Some(sender) = slot.sender.as_mut() else {
-            return Err(UpstreamError::Name(self.host().into()));
-        };
-        // Hop-by-hop headers are stripped by `Exchange::forwarded`, after it
-        // checked them.
-        sender.send_request(req).await.map_err(UpstreamError::Send)
     }
 
-    /// A new upstream connection (TLS verified when the tunnel is TLS).
-    async fn open(&self, pre: Option<TcpStream>) -> Result<SendRequest<UpBody>, UpstreamError> {
+    /// A connection for the next request: the HTTP/2 one, an idle HTTP/1.1
+    /// one, or a new one.
+    async fn checkout(&self) -> Result<Conn, UpstreamError> {
+        let mut slot = self.upstream.lock().await;
+        if let Some(h2) = &slot.h2 {
+            if !h2.is_closed() {
+                return Ok(Conn::H2(h2.clone()));
+            }
+            slot.h2 = None;
+        }
+        slot.h1.retain(|s| !s.is_closed());
+        if let Some(i) = slot.h1.iter().position(|s| s.is_ready()) {
+            return Ok(Conn::H1(slot.h1.swap_remove(i)));
+        }
+        // An HTTP/1.1 agent sends one request at a time: wait for the last
+        // answer to finish rather than open a second connection.
+        if !self.agent_h2.load(Ordering::Relaxed) {
+            if let Some(mut sender) = slot.h1.pop() {
+                if sender.ready().await.is_ok() {
+                    return Ok(Conn::H1(sender));
+                }
+            }
+        }
+        let pre = slot.preconnected.take();
+        let conn = self.open(pre, false).await?;
+        if let Conn::H2(sender) = &conn {
+            slot.h2 = Some(sender.clone());
+        }
+        Ok(conn)
+    }
+
+    /// A new upstream connection (TLS verified when the tunnel is TLS). With
+    /// TLS the upstream chooses HTTP/2 or HTTP/1.1 by ALPN (`h1_only` offers
+    /// HTTP/1.1 alone, for upgrades); in the clear it is HTTP/2 with prior
+    /// knowledge when the agent spoke that way, HTTP/1.1 otherwise.
+    async fn open(&self, pre: Option<TcpStream>, h1_only: bool) -> Result<Conn, UpstreamError> {
         let tcp = match pre {
             Some(tcp) => tcp,
             None => egress::connect(&self.checked).await?.0,
         };
+        let limits = self.shared.limits();
         if !self.tls {
-            return Ok(forward::client(tcp).await?);
+            return Ok(if self.agent_h2.load(Ordering::Relaxed) && !h1_only {
+                Conn::H2(
+                    wire::client_h2(tcp, &limits)
+                        .await
+                        .map_err(ForwardError::Handshake)?,
+                )
+            } else {
+                Conn::H1(forward::client(tcp).await?)
+            });
         }
         let name =
             tls::server_name(self.host()).ok_or_else(|| UpstreamError::Name(self.host().into()))?;
-        let connect = self.shared.tls.connector().connect(name, tcp);
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
+        let connector = if h1_only {
+            self.shared.tls.connector()
+        } else {
+            self.shared.tls.connector_h2()
+        };
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
             .await
             .map_err(|_| UpstreamError::TlsTimeout)?
             .map_err(UpstreamError::Tls)?;
-        Ok(forward::client(stream).await?)
+        Ok(match Wire::from_alpn(stream.get_ref().1.alpn_protocol()) {
+            Wire::H2 => Conn::H2(
+                wire::client_h2(stream, &limits)
+                    .await
+                    .map_err(ForwardError::Handshake)?,
+            ),
+            Wire::H1 => Conn::H1(forward::client(stream).await?),
+        })
     }
 
     /// Forwards a WebSocket upgrade that passed every check, on its own
@@ -715,8 +795,15 @@ impl Session {
             .headers_mut()
             .insert(UPGRADE, HeaderValue::from_static("websocket"));
         let pre = self.upstream.lock().await.preconnected.take();
-        let mut sender = match self.open(pre).await {
-            Ok(s) => s,
+        let mut sender = match self.open(pre, true).await {
+            Ok(Conn::H1(s)) => s,
+            Ok(Conn::H2(_)) => {
+                return ex.unreachable(
+                    &target,
+                    &rule,
+                    "the upstream answered a WebSocket upgrade in HTTP/2".into(),
+                )
+            }
             Err(e) => return ex.unreachable(&target, &rule, e.to_string()),
         };
         let mut resp = match sender.send_request(upreq).await {

@@ -74,8 +74,14 @@ impl Proxy {
     }
 }
 
-async fn serve_connection(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>) {
+async fn serve_connection(mut stream: ClientStream, client: SocketAddr, shared: Arc<Shared>) {
     let handshake = shared.limits().handshake();
+    let (h2, prefix) = crate::wire::read_preface(&mut stream, handshake).await;
+    if h2 {
+        refuse_h2(&mut stream, client, &shared, "proxy").await;
+        return;
+    }
+    let stream = crate::io::Prefixed::new(prefix, stream);
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
@@ -103,6 +109,22 @@ async fn serve_connection(stream: ClientStream, client: SocketAddr, shared: Arc<
         }
         () = shared.closing() => {}
     }
+}
+
+/// Turns away a client that opened a listener routing by `Host` (the
+/// explicit proxy, transparent :80) with the HTTP/2 preface: a `GOAWAY`
+/// (`HTTP_1_1_REQUIRED`) that says why, and a log line.
+pub(crate) async fn refuse_h2<S>(io: &mut S, client: SocketAddr, shared: &Shared, listener: &str)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let why = format!("bottle egress: the {listener} listener speaks HTTP/1.1 only; send HTTP/2 inside a CONNECT tunnel (https://, or prior knowledge after CONNECT) instead");
+    crate::wire::refuse_prior_knowledge(io, &why).await;
+    let mut record = EgressRecord::new(client, "PRI");
+    record.rule = "h2-prior-knowledge".into();
+    record.status = StatusCode::HTTP_VERSION_NOT_SUPPORTED.as_u16();
+    record.error = Some(why);
+    shared.logger.egress(client, &record);
 }
 
 /// One request from a client, answered.

@@ -43,6 +43,8 @@ const MAX_CACHED_LEAVES: usize = 1024;
 
 /// The ALPN protocol both sides speak.
 const HTTP11: &[u8] = b"http/1.1";
+/// The ALPN name of HTTP/2.
+pub const H2: &[u8] = b"h2";
 
 /// Why TLS could not be set up at start.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +104,10 @@ pub struct Tls {
     leaf_key: KeyPair,
     leaf_key_der: Vec<u8>,
     leaves: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
+    /// HTTP/1.1 only: the git gate's relay and WebSocket upgrades.
     upstream: Arc<ClientConfig>,
+    /// HTTP/2 preferred, HTTP/1.1 accepted: intercepted requests.
+    upstream_h2: Arc<ClientConfig>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -183,6 +188,8 @@ impl Tls {
             .with_root_certificates(roots)
             .with_no_client_auth();
         upstream.alpn_protocols = vec![HTTP11.to_vec()];
+        let mut upstream_h2 = upstream.clone();
+        upstream_h2.alpn_protocols = vec![H2.to_vec(), HTTP11.to_vec()];
         let leaf_key = KeyPair::generate().map_err(TlsSetupError::LeafKey)?;
         let leaf_key_der = leaf_key.serialize_der();
         Ok(Tls {
@@ -192,6 +199,7 @@ impl Tls {
             leaf_key_der,
             leaves: Mutex::new(HashMap::new()),
             upstream: Arc::new(upstream),
+            upstream_h2: Arc::new(upstream_h2),
         })
     }
 
@@ -246,7 +254,9 @@ impl Tls {
             .with_no_client_auth()
             .with_single_cert(vec![cert.der().clone()], key)
             .map_err(config_err)?;
-        config.alpn_protocols = vec![HTTP11.to_vec()];
+        // The agent may choose HTTP/2 or HTTP/1.1, independently of what the
+        // upstream later negotiates with the sidecar.
+        config.alpn_protocols = vec![H2.to_vec(), HTTP11.to_vec()];
         Ok(config)
     }
 
@@ -256,9 +266,16 @@ impl Tls {
         self.upstream.clone()
     }
 
-    /// A connector for upstream TLS (verification on).
+    /// A connector for upstream TLS (verification on) offering HTTP/1.1
+    /// only (WebSocket upgrades).
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
         tokio_rustls::TlsConnector::from(self.upstream.clone())
+    }
+
+    /// A connector for upstream TLS (verification on) offering HTTP/2 and
+    /// HTTP/1.1; the stream's negotiated ALPN says which one to speak.
+    pub fn connector_h2(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.upstream_h2.clone())
     }
 }
 
@@ -325,7 +342,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         tls.server_config("127.0.0.1").unwrap();
         tls.server_config("fd00::1").unwrap();
-        assert_eq!(a.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        assert_eq!(a.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     }
 
     #[test]

@@ -178,10 +178,17 @@ async fn serve_tls(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>
         }
         Err(_) => return,
     };
-    intercept::serve_http(stream, session).await;
+    let wire = crate::wire::Wire::from_alpn(stream.get_ref().1.alpn_protocol());
+    intercept::serve_http(stream, wire, session).await;
 }
 
-async fn serve_http(stream: ClientStream, client: SocketAddr, shared: Arc<Shared>) {
+async fn serve_http(mut stream: ClientStream, client: SocketAddr, shared: Arc<Shared>) {
+    let (h2, prefix) = crate::wire::read_preface(&mut stream, shared.limits().handshake()).await;
+    if h2 {
+        crate::proxy::refuse_h2(&mut stream, client, &shared, "transparent HTTP").await;
+        return;
+    }
+    let stream = crate::io::Prefixed::new(prefix, stream);
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();

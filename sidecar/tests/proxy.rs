@@ -46,7 +46,7 @@ async fn raw_bytes_inside_an_allowed_tunnel_are_refused_never_piped() {
         format!(
             "bottle egress: blocked CONNECT {target}\n\
              rule: tunnel-not-http\n\
-             why: the bytes sent inside the tunnel to {target} are neither TLS nor HTTP/1; egress tunnels carry only those\n\
+             why: the bytes sent inside the tunnel to {target} are neither TLS nor HTTP; egress tunnels carry only those\n\
              to get access: speak TLS (https://) or HTTP through the tunnel; other protocols (ssh, raw TCP) are not forwarded\n"
         )
     );

@@ -321,6 +321,34 @@ static SIDECAR: TableSchema = TableSchema {
                 max: 1 << 40,
             },
         ),
+        opt(
+            "h2_max_streams",
+            Kind::Count {
+                min: 1,
+                max: 10_000,
+            },
+        ),
+        opt(
+            "h2_max_header_list_bytes",
+            Kind::Count {
+                min: 1024,
+                max: 16 << 20,
+            },
+        ),
+        opt(
+            "h2_stream_window_bytes",
+            Kind::Count {
+                min: 65_535,
+                max: (1 << 31) - 1,
+            },
+        ),
+        opt(
+            "h2_connection_window_bytes",
+            Kind::Count {
+                min: 65_535,
+                max: (1 << 31) - 1,
+            },
+        ),
     ],
     check: None,
 };

@@ -148,6 +148,11 @@ impl Pki {
 
     /// A TLS client trusting only the bottle CA (what the agent trusts).
     pub fn agent_tls(&self) -> tokio_rustls::TlsConnector {
+        self.agent_tls_alpn(&[])
+    }
+
+    /// [`Pki::agent_tls`] offering `alpn` (e.g. `h2`).
+    pub fn agent_tls_alpn(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         let pem = std::fs::read(&self.bottle_ca).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
@@ -161,6 +166,8 @@ impl Pki {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let mut config = config;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
