@@ -292,6 +292,8 @@ struct EgressSection {
     credential: Vec<CredentialRule>,
     allow_private: Vec<bottle_policy::HostPattern>,
     upstream_roots: Vec<PathBuf>,
+    upstream_proxy: Option<bottle_policy::ProxyUrl>,
+    upstream_proxy_auth_env: Option<String>,
 }
 
 impl Config {
@@ -398,6 +400,15 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         ConfigErrors::from_found(src, path, vec![found])
     })?;
     extends::check_merged(&layers, &file.agent)?;
+    if file.egress.upstream_proxy.is_none() && file.egress.upstream_proxy_auth_env.is_some() {
+        let found = Found::new(
+            None,
+            Some("egress.upstream_proxy_auth_env".into()),
+            ErrorKind::InvalidValue,
+            "names the upstream proxy's credential, but egress.upstream_proxy is not set; add `upstream_proxy = \"http://host:port\"` or remove it".into(),
+        );
+        return Err(ConfigErrors::from_found(src, path, vec![found]));
+    }
 
     let top = layers.last().expect("the top file is always a layer");
     let source = top.abs.clone();
@@ -422,6 +433,13 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         rules: file.egress.rule,
         credentials: file.egress.credential,
         allow_private: file.egress.allow_private,
+        upstream_proxy: file
+            .egress
+            .upstream_proxy
+            .map(|url| bottle_policy::UpstreamProxy {
+                url,
+                auth_from_env: file.egress.upstream_proxy_auth_env,
+            }),
     };
     let upstream_roots = file
         .egress

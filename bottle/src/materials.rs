@@ -108,9 +108,10 @@ pub fn render(
     let secrets = Secrets::gather(
         &plan.policy.egress.credentials,
         &plan.policy.git.remotes,
-        lookup,
+        &lookup,
         &keep,
-    )?;
+    )?
+    .with_proxy_auth(plan.policy.egress.upstream_proxy.as_ref(), &lookup, &keep)?;
     let mut roots = Vec::new();
     for root in &plan.upstream_roots {
         roots.extend_from_slice(&root.pem);

@@ -455,6 +455,15 @@ pub fn render(plan: &Plan) -> String {
     for p in &plan.policy.egress.allow_private {
         let _ = writeln!(s, "  private ok  {p}");
     }
+    if let Some(p) = &plan.policy.egress.upstream_proxy {
+        // The URL holds no credential (config load refuses one); only the
+        // variable's name is shown.
+        let auth = match &p.auth_from_env {
+            Some(var) => format!(", credential from {var}"),
+            None => String::new(),
+        };
+        let _ = writeln!(s, "  via proxy   {} (CONNECT{auth})", p.url);
+    }
     if plan.policy.egress.allow.is_empty() {
         let _ = writeln!(s, "  egress      deny all");
     } else {

@@ -17,6 +17,12 @@ pub enum SecretError {
     Missing { host: String, var: String },
     #[error("[[git.remote]] `{remote}` reads its token from {var}, but {var} is not set\n  fix: export {var} before `bottle up`, or remove `token_from_env` for a public upstream")]
     MissingToken { remote: String, var: String },
+    #[error("egress.upstream_proxy_auth_env reads the proxy's credential from {var}, but {var} is not set\n  fix: export {var}=user:password before `bottle up`, or remove upstream_proxy_auth_env for a proxy without authentication")]
+    MissingProxyAuth { var: String },
+    #[error("{var} (egress.upstream_proxy_auth_env) must hold user:password on one line\n  fix: export {var}=user:password")]
+    ProxyAuthForm { var: String },
+    #[error("{var} is both the upstream proxy's credential and another credential's variable; a credential for the agent's requests must not be the proxy's\n  fix: use a variable of its own for egress.upstream_proxy_auth_env")]
+    ProxyAuthShared { var: String },
     #[error("cannot read random bytes for placeholders: {0}\n  fix: check that the kernel's random source (getrandom, /dev/urandom) works")]
     Random(String),
 }
@@ -94,6 +100,41 @@ impl Secrets {
             },
             agent_vars,
         })
+    }
+
+    /// Adds the upstream proxy's credential (`egress.upstream_proxy_auth_env`,
+    /// `user:password`), read through `lookup`. Like a git token it has no
+    /// counterpart in the agent: the sidecar alone sends it, on CONNECT.
+    pub fn with_proxy_auth(
+        mut self,
+        proxy: Option<&bottle_policy::UpstreamProxy>,
+        lookup: impl Fn(&str) -> Option<String>,
+        keep: &BTreeMap<String, String>,
+    ) -> Result<Secrets, SecretError> {
+        let Some(var) = proxy.and_then(|p| p.auth_from_env.as_deref()) else {
+            return Ok(self);
+        };
+        let value = lookup(var)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| SecretError::MissingProxyAuth { var: var.into() })?;
+        if !value.contains(':') || value.chars().any(char::is_control) {
+            return Err(SecretError::ProxyAuthForm { var: var.into() });
+        }
+        if self.file.credentials.contains_key(var) {
+            return Err(SecretError::ProxyAuthShared { var: var.into() });
+        }
+        let placeholder = match keep.get(var) {
+            Some(p) => p.clone(),
+            None => placeholder(var)?,
+        };
+        self.file.credentials.insert(
+            var.to_string(),
+            SecretEntry {
+                value: SecretValue::new(value),
+                placeholder,
+            },
+        );
+        Ok(self)
     }
 
     /// The file's bytes.
@@ -230,5 +271,42 @@ mod tests {
                 .contains("`app` reads its token from GH_TOKEN"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_proxy_credential_stays_in_the_sidecar() {
+        let proxy = bottle_policy::UpstreamProxy {
+            url: bottle_policy::ProxyUrl::parse("http://p.example:3128").unwrap(),
+            auth_from_env: Some("CORP_PROXY_AUTH".into()),
+        };
+        let none = BTreeMap::new();
+        let env = |v: &'static str| move |k: &str| (k == "CORP_PROXY_AUTH").then(|| v.to_string());
+        let s = Secrets::default()
+            .with_proxy_auth(Some(&proxy), env("u:pw"), &none)
+            .unwrap();
+        assert_eq!(s.file.credentials["CORP_PROXY_AUTH"].value.expose(), "u:pw");
+        assert!(s.agent_env().is_empty(), "the agent gets no placeholder");
+        assert!(!format!("{s:?}").contains("u:pw"));
+        let e = Secrets::default()
+            .with_proxy_auth(Some(&proxy), |_| None, &none)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("export CORP_PROXY_AUTH=user:password"),
+            "{e}"
+        );
+        let e = Secrets::default()
+            .with_proxy_auth(Some(&proxy), env("nocolon"), &none)
+            .unwrap_err();
+        assert!(matches!(e, SecretError::ProxyAuthForm { .. }), "{e}");
+        let shared = Secrets::gather(&[rule("CORP_PROXY_AUTH")], &[], env("u:pw"), &none).unwrap();
+        let e = shared
+            .with_proxy_auth(Some(&proxy), env("u:pw"), &none)
+            .unwrap_err();
+        assert!(matches!(e, SecretError::ProxyAuthShared { .. }), "{e}");
+        let plain = Secrets::default()
+            .with_proxy_auth(None, |_| None, &none)
+            .unwrap();
+        assert!(plain.file.credentials.is_empty());
     }
 }

@@ -171,6 +171,10 @@ pub struct EgressPolicy {
     /// names that exact address.
     #[serde(default)]
     pub allow_private: Vec<HostPattern>,
+    /// `egress.upstream_proxy`: tunnel every upstream connection through
+    /// this HTTP proxy (`CONNECT`); none connects directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy: Option<crate::proxy::UpstreamProxy>,
 }
 
 /// Allow or deny.

@@ -17,6 +17,7 @@ pub mod fields;
 pub mod git;
 pub mod host;
 pub mod limits;
+pub mod proxy;
 pub mod queue;
 pub mod request;
 pub mod secrets;
@@ -36,6 +37,7 @@ pub use git::{
 };
 pub use host::{normalize_host, HostError, HostPattern};
 pub use limits::{Limits, LimitsError};
+pub use proxy::{check_proxy_address, ProxyUrl, ProxyUrlError, UpstreamProxy};
 pub use queue::{Entry, Listing, QueueDir, QueueError};
 pub use request::{
     check_path, method_override_param, PathError, FORBIDDEN_METHODS, METHOD_OVERRIDE_HEADERS,

@@ -7,10 +7,16 @@
 //! addresses the destination guard accepted ([`Checked`]); [`connect`] takes
 //! nothing else. So no upstream connection is opened without a decision, and
 //! it always goes to an address that was checked (never a second lookup).
+//!
+//! With `egress.upstream_proxy` the checks are the same and only the last hop
+//! changes: [`Checked::via`] attaches the proxy's [`Route`] and [`connect`]
+//! asks the proxy for a tunnel to the checked name (`CONNECT host:port`)
+//! instead of dialling the checked address (see [`crate::upstream_proxy`]).
 
 use crate::forward::host_port;
 use crate::guard::{ResolveError, Resolver};
 use crate::io::{Counter, MeteredIo};
+use crate::upstream_proxy::{self, ProxyError, Route};
 use bottle_policy::{normalize_host, Decision, EgressPolicy, LocalNet, Verdict, DEFAULT_PORTS};
 use std::fmt::Write as _;
 use std::io;
@@ -113,6 +119,8 @@ pub fn refusal(rule: &str, reason: impl Into<String>) -> Decision {
 pub struct Checked {
     allowed: Allowed,
     addrs: Vec<SocketAddr>,
+    /// The upstream proxy to tunnel through, when the policy names one.
+    via: Option<Route>,
 }
 
 impl Checked {
@@ -122,6 +130,15 @@ impl Checked {
     /// The accepted addresses, in resolver order.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+    /// Sends the connection through `route` (`None`: directly).
+    pub fn via(mut self, route: Option<Route>) -> Checked {
+        self.via = route;
+        self
+    }
+    /// The upstream proxy this connection goes through, if any.
+    pub fn route(&self) -> Option<&Route> {
+        self.via.as_ref()
     }
 }
 
@@ -135,6 +152,10 @@ pub enum ReachError {
     Resolve(#[from] ResolveError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The upstream proxy could not be used (its name, its guard, its
+    /// credential).
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
 }
 
 /// Resolves `target` once and keeps the addresses the destination guard
@@ -162,6 +183,7 @@ pub async fn guarded_addrs(
         _ => Ok(Checked {
             allowed: target.clone(),
             addrs,
+            via: None,
         }),
     }
 }
@@ -175,12 +197,23 @@ pub enum ConnectError {
         /// One `addr: error` entry per address tried.
         attempts: Vec<String>,
     },
+    /// The upstream proxy refused or failed the tunnel.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
 }
 
-/// Connects to the first checked address that answers, trying them in order.
-/// Returns the stream and the address it is connected to.
+/// Connects to the first checked address that answers, trying them in order,
+/// or, with an upstream proxy, opens a tunnel to the checked name through
+/// it. Returns the stream and the address it is connected to (the proxy's
+/// when there is one).
 pub async fn connect(checked: &Checked) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    connect_addrs(&checked.allowed, &checked.addrs).await
+    match &checked.via {
+        Some(route) => {
+            let a = &checked.allowed;
+            Ok(upstream_proxy::open(route, &a.host, a.port).await?)
+        }
+        None => connect_addrs(&checked.allowed, &checked.addrs).await,
+    }
 }
 
 async fn connect_addrs(
@@ -412,7 +445,10 @@ mod tests {
             addrs.push(l.local_addr().unwrap());
         }
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ConnectError::Connect { attempts, .. } = connect_addrs(&a, &addrs).await.unwrap_err();
+        let ConnectError::Connect { attempts, .. } = connect_addrs(&a, &addrs).await.unwrap_err()
+        else {
+            panic!("a direct connection fails as Connect");
+        };
         assert_eq!(attempts.len(), 2);
         addrs.push(live.local_addr().unwrap());
         let (_s, used) = connect_addrs(&a, &addrs).await.unwrap();

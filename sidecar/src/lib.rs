@@ -60,6 +60,7 @@ pub mod shared;
 pub mod supervise;
 pub mod tls;
 pub mod transparent;
+pub mod upstream_proxy;
 pub mod wire;
 
 use crate::dns::Dns;

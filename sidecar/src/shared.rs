@@ -10,6 +10,7 @@ use crate::policy_file::{Live, PolicyHandle};
 use crate::secrets::Secrets;
 use crate::supervise::Supervisor;
 use crate::tls::Tls;
+use crate::upstream_proxy;
 use bottle_policy::{EgressPolicy, Limits, LocalNet};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -45,7 +46,13 @@ impl Shared {
         policy: &EgressPolicy,
         target: &Allowed,
     ) -> Result<Checked, ReachError> {
-        egress::guarded_addrs(&self.resolver, policy, &self.local.current(), target).await
+        let local = self.local.current();
+        let checked = egress::guarded_addrs(&self.resolver, policy, &local, target).await?;
+        // Only a destination that passed every check gets a route through
+        // the upstream proxy: a denied one never reaches it.
+        let route =
+            upstream_proxy::route(&self.resolver, policy, &local, &self.secrets.current()).await?;
+        Ok(checked.via(route))
     }
 
     /// How a denied client learns to ask: the supervise hint when the

@@ -196,6 +196,8 @@ static EGRESS: TableSchema = TableSchema {
                 non_empty: false,
             },
         ),
+        opt("upstream_proxy", Kind::Str(check_proxy_url)),
+        opt("upstream_proxy_auth_env", Kind::Str(check_env_name)),
         opt("rule", Kind::TableArray(&EGRESS_RULE)),
         opt("credential", Kind::TableArray(&EGRESS_CREDENTIAL)),
     ],
@@ -424,6 +426,9 @@ fn check_file_path(s: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+fn check_proxy_url(s: &str) -> Result<(), String> {
+    msg(bottle_policy::ProxyUrl::parse(s))
 }
 fn check_host_pattern(s: &str) -> Result<(), String> {
     msg(HostPattern::parse(s))

@@ -1684,3 +1684,46 @@ fn the_plan_never_shows_a_resolved_value() {
     assert!(json.contains("\"ASKED\":\"?Region\""), "{json}");
     assert!(text.contains("env         FROM"), "{text}");
 }
+
+#[test]
+fn upstream_proxy_is_typed_and_checked() {
+    let c = ok(
+        "[egress]\nupstream_proxy = \"http://proxy.corp.example:3128\"\nupstream_proxy_auth_env = \"CORP_PROXY_AUTH\"\n",
+    );
+    let p = c.egress_policy().upstream_proxy.unwrap();
+    assert_eq!(p.url.to_string(), "http://proxy.corp.example:3128");
+    assert_eq!(p.auth_from_env.as_deref(), Some("CORP_PROXY_AUTH"));
+    assert!(ok("").egress_policy().upstream_proxy.is_none());
+
+    let e = one(
+        "[egress]\nupstream_proxy = \"https://p.example:443\"\n",
+        2,
+        18,
+        "egress.upstream_proxy",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("not supported yet"), "{e}");
+    let e = one(
+        "[egress]\nupstream_proxy = \"http://p.example\"\n",
+        2,
+        18,
+        "egress.upstream_proxy",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("port is required"), "{e}");
+    let e = one(
+        "[egress]\nupstream_proxy = \"http://u:pw@p.example:3128\"\n",
+        2,
+        18,
+        "egress.upstream_proxy",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("upstream_proxy_auth_env"), "{e}");
+    let all = errs("[egress]\nupstream_proxy_auth_env = \"CORP_PROXY_AUTH\"\n");
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].message.contains("egress.upstream_proxy is not set"),
+        "{}",
+        all[0]
+    );
+}

@@ -18,10 +18,19 @@
 //! destination guard of `egress.rs` with the upstream's own name counted as
 //! allowed (it need not be in `egress.allow`), so `allow_private`, the
 //! blocked address classes and the gateway rule apply exactly as for egress.
+//!
+//! With `egress.upstream_proxy` the client goes through that proxy (read
+//! from the live policy per request, with the credential from the secrets):
+//! reqwest then resolves only the proxy's name, which [`GuardResolve`]
+//! answers through the proxy guard of [`crate::upstream_proxy`], so the
+//! upstream's own name is checked by [`guarded`] before each request. An
+//! https:// upstream is reached with `CONNECT`; a plain http:// one is sent
+//! to the proxy in absolute form (the only way HTTP proxies carry it).
 
 use super::Body;
 use crate::egress;
 use crate::shared::Shared;
+use crate::upstream_proxy;
 use base64::Engine as _;
 use bottle_policy::{AllowRule, GitRemote, HostPattern};
 use bytes::Bytes;
@@ -58,6 +67,10 @@ impl reqwest::dns::Resolve for GuardResolve {
         let host = name.as_str().to_string();
         Box::pin(async move {
             let policy = shared.policy.current();
+            if let Some(route) = proxy_route(&shared, &host).await? {
+                let addrs: reqwest::dns::Addrs = Box::new(route.addrs().to_vec().into_iter());
+                return Ok(addrs);
+            }
             let port = policy
                 .git
                 .remotes
@@ -70,6 +83,45 @@ impl reqwest::dns::Resolve for GuardResolve {
             Ok(addrs)
         })
     }
+}
+
+/// The upstream proxy's route when `host` is its name, `None` otherwise.
+async fn proxy_route(shared: &Shared, host: &str) -> Result<Option<upstream_proxy::Route>, String> {
+    let policy = shared.policy.current();
+    match &policy.egress.upstream_proxy {
+        Some(p) if p.url.host() == host => upstream_proxy::route(
+            &shared.resolver,
+            &policy.egress,
+            &shared.local.current(),
+            &shared.secrets.current(),
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        _ => Ok(None),
+    }
+}
+
+/// The URL reqwest is told to use as the proxy, from the live policy and
+/// secrets: `http://user:password@host:port` (reqwest sends the userinfo as
+/// `Proxy-Authorization: Basic …` and never logs it), or `None`.
+fn proxy_url(shared: &Shared) -> Option<reqwest::Url> {
+    let policy = shared.policy.current();
+    let proxy = policy.egress.upstream_proxy.as_ref()?;
+    let mut url = reqwest::Url::parse(&proxy.url.to_string()).ok()?;
+    if let Some(var) = &proxy.auth_from_env {
+        let secrets = shared.secrets.current();
+        // A missing credential is reported by `proxy_route` before the request.
+        let value = secrets
+            .values()
+            .find(|(n, _)| n == var)
+            .map(|(_, v)| v.to_string());
+        if let Some(value) = value {
+            let (user, password) = value.split_once(':').unwrap_or((&value, ""));
+            url.set_username(user).ok()?;
+            url.set_password(Some(password)).ok()?;
+        }
+    }
+    Some(url)
 }
 
 /// The addresses of `host:port` the destination guard accepts, as egress
@@ -141,7 +193,11 @@ impl Relay {
             .dns_resolver(Arc::new(GuardResolve {
                 shared: shared.clone(),
             }))
-            .no_proxy()
+            // Replaces the system proxy: only egress.upstream_proxy is used.
+            .proxy(reqwest::Proxy::custom({
+                let shared = shared.clone();
+                move |_| proxy_url(&shared)
+            }))
             .redirect(reqwest::redirect::Policy::none())
             .http1_only()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -246,9 +302,16 @@ impl Relay {
         target: &str,
     ) -> Result<Response<Body>, String> {
         let host = remote.upstream.host();
-        if host.parse::<IpAddr>().is_ok() {
+        let shared = &self.inner.shared;
+        let proxied = shared.policy.current().egress.upstream_proxy.clone();
+        if let Some(proxy) = proxied {
+            // reqwest resolves only the proxy's name: check the upstream's
+            // here, and the proxy's (its guard, its credential) too.
+            guarded(shared, host, remote.upstream.port()).await?;
+            proxy_route(shared, proxy.url.host()).await?;
+        } else if host.parse::<IpAddr>().is_ok() {
             // reqwest does not resolve an address, so the guard runs here.
-            guarded(&self.inner.shared, host, remote.upstream.port()).await?;
+            guarded(shared, host, remote.upstream.port()).await?;
         }
         let (parts, body) = req.into_parts();
         let mut out = self.inner.client.request(parts.method.clone(), target);
