@@ -150,6 +150,10 @@ const CASES: &[(&str, &str)] = &[
         "export npm_config_cache=/tmp/npmcache; cd /tmp && npm view tinypkg version --registry https://registry.test/npm/ && npm pack tinypkg --registry https://registry.test/npm/ && test -f /tmp/tinypkg-1.0.0.tgz",
     ),
     (
+        "yarn",
+        "export YARN_CACHE_FOLDER=/tmp/yarncache; cd /tmp && yarnpkg info tinypkg version --registry https://registry.test/npm/ | grep 1.0.0",
+    ),
+    (
         "cargo",
         "export CARGO_HOME=/tmp/cargohome RUSTC_BOOTSTRAP=1; rm -rf /tmp/cp && mkdir -p /tmp/cp/src /tmp/cp/.cargo && cd /tmp/cp && \
          printf '[package]\\nname = \"cp\"\\nversion = \"0.1.0\"\\nedition = \"2018\"\\n\\n[dependencies]\\ntinycrate = { version = \"1\", registry = \"fake\" }\\n' >Cargo.toml && \
@@ -293,6 +297,7 @@ fn every_toolchain_trusts_the_bottle_ca_and_another_ca_fails() {
         "uv",
         "node",
         "npm",
+        "yarn",
         "cargo",
         "go",
         "ruby",
