@@ -35,6 +35,7 @@ pub mod runtime_select;
 pub mod save_rule;
 pub mod secrets;
 pub mod state;
+pub mod trust;
 pub mod up;
 pub mod verify;
 pub mod watch;

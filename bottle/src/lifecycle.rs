@@ -329,6 +329,39 @@ pub fn mcp_config(url: &str) -> String {
     .unwrap_or_default()
 }
 
+/// The `up` line for the stores the CA went into (words printed by
+/// [`crate::trust::ROOT_SCRIPT`] and [`crate::trust::USER_SCRIPT`]).
+pub fn trust_detail(stores: &[String]) -> String {
+    let name = |w: &str| match w {
+        "system" => "the system store",
+        "jvm" => "the JVM keystore",
+        "nss" => "the agent user's NSS database",
+        _ => "",
+    };
+    let ok: Vec<&str> = stores
+        .iter()
+        .map(|w| name(w))
+        .filter(|n| !n.is_empty())
+        .collect();
+    let failed: Vec<&str> = stores
+        .iter()
+        .filter_map(|w| w.strip_suffix("-failed"))
+        .map(name)
+        .collect();
+    let mut line = if ok.is_empty() {
+        "note: the bottle CA is in no store of the agent (no update-ca-certificates); the CA variables point at it".to_string()
+    } else {
+        format!(
+            "bottle CA trusted in {}, and by the CA variables",
+            ok.join(", ")
+        )
+    };
+    if !failed.is_empty() {
+        line.push_str(&format!("; could not add it to {}", failed.join(", ")));
+    }
+    line
+}
+
 /// A shell script that writes Claude Code's `~/.claude.json` and Codex's
 /// `~/.codex/config.toml` pointing at `url`, each only when absent, and
 /// prints which it wrote. `url` is bottle's own (an address and a port).
@@ -1018,23 +1051,32 @@ async fn create_all(
             Err(e) => return Err(e.into()),
         }
     }
-    // Trust the bottle's CA in the system store too (best effort: the CA
-    // variables already point at it for images without update-ca-certificates).
-    let trust = ExecSpec {
-        cmd: vec![
-            "sh".into(),
-            "-c".into(),
-            "command -v update-ca-certificates >/dev/null && update-ca-certificates >/dev/null 2>&1".into(),
-        ],
-        user: Some("0".into()),
-        ..Default::default()
-    };
-    let trusted = rt.exec_capture(&agent_id, &trust).await;
-    halt(interrupt)?;
-    match trusted {
-        Ok(o) if o.code == 0 => report.detail("bottle CA trusted in the agent's system store"),
-        _ => report.detail("note: could not add the bottle CA to the agent's system store; CA variables point at it"),
+    // Trust the bottle's CA in the stores toolchains read besides the CA
+    // variables (best effort: an image without the tools still has the
+    // variables): the system store and the JVM keystore as root, the agent
+    // user's NSS database as that user (crate::trust).
+    let mut stores: Vec<String> = Vec::new();
+    for user in [Some("0".to_string()), None] {
+        let spec = ExecSpec {
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                crate::trust::with_ca(if user.is_some() {
+                    crate::trust::ROOT_SCRIPT
+                } else {
+                    crate::trust::USER_SCRIPT
+                }),
+            ],
+            user,
+            ..Default::default()
+        };
+        let out = rt.exec_capture(&agent_id, &spec).await;
+        halt(interrupt)?;
+        if let Ok(o) = out {
+            stores.extend(o.stdout.split_whitespace().map(str::to_string));
+        }
     }
+    report.detail(&trust_detail(&stores));
     let codex_base = images
         .provider
         .as_ref()
@@ -1384,6 +1426,21 @@ pub async fn ps(rt: &dyn Runtime, root: &StateRoot) -> Result<Vec<BottleStatus>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_detail_names_the_stores_and_the_failures() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            trust_detail(&w(&["system", "jvm", "nss"])),
+            "bottle CA trusted in the system store, the JVM keystore, the agent user's NSS database, and by the CA variables"
+        );
+        let d = trust_detail(&w(&["system", "nss-failed"]));
+        assert!(
+            d.ends_with("could not add it to the agent user's NSS database"),
+            "{d}"
+        );
+        assert!(trust_detail(&[]).starts_with("note: the bottle CA is in no store"));
+    }
 
     /// The CLIs' configs as the real `sh` writes them into a home.
     #[test]

@@ -24,16 +24,8 @@ pub const SUPERVISE_PORT: u16 = 8765;
 /// Where the agent sees the bottle's CA certificate (a directory
 /// `update-ca-certificates` reads).
 pub const AGENT_CA_DIR: &str = "/usr/local/share/ca-certificates/bottle";
-/// Variables common toolchains read for extra trust roots.
-pub const CA_ENV: [&str; 7] = [
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "PIP_CERT",
-    "DENO_CERT",
-];
+/// Variables toolchains read for their trust roots ([`crate::trust::CA_ENV`]).
+pub use crate::trust::CA_ENV;
 
 /// What runs in the agent container.
 #[derive(Debug, Clone, Serialize)]
@@ -181,7 +173,7 @@ impl Plan {
         env.insert("NO_PROXY".into(), no_proxy.clone());
         env.insert("no_proxy".into(), no_proxy);
         env.insert("BOTTLE_SIDECAR".into(), sidecar_ip.to_string());
-        let ca = format!("{AGENT_CA_DIR}/bottle-ca.crt");
+        let ca = crate::trust::ca_path();
         for k in CA_ENV {
             env.insert(k.to_string(), ca.clone());
         }

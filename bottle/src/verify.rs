@@ -51,6 +51,9 @@ use std::time::Duration;
 pub enum Kind {
     Control,
     Attack,
+    /// A toolchain in the agent trusts the bottle CA (usability, shown and
+    /// never counted: it runs with the agent's own tools).
+    Trust,
 }
 
 /// Where a check ran, which decides whether the agent could have altered it.
@@ -196,6 +199,49 @@ fn must_not_connect(marker: &'static str) -> impl Fn(&ExecOutput) -> (bool, Stri
             },
         )
     }
+}
+
+/// One trust row per toolchain `present` in the agent
+/// ([`crate::trust::present`]). With `host` (an allowed host), a tool that
+/// has a plain fetch opens `https://{host}/` through its own TLS client;
+/// otherwise the row checks that the tool's trust setting names the bottle
+/// CA, and its text says that no connection was made.
+fn trust_checks(present: &[&'static crate::trust::Toolchain], host: Option<&str>) -> Vec<Check> {
+    present
+        .iter()
+        .map(|t| {
+            let (script, live) = crate::trust::check_script(t, host);
+            let tried = match (live, host) {
+                (true, Some(h)) => format!("fetch https://{h}/ with {}'s own TLS client", t.name),
+                _ => format!(
+                    "read {}'s trust setting: {} (no connection made)",
+                    t.name, t.how
+                ),
+            };
+            let expected = if live {
+                "TLS verified against the bottle CA"
+            } else {
+                "the setting names the bottle CA"
+            };
+            check(
+                format!("trust: {}", t.name),
+                Kind::Trust,
+                tried,
+                expected,
+                script,
+                move |o| {
+                    (
+                        o.code == 0,
+                        match (o.code, live) {
+                            (0, true) => "TLS verified".to_string(),
+                            (0, false) => "names the bottle CA".to_string(),
+                            _ => brief(o),
+                        },
+                    )
+                },
+            )
+        })
+        .collect()
 }
 
 /// Twelve hex digits from the system's random source; no fallback: labels
@@ -939,6 +985,19 @@ pub async fn verify(
         .collect();
     results.extend(view);
 
+    // ---- toolchain trust of the bottle CA, with the agent's own tools
+    let detect = ExecSpec {
+        cmd: vec!["sh".into(), "-c".into(), crate::trust::detect_script()],
+        ..Default::default()
+    };
+    let detected = rt
+        .exec_capture(&agent.id, &detect)
+        .await
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let trust = trust_checks(&crate::trust::present(&detected), allowed_exact.as_deref());
+    results.extend(run_checks(rt, &agent.id, trust.iter(), Where::AgentView).await);
+
     let counted = results.iter().filter(|r| r.counted).count();
     let failed = results.iter().filter(|r| r.counted && !r.pass).count();
     Ok(Report {
@@ -1406,6 +1465,7 @@ pub fn render(report: &Report) -> String {
             c.ran.as_str(),
             match c.kind {
                 Kind::Control => "control",
+                Kind::Trust => "trust",
                 Kind::Attack => "attack",
             },
             c.name,
@@ -1423,7 +1483,7 @@ pub fn render(report: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "verify {}: {} passed, {} failed ({} agent-view rows not counted)",
+        "verify {}: {} passed, {} failed ({} agent-view and trust rows not counted)",
         report.bottle, report.passed, report.failed, report.not_counted
     );
     s
@@ -1467,6 +1527,64 @@ mod tests {
             labels: BTreeMap::new(),
             state: None,
         }
+    }
+
+    fn out(code: i64, stdout: &str) -> ExecOutput {
+        ExecOutput {
+            code,
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn one_trust_row_per_toolchain_present() {
+        let present = crate::trust::present("curl\ngit\njvm\n");
+        let rows = trust_checks(&present, Some("api.example.org"));
+        let names: Vec<&str> = rows.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["trust: curl", "trust: git", "trust: jvm"]);
+        assert!(rows.iter().all(|c| c.kind == Kind::Trust));
+        // curl has a fetch of its own: it opens the allowed host.
+        assert!(
+            rows[0].tried.contains("https://api.example.org/"),
+            "{}",
+            rows[0].tried
+        );
+        assert!(rows[0].script.contains("curl "), "{}", rows[0].script);
+        // git has none: its setting is read, and the row says so.
+        assert!(
+            rows[1].tried.contains("no connection made"),
+            "{}",
+            rows[1].tried
+        );
+        assert!(
+            rows[1].script.contains("GIT_SSL_CAINFO"),
+            "{}",
+            rows[1].script
+        );
+        assert!(
+            rows[2].script.contains("keytool -list -cacerts"),
+            "{}",
+            rows[2].script
+        );
+        // Without an allowed host nothing is fetched.
+        let rows = trust_checks(&present, None);
+        assert!(rows.iter().all(|c| c.tried.contains("no connection made")));
+        assert!(trust_checks(&[], Some("h")).is_empty());
+    }
+
+    #[test]
+    fn a_trust_row_passes_only_on_exit_zero() {
+        let rows = trust_checks(&crate::trust::present("curl"), Some("h.example"));
+        let (pass, seen) = (rows[0].judge)(&out(0, ""));
+        assert!(pass);
+        assert_eq!(seen, "TLS verified");
+        let (pass, seen) = (rows[0].judge)(&out(60, "curl: (60) SSL certificate problem"));
+        assert!(!pass);
+        assert!(
+            seen.contains("exit 60: curl: (60) SSL certificate problem"),
+            "{seen}"
+        );
     }
 
     fn verdicts(rows: &[CheckResult]) -> BTreeMap<String, bool> {
