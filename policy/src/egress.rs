@@ -210,6 +210,9 @@ impl EgressPolicy {
             }
         };
         if let Some(rule) = self.allow.iter().find(|r| r.covers(&host, port)) {
+            if let Some(refused) = self.encrypted_dns_endpoint(&host) {
+                return refused;
+            }
             return Decision {
                 verdict: Verdict::Allow,
                 rule: rule.to_string(),
@@ -244,6 +247,9 @@ impl EgressPolicy {
     pub fn allows_name(&self, name: &str) -> Option<&AllowRule> {
         let name = normalize_host(name).ok()?;
         if name.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        if crate::resolver::is_encrypted_dns_host(&name) && !self.allows_exactly(&name) {
             return None;
         }
         self.allow.iter().find(|r| match &r.host {

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod proxy;
 pub mod queue;
 pub mod request;
+pub mod resolver;
 pub mod secrets;
 pub mod supervise;
 
@@ -42,6 +43,9 @@ pub use queue::{Entry, Listing, QueueDir, QueueError};
 pub use request::{
     check_path, method_override_param, PathError, FORBIDDEN_METHODS, METHOD_OVERRIDE_HEADERS,
     METHOD_OVERRIDE_PARAMS,
+};
+pub use resolver::{
+    is_dns_media_type, is_encrypted_dns_host, ENCRYPTED_DNS_HINT, ENCRYPTED_DNS_HOSTS,
 };
 pub use secrets::{FormatError, SecretEntry, SecretValue, SecretsFile, SECRETS_FORMAT};
 pub use supervise::{

@@ -235,6 +235,7 @@ fn qtype_name(t: u16) -> String {
         15 => "MX".into(),
         16 => "TXT".into(),
         33 => "SRV".into(),
+        64 => "SVCB".into(),
         65 => "HTTPS".into(),
         other => other.to_string(),
     }
@@ -466,7 +467,7 @@ mod tests {
         assert_eq!(rcode(&r), 0);
         assert_eq!(&r[6..8], &[0, 0], "no answers");
         assert_eq!(o.answers, 0);
-        for t in [16u16, 15, 65, 255] {
+        for t in [16u16, 15, 64, 65, 255] {
             let (r, o) = answer(&query(3, "api.example.com", t), &policy(), IP).unwrap();
             assert_eq!(rcode(&r), Rcode::Refused as u16, "type {t}");
             assert_eq!(o.rule, "dns-type");
@@ -498,6 +499,27 @@ mod tests {
         bin[13] = 0xFF;
         let (r, o) = answer(&bin, &policy(), IP).unwrap();
         assert_eq!((rcode(&r), o.rule.as_str()), (5, "invalid-host"));
+    }
+
+    #[test]
+    fn encrypted_resolvers_under_a_wildcard_get_no_answer() {
+        let p = EgressPolicy {
+            allow: ["*.nextdns.io", "*.cloudflare-dns.com", "dns.quad9.net"]
+                .iter()
+                .map(|a| AllowRule::parse(a).unwrap())
+                .collect(),
+            ..Default::default()
+        };
+        for name in ["dns.nextdns.io", "mozilla.cloudflare-dns.com"] {
+            let (r, o) = answer(&query(9, name, TYPE_A), &p, IP).unwrap();
+            assert_eq!(rcode(&r), 5, "{name}: REFUSED");
+            assert_eq!(o.rule, "default-deny", "{name}");
+        }
+        // Named exactly, a resolver is answered like any allowed name.
+        let (r, _) = answer(&query(9, "dns.quad9.net", TYPE_A), &p, IP).unwrap();
+        assert_eq!(rcode(&r), 0);
+        let (r, _) = answer(&query(9, "status.nextdns.io", TYPE_A), &p, IP).unwrap();
+        assert_eq!(rcode(&r), 0);
     }
 
     #[test]

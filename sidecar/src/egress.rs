@@ -322,6 +322,7 @@ pub fn rule_hint(decision: &Decision, host: &str) -> String {
         "credential-missing" => "ask the user to set the credential's environment variable on the host and run `bottle up` again".into(),
         "credential-invalid" => "ask the user to fix the egress.credential entry in bottle.toml".into(),
         "method-not-allowed" => "use another method; TRACE and TRACK are refused for every host".into(),
+        "encrypted-dns" => bottle_policy::ENCRYPTED_DNS_HINT.into(),
         rule if rule.starts_with("egress.rule ") => format!(
             "ask the user to widen the [[egress.rule]] entries for {host} in bottle.toml"
         ),
@@ -333,6 +334,9 @@ pub fn rule_hint(decision: &Decision, host: &str) -> String {
 pub fn access_hint(denied: &Denied) -> String {
     if denied.decision.rule == "invalid-host" {
         return "use a DNS name (letters, digits, '-' and '.') or a canonical IP address; this name can never be allowed".into();
+    }
+    if denied.decision.rule == "encrypted-dns" {
+        return bottle_policy::ENCRYPTED_DNS_HINT.into();
     }
     let entry = if DEFAULT_PORTS.contains(&denied.port) {
         if denied.host.contains(':') {

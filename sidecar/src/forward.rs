@@ -260,6 +260,27 @@ pub fn method_override(
     policy.decide_method_override(host, &format!("the query parameter `{param}`"))
 }
 
+/// The refusal for a request whose `Content-Type` or `Accept` names a DNS
+/// media type (DNS-over-HTTPS) to a host not allowed exactly
+/// ([`bottle_policy::resolver`]); `None` when it may go.
+pub fn encrypted_dns(
+    policy: &bottle_policy::EgressPolicy,
+    host: &str,
+    headers: &HeaderMap,
+) -> Option<bottle_policy::Decision> {
+    for name in [hyper::header::CONTENT_TYPE, hyper::header::ACCEPT] {
+        let hit = headers
+            .get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| bottle_policy::is_dns_media_type(v));
+        if let Some(value) = hit {
+            return policy.encrypted_dns_request(host, &format!("{name}: {value}"));
+        }
+    }
+    None
+}
+
 /// The hint for a method-override refusal.
 pub const METHOD_OVERRIDE_HINT: &str = "send the real method (e.g. DELETE) without a method-override header or `_method` parameter; the egress.rule for this host lists the methods it accepts";
 

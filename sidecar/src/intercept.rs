@@ -596,6 +596,9 @@ impl Session {
         {
             return ex.forbid(d, forward::METHOD_OVERRIDE_HINT.into());
         }
+        if let Some(d) = forward::encrypted_dns(&policy.egress, &host, req.headers()) {
+            return ex.forbid(d, bottle_policy::ENCRYPTED_DNS_HINT.into());
+        }
         let upgrade = match upgrade_kind(&req) {
             Upgrade::None => false,
             Upgrade::WebSocket => true,

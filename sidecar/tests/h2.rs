@@ -168,7 +168,14 @@ where
 
 /// A TLS origin on 127.0.0.1 offering `alpn` (in order of preference).
 async fn tls_h2_origin(pki: &Pki, alpn: &[&[u8]]) -> H2Origin {
-    let mut config = (*pki.origin_tls(&["origin.test", "other.test", "127.0.0.1"])).clone();
+    let mut config = (*pki.origin_tls(&[
+        "origin.test",
+        "other.test",
+        "api.example.test",
+        "dns.nextdns.io",
+        "127.0.0.1",
+    ]))
+    .clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -680,4 +687,85 @@ async fn a_continuation_flood_is_cut_before_it_reaches_the_origin() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn encrypted_dns_is_refused_even_under_a_wildcard() {
+    let Some(_) = curl() else { return };
+    let pki = Pki::new();
+    let origin = tls_h2_origin(&pki, &[b"h2", b"http/1.1"]).await;
+    let port = origin.port();
+    let egress = json!({"allow": [format!("*.nextdns.io:{port}"), format!("*.example.test:{port}"), format!("127.0.0.1:{port}")]});
+    let mut opts = Options::new(egress);
+    opts.hosts = vec![
+        ("dns.nextdns.io", vec![ip("127.0.0.1")]),
+        ("api.example.test", vec![ip("127.0.0.1")]),
+    ];
+    let bottle = Bottle::start_in(pki, opts).await;
+
+    // The resolver's host: refused at CONNECT with its own rule and hint.
+    let resp = raw_request(
+        bottle.addr,
+        &format!("CONNECT dns.nextdns.io:{port} HTTP/1.1\r\nHost: dns.nextdns.io:{port}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(resp.body.contains("rule: encrypted-dns\n"), "{}", resp.body);
+    assert!(
+        resp.body
+            .contains("dns.nextdns.io is a public encrypted DNS (DoH/DoT) resolver"),
+        "{}",
+        resp.body
+    );
+    assert!(
+        resp.body.contains("a wildcard does not open it"),
+        "{}",
+        resp.body
+    );
+
+    // DNS messages by media type, to any host a pattern allows: refused.
+    for header in [
+        "accept: application/dns-message",
+        "content-type: application/dns-json",
+    ] {
+        let out = curl_via(
+            &bottle,
+            &["-H", header, "-w", "\n%{http_code}"],
+            &format!("https://api.example.test:{port}/dns-query?dns=AAABAAAB"),
+        )
+        .await;
+        let text = stdout(&out);
+        assert!(text.contains("rule: encrypted-dns\n"), "{header}: {text}");
+        assert!(text.ends_with("\n403"), "{header}: {text}");
+    }
+    assert!(origin.seen().is_empty());
+    let out = curl_via(
+        &bottle,
+        &[],
+        &format!("https://api.example.test:{port}/plain"),
+    )
+    .await;
+    assert_eq!(stdout(&out), ORIGIN_BODY);
+
+    // An entry naming the resolver exactly opens it.
+    bottle.write_policy(
+        &json!({"allow": [format!("dns.nextdns.io:{port}"), format!("127.0.0.1:{port}")]}),
+    );
+    let mut status = String::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(bottle.addr).await.unwrap();
+        let connect = format!(
+            "CONNECT dns.nextdns.io:{port} HTTP/1.1\r\nHost: dns.nextdns.io:{port}\r\n\r\n"
+        );
+        s.write_all(connect.as_bytes()).await.unwrap();
+        status = read_head(&mut s).await;
+        if status.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "an exact entry opens the resolver: {status}"
+    );
 }
