@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs egress-bench (issue 3, "Benchmark"): installs mitmproxy from Debian when
 # mitmdump is missing, builds bottle-sidecar and egress-bench in release mode,
-# prints the machine and versions, then runs the benchmark on 127.0.0.1.
-# Extra arguments go to egress-bench (see `egress-bench --help`), e.g.
+# prints the machine and versions, then runs the benchmark on 127.0.0.1:
+# HTTP/1.1 rows (issue 3) and HTTP/2 rows, many streams per connection
+# (issue 14). Extra arguments go to egress-bench (see `egress-bench --help`),
+# e.g.
 #   bench/run.sh --concurrency 64 --duration 20
+#   bench/run.sh --paths h2 --h2-streams 64
 # Set BENCH_PIN=1 to give the proxy core 1 and client + origin core 0
 # (needs at least 2 cores; uses taskset).
 set -euo pipefail

@@ -1,18 +1,23 @@
-//! The load generator: a closed loop of keep-alive HTTPS/1.1 connections.
+//! The load generator: a closed loop over keep-alive HTTPS connections.
 //!
 //! Each connection is opened once (TCP, then `CONNECT` when there is a proxy,
-//! then TLS trusting only the CA of whoever terminates it, then HTTP/1.1) and
-//! then sends one `GET /` after another, each after the previous answer was
-//! read in full. Latency is taken per request, from send to the last body
-//! byte. Requests that start during the warm-up are not recorded.
+//! then TLS trusting only the CA of whoever terminates it, then HTTP/1.1 or
+//! HTTP/2 as the path asks). Over HTTP/1.1 a connection sends one `GET /`
+//! after another, each after the previous answer was read in full; over
+//! HTTP/2 it carries `streams` such loops at once, one per stream (issue 14).
+//! The client offers exactly one protocol by ALPN and fails the connection
+//! if TLS did not settle on it, so an HTTP/2 row can never silently measure
+//! HTTP/1.1. Latency is taken per request, from send to the last body byte.
+//! Requests that start during the warm-up are not recorded.
 
+use crate::config::Http;
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper::header::HOST;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use std::net::SocketAddr;
@@ -32,6 +37,7 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Target {
     pub origin: SocketAddr,
     pub proxy: Option<SocketAddr>,
+    http: Http,
     tls: TlsConnector,
     authority: String,
 }
@@ -43,23 +49,76 @@ impl Target {
         origin: SocketAddr,
         proxy: Option<SocketAddr>,
         roots: RootCertStore,
+        http: Http,
     ) -> anyhow::Result<Target> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tls.alpn_protocols = vec![alpn(http).to_vec()];
         Ok(Target {
             origin,
             proxy,
+            http,
             tls: TlsConnector::from(Arc::new(tls)),
             authority: origin.to_string(),
         })
     }
 }
 
-type Sender = SendRequest<Empty<Bytes>>;
+/// The one ALPN protocol the client offers for `http`.
+fn alpn(http: Http) -> &'static [u8] {
+    match http {
+        Http::H1 => b"http/1.1",
+        Http::H2 => b"h2",
+    }
+}
+
+/// Fails unless TLS settled on `http`'s protocol: a server that ignores ALPN
+/// (`None`) would be spoken to in HTTP/1.1, which an HTTP/2 row must not do.
+/// HTTP/1.1 accepts `None` too, since that is what it means in TLS.
+fn check_alpn(http: Http, negotiated: Option<&[u8]>) -> anyhow::Result<()> {
+    let wanted = alpn(http);
+    match (http, negotiated) {
+        (_, Some(got)) if got == wanted => Ok(()),
+        (Http::H1, None) => Ok(()),
+        (_, got) => bail!(
+            "TLS negotiated {} instead of {}: whoever terminates TLS on this path fell back; the row would not measure {}",
+            got.map_or("no ALPN protocol".into(), |g| format!(
+                "`{}`",
+                String::from_utf8_lossy(g)
+            )),
+            String::from_utf8_lossy(wanted),
+            String::from_utf8_lossy(wanted)
+        ),
+    }
+}
+
+/// A ready connection. An HTTP/2 one is shared by the loops of its streams
+/// (clones of one `SendRequest` multiplex onto the same connection).
+enum Sender {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    /// Another handle on the same connection, for one more stream; `None`
+    /// for HTTP/1.1, which carries one request at a time.
+    fn another_stream(&self) -> Option<Sender> {
+        match self {
+            Sender::H1(_) => None,
+            Sender::H2(s) => Some(Sender::H2(s.clone())),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+}
 
 /// Opens one connection, ready for requests.
 async fn open(target: &Target) -> anyhow::Result<Sender> {
@@ -82,11 +141,24 @@ async fn open(target: &Target) -> anyhow::Result<Sender> {
         .connect(name, tcp)
         .await
         .context("TLS handshake (the client trusts only the CA of this path)")?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    check_alpn(target.http, tls.get_ref().1.alpn_protocol())?;
+    let io = TokioIo::new(tls);
+    Ok(match target.http {
+        Http::H1 => {
+            let (sender, conn) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Sender::H1(sender)
+        }
+        Http::H2 => {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Sender::H2(sender)
+        }
+    })
 }
 
 /// Writes `CONNECT authority` and reads the answer's head; returns its status.
@@ -133,11 +205,25 @@ pub async fn connect_status(proxy: SocketAddr, authority: &str) -> anyhow::Resul
 
 /// One request; returns the body length.
 async fn get(sender: &mut Sender, authority: &str) -> anyhow::Result<usize> {
-    sender.ready().await?;
-    let request = Request::get("/")
-        .header(HOST, authority)
-        .body(Empty::new())?;
-    let response = sender.send_request(request).await?;
+    let response = match sender {
+        Sender::H1(s) => {
+            s.ready().await?;
+            let request = Request::get("/")
+                .header(HOST, authority)
+                .body(Empty::new())?;
+            s.send_request(request).await?
+        }
+        Sender::H2(s) => {
+            s.ready().await?;
+            // HTTP/2 carries the authority in the `:authority` pseudo-header,
+            // which hyper takes from an absolute URI.
+            let uri: Uri = format!("https://{authority}/").parse()?;
+            let request = Request::get(uri)
+                .version(hyper::Version::HTTP_2)
+                .body(Empty::new())?;
+            s.send_request(request).await?
+        }
+    };
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     ensure!(status == 200, "origin path answered {status}: {body:?}");
@@ -158,6 +244,9 @@ pub async fn probe(target: &Target) -> anyhow::Result<usize> {
 #[derive(Debug, Clone)]
 pub struct Load {
     pub concurrency: usize,
+    /// Closed loops per connection: 1 over HTTP/1.1, `--h2-streams` over
+    /// HTTP/2.
+    pub streams: usize,
     pub warmup: Duration,
     pub duration: Duration,
     pub max_requests: u64,
@@ -242,7 +331,18 @@ pub async fn drive(target: Arc<Target>, load: &Load) -> anyhow::Result<LoadResul
     let deadline = measure_start + load.duration;
     let measured = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
+    let mut loops = Vec::with_capacity(load.concurrency * load.streams);
     for sender in senders {
+        for _ in 1..load.streams {
+            loops.push(
+                sender
+                    .another_stream()
+                    .context("more than one stream per connection needs HTTP/2")?,
+            );
+        }
+        loops.push(sender);
+    }
+    for sender in loops {
         let target = target.clone();
         let measured = measured.clone();
         let max = load.max_requests;
@@ -291,7 +391,8 @@ async fn worker(
     let mut sender = Some(sender);
     while Instant::now() < deadline && measured.load(Ordering::Relaxed) < max_requests {
         let Some(s) = sender.as_mut() else {
-            // The last request failed: reconnect (bounded by the deadline).
+            // The last request failed and took its connection down: open one
+            // of its own (bounded by the deadline).
             match tokio::time::timeout(STEP_TIMEOUT, open(&target)).await {
                 Ok(Ok(s)) => sender = Some(s),
                 _ => {
@@ -314,7 +415,12 @@ async fn worker(
             }
             _ => {
                 out.errors += 1;
-                sender = None;
+                // An HTTP/1.1 connection is unusable after a failed request;
+                // an HTTP/2 stream can fail alone, so its siblings' connection
+                // is kept while it is open.
+                if matches!(s, Sender::H1(_)) || s.is_closed() {
+                    sender = None;
+                }
             }
         }
     }
@@ -323,7 +429,7 @@ async fn worker(
 
 #[cfg(test)]
 mod tests {
-    use super::quantile;
+    use super::*;
 
     #[test]
     fn nearest_rank() {
@@ -333,5 +439,82 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), Some(100));
         assert_eq!(quantile(&v, 0.0), Some(1));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn alpn_must_settle_on_the_rows_protocol() {
+        assert!(check_alpn(Http::H2, Some(b"h2")).is_ok());
+        assert!(check_alpn(Http::H1, Some(b"http/1.1")).is_ok());
+        assert!(check_alpn(Http::H1, None).is_ok(), "no ALPN means HTTP/1.1");
+        let err = |http, got| format!("{:#}", check_alpn(http, got).unwrap_err());
+        assert_eq!(
+            err(Http::H2, None),
+            "TLS negotiated no ALPN protocol instead of h2: whoever terminates TLS on this path fell back; the row would not measure h2"
+        );
+        assert!(
+            err(Http::H2, Some(b"http/1.1")).starts_with("TLS negotiated `http/1.1` instead of h2")
+        );
+        assert!(err(Http::H1, Some(b"h2")).starts_with("TLS negotiated `h2` instead of http/1.1"));
+    }
+
+    /// A real origin and client in-process: HTTP/2 streams share one
+    /// connection and reach the origin as HTTP/2, and an origin that cannot
+    /// speak HTTP/2 fails the h2 client instead of serving it HTTP/1.1.
+    #[tokio::test]
+    async fn h2_reaches_the_origin_as_h2_and_a_fallback_fails() {
+        let ca = crate::pki::Ca::new("test CA").unwrap();
+        let (leaf, key) = ca.leaf("127.0.0.1").unwrap();
+        let h2_origin = crate::origin::start(leaf.clone(), key.clone_key(), 7, true)
+            .await
+            .unwrap();
+        let h1_origin = crate::origin::start(leaf, key, 7, false).await.unwrap();
+
+        let target =
+            Arc::new(Target::new(h2_origin.addr, None, ca.roots().unwrap(), Http::H2).unwrap());
+        let load = Load {
+            concurrency: 2,
+            streams: 3,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(10),
+            max_requests: 60,
+        };
+        let result = drive(target, &load).await.unwrap();
+        assert_eq!(result.errors, 0);
+        assert!(
+            result.requests() >= 60,
+            "stopped after {} requests",
+            result.requests()
+        );
+        assert_eq!(result.setup_us.len(), 2, "one setup per connection");
+        assert_eq!(
+            h2_origin.accepted(),
+            2,
+            "3 streams on each of 2 connections"
+        );
+        let seen = h2_origin.versions();
+        assert_eq!((seen.h1, seen.other), (0, 0));
+        assert!(seen.h2 >= result.answered);
+
+        let target = Target::new(h1_origin.addr, None, ca.roots().unwrap(), Http::H2).unwrap();
+        let err = format!("{:#}", probe(&target).await.unwrap_err());
+        assert!(err.contains("TLS handshake"), "{err}");
+        assert_eq!(h1_origin.versions(), crate::origin::Versions::default());
+
+        // HTTP/1.1 cannot carry two loops on one connection.
+        let target =
+            Arc::new(Target::new(h1_origin.addr, None, ca.roots().unwrap(), Http::H1).unwrap());
+        let err = drive(
+            target,
+            &Load {
+                concurrency: 1,
+                ..load
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "more than one stream per connection needs HTTP/2"
+        );
     }
 }

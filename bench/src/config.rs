@@ -1,6 +1,6 @@
 //! The command line of `egress-bench`, validated into a [`Config`] before
-//! anything is started: every bound (connections, seconds, requests) is
-//! checked here so a run always stops by itself.
+//! anything is started: every bound (connections, streams, seconds,
+//! requests) is checked here so a run always stops by itself.
 
 use anyhow::{anyhow, bail};
 use lexopt::prelude::*;
@@ -13,9 +13,13 @@ usage: egress-bench [flags]
 
 Measures intercepted HTTPS with keep-alive on 127.0.0.1: direct to an
 in-process origin, through bottle-sidecar, and through mitmdump, one after
-the other in one run, and prints a markdown table.
+the other in one run, over HTTP/1.1 and over HTTP/2, and prints a markdown
+table.
 
   --concurrency N     keep-alive connections per path         (default 16)
+  --h2-streams N      concurrent streams on each connection of the h2
+                      paths, at most 100 (the sidecar's default
+                      limits.h2_max_streams)                   (default 32)
   --warmup SECS       unrecorded load before measuring         (default 2)
   --duration SECS     measured load per path                   (default 10)
   --max-requests N    stop a path earlier after N measured requests
@@ -25,7 +29,9 @@ the other in one run, and prints a markdown table.
                       it cores of its own while this process runs under
                       `taskset -c` on the others (default: no pinning)
   --paths LIST        comma-separated subset of direct,egress,mitmproxy
-                                                               (default all three)
+                      (HTTP/1.1) and direct-h2,egress-h2,mitmproxy-h2
+                      (HTTP/2); `h1` and `h2` name each group
+                                                               (default all six)
   --sidecar PATH      bottle-sidecar binary (default $BOTTLE_SIDECAR, else
                       $CARGO_TARGET_DIR/release/bottle-sidecar, else the
                       workspace's target/release/bottle-sidecar)
@@ -33,9 +39,9 @@ the other in one run, and prints a markdown table.
   --keep-dir          keep the scratch directory (policy, CAs, proxy logs)
 ";
 
-/// One way to reach the origin.
+/// Who sits between the client and the origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathKind {
+pub enum Via {
     /// Client straight to the origin; the baseline.
     Direct,
     /// Through `bottle-sidecar`'s explicit proxy, intercepting TLS.
@@ -44,21 +50,70 @@ pub enum PathKind {
     Mitmproxy,
 }
 
+/// The HTTP version the client offers (ALPN) and requires on both legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    /// HTTP/1.1: one request at a time per keep-alive connection.
+    H1,
+    /// HTTP/2: `--h2-streams` concurrent streams per connection.
+    H2,
+}
+
+/// One way to reach the origin: a row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathKind {
+    pub via: Via,
+    pub http: Http,
+}
+
 impl PathKind {
+    pub const DIRECT: PathKind = PathKind::new(Via::Direct, Http::H1);
+    pub const EGRESS: PathKind = PathKind::new(Via::Egress, Http::H1);
+    pub const MITMPROXY: PathKind = PathKind::new(Via::Mitmproxy, Http::H1);
+    pub const DIRECT_H2: PathKind = PathKind::new(Via::Direct, Http::H2);
+    pub const EGRESS_H2: PathKind = PathKind::new(Via::Egress, Http::H2);
+    pub const MITMPROXY_H2: PathKind = PathKind::new(Via::Mitmproxy, Http::H2);
+    /// Every path, in the order a default run measures them.
+    pub const ALL: [PathKind; 6] = [
+        PathKind::DIRECT,
+        PathKind::EGRESS,
+        PathKind::MITMPROXY,
+        PathKind::DIRECT_H2,
+        PathKind::EGRESS_H2,
+        PathKind::MITMPROXY_H2,
+    ];
+
+    pub const fn new(via: Via, http: Http) -> PathKind {
+        PathKind { via, http }
+    }
+
+    /// The row label; HTTP/1.1 rows keep the names of the issue 3 table.
     pub fn name(self) -> &'static str {
-        match self {
-            PathKind::Direct => "direct",
-            PathKind::Egress => "bottle egress",
-            PathKind::Mitmproxy => "mitmproxy",
+        match (self.via, self.http) {
+            (Via::Direct, Http::H1) => "direct",
+            (Via::Egress, Http::H1) => "bottle egress",
+            (Via::Mitmproxy, Http::H1) => "mitmproxy",
+            (Via::Direct, Http::H2) => "direct h2",
+            (Via::Egress, Http::H2) => "bottle egress h2",
+            (Via::Mitmproxy, Http::H2) => "mitmproxy h2",
         }
     }
 
-    fn parse(s: &str) -> anyhow::Result<Self> {
+    /// The paths one `--paths` entry names.
+    fn parse(s: &str) -> anyhow::Result<Vec<Self>> {
+        let group = |http| PathKind::ALL.into_iter().filter(move |p| p.http == http);
         Ok(match s.trim() {
-            "direct" => PathKind::Direct,
-            "egress" => PathKind::Egress,
-            "mitmproxy" | "mitmdump" => PathKind::Mitmproxy,
-            other => bail!("--paths: unknown path `{other}` (use direct, egress, mitmproxy)"),
+            "direct" => vec![PathKind::DIRECT],
+            "egress" => vec![PathKind::EGRESS],
+            "mitmproxy" | "mitmdump" => vec![PathKind::MITMPROXY],
+            "direct-h2" => vec![PathKind::DIRECT_H2],
+            "egress-h2" => vec![PathKind::EGRESS_H2],
+            "mitmproxy-h2" | "mitmdump-h2" => vec![PathKind::MITMPROXY_H2],
+            "h1" => group(Http::H1).collect(),
+            "h2" => group(Http::H2).collect(),
+            other => bail!(
+                "--paths: unknown path `{other}` (use direct, egress, mitmproxy, direct-h2, egress-h2, mitmproxy-h2, h1 or h2)"
+            ),
         })
     }
 }
@@ -67,6 +122,8 @@ impl PathKind {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub concurrency: usize,
+    /// Concurrent streams per connection on the HTTP/2 paths.
+    pub h2_streams: usize,
     pub warmup: Duration,
     pub duration: Duration,
     pub max_requests: u64,
@@ -89,12 +146,13 @@ pub enum Command {
 pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result<Command> {
     let mut config = Config {
         concurrency: 16,
+        h2_streams: 32,
         warmup: Duration::from_secs(2),
         duration: Duration::from_secs(10),
         max_requests: 5_000_000,
         body_bytes: 128,
         proxy_cpus: None,
-        paths: vec![PathKind::Direct, PathKind::Egress, PathKind::Mitmproxy],
+        paths: PathKind::ALL.to_vec(),
         sidecar: default_sidecar(),
         mitmdump: "mitmdump".into(),
         keep_dir: false,
@@ -106,6 +164,9 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
             Long("keep-dir") => config.keep_dir = true,
             Long("concurrency") => {
                 config.concurrency = number(&mut parser, "--concurrency", 1, 1024)? as usize;
+            }
+            Long("h2-streams") => {
+                config.h2_streams = number(&mut parser, "--h2-streams", 1, 100)? as usize;
             }
             Long("warmup") => {
                 config.warmup = Duration::from_secs(number(&mut parser, "--warmup", 0, 60)?);
@@ -133,9 +194,10 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
             Long("paths") => {
                 let mut paths = Vec::new();
                 for p in value(&mut parser, "--paths")?.split(',') {
-                    let p = PathKind::parse(p)?;
-                    if !paths.contains(&p) {
-                        paths.push(p);
+                    for p in PathKind::parse(p)? {
+                        if !paths.contains(&p) {
+                            paths.push(p);
+                        }
                     }
                 }
                 config.paths = paths;
@@ -201,7 +263,7 @@ mod tests {
         else {
             panic!("expected a run");
         };
-        assert_eq!(c.paths, vec![PathKind::Direct, PathKind::Egress]);
+        assert_eq!(c.paths, vec![PathKind::DIRECT, PathKind::EGRESS]);
         assert_eq!(c.duration, Duration::from_secs(3));
     }
 
@@ -227,6 +289,8 @@ mod tests {
             )
         );
         assert!(!c.keep_dir);
+        assert_eq!(c.h2_streams, 32);
+        assert_eq!(c.paths, PathKind::ALL.to_vec(), "every path, h1 then h2");
         let Command::Run(c) = parse(args(&[
             "--keep-dir",
             "--duration=5",
@@ -258,5 +322,56 @@ mod tests {
             parse(args(&["--paths", "egress", "--help"])),
             Ok(Command::Help)
         ));
+    }
+
+    #[test]
+    fn h2_paths_and_streams_parse() {
+        let run = |list: &[&str]| match parse(args(list)).unwrap() {
+            Command::Run(c) => c,
+            Command::Help => panic!("expected a run"),
+        };
+        let c = run(&["--paths", "h2"]);
+        assert_eq!(
+            c.paths,
+            vec![
+                PathKind::DIRECT_H2,
+                PathKind::EGRESS_H2,
+                PathKind::MITMPROXY_H2
+            ]
+        );
+        let c = run(&["--paths=egress-h2,direct,h1,egress-h2", "--h2-streams=100"]);
+        assert_eq!(
+            c.paths,
+            vec![
+                PathKind::EGRESS_H2,
+                PathKind::DIRECT,
+                PathKind::EGRESS,
+                PathKind::MITMPROXY
+            ],
+            "groups expand in place, repeats are dropped"
+        );
+        assert_eq!(c.h2_streams, 100);
+        let names: Vec<&str> = PathKind::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "direct",
+                "bottle egress",
+                "mitmproxy",
+                "direct h2",
+                "bottle egress h2",
+                "mitmproxy h2"
+            ]
+        );
+        let err = |list: &[&str]| format!("{:#}", parse(args(list)).err().unwrap());
+        assert_eq!(
+            err(&["--h2-streams", "0"]),
+            "--h2-streams `0`: expected a whole number from 1 to 100"
+        );
+        assert_eq!(
+            err(&["--h2-streams", "101"]),
+            "--h2-streams `101`: expected a whole number from 1 to 100"
+        );
+        assert!(err(&["--paths", "h3"]).starts_with("--paths: unknown path `h3`"));
     }
 }

@@ -1,6 +1,7 @@
 //! `egress-bench`: requests/s, latency and proxy memory for intercepted HTTPS
 //! with keep-alive, direct vs through bottle's egress vs through mitmproxy, in
-//! one run on 127.0.0.1 (issue 3, "Benchmark"). `main` only parses flags and
+//! one run on 127.0.0.1 (issue 3, "Benchmark"), over HTTP/1.1 and over HTTP/2
+//! with many streams per connection (issue 14). `main` only parses flags and
 //! maps the result of [`run::run`] to an exit code.
 
 #![forbid(unsafe_code)]

@@ -1,15 +1,20 @@
-//! The origin every path ends at: an in-process HTTPS/1.1 server on
-//! 127.0.0.1 (hyper + tokio-rustls) that answers every request with the same
-//! small body and keeps connections alive. It is deliberately cheap so the
+//! The origin every path ends at: an in-process HTTPS server on 127.0.0.1
+//! (hyper + tokio-rustls) that answers every request with the same small body
+//! and keeps connections alive. It speaks HTTP/2 to a client that asks for
+//! `h2` by ALPN and HTTP/1.1 otherwise. It is deliberately cheap so the
 //! numbers measure the path, not the server. It counts the connections it
-//! accepts, which shows whether a proxy keeps its upstream connections alive.
+//! accepts, which shows whether a proxy keeps its upstream connections alive,
+//! and the requests it answered per HTTP version, which shows whether a proxy
+//! really spoke HTTP/2 upstream or fell back to HTTP/1.1 (issue 14).
 
-use anyhow::Context as _;
+use crate::config::Http;
+use anyhow::{ensure, Context as _};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use std::convert::Infallible;
@@ -24,14 +29,79 @@ use tokio_rustls::TlsAcceptor;
 /// A running origin; stops when dropped.
 pub struct Origin {
     pub addr: SocketAddr,
-    accepted: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     task: JoinHandle<()>,
+}
+
+/// What the origin has seen so far.
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    h1_requests: AtomicU64,
+    h2_requests: AtomicU64,
+    /// Requests in any other version (HTTP/1.0, or HTTP/3 if hyper ever
+    /// hands one over): never expected.
+    other_requests: AtomicU64,
+}
+
+/// Requests the origin answered, by HTTP version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub h1: u64,
+    pub h2: u64,
+    pub other: u64,
+}
+
+impl Versions {
+    /// What was answered between `before` and `self`.
+    pub fn since(self, before: Versions) -> Versions {
+        Versions {
+            h1: self.h1 - before.h1,
+            h2: self.h2 - before.h2,
+            other: self.other - before.other,
+        }
+    }
+}
+
+/// Fails unless the origin answered at least `answered` requests (what the
+/// client got back; the origin may have answered a few more that the client
+/// then gave up on) and every one of them in `http`'s version: an HTTP/2 row
+/// whose proxy fell back to HTTP/1.1 upstream must not pass as HTTP/2.
+pub fn check_versions(http: Http, seen: Versions, answered: u64) -> anyhow::Result<()> {
+    let (right, wrong, label) = match http {
+        Http::H1 => (seen.h1, seen.h2, "HTTP/2"),
+        Http::H2 => (seen.h2, seen.h1, "HTTP/1.1"),
+    };
+    let want = match http {
+        Http::H1 => "HTTP/1.1",
+        Http::H2 => "HTTP/2",
+    };
+    ensure!(
+        wrong == 0 && seen.other == 0,
+        "the origin answered {wrong} {label} and {} other requests on a {want} path (and {right} in {want}): the path changed the HTTP version on the way; it is not measuring {want}",
+        seen.other
+    );
+    ensure!(
+        right >= answered,
+        "the origin answered {right} {want} requests but the client got {answered} answers: something else answered"
+    );
+    Ok(())
 }
 
 impl Origin {
     /// TCP connections accepted so far.
     pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
+        self.counters.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far, by HTTP version.
+    pub fn versions(&self) -> Versions {
+        let c = &self.counters;
+        Versions {
+            h1: c.h1_requests.load(Ordering::Relaxed),
+            h2: c.h2_requests.load(Ordering::Relaxed),
+            other: c.other_requests.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -42,11 +112,13 @@ impl Drop for Origin {
 }
 
 /// Binds 127.0.0.1 on a free port and serves `body_bytes` bytes of `x` to
-/// every request.
+/// every request. With `speaks_h2` false the origin offers only `http/1.1`
+/// by ALPN, which the tests use to show a fallback is caught.
 pub async fn start(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     body_bytes: usize,
+    speaks_h2: bool,
 ) -> anyhow::Result<Origin> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = ServerConfig::builder_with_provider(provider)
@@ -54,13 +126,17 @@ pub async fn start(
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .context("origin TLS config")?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.alpn_protocols = if speaks_h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let body = Bytes::from(vec![b'x'; body_bytes]);
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counter = accepted.clone();
+    let counters = Arc::new(Counters::default());
+    let counter = counters.clone();
     let task = tokio::spawn(async move {
         loop {
             let tcp = match listener.accept().await {
@@ -71,7 +147,8 @@ pub async fn start(
                     continue;
                 }
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.accepted.fetch_add(1, Ordering::Relaxed);
+            let counter = counter.clone();
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let body = body.clone();
@@ -79,7 +156,14 @@ pub async fn start(
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let version = match req.version() {
+                        Version::HTTP_11 => &counter.h1_requests,
+                        Version::HTTP_2 => &counter.h2_requests,
+                        _ => &counter.other_requests,
+                    };
+                    version.fetch_add(1, Ordering::Relaxed);
                     let body = body.clone();
                     async move {
                         Ok::<_, Infallible>(
@@ -90,16 +174,60 @@ pub async fn start(
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let io = TokioIo::new(tls);
+                let _ = if h2 {
+                    // hyper's defaults (200 streams per connection) are above
+                    // anything `--h2-streams` asks for.
+                    http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(io, service)
+                        .await
+                };
             });
         }
     });
     Ok(Origin {
         addr,
-        accepted,
+        counters,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(h1: u64, h2: u64, other: u64) -> Versions {
+        Versions { h1, h2, other }
+    }
+
+    #[test]
+    fn versions_must_match_the_path() {
+        assert!(check_versions(Http::H2, v(0, 10, 0), 10).is_ok());
+        assert!(
+            check_versions(Http::H2, v(0, 11, 0), 10).is_ok(),
+            "the origin may answer more"
+        );
+        assert!(check_versions(Http::H1, v(5, 0, 0), 5).is_ok());
+        let err = |http, seen, answered| {
+            format!("{:#}", check_versions(http, seen, answered).unwrap_err())
+        };
+        assert_eq!(
+            err(Http::H2, v(1, 9, 0), 9),
+            "the origin answered 1 HTTP/1.1 and 0 other requests on a HTTP/2 path (and 9 in HTTP/2): the path changed the HTTP version on the way; it is not measuring HTTP/2"
+        );
+        assert!(
+            err(Http::H1, v(4, 1, 0), 4).starts_with("the origin answered 1 HTTP/2 and 0 other")
+        );
+        assert!(err(Http::H1, v(4, 0, 1), 4).contains("and 1 other requests"));
+        assert_eq!(
+            err(Http::H2, v(0, 3, 0), 4),
+            "the origin answered 3 HTTP/2 requests but the client got 4 answers: something else answered"
+        );
+        assert_eq!(v(3, 9, 1).since(v(1, 4, 1)), v(2, 5, 0));
+    }
 }

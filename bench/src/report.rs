@@ -1,9 +1,11 @@
-//! Turns measurements into the markdown table of `docs/benchmarks.md` and
-//! checks them against issue 3's targets. Every number printed here is
-//! computed from the run; nothing is filled in.
+//! Turns measurements into the markdown table of `docs/benchmarks.md`,
+//! checks the HTTP/1.1 rows against issue 3's targets and sets the HTTP/2
+//! rows beside them (issue 14). Every number printed here is computed from
+//! the run; nothing is filled in.
 
 use crate::client::LoadResult;
-use crate::config::PathKind;
+use crate::config::{Http, PathKind, Via};
+use crate::origin::Versions;
 use std::fmt::Write as _;
 
 /// What a proxy cost during its run.
@@ -27,6 +29,8 @@ pub struct ProxyCost {
 pub struct PathResult {
     pub kind: PathKind,
     pub load: LoadResult,
+    /// Requests the origin answered during the load, by HTTP version.
+    pub origin_versions: Versions,
     /// TCP connections the origin accepted during the load: the client's
     /// own when direct; a proxy that keeps upstream connections alive opens
     /// about one per client connection.
@@ -58,9 +62,17 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// The row measured on `kind`, if the run measured it.
+fn find(rows: &[PathResult], kind: PathKind) -> Option<&PathResult> {
+    rows.iter().find(|r| r.kind == kind)
+}
+
+/// The table; `added` latencies are against the direct row of the same HTTP
+/// version, so an h2 row's cost is measured against direct h2.
 pub fn table(rows: &[PathResult]) -> String {
-    let direct = rows.iter().find(|r| r.kind == PathKind::Direct);
-    let base = |q: f64| direct.and_then(|d| d.load.latency_us(q));
+    let base = |http: Http, q: f64| {
+        find(rows, PathKind::new(Via::Direct, http)).and_then(|d| d.load.latency_us(q))
+    };
     let mut out = String::new();
     out.push_str(
         "| path | requests | req/s | p50 | p99 | added p50 | added p99 | conn setup p50 | origin conns | errors | client+origin CPU | proxy CPU | proxy CPU/req | proxy RSS idle | proxy RSS peak | other CPU |\n\
@@ -69,10 +81,13 @@ pub fn table(rows: &[PathResult]) -> String {
     for r in rows {
         let p50 = r.load.latency_us(0.5);
         let p99 = r.load.latency_us(0.99);
-        let (added50, added99) = if r.kind == PathKind::Direct {
+        let (added50, added99) = if r.kind.via == Via::Direct {
             ("–".into(), "–".into())
         } else {
-            (added(p50, base(0.5)), added(p99, base(0.99)))
+            (
+                added(p50, base(r.kind.http, 0.5)),
+                added(p99, base(r.kind.http, 0.99)),
+            )
         };
         let (cpu, per_request, idle, peak) = match r.proxy {
             Some(p) => (
@@ -143,13 +158,31 @@ pub fn allow_list_checks(rows: &[PathResult]) -> String {
     out
 }
 
+/// One line per row: the requests the origin answered during its load, by
+/// HTTP version (the run already failed if any came in the wrong one).
+pub fn version_checks(rows: &[PathResult]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let v = r.origin_versions;
+        let _ = writeln!(
+            out,
+            "- {}: {} HTTP/1.1, {} HTTP/2, {} other",
+            r.kind.name(),
+            v.h1,
+            v.h2,
+            v.other
+        );
+    }
+    out
+}
+
 /// Issue 3's targets, each with the measured ratio and whether it was met.
+/// They are stated for the HTTP/1.1 paths, so only those rows count.
 pub fn verdicts(rows: &[PathResult]) -> String {
-    let find = |k: PathKind| rows.iter().find(|r| r.kind == k);
     let (direct, egress, mitm) = (
-        find(PathKind::Direct),
-        find(PathKind::Egress),
-        find(PathKind::Mitmproxy),
+        find(rows, PathKind::DIRECT),
+        find(rows, PathKind::EGRESS),
+        find(rows, PathKind::MITMPROXY),
     );
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut out = String::new();
@@ -180,4 +213,187 @@ pub fn verdicts(rows: &[PathResult]) -> String {
         );
     }
     out
+}
+
+/// What HTTP/2 costs through each proxy next to HTTP/1.1 (issue 14): each
+/// proxy's h2 throughput as a share of direct h2's, and its CPU per request,
+/// with the HTTP/1.1 figure beside it when that row was measured too. No
+/// target is set for these; they are reported.
+pub fn h2_cost(rows: &[PathResult]) -> String {
+    let mut out = String::new();
+    let Some(direct_h2) = find(rows, PathKind::DIRECT_H2) else {
+        return out;
+    };
+    let share = |r: &PathResult, d: &PathResult| {
+        format!(
+            "{:.0}%",
+            100.0 * r.load.per_second() / d.load.per_second().max(1e-9)
+        )
+    };
+    for via in [Via::Egress, Via::Mitmproxy] {
+        let Some(h2) = find(rows, PathKind::new(via, Http::H2)) else {
+            continue;
+        };
+        let h1 = find(rows, PathKind::new(via, Http::H1));
+        let h1_share = h1
+            .zip(find(rows, PathKind::DIRECT))
+            .map(|(r, d)| format!(" (HTTP/1.1: {})", share(r, d)))
+            .unwrap_or_default();
+        let per_request = |r: &PathResult| r.proxy.map(|p| p.cpu_us_per_request);
+        let cpu = match (per_request(h2), h1.and_then(per_request)) {
+            (Some(a), Some(b)) => {
+                format!(", {a:.1} µs proxy CPU per request (HTTP/1.1: {b:.1} µs)")
+            }
+            (Some(a), None) => format!(", {a:.1} µs proxy CPU per request"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "- {}: {} of direct h2's throughput{h1_share}{cpu}",
+            h2.kind.name(),
+            share(h2, direct_h2),
+        );
+    }
+    if let (Some(e), Some(m)) = (
+        find(rows, PathKind::EGRESS_H2),
+        find(rows, PathKind::MITMPROXY_H2),
+    ) {
+        let _ = writeln!(
+            out,
+            "- bottle egress h2 against mitmproxy h2: {:.1}× the throughput",
+            e.load.per_second() / m.load.per_second().max(1e-9)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A row that answered `requests` in one second, every one in `us` µs.
+    fn row(kind: PathKind, requests: usize, us: u64, proxy_us: Option<f64>) -> PathResult {
+        PathResult {
+            kind,
+            load: LoadResult {
+                latencies_us: vec![us; requests],
+                setup_us: vec![1000],
+                elapsed: Duration::from_secs(1),
+                errors: 0,
+                answered: requests as u64,
+            },
+            origin_versions: match kind.http {
+                Http::H1 => Versions {
+                    h1: requests as u64,
+                    ..Versions::default()
+                },
+                Http::H2 => Versions {
+                    h2: requests as u64,
+                    ..Versions::default()
+                },
+            },
+            origin_connections: 4,
+            bench_cpu_cores: 1.0,
+            other_cpu_cores: 0.0,
+            proxy: proxy_us.map(|cpu_us_per_request| ProxyCost {
+                idle_rss_kib: 1024,
+                peak_rss_kib: 2048,
+                cpu_cores: 1.0,
+                cpu_us_per_request,
+                denied_status: 403,
+            }),
+        }
+    }
+
+    fn rows() -> Vec<PathResult> {
+        vec![
+            row(PathKind::DIRECT, 1000, 100, None),
+            row(PathKind::EGRESS, 400, 300, Some(20.0)),
+            row(PathKind::MITMPROXY, 10, 9000, Some(1000.0)),
+            row(PathKind::DIRECT_H2, 2000, 1000, None),
+            row(PathKind::EGRESS_H2, 500, 1500, Some(15.0)),
+            row(PathKind::MITMPROXY_H2, 20, 50000, Some(1500.0)),
+        ]
+    }
+
+    /// The `added p50` cell of the row labelled `name`.
+    fn added_p50(table: &str, name: &str) -> String {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no row {name} in\n{table}"));
+        line.split('|').nth(6).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn h2_rows_are_measured_against_direct_h2() {
+        let table = table(&rows());
+        assert_eq!(table.lines().count(), 2 + 6);
+        assert_eq!(added_p50(&table, "bottle egress"), "+0.200 ms");
+        assert_eq!(added_p50(&table, "bottle egress h2"), "+0.500 ms");
+        assert_eq!(added_p50(&table, "mitmproxy h2"), "+49.000 ms");
+        assert_eq!(added_p50(&table, "direct h2"), "–");
+        assert!(table.contains(
+            "| bottle egress h2 | 500 | 500 | 1.500 ms | 1.500 ms | +0.500 ms | +0.500 ms | 1.000 ms | 4 | 0 | 1.00 cores | 1.00 cores | 15.0 µs | 1.0 MiB | 2.0 MiB | 0.00 cores |"
+        ), "{table}");
+        // Without a direct h2 row there is nothing to add to.
+        let only_egress_h2 = [
+            row(PathKind::DIRECT, 10, 100, None),
+            row(PathKind::EGRESS_H2, 10, 900, Some(1.0)),
+        ];
+        assert_eq!(
+            added_p50(&super::table(&only_egress_h2), "bottle egress h2"),
+            "–"
+        );
+    }
+
+    #[test]
+    fn issue_3_targets_count_only_http1_rows() {
+        assert_eq!(
+            verdicts(&rows()),
+            "- throughput ≥ 10× mitmproxy: 40.0× — met\n\
+             - peak RSS < 1/5 of mitmproxy's: 100.0% of it — NOT met\n\
+             - throughput within 25% of direct: 40% of direct — NOT met\n"
+        );
+        let h2_only: Vec<PathResult> = rows()
+            .into_iter()
+            .filter(|r| r.kind.http == Http::H2)
+            .collect();
+        assert_eq!(verdicts(&h2_only), "");
+    }
+
+    #[test]
+    fn h2_cost_sets_each_proxy_beside_its_http1_row() {
+        assert_eq!(
+            h2_cost(&rows()),
+            "- bottle egress h2: 25% of direct h2's throughput (HTTP/1.1: 40%), 15.0 µs proxy CPU per request (HTTP/1.1: 20.0 µs)\n\
+             - mitmproxy h2: 1% of direct h2's throughput (HTTP/1.1: 1%), 1500.0 µs proxy CPU per request (HTTP/1.1: 1000.0 µs)\n\
+             - bottle egress h2 against mitmproxy h2: 25.0× the throughput\n"
+        );
+        let h2_only: Vec<PathResult> = rows()
+            .into_iter()
+            .filter(|r| r.kind.http == Http::H2)
+            .collect();
+        assert_eq!(
+            h2_cost(&h2_only).lines().next(),
+            Some(
+                "- bottle egress h2: 25% of direct h2's throughput, 15.0 µs proxy CPU per request"
+            )
+        );
+        let h1_only: Vec<PathResult> = rows()
+            .into_iter()
+            .filter(|r| r.kind.http == Http::H1)
+            .collect();
+        assert_eq!(h2_cost(&h1_only), "");
+    }
+
+    #[test]
+    fn version_lines_name_each_row() {
+        let lines = version_checks(&rows()[2..4]);
+        assert_eq!(
+            lines,
+            "- mitmproxy: 10 HTTP/1.1, 0 HTTP/2, 0 other\n- direct h2: 0 HTTP/1.1, 2000 HTTP/2, 0 other\n"
+        );
+    }
 }

@@ -1,9 +1,17 @@
-//! One benchmark run: mint the certificates, start the origin, then measure
+//! One benchmark run: mint the certificates, start the origins, then measure
 //! each path in turn (only one proxy is alive at a time, so they never compete
 //! for the CPU) and print the table.
+//!
+//! There are two origins, identical but for ALPN: the HTTP/1.1 paths end at
+//! one that offers only `http/1.1`, as in issue 3's runs, because the sidecar
+//! negotiates its upstream leg on its own and would otherwise speak HTTP/2 to
+//! the origin under an HTTP/1.1 client; the HTTP/2 paths end at one that
+//! offers `h2` too. Before and after loading a path the bench checks that its
+//! origin answered in that path's HTTP version only, so a proxy that speaks
+//! HTTP/2 to the client but HTTP/1.1 upstream fails the run (issue 14).
 
 use crate::client::{self, Load, Target};
-use crate::config::{Config, PathKind};
+use crate::config::{Config, Http, PathKind, Via};
 use crate::origin::{self, Origin};
 use crate::pki::{self, Ca};
 use crate::proxy::{self, ProxyProcess, RssSampler};
@@ -51,7 +59,10 @@ impl Drop for WorkDir {
 struct Bench<'a> {
     config: &'a Config,
     dir: &'a Path,
-    origin: &'a Origin,
+    /// Offers only `http/1.1` by ALPN; the end of the HTTP/1.1 paths.
+    origin_h1: &'a Origin,
+    /// Offers `h2` and `http/1.1`; the end of the HTTP/2 paths.
+    origin_h2: &'a Origin,
     origin_ca: Ca,
     origin_ca_path: PathBuf,
     /// A listener the allow-list does not name: CONNECT to it must be refused
@@ -73,7 +84,8 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
     let origin_ca_path = dir.join("origin-ca.pem");
     std::fs::write(&origin_ca_path, origin_ca.cert_pem())?;
     let (leaf, key) = origin_ca.leaf("127.0.0.1")?;
-    let origin = origin::start(leaf, key, config.body_bytes).await?;
+    let origin_h1 = origin::start(leaf.clone(), key.clone_key(), config.body_bytes, false).await?;
+    let origin_h2 = origin::start(leaf, key, config.body_bytes, true).await?;
 
     let decoy = TcpListener::bind("127.0.0.1:0").await?;
     let decoy_addr = decoy.local_addr()?;
@@ -86,21 +98,31 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
     let bench = Bench {
         config,
         dir,
-        origin: &origin,
+        origin_h1: &origin_h1,
+        origin_h2: &origin_h2,
         origin_ca,
         origin_ca_path,
         decoy: decoy_addr,
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "egress-bench: {} connections, {}s warm-up + {}s measured per path (at most {} requests), {}-byte body, origin https://{}",
+        "egress-bench: {} connections, {}s warm-up + {}s measured per path (at most {} requests), {}-byte body, origins https://{} (HTTP/1.1) and https://{} (HTTP/2)",
         config.concurrency,
         config.warmup.as_secs(),
         config.duration.as_secs(),
         config.max_requests,
         config.body_bytes,
-        origin.addr,
+        origin_h1.addr,
+        origin_h2.addr,
     );
+    if config.paths.iter().any(|p| p.http == Http::H2) {
+        println!(
+            "h2 paths: {} connections × {} streams each ({} requests in flight)",
+            config.concurrency,
+            config.h2_streams,
+            config.concurrency * config.h2_streams
+        );
+    }
     println!(
         "CPUs: {cores} usable by this process (client + origin: {}), proxies on {}",
         proxy::cpus_allowed(std::process::id()),
@@ -109,10 +131,10 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
             .as_deref()
             .unwrap_or("the same (not pinned)"),
     );
-    if config.paths.contains(&PathKind::Egress) {
+    if config.paths.iter().any(|p| p.via == Via::Egress) {
         println!("bottle-sidecar: {}", config.sidecar.display());
     }
-    if config.paths.contains(&PathKind::Mitmproxy) {
+    if config.paths.iter().any(|p| p.via == Via::Mitmproxy) {
         println!(
             "mitmdump: {} ({})",
             config.mitmdump.display(),
@@ -123,10 +145,10 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &kind in &config.paths {
         eprintln!("egress-bench: measuring {} ...", kind.name());
-        let row = match kind {
-            PathKind::Direct => bench.direct().await,
-            PathKind::Egress => bench.egress().await,
-            PathKind::Mitmproxy => bench.mitmproxy().await,
+        let row = match kind.via {
+            Via::Direct => bench.direct(kind).await,
+            Via::Egress => bench.egress(kind).await,
+            Via::Mitmproxy => bench.mitmproxy(kind).await,
         }
         .with_context(|| format!("path `{}`", kind.name()))?;
         rows.push(row);
@@ -140,60 +162,92 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
         println!("\nAllow-list in force (checked before each proxy's load):");
         print!("{checks}");
     }
+    println!("\nRequests the origin answered, by HTTP version (checked per path):");
+    print!("{}", report::version_checks(&rows));
     let contended = report::contention(&rows);
     if !contended.is_empty() {
         println!("\n{contended}");
     }
     let verdicts = report::verdicts(&rows);
     if !verdicts.is_empty() {
-        println!("\nIssue 3 targets:");
+        println!("\nIssue 3 targets (HTTP/1.1 rows):");
         print!("{verdicts}");
+    }
+    let h2 = report::h2_cost(&rows);
+    if !h2.is_empty() {
+        println!("\nHTTP/2 (issue 14), each against direct h2:");
+        print!("{h2}");
     }
     Ok(())
 }
 
 impl Bench<'_> {
-    fn load(&self) -> Load {
+    /// Where the paths of `http` end.
+    fn origin(&self, http: Http) -> &Origin {
+        match http {
+            Http::H1 => self.origin_h1,
+            Http::H2 => self.origin_h2,
+        }
+    }
+
+    fn load(&self, http: Http) -> Load {
         Load {
             concurrency: self.config.concurrency,
+            streams: match http {
+                Http::H1 => 1,
+                Http::H2 => self.config.h2_streams,
+            },
             warmup: self.config.warmup,
             duration: self.config.duration,
             max_requests: self.config.max_requests,
         }
     }
 
-    async fn direct(&self) -> anyhow::Result<PathResult> {
+    /// One request through `target`, which must reach the origin in `http`.
+    async fn probe(&self, target: &Target, http: Http) -> anyhow::Result<()> {
+        let origin = self.origin(http);
+        let before = origin.versions();
+        let body = client::probe(target).await?;
+        ensure!(body == self.config.body_bytes, "origin sent {body} bytes");
+        origin::check_versions(http, origin.versions().since(before), 1)
+    }
+
+    async fn direct(&self, kind: PathKind) -> anyhow::Result<PathResult> {
         let target = Arc::new(Target::new(
-            self.origin.addr,
+            self.origin(kind.http).addr,
             None,
             self.origin_ca.roots()?,
+            kind.http,
         )?);
-        let body = client::probe(&target).await?;
-        ensure!(body == self.config.body_bytes, "origin sent {body} bytes");
+        self.probe(&target, kind.http).await?;
         let me = proxy::read_proc(std::process::id())?;
         let machine = proxy::machine_busy()?;
-        let accepted = self.origin.accepted();
+        let accepted = self.origin(kind.http).accepted();
+        let versions = self.origin(kind.http).versions();
         let started = Instant::now();
-        let load = client::drive(target, &self.load()).await?;
+        let load = client::drive(target, &self.load(kind.http)).await?;
         let bench_cpu_cores = cores(me, started)?;
         let machine_cpu_cores = machine_cores(machine, started)?;
+        let origin_versions = self.origin(kind.http).versions().since(versions);
+        origin::check_versions(kind.http, origin_versions, load.answered)?;
         Ok(PathResult {
-            kind: PathKind::Direct,
+            kind,
             load,
-            origin_connections: self.origin.accepted() - accepted,
+            origin_versions,
+            origin_connections: self.origin(kind.http).accepted() - accepted,
             bench_cpu_cores,
             other_cpu_cores: machine_cpu_cores - bench_cpu_cores,
             proxy: None,
         })
     }
 
-    async fn egress(&self) -> anyhow::Result<PathResult> {
+    async fn egress(&self, kind: PathKind) -> anyhow::Result<PathResult> {
         let bottle_ca = Ca::new("egress-bench bottle CA")?;
         let mut sidecar = proxy::spawn_sidecar(
             &self.config.sidecar,
             self.config.proxy_cpus.as_deref(),
             self.dir,
-            self.origin.addr,
+            self.origin(kind.http).addr,
             &bottle_ca,
             self.origin_ca.cert_pem(),
         )?;
@@ -201,29 +255,31 @@ impl Bench<'_> {
         // The client trusts only the bottle CA: a handshake that succeeds was
         // terminated by the sidecar, i.e. intercepted.
         let target = Arc::new(Target::new(
-            self.origin.addr,
+            self.origin(kind.http).addr,
             Some(sidecar.addr),
             bottle_ca.roots()?,
+            kind.http,
         )?);
-        self.through(PathKind::Egress, sidecar, target).await
+        self.through(kind, sidecar, target).await
     }
 
-    async fn mitmproxy(&self) -> anyhow::Result<PathResult> {
+    async fn mitmproxy(&self, kind: PathKind) -> anyhow::Result<PathResult> {
         let ca_path = proxy::mitm_ca_path(self.dir);
         let mut mitm = proxy::spawn_mitmdump(
             &self.config.mitmdump,
             self.config.proxy_cpus.as_deref(),
             self.dir,
-            self.origin.addr,
+            self.origin(kind.http).addr,
             &self.origin_ca_path,
         )?;
         mitm.wait_ready(|| ca_path.is_file()).await?;
         let target = Arc::new(Target::new(
-            self.origin.addr,
+            self.origin(kind.http).addr,
             Some(mitm.addr),
             pki::roots_from_pem_file(&ca_path)?,
+            kind.http,
         )?);
-        self.through(PathKind::Mitmproxy, mitm, target).await
+        self.through(kind, mitm, target).await
     }
 
     /// Checks the proxy enforces the allow-list and intercepts, then loads it
@@ -243,19 +299,19 @@ impl Bench<'_> {
             process.name,
             self.decoy
         );
-        let body = client::probe(&target).await.with_context(|| {
+        self.probe(&target, kind.http).await.with_context(|| {
             format!("first request through {}\n{}", process.name, process.logs())
         })?;
-        ensure!(body == self.config.body_bytes, "origin sent {body} bytes");
 
         let pid = process.pid();
         let idle = proxy::read_proc(pid)?;
         let sampler = RssSampler::start(pid);
         let me = proxy::read_proc(std::process::id())?;
         let machine = proxy::machine_busy()?;
-        let accepted = self.origin.accepted();
+        let accepted = self.origin(kind.http).accepted();
+        let versions = self.origin(kind.http).versions();
         let started = Instant::now();
-        let load = client::drive(target, &self.load()).await;
+        let load = client::drive(target, &self.load(kind.http)).await;
         let wall = started.elapsed();
         let after = proxy::read_proc(pid);
         let bench_cpu_cores = cores(me, started)?;
@@ -264,14 +320,19 @@ impl Bench<'_> {
         process.check_alive()?;
         let load = load.with_context(|| process.logs())?;
         let after = after?;
+        let name = process.name;
         process.stop().await;
+        let origin_versions = self.origin(kind.http).versions().since(versions);
+        origin::check_versions(kind.http, origin_versions, load.answered)
+            .with_context(|| format!("through {name}"))?;
         let cpu = after.cpu.saturating_sub(idle.cpu);
         let cpu_cores = cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
         let requests = load.answered.max(1) as f64;
         Ok(PathResult {
             kind,
             load,
-            origin_connections: self.origin.accepted() - accepted,
+            origin_versions,
+            origin_connections: self.origin(kind.http).accepted() - accepted,
             bench_cpu_cores,
             other_cpu_cores: machine_cpu_cores - bench_cpu_cores - cpu_cores,
             proxy: Some(ProxyCost {
