@@ -10,8 +10,10 @@
 //! - a TLS ClientHello: its SNI must name the host the tunnel was allowed for
 //!   (the CONNECT authority, or the SNI itself on the transparent :443
 //!   listener); the sidecar terminates TLS with a leaf minted by the bottle CA
-//!   ([`crate::tls`]) and serves HTTP/1.1 on the decrypted stream;
-//! - an HTTP request line: served the same way without TLS;
+//!   ([`crate::tls`]) and serves HTTP/2 or HTTP/1.1, as the client chose by
+//!   ALPN, on the decrypted stream ([`crate::wire`]);
+//! - an HTTP/1 request line, or the HTTP/2 preface (prior knowledge): served
+//!   the same way without TLS;
 //! - anything else: answered with a 403 text and closed. Nothing is ever
 //!   piped.
 //!
@@ -21,9 +23,11 @@
 //! (`EgressPolicy::decide_request`); credentials are injected or a leaked
 //! placeholder refused ([`crate::secrets`]); `Proxy-*` and hop-by-hop headers
 //! are stripped; WebSocket upgrades are forwarded only after all of that.
-//! Requests go upstream over one kept-alive connection per tunnel, opened to
-//! an address the destination guard checked, with TLS verified against the
-//! webpki roots (plus `upstream-roots.pem`) and the checked host as SNI.
+//! Every HTTP/2 stream is one such request. Requests go upstream over
+//! kept-alive connections of the tunnel's own (`Upstream`), opened to an
+//! address the destination guard checked, with TLS verified against the
+//! webpki roots (plus `upstream-roots.pem`) and the checked host as SNI; the
+//! upstream's version is negotiated there, independently of the agent's.
 
 use crate::body::AgentBody;
 use crate::egress::{
