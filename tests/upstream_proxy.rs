@@ -216,20 +216,6 @@ fn proxy_requests(proxy: &Container) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Runs a shell script in the agent; returns stdout and stderr.
-fn sh(b: &Bottle, script: &str) -> String {
-    let out = b.sh(script);
-    format!("{}{}", stdout(&out), stderr(&out))
-}
-
-fn json_of(text: &str) -> serde_json::Value {
-    let start = text
-        .find('{')
-        .unwrap_or_else(|| panic!("no JSON in: {text}"));
-    serde_json::from_str(&text[start..text.rfind('}').unwrap() + 1])
-        .unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// Does `text` hold the credential in any form?
 fn leaks(text: &str) -> bool {
     text.contains(PASSWORD) || text.contains(&credential_b64())
@@ -261,14 +247,14 @@ fn the_sidecar_alone_reaches_the_upstream_proxy() {
 
     // Through the sidecar's explicit proxy, its transparent HTTPS listener
     // and plain HTTP: each reaches the origin, which only the proxy can.
-    let text = sh(b, "curl -sS --max-time 15 https://origin.test/explicit");
+    let text = sh_out(b, "curl -sS --max-time 15 https://origin.test/explicit");
     assert_eq!(json_of(&text)["path"], "/explicit", "{text}");
-    let text = sh(
+    let text = sh_out(
         b,
         &format!("{UNSET} curl -sS --max-time 15 https://origin.test/transparent"),
     );
     assert_eq!(json_of(&text)["path"], "/transparent", "{text}");
-    let text = sh(b, "curl -sS --max-time 15 http://origin.test/plain");
+    let text = sh_out(b, "curl -sS --max-time 15 http://origin.test/plain");
     assert_eq!(json_of(&text)["path"], "/plain", "{text}");
 
     // The proxy saw the sidecar's CONNECTs, with the right credential.
@@ -287,13 +273,13 @@ fn the_sidecar_alone_reaches_the_upstream_proxy() {
     }
 
     // The agent cannot reach the proxy: its name does not resolve...
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -sS --max-time 5 -x http://proxy.test:3128 http://origin.test/direct; echo \"exit=$?\"",
     );
     assert!(text.contains("exit=5"), "proxy name resolved: {text}");
     // ...its address has no route from the agent's network...
-    let text = sh(
+    let text = sh_out(
         b,
         &format!("curl -sS --max-time 5 -x http://{proxy_ip}:3128 http://origin.test/direct; echo \"exit=$?\""),
     );
@@ -302,7 +288,7 @@ fn the_sidecar_alone_reaches_the_upstream_proxy() {
         "the agent reached the proxy at {proxy_ip}: {text}"
     );
     // ...and the sidecar refuses to tunnel to it (not allowed).
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --max-time 5 -w '\\nstatus=%{http_code}' http://proxy.test:3128/; \
          curl -s --max-time 5 -o /dev/null -w 'connect=%{http_connect}\\n' -p http://proxy.test:3128/",
@@ -313,17 +299,17 @@ fn the_sidecar_alone_reaches_the_upstream_proxy() {
     );
 
     // Denied and guard-refused names never reach the proxy.
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --max-time 10 -o /dev/null -w '%{http_connect}' https://denied.test/",
     );
     assert_eq!(text.trim(), "403", "{text}");
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --max-time 10 -w '\\nstatus=%{http_code}' http://private.test/",
     );
     assert!(text.contains("status=403"), "private.test: {text}");
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --max-time 10 -o /dev/null -w '%{http_connect}' https://private.test/",
     );
@@ -341,7 +327,7 @@ fn the_sidecar_alone_reaches_the_upstream_proxy() {
     assert_eq!(after.len(), seen.len(), "new requests at the proxy: {log}");
 
     // The credential: nowhere in the agent (nor a variable for it)...
-    let text = sh(b, "env; tr '\\0' '\\n' </proc/1/environ; echo done");
+    let text = sh_out(b, "env; tr '\\0' '\\n' </proc/1/environ; echo done");
     assert!(text.ends_with("done\n"), "{text}");
     assert!(!leaks(&text), "credential in the agent's env:\n{text}");
     assert!(!text.contains(VAR), "{VAR} in the agent's env:\n{text}");
@@ -393,7 +379,7 @@ fn the_sidecar_alone_reaches_the_upstream_proxy() {
         !leaks(&said) && !said.contains("not-the-password"),
         "{said}"
     );
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --max-time 15 -w '\\nstatus=%{http_code}' http://origin.test/wrong",
     );
@@ -405,12 +391,12 @@ fn the_sidecar_alone_reaches_the_upstream_proxy() {
     );
     // Over HTTPS the sidecar opens the tunnel before it answers the agent's
     // CONNECT, so the 502 is that answer; its body names the 407 too.
-    let text = sh(
+    let text = sh_out(
         b,
         "curl -s --max-time 15 -o /dev/null -w 'connect=%{http_connect}' https://origin.test/wrong-tls",
     );
     assert_eq!(text.trim(), "connect=502", "{text}");
-    let text = sh(
+    let text = sh_out(
         b,
         r#"python3 - <<'PY'
 import os, socket

@@ -34,15 +34,6 @@ fn allow_both(port: u16) -> Value {
     ]})
 }
 
-async fn curl_https(bottle: &Bottle, extra: &[&str], url: &str) -> std::process::Output {
-    let ca = bottle.pki.bottle_ca.to_str().unwrap().to_string();
-    let proxy = bottle.proxy_url();
-    let mut args = vec!["-x", proxy.as_str(), "--cacert", ca.as_str()];
-    args.extend_from_slice(extra);
-    args.push(url);
-    run_curl(&args).await
-}
-
 #[tokio::test]
 async fn https_is_intercepted_with_the_bottle_ca_and_forwarded_verified() {
     let Some(_) = curl() else { return };

@@ -686,6 +686,16 @@ pub fn curl() -> Option<&'static str> {
     None
 }
 
+/// curl through `bottle`'s explicit proxy, trusting only the bottle CA.
+pub async fn curl_https(bottle: &Bottle, extra: &[&str], url: &str) -> std::process::Output {
+    let ca = bottle.pki.bottle_ca.to_str().unwrap().to_string();
+    let proxy = bottle.proxy_url();
+    let mut args = vec!["-x", proxy.as_str(), "--cacert", ca.as_str()];
+    args.extend_from_slice(extra);
+    args.push(url);
+    run_curl(&args).await
+}
+
 /// Runs curl with proxy environment variables removed, so only `-x` counts.
 pub async fn run_curl(args: &[&str]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new("curl");
