@@ -18,7 +18,7 @@ table.
 
   --concurrency N     keep-alive connections per path         (default 16)
   --h2-streams N      concurrent streams on each connection of the h2
-                      paths, at most 100 (the sidecar's default
+                      paths, at most 32 (the sidecar's default
                       limits.h2_max_streams)                   (default 32)
   --warmup SECS       unrecorded load before measuring         (default 2)
   --duration SECS     measured load per path                   (default 10)
@@ -166,7 +166,7 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
                 config.concurrency = number(&mut parser, "--concurrency", 1, 1024)? as usize;
             }
             Long("h2-streams") => {
-                config.h2_streams = number(&mut parser, "--h2-streams", 1, 100)? as usize;
+                config.h2_streams = number(&mut parser, "--h2-streams", 1, 32)? as usize;
             }
             Long("warmup") => {
                 config.warmup = Duration::from_secs(number(&mut parser, "--warmup", 0, 60)?);
@@ -339,7 +339,7 @@ mod tests {
                 PathKind::MITMPROXY_H2
             ]
         );
-        let c = run(&["--paths=egress-h2,direct,h1,egress-h2", "--h2-streams=100"]);
+        let c = run(&["--paths=egress-h2,direct,h1,egress-h2", "--h2-streams=32"]);
         assert_eq!(
             c.paths,
             vec![
@@ -350,7 +350,7 @@ mod tests {
             ],
             "groups expand in place, repeats are dropped"
         );
-        assert_eq!(c.h2_streams, 100);
+        assert_eq!(c.h2_streams, 32);
         let names: Vec<&str> = PathKind::ALL.iter().map(|p| p.name()).collect();
         assert_eq!(
             names,
@@ -366,11 +366,11 @@ mod tests {
         let err = |list: &[&str]| format!("{:#}", parse(args(list)).err().unwrap());
         assert_eq!(
             err(&["--h2-streams", "0"]),
-            "--h2-streams `0`: expected a whole number from 1 to 100"
+            "--h2-streams `0`: expected a whole number from 1 to 32"
         );
         assert_eq!(
-            err(&["--h2-streams", "101"]),
-            "--h2-streams `101`: expected a whole number from 1 to 100"
+            err(&["--h2-streams", "33"]),
+            "--h2-streams `33`: expected a whole number from 1 to 32"
         );
         assert!(err(&["--paths", "h3"]).starts_with("--paths: unknown path `h3`"));
     }

@@ -210,7 +210,7 @@ impl EgressPolicy {
             }
         };
         if let Some(rule) = self.allow.iter().find(|r| r.covers(&host, port)) {
-            if let Some(refused) = self.encrypted_dns_endpoint(&host) {
+            if let Some(refused) = self.encrypted_dns_endpoint(&host, port) {
                 return refused;
             }
             return Decision {
@@ -249,7 +249,7 @@ impl EgressPolicy {
         if name.parse::<std::net::IpAddr>().is_ok() {
             return None;
         }
-        if crate::resolver::is_encrypted_dns_host(&name) && !self.allows_exactly(&name) {
+        if crate::resolver::is_encrypted_dns_host(&name) && !self.allows_exactly(&name, None) {
             return None;
         }
         self.allow.iter().find(|r| match &r.host {

@@ -61,7 +61,7 @@ impl Default for Limits {
             idle_timeout_secs: 900,
             body_timeout_secs: 30,
             audit_max_bytes: 64 * 1024 * 1024,
-            h2_max_streams: 100,
+            h2_max_streams: 32,
             h2_max_header_list_bytes: 64 * 1024,
             h2_stream_window_bytes: 1024 * 1024,
             h2_connection_window_bytes: 4 * 1024 * 1024,

@@ -7,10 +7,12 @@
 //! `*.cloudflare-dns.com`). So the well-known resolver endpoints are refused
 //! by default, with their own rule (`encrypted-dns`), even when a pattern
 //! covers them; only an `egress.allow` entry naming the endpoint *exactly*
-//! opens one. Requests that carry DNS messages by media type
+//! opens one, on its port. Requests that carry DNS messages by media type
 //! (`application/dns-message`, `application/dns-json`) are refused on any
-//! host under the same rule and the same exception, which catches resolvers
-//! missing from the list.
+//! host under the same rule and the same exception, which catches
+//! well-behaved clients of resolvers missing from the list; a client that
+//! sends neither header to an unlisted resolver is not recognised, so this
+//! is a default that narrows the common paths, not a guarantee.
 //!
 //! The list is the endpoints browsers, operating systems and common tools
 //! ship as presets; `ENCRYPTED_DNS_SUFFIXES` covers the providers whose
@@ -56,6 +58,7 @@ pub const ENCRYPTED_DNS_HOSTS: &[&str] = &[
     "doh.sandbox.opendns.com",
     "resolver1.dns.watch",
     "dns.digitale-gesellschaft.ch",
+    "doh.dns.apple.com",
 ];
 
 /// Domains every name under which is an encrypted DNS endpoint.
@@ -94,20 +97,23 @@ pub fn is_dns_media_type(value: &str) -> bool {
 
 impl EgressPolicy {
     /// Does an `egress.allow` entry name `host` (normalised) exactly (an
-    /// exact name or IP, any port)? Only such an entry opens an encrypted
-    /// DNS endpoint.
-    pub fn allows_exactly(&self, host: &str) -> bool {
-        self.allow.iter().any(|r| match &r.host {
-            HostPattern::Exact(_) | HostPattern::Ip(_) => r.host.matches(host),
-            HostPattern::Suffix(_) => false,
+    /// exact name or IP) on `port` (`None`: on any port)? Only such an entry
+    /// opens an encrypted DNS endpoint.
+    pub fn allows_exactly(&self, host: &str, port: Option<u16>) -> bool {
+        self.allow.iter().any(|r| {
+            let exact = match &r.host {
+                HostPattern::Exact(_) | HostPattern::Ip(_) => r.host.matches(host),
+                HostPattern::Suffix(_) => false,
+            };
+            exact && port.is_none_or(|p| r.covers(host, p))
         })
     }
 
-    /// The refusal for a well-known encrypted DNS endpoint that only a
-    /// pattern (not an exact entry) allows; `None` otherwise.
-    pub fn encrypted_dns_endpoint(&self, host: &str) -> Option<Decision> {
+    /// The refusal for a well-known encrypted DNS endpoint at `host:port`
+    /// that only a pattern (not an exact entry) allows; `None` otherwise.
+    pub fn encrypted_dns_endpoint(&self, host: &str, port: u16) -> Option<Decision> {
         let host = normalize_host(host).ok()?;
-        (is_encrypted_dns_host(&host) && !self.allows_exactly(&host)).then(|| {
+        (is_encrypted_dns_host(&host) && !self.allows_exactly(&host, Some(port))).then(|| {
             refusal(format!(
                 "{host} is a public encrypted DNS (DoH/DoT) resolver; the bottle's DNS answers only allowed names, and an encrypted resolver would let the agent resolve any name and tunnel data through the names it asks for"
             ))
@@ -117,9 +123,9 @@ impl EgressPolicy {
     /// The refusal for a request that carries DNS messages (`what` names
     /// the header, e.g. `content-type: application/dns-message`) to a host
     /// not allowed exactly; `None` when it may go.
-    pub fn encrypted_dns_request(&self, host: &str, what: &str) -> Option<Decision> {
+    pub fn encrypted_dns_request(&self, host: &str, port: u16, what: &str) -> Option<Decision> {
         let host = normalize_host(host).ok()?;
-        (!self.allows_exactly(&host)).then(|| {
+        (!self.allows_exactly(&host, Some(port))).then(|| {
             refusal(format!(
                 "the request carries DNS messages ({what}): DNS-over-HTTPS to {host} would let the agent resolve any name past the bottle's DNS"
             ))
@@ -159,20 +165,29 @@ mod tests {
             "cloudflare-dns.com",
             "api.test",
         ]);
-        let d = p.encrypted_dns_endpoint("DNS.Google.").unwrap();
+        let d = p.encrypted_dns_endpoint("DNS.Google.", 443).unwrap();
         assert_eq!(d.rule, "encrypted-dns");
         assert!(d.reason.contains("dns.google is a public encrypted DNS"));
         assert!(p
-            .encrypted_dns_endpoint("mozilla.cloudflare-dns.com")
+            .encrypted_dns_endpoint("mozilla.cloudflare-dns.com", 443)
             .is_some());
-        assert!(p.encrypted_dns_endpoint("abc123.dns.nextdns.io").is_some());
+        assert!(p
+            .encrypted_dns_endpoint("abc123.dns.nextdns.io", 443)
+            .is_some());
         assert!(
-            p.encrypted_dns_endpoint("cloudflare-dns.com").is_none(),
+            p.encrypted_dns_endpoint("cloudflare-dns.com", 443)
+                .is_none(),
             "exact entry"
         );
-        assert!(p.encrypted_dns_endpoint("api.test").is_none());
-        assert!(p.encrypted_dns_endpoint("www.example.google").is_none());
-        assert!(p.encrypted_dns_endpoint("notquad9.net").is_none());
+        assert!(p.encrypted_dns_endpoint("api.test", 443).is_none());
+        // An exact entry opens its own port only.
+        let p = policy(&["*.nextdns.io", "dns.nextdns.io:853"]);
+        assert!(p.encrypted_dns_endpoint("dns.nextdns.io", 853).is_none());
+        assert!(p.encrypted_dns_endpoint("dns.nextdns.io", 443).is_some());
+        assert!(p
+            .encrypted_dns_endpoint("www.example.google", 443)
+            .is_none());
+        assert!(p.encrypted_dns_endpoint("notquad9.net", 443).is_none());
     }
 
     #[test]
@@ -182,10 +197,10 @@ mod tests {
         assert!(!is_dns_media_type("application/json"));
         let p = policy(&["*.example.com", "doh.example.org"]);
         assert!(p
-            .encrypted_dns_request("x.example.com", "accept: application/dns-message")
+            .encrypted_dns_request("x.example.com", 443, "accept: application/dns-message")
             .is_some());
         assert!(p
-            .encrypted_dns_request("doh.example.org", "accept: application/dns-message")
+            .encrypted_dns_request("doh.example.org", 443, "accept: application/dns-message")
             .is_none());
     }
 }

@@ -101,6 +101,10 @@ impl Body for AgentBody {
     ) -> Poll<Option<Result<Frame<Bytes>, AgentBodyError>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                this.timer = None;
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer = None;
                 if let Some(data) = frame.data_ref() {

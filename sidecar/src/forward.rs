@@ -79,6 +79,9 @@ pub fn upstream_request<B>(req: Request<B>, host_header: HeaderValue) -> Request
     let (mut parts, body) = req.into_parts();
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
+    // Nothing of the agent's connection (hyper's upgrade handle, an HTTP/2
+    // `:protocol`) travels upstream.
+    parts.extensions = hyper::http::Extensions::new();
     let trailers = parts
         .headers
         .get_all(TE)
@@ -266,16 +269,17 @@ pub fn method_override(
 pub fn encrypted_dns(
     policy: &bottle_policy::EgressPolicy,
     host: &str,
+    port: u16,
     headers: &HeaderMap,
 ) -> Option<bottle_policy::Decision> {
     for name in [hyper::header::CONTENT_TYPE, hyper::header::ACCEPT] {
         let hit = headers
             .get_all(&name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .find(|v| bottle_policy::is_dns_media_type(v));
         if let Some(value) = hit {
-            return policy.encrypted_dns_request(host, &format!("{name}: {value}"));
+            return policy.encrypted_dns_request(host, port, &format!("{name}: {value}"));
         }
     }
     None

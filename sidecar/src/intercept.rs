@@ -44,6 +44,7 @@ use crate::shared::Shared;
 use crate::tls;
 use crate::wire::{self, Wire};
 use bottle_policy::{normalize_host, Decision, Verdict};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
@@ -59,6 +60,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
 
 /// How long the TLS handshake with an upstream may take (the client side's
@@ -441,6 +443,19 @@ where
 /// The request body type sent upstream.
 type UpBody = AgentBody;
 
+/// HTTP/1.1 requests one agent connection may have in flight upstream at
+/// once (each on its own upstream connection); an HTTP/2 agent's further
+/// streams wait for one to finish.
+pub const H1_UPSTREAM_PER_SESSION: usize = 8;
+
+/// Keeps `guard` until `resp`'s body is finished or dropped.
+fn hold<G: Send + Sync + Unpin + 'static>(
+    resp: Response<ProxyBody>,
+    guard: G,
+) -> Response<ProxyBody> {
+    resp.map(|body| forward::Metered::with_guard(body, Counter::default(), guard).boxed())
+}
+
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -490,6 +505,8 @@ pub struct Session {
     /// The agent speaks HTTP/2 on this connection (set when serving starts);
     /// in the clear, the upstream is then spoken to with prior knowledge too.
     agent_h2: AtomicBool,
+    /// Slots for HTTP/1.1 requests in flight upstream.
+    h1_slots: Arc<Semaphore>,
     upstream: tokio::sync::Mutex<Upstream>,
 }
 
@@ -511,6 +528,7 @@ impl Session {
             tls,
             default_port: default_port.unwrap_or(if tls { 443 } else { 80 }),
             agent_h2: AtomicBool::new(false),
+            h1_slots: Arc::new(Semaphore::new(H1_UPSTREAM_PER_SESSION)),
             upstream: tokio::sync::Mutex::new(Upstream {
                 preconnected,
                 ..Upstream::default()
@@ -556,6 +574,15 @@ impl Session {
             "send requests for {} only; open a new connection for another host",
             forward::host_port(&host, port)
         );
+        if req.method() == hyper::Method::CONNECT {
+            return ex.forbid(
+                refusal(
+                    "connect-in-tunnel",
+                    "a CONNECT inside an intercepted connection is not forwarded",
+                ),
+                "open tunnels at the proxy (CONNECT host:port to it); inside one, send ordinary requests".into(),
+            );
+        }
         if let Some(why) = self.uri_mismatch(&req) {
             return ex.forbid(refusal("host-mismatch", why), authority_hint);
         }
@@ -600,7 +627,7 @@ impl Session {
         {
             return ex.forbid(d, forward::METHOD_OVERRIDE_HINT.into());
         }
-        if let Some(d) = forward::encrypted_dns(&policy.egress, &host, req.headers()) {
+        if let Some(d) = forward::encrypted_dns(&policy.egress, &host, port, req.headers()) {
             return ex.forbid(d, bottle_policy::ENCRYPTED_DNS_HINT.into());
         }
         let upgrade = match upgrade_kind(&req) {
@@ -658,7 +685,7 @@ impl Session {
                 .await;
         }
         match self.send(upreq).await {
-            Ok(resp) => ex.forwarded(&rule, up, resp, redaction),
+            Ok((resp, slot)) => hold(ex.forwarded(&rule, up, resp, redaction), slot),
             Err(e) => match watch.failure() {
                 // The agent's body broke: its error, and the upstream
                 // connection was closed mid-message (never reused).
@@ -691,21 +718,41 @@ impl Session {
 
     /// Sends `req` upstream on a kept-alive connection, opening one to a
     /// checked address when none is free, in the version that connection
-    /// negotiated.
-    async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, UpstreamError> {
+    /// negotiated. Over HTTP/1.1 the request holds one of the session's
+    /// [`H1_UPSTREAM_PER_SESSION`] slots until its answer is done (returned
+    /// with the response, for the caller to keep with the body), so an
+    /// HTTP/2 agent's streams share a few upstream connections instead of
+    /// opening one each.
+    async fn send(
+        &self,
+        req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Option<OwnedSemaphorePermit>), UpstreamError> {
+        let known_h2 = self.upstream.lock().await.h2.is_some();
+        let slot = if known_h2 {
+            None
+        } else {
+            self.h1_slots.clone().acquire_owned().await.ok()
+        };
         match self.checkout().await? {
             Conn::H2(mut sender) => {
+                drop(slot);
                 let req = forward::to_h2(req, self.scheme())?;
-                sender.send_request(req).await.map_err(UpstreamError::Send)
+                let resp = sender
+                    .send_request(req)
+                    .await
+                    .map_err(UpstreamError::Send)?;
+                Ok((resp, None))
             }
             Conn::H1(mut sender) => {
                 // Hop-by-hop headers are stripped by `Exchange::forwarded`,
                 // after it checked them.
                 let sent = sender.send_request(forward::to_h1(req)).await;
-                if !sender.is_closed() {
-                    self.upstream.lock().await.h1.push(sender);
+                let mut pool = self.upstream.lock().await;
+                if !sender.is_closed() && pool.h1.len() < H1_UPSTREAM_PER_SESSION {
+                    pool.h1.push(sender);
                 }
-                sent.map_err(UpstreamError::Send)
+                drop(pool);
+                Ok((sent.map_err(UpstreamError::Send)?, slot))
             }
         }
     }

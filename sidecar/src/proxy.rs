@@ -390,7 +390,7 @@ pub(crate) async fn forward_plain(
     ) {
         return ex.forbid(d, forward::METHOD_OVERRIDE_HINT.into());
     }
-    if let Some(d) = forward::encrypted_dns(&policy.egress, allowed.host(), req.headers()) {
+    if let Some(d) = forward::encrypted_dns(&policy.egress, allowed.host(), port, req.headers()) {
         return ex.forbid(d, bottle_policy::ENCRYPTED_DNS_HINT.into());
     }
     let target = req

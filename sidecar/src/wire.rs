@@ -17,7 +17,8 @@
 //!   frames that may carry it;
 //! - flow-control windows (`limits.h2_stream_window_bytes`,
 //!   `limits.h2_connection_window_bytes`) bound how much body the agent can
-//!   send ahead of the upstream.
+//!   send ahead of the upstream, and [`MAX_SEND_BUF`] how much of an answer
+//!   waits per stream for an agent that does not read.
 //!
 //! Where HTTP/2 is not served — the explicit proxy port and the transparent
 //! :80 listener, which route by `Host` per request — a client that opens
@@ -44,7 +45,11 @@ pub const MAX_PENDING_RESETS: usize = 20;
 /// before closing it.
 pub const MAX_LOCAL_RESETS: usize = 256;
 /// Largest header list accepted from an upstream's HTTP/2 answer.
-pub const UPSTREAM_MAX_HEADER_LIST: u32 = 1 << 20;
+pub const UPSTREAM_MAX_HEADER_LIST: u32 = 256 << 10;
+/// Bytes the sidecar buffers per HTTP/2 stream on its way out (to the agent,
+/// or to an upstream), beyond what the peer's window already took: small,
+/// so many streams do not multiply memory.
+pub const MAX_SEND_BUF: usize = 64 << 10;
 
 /// The HTTP version of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +173,8 @@ fn server_h2(limits: &Limits) -> http2::Builder<TokioExecutor> {
         .initial_stream_window_size(limits.h2_stream_window_bytes)
         .initial_connection_window_size(limits.h2_connection_window_bytes)
         .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
-        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS));
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .max_send_buf_size(MAX_SEND_BUF);
     b
 }
 
@@ -189,6 +195,7 @@ where
         .initial_stream_window_size(limits.h2_stream_window_bytes)
         .initial_connection_window_size(limits.h2_connection_window_bytes)
         .max_header_list_size(UPSTREAM_MAX_HEADER_LIST)
+        .max_send_buf_size(MAX_SEND_BUF)
         .handshake(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {

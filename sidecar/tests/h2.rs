@@ -61,6 +61,8 @@ struct H2Origin {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Hit>>>,
     release: Arc<Notify>,
+    /// Connections accepted.
+    conns: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl H2Origin {
@@ -166,54 +168,57 @@ where
     }
 }
 
-/// A TLS origin on 127.0.0.1 offering `alpn` (in order of preference).
-async fn tls_h2_origin(pki: &Pki, alpn: &[&[u8]]) -> H2Origin {
-    let mut config = (*pki.origin_tls(&[
-        "origin.test",
-        "other.test",
-        "api.example.test",
-        "dns.nextdns.io",
-        "127.0.0.1",
-    ]))
-    .clone();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+/// An origin on a fresh 127.0.0.1 listener; `serve` runs each accepted
+/// connection.
+async fn h2_origin_with<F, Fut>(serve: F) -> H2Origin
+where
+    F: Fn(TcpStream, H2Origin) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = H2Origin {
         addr: listener.local_addr().unwrap(),
         seen: Arc::default(),
         release: Arc::new(Notify::new()),
+        conns: Arc::default(),
     };
     let o = origin.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, o) = (acceptor.clone(), o.clone());
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(tcp).await {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_origin(tls, h2, o).await;
-                }
-            });
+            o.conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(serve(tcp, o.clone()));
         }
     });
     origin
 }
 
+/// A TLS origin on 127.0.0.1 offering `alpn` (in order of preference).
+async fn tls_h2_origin(pki: &Pki, alpn: &[&[u8]]) -> H2Origin {
+    let names = [
+        "origin.test",
+        "other.test",
+        "api.example.test",
+        "dns.nextdns.io",
+        "127.0.0.1",
+    ];
+    let mut config = (*pki.origin_tls(&names)).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    h2_origin_with(move |tcp, o| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_origin(tls, h2, o).await;
+            }
+        }
+    })
+    .await
+}
+
 /// A cleartext HTTP/2 origin (prior knowledge only).
 async fn h2c_origin() -> H2Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = H2Origin {
-        addr: listener.local_addr().unwrap(),
-        seen: Arc::default(),
-        release: Arc::new(Notify::new()),
-    };
-    let o = origin.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(serve_origin(tcp, true, o.clone()));
-        }
-    });
-    origin
+    h2_origin_with(|tcp, o| serve_origin(tcp, true, o)).await
 }
 
 async fn bottle_for(pki: Pki, egress: Value, limits: Option<Value>) -> Bottle {
@@ -237,15 +242,6 @@ fn allow(port: u16) -> Value {
     })
 }
 
-async fn curl_via(bottle: &Bottle, extra: &[&str], url: &str) -> std::process::Output {
-    let ca = bottle.pki.bottle_ca.to_str().unwrap().to_string();
-    let proxy = bottle.proxy_url();
-    let mut args = vec!["-x", proxy.as_str(), "--cacert", ca.as_str()];
-    args.extend_from_slice(extra);
-    args.push(url);
-    run_curl(&args).await
-}
-
 #[tokio::test]
 async fn each_leg_negotiates_its_own_http_version() {
     let Some(_) = curl() else { return };
@@ -258,7 +254,7 @@ async fn each_leg_negotiates_its_own_http_version() {
         let origin = tls_h2_origin(&pki, origin_alpn).await;
         let port = origin.port();
         let bottle = bottle_for(pki, allow(port), None).await;
-        let out = curl_via(
+        let out = curl_https(
             &bottle,
             &[agent, "-w", "\n%{http_version}"],
             &format!("https://origin.test:{port}/hello"),
@@ -293,7 +289,7 @@ async fn an_http2_request_to_a_denied_path_gets_the_403() {
     let origin = tls_h2_origin(&pki, &[b"h2"]).await;
     let port = origin.port();
     let bottle = bottle_for(pki, allow(port), None).await;
-    let out = curl_via(
+    let out = curl_https(
         &bottle,
         &["--http2", "-w", "\n%{http_code} %{http_version}"],
         &format!("https://origin.test:{port}/admin/keys"),
@@ -339,6 +335,14 @@ async fn every_stream_is_checked_on_its_own() {
     let bottle = bottle_for(pki, allow(port), None).await;
     let sender = h2_client(&bottle, port).await;
 
+    // One request first, so the client has the sidecar's SETTINGS (and its
+    // stream limit) before the burst.
+    let resp = sender
+        .clone()
+        .send_request(get(&format!("https://origin.test:{port}/ok/first")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // 40 streams at once on one connection, each checked, injected, logged.
     let mut streams = Vec::new();
     for i in 0..40 {
@@ -357,11 +361,11 @@ async fn every_stream_is_checked_on_its_own() {
         assert_eq!(body, ORIGIN_BODY);
     }
     let seen = origin.seen();
-    assert_eq!(seen.len(), 40);
+    assert_eq!(seen.len(), 41);
     assert!(seen
         .iter()
         .all(|h| h.header("x-api-key") == ["sk-real-h2-value"]));
-    bottle.decisions_for("GET", 40).await;
+    bottle.decisions_for("GET", 41).await;
 
     // Another authority on the same connection: that stream alone is refused.
     let mut s = sender.clone();
@@ -373,6 +377,17 @@ async fn every_stream_is_checked_on_its_own() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(
         String::from_utf8_lossy(&body).contains("rule: host-mismatch"),
+        "{body:?}"
+    );
+    // A CONNECT on a stream: never forwarded.
+    let connect = Request::connect(format!("origin.test:{port}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = s.send_request(connect).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("rule: connect-in-tunnel"),
         "{body:?}"
     );
     // A path outside the host's rules: refused per stream too.
@@ -387,7 +402,54 @@ async fn every_stream_is_checked_on_its_own() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(origin.seen().len(), 41, "refused streams never reach it");
+    assert_eq!(origin.seen().len(), 42, "refused streams never reach it");
+}
+
+#[tokio::test]
+async fn http2_streams_share_a_few_http1_upstream_connections() {
+    let pki = Pki::new();
+    let origin = tls_h2_origin(&pki, &[b"http/1.1"]).await;
+    let port = origin.port();
+    let bottle = bottle_for(pki, allow(port), None).await;
+    let sender = h2_client(&bottle, port).await;
+    // 20 streams whose answers the origin holds open.
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut s = sender.clone();
+        let url = format!("https://origin.test:{port}/sse");
+        streams.push(tokio::spawn(async move {
+            let resp = s.send_request(get(&url)).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        }));
+    }
+    eventually("8 requests at the origin", || {
+        (origin.seen().len() >= 8).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(origin.seen().len(), 8, "at most 8 in flight upstream");
+    assert_eq!(
+        origin.conns.load(std::sync::atomic::Ordering::SeqCst),
+        8,
+        "one upstream connection per request in flight"
+    );
+    // Released, every stream completes on those connections.
+    let done = async {
+        for s in streams {
+            loop {
+                if s.is_finished() {
+                    assert_eq!(s.await.unwrap(), "data: one\n\ndata: two\n\n");
+                    break;
+                }
+                origin.release.notify_waiters();
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, done)
+        .await
+        .expect("all streams finish");
+    assert_eq!(origin.seen().len(), 20);
 }
 
 #[tokio::test]
@@ -728,7 +790,7 @@ async fn encrypted_dns_is_refused_even_under_a_wildcard() {
         "accept: application/dns-message",
         "content-type: application/dns-json",
     ] {
-        let out = curl_via(
+        let out = curl_https(
             &bottle,
             &["-H", header, "-w", "\n%{http_code}"],
             &format!("https://api.example.test:{port}/dns-query?dns=AAABAAAB"),
@@ -739,7 +801,7 @@ async fn encrypted_dns_is_refused_even_under_a_wildcard() {
         assert!(text.ends_with("\n403"), "{header}: {text}");
     }
     assert!(origin.seen().is_empty());
-    let out = curl_via(
+    let out = curl_https(
         &bottle,
         &[],
         &format!("https://api.example.test:{port}/plain"),
