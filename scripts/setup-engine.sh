@@ -30,8 +30,11 @@ ensure_engine() {
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io iptables
   command -v docker >/dev/null 2>&1 || apt_install docker.io
   log "starting dockerd (log: /var/log/bottle-dockerd.log)"
-  # From /, so removing the checkout it was started from leaves it working.
-  as_root sh -c 'cd / && nohup dockerd >/var/log/bottle-dockerd.log 2>&1 &'
+  # From /, so removing the checkout it was started from leaves it working,
+  # and in a session of its own, so a job runner that kills the caller's
+  # process group when the caller ends (CI steps, editors' terminals) leaves
+  # the engine running.
+  as_root sh -c 'cd / && setsid nohup dockerd >/var/log/bottle-dockerd.log 2>&1 </dev/null &'
   for _ in $(seq 1 60); do
     engine_answers && { log "docker engine $(docker version --format '{{.Server.Version}}') started"; return; }
     sleep 1

@@ -55,7 +55,7 @@ start_service() {
   # From /: the service's conmon children inherit its working directory, and
   # one started from a checkout that is later removed fails every container
   # start ("Failed to get working directory", "write child: broken pipe").
-  as_root sh -c "cd / && nohup podman system service --time=0 unix://$SOCKET >/var/log/bottle-podman.log 2>&1 &"
+  as_root sh -c "cd / && setsid nohup podman system service --time=0 unix://$SOCKET >/var/log/bottle-podman.log 2>&1 </dev/null &"
   for _ in $(seq 1 30); do
     api_answers && return
     sleep 1
