@@ -281,6 +281,17 @@ pub fn judge(name: &str, new: &Pinned, pins: &BTreeMap<String, Pinned>) -> Vec<S
     out
 }
 
+/// `none`, or the proxy's URL and the variable its credential comes from.
+fn describe_proxy(p: Option<&bottle_policy::UpstreamProxy>) -> String {
+    match p {
+        None => "none".into(),
+        Some(p) => match &p.auth_from_env {
+            Some(var) => format!("`{}` (credential from ${var})", p.url),
+            None => format!("`{}`", p.url),
+        },
+    }
+}
+
 /// Every way `new` grants more than `old`, one line each.
 pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
     let mut out = Vec::new();
@@ -324,6 +335,17 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
                 c.from_env, c.host, c.header
             ));
         }
+    }
+    // Where the sidecar's upstream connections go, and which host variable
+    // it sends there as the proxy credential: any change is a widening (an
+    // agent that rewrote bottle.toml could send the corporate credential,
+    // or every destination name, to a proxy of its own).
+    if new.egress.upstream_proxy != old.egress.upstream_proxy {
+        out.push(format!(
+            "egress.upstream_proxy changes from {} to {}",
+            describe_proxy(old.egress.upstream_proxy.as_ref()),
+            describe_proxy(new.egress.upstream_proxy.as_ref())
+        ));
     }
     for m in &new.mounts {
         let covered = m.read_only && old.mounts.iter().any(|o| m.source.starts_with(&o.source));
@@ -581,6 +603,38 @@ mod tests {
         assert!(widenings(&old, &new).is_empty());
         new.mounts[1].read_only = false;
         assert_eq!(widenings(&old, &new).len(), 1);
+    }
+
+    #[test]
+    fn any_change_of_the_upstream_proxy_widens() {
+        let old = pin(&[]);
+        let mut new = old.clone();
+        let proxy = |url: &str, var: Option<&str>| bottle_policy::UpstreamProxy {
+            url: bottle_policy::ProxyUrl::parse(url).unwrap(),
+            auth_from_env: var.map(str::to_string),
+        };
+        new.egress.upstream_proxy = Some(proxy("http://proxy.corp.example:3128", None));
+        assert_eq!(
+            widenings(&old, &new),
+            ["egress.upstream_proxy changes from none to `http://proxy.corp.example:3128`"]
+        );
+        let mut next = new.clone();
+        next.egress.upstream_proxy = Some(proxy(
+            "http://proxy.corp.example:3128",
+            Some("AWS_SECRET_ACCESS_KEY"),
+        ));
+        assert_eq!(
+            widenings(&new, &next),
+            ["egress.upstream_proxy changes from `http://proxy.corp.example:3128` to `http://proxy.corp.example:3128` (credential from $AWS_SECRET_ACCESS_KEY)"]
+        );
+        let mut evil = next.clone();
+        evil.egress.upstream_proxy = Some(proxy(
+            "http://evil.example:3128",
+            Some("AWS_SECRET_ACCESS_KEY"),
+        ));
+        assert_eq!(widenings(&next, &evil).len(), 1);
+        assert_eq!(widenings(&next, &old).len(), 1, "removing it counts too");
+        assert!(widenings(&next, &next.clone()).is_empty());
     }
 
     #[test]
