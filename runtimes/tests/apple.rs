@@ -958,10 +958,19 @@ async fn the_fake_follows_the_1_2_changes_and_the_driver_copes() {
     let long = "a".repeat(64);
     let call = |modes: &[(&str, &str)], args: &[&str]| {
         fake.set_modes(modes);
-        std::process::Command::new(fake.bin())
-            .args(args)
-            .output()
-            .unwrap()
+        // The wrapper was just rewritten: a child another test thread
+        // forked meanwhile can hold its write descriptor until that child
+        // execs, and exec then fails with "Text file busy". Retry briefly.
+        let mut tries = 0;
+        loop {
+            match std::process::Command::new(fake.bin()).args(args).output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        }
     };
     let out = call(&[], &["create", "--name", &long, "img"]);
     assert_eq!(
