@@ -82,6 +82,15 @@ pub trait Runtime: Send + Sync {
     /// may run short-lived containers from (it must contain `bottle-sidecar`).
     async fn probe(&self, helper_image: Option<&str>) -> Probe;
 
+    /// What identifies the engine a probe measured, and the settings of it
+    /// a probe's result depends on (version, kernel, storage, security
+    /// options, runtimes, warnings): `bottle up` reuses a recent probe only
+    /// while this is unchanged. `None` (the default) means nothing stable
+    /// to key on, and every `up` probes.
+    async fn identity(&self) -> Option<String> {
+        None
+    }
+
     /// The CPU architecture the runtime's containers run on (the sidecar
     /// image must carry the `bottle-sidecar` built for it). The default is
     /// this host's: right for runtimes whose guests run on this machine's
@@ -159,6 +168,23 @@ pub trait Runtime: Send + Sync {
                 Weakness::BroadcastReachesHost
             ),
         })
+    }
+
+    /// [`Runtime::host_addresses_on`] and [`Runtime::isolate_host_from`] of
+    /// one network, at once (`up` runs both on the agent's network before
+    /// the agent starts). Runtimes that can do both with one helper do.
+    async fn check_and_isolate(
+        &self,
+        network: &NetworkInfo,
+        helper_image: &str,
+    ) -> (
+        Result<Vec<std::net::IpAddr>, RuntimeError>,
+        Result<String, RuntimeError>,
+    ) {
+        tokio::join!(
+            self.host_addresses_on(network, helper_image),
+            self.isolate_host_from(network, helper_image)
+        )
     }
 
     /// Addresses at which the host (the machine the runtime's networks live

@@ -12,7 +12,7 @@ use crate::RuntimeKind;
 use serde::{Deserialize, Serialize};
 
 /// The state of one capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CapabilityState {
     /// Present and working as bottle needs.
@@ -37,12 +37,52 @@ pub struct Capability {
     pub required: bool,
     /// When this is not `yes`: the weakness a user may accept with
     /// `--accept-weakness NAME` instead of refusing.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weakness: Option<Weakness>,
     /// Not required, but when not `yes` `bottle up` and `bottle probe` show
     /// the detail as a warning (see [`Probe::warnings`]).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warning: bool,
+}
+
+/// A [`Capability`] as read back (a cached probe), `how` still a string.
+#[derive(Deserialize)]
+struct CapabilityRecord {
+    name: String,
+    state: CapabilityState,
+    how: String,
+    detail: String,
+    required: bool,
+    #[serde(default)]
+    weakness: Option<Weakness>,
+    #[serde(default)]
+    warning: bool,
+}
+
+impl<'de> Deserialize<'de> for Capability {
+    /// Only the two words a probe writes are taken for `how`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = CapabilityRecord::deserialize(d)?;
+        let how = match r.how.as_str() {
+            "measured" => "measured",
+            "inferred" => "inferred",
+            other => {
+                return Err(serde::de::Error::unknown_variant(
+                    other,
+                    &["measured", "inferred"],
+                ))
+            }
+        };
+        Ok(Capability {
+            name: r.name,
+            state: r.state,
+            how,
+            detail: r.detail,
+            required: r.required,
+            weakness: r.weakness,
+            warning: r.warning,
+        })
+    }
 }
 
 impl Capability {
@@ -171,7 +211,7 @@ impl std::str::FromStr for Weakness {
 }
 
 /// Everything a probe found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Probe {
     pub runtime: RuntimeKind,
     /// Where the runtime was looked for (socket, binary path).

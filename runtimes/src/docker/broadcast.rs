@@ -41,7 +41,7 @@ use crate::{
 };
 use bollard::models::{ContainerCreateBody, HostConfig};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 /// Writes the settings on bridge `$1` and prints them back as `key=value`.
@@ -230,38 +230,43 @@ async fn hold_bridge_for_life(
 }
 
 /// Sets and reads back the settings of the module doc on `network`'s bridge.
-pub(super) async fn isolate(
-    rt: &DockerRuntime,
-    network: &NetworkInfo,
-    helper_image: &str,
-) -> Result<String, RuntimeError> {
-    let capability = |detail: String, fix: String| RuntimeError::Capability {
+fn isolate_error(detail: String, fix: String) -> RuntimeError {
+    RuntimeError::Capability {
         runtime: RuntimeKind::Docker,
         capability: "broadcast-isolated".into(),
         detail,
         fix,
-    };
-    let bridge = match network.host_interface.as_deref() {
-        Some(b) if plausible_ifname(b) => b,
-        other => {
-            return Err(capability(
-                format!(
-                    "network {} has no usable bridge name ({other:?})",
-                    network.name
-                ),
-                "recreate the bottle (`bottle down`, then `bottle up`)".into(),
-            ))
-        }
-    };
-    if rt.engine == super::Engine::Podman {
-        hold_bridge_for_life(rt, network, helper_image).await?;
     }
-    let body = ContainerCreateBody {
+}
+
+/// The bridge of `network`, when its name is one a shell may be handed.
+fn usable_bridge(network: &NetworkInfo) -> Result<&str, RuntimeError> {
+    match network.host_interface.as_deref() {
+        Some(b) if plausible_ifname(b) => Ok(b),
+        other => Err(isolate_error(
+            format!(
+                "network {} has no usable bridge name ({other:?})",
+                network.name
+            ),
+            "recreate the bottle (`bottle down`, then `bottle up`)".into(),
+        )),
+    }
+}
+
+/// A host-network helper with NET_ADMIN and a writable `/proc/sys`,
+/// running `script` with the bridge as `$1`.
+fn isolate_helper(
+    rt: &DockerRuntime,
+    helper_image: &str,
+    script: String,
+    bridge: &str,
+) -> ContainerCreateBody {
+    ContainerCreateBody {
         image: Some(helper_image.into()),
         entrypoint: Some(vec![
             "sh".into(),
             "-c".into(),
-            ISOLATE_SCRIPT.into(),
+            script,
             "bottle-isolate".into(),
             bridge.into(),
         ]),
@@ -289,27 +294,137 @@ pub(super) async fn isolate(
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+fn helper_failed(bridge: &str, e: &RuntimeError) -> RuntimeError {
+    isolate_error(
+        format!("the helper that sets {bridge}'s sysctls could not run: {e}"),
+        format!("let the engine run a host-network container with NET_ADMIN (rootless or restricted engines cannot), or accept --accept-weakness {}", Weakness::BroadcastReachesHost),
+    )
+}
+
+fn script_failed(bridge: &str, code: i64, stderr: &str) -> RuntimeError {
+    isolate_error(
+        format!(
+            "setting {bridge}'s sysctls failed (exit {code}): {}",
+            stderr.trim()
+        ),
+        format!("let the engine run a host-network container with NET_ADMIN, or accept --accept-weakness {}", Weakness::BroadcastReachesHost),
+    )
+}
+
+pub(super) async fn isolate(
+    rt: &DockerRuntime,
+    network: &NetworkInfo,
+    helper_image: &str,
+) -> Result<String, RuntimeError> {
+    let bridge = usable_bridge(network)?;
+    if rt.engine == super::Engine::Podman {
+        hold_bridge_for_life(rt, network, helper_image).await?;
+    }
+    let body = isolate_helper(rt, helper_image, ISOLATE_SCRIPT.into(), bridge);
     let out = rt
         .run_body(&scratch_name("isolate"), body)
         .await
-        .map_err(|e| {
-            capability(
-                format!("the helper that sets {bridge}'s sysctls could not run: {e}"),
-                format!("let the engine run a host-network container with NET_ADMIN (rootless or restricted engines cannot), or accept --accept-weakness {}", Weakness::BroadcastReachesHost),
-            )
-        })?;
+        .map_err(|e| helper_failed(bridge, &e))?;
     if out.code != 0 {
-        return Err(capability(
-            format!(
-                "setting {bridge}'s sysctls failed (exit {}): {}",
-                out.code,
+        return Err(script_failed(bridge, out.code, &out.stderr));
+    }
+    check_readback(bridge, &out.stdout).map_err(|(detail, fix)| isolate_error(detail, fix))
+}
+
+/// Where the combined helper's output changes section: the line holds the
+/// exit code of the part before it.
+const SECTION: &str = "@@bottle-exit=";
+
+/// [`isolate`] and [`super::networks::host_addresses_on`] with one helper
+/// container instead of two (on docker; podman, whose bridges come and go
+/// with containers, runs the two as before): the sysctls are set and read
+/// back, then `bottle-sidecar netinfo` lists the host's interfaces from
+/// the same host network namespace.
+pub(super) async fn isolate_and_list(
+    rt: &DockerRuntime,
+    network: &NetworkInfo,
+    helper_image: &str,
+) -> (
+    Result<Vec<IpAddr>, RuntimeError>,
+    Result<String, RuntimeError>,
+) {
+    if rt.engine == super::Engine::Podman {
+        return tokio::join!(
+            super::networks::host_addresses_on(rt, network, helper_image),
+            isolate(rt, network, helper_image)
+        );
+    }
+    let bridge = match usable_bridge(network) {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                super::networks::host_addresses_on(rt, network, helper_image).await,
+                Err(e),
+            )
+        }
+    };
+    let script = format!(
+        "( {ISOLATE_SCRIPT} ); echo \"{SECTION}$?\"; bottle-sidecar netinfo; echo \"{SECTION}$?\""
+    );
+    let body = isolate_helper(rt, helper_image, script, bridge);
+    let out = match rt.run_body(&scratch_name("isolate"), body).await {
+        Ok(out) => out,
+        Err(e) => {
+            let listed = RuntimeError::Call {
+                runtime: RuntimeKind::Docker,
+                operation:
+                    "list host interfaces (bottle-sidecar netinfo in a host-network container)"
+                        .into(),
+                message: e.to_string(),
+            };
+            return (Err(listed), Err(helper_failed(bridge, &e)));
+        }
+    };
+    let (isolated, listed) = split_sections(&out.stdout);
+    let isolated = match isolated {
+        Some((0, text)) => check_readback(bridge, text).map_err(|(d, f)| isolate_error(d, f)),
+        Some((code, _)) => Err(script_failed(bridge, code, &out.stderr)),
+        None => Err(script_failed(bridge, out.code, &out.stderr)),
+    };
+    let addrs = match listed {
+        Some((0, text)) => super::networks::parse_netinfo(text)
+            .and_then(|found| super::networks::addresses_of(network, &found)),
+        other => Err(RuntimeError::Call {
+            runtime: RuntimeKind::Docker,
+            operation: "list host interfaces (bottle-sidecar netinfo in a host-network container)"
+                .into(),
+            message: format!(
+                "exit {}: {}",
+                other.map_or(out.code, |(c, _)| c),
                 out.stderr.trim()
             ),
-            format!("let the engine run a host-network container with NET_ADMIN, or accept --accept-weakness {}", Weakness::BroadcastReachesHost),
-        ));
+        }),
+    };
+    (addrs, isolated)
+}
+
+/// One section of the combined helper's output: the exit code that ended
+/// it and its text.
+type Section<'a> = Option<(i64, &'a str)>;
+
+/// The two sections of the combined helper's output; `None` for a section
+/// that never ended.
+fn split_sections(stdout: &str) -> (Section<'_>, Section<'_>) {
+    let mut sections = Vec::new();
+    let mut rest = stdout;
+    while let Some(at) = rest.find(SECTION) {
+        let text = &rest[..at];
+        let after = &rest[at + SECTION.len()..];
+        let end = after.find('\n').unwrap_or(after.len());
+        let code = after[..end].trim().parse::<i64>().unwrap_or(-1);
+        sections.push((code, text));
+        rest = after.get(end + 1..).unwrap_or("");
     }
-    check_readback(bridge, &out.stdout).map_err(|(detail, fix)| capability(detail, fix))
+    let mut it = sections.into_iter();
+    (it.next(), it.next())
 }
 
 /// What `measure` saw: the datagrams that reached a host socket.
@@ -476,6 +591,24 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_combined_helper_output_splits_into_its_two_parts() {
+        let out =
+            "rp_filter=1 all.rp_filter=0\n@@bottle-exit=0\n{\"interfaces\":[]}\n@@bottle-exit=0\n";
+        let (a, b) = split_sections(out);
+        assert_eq!(a, Some((0, "rp_filter=1 all.rp_filter=0\n")));
+        assert_eq!(b, Some((0, "{\"interfaces\":[]}\n")));
+        // The sysctls failed (exit 4), the listing ran; a helper cut short
+        // leaves the second part unended.
+        let (a, b) = split_sections("@@bottle-exit=4\n{}\n@@bottle-exit=0\n");
+        assert_eq!((a, b), (Some((4, "")), Some((0, "{}\n"))));
+        assert_eq!(
+            split_sections("@@bottle-exit=0\n{\"inter"),
+            (Some((0, "")), None)
+        );
+        assert_eq!(split_sections(""), (None, None));
+    }
 
     #[test]
     fn broadcast_of_a_subnet() {

@@ -211,6 +211,41 @@ impl Runtime for DockerRuntime {
         probe::run(self, helper_image).await
     }
 
+    /// The endpoint, the engine and API versions, and `info`'s engine ID,
+    /// kernel, OS, storage and cgroup drivers, security options, OCI
+    /// runtimes and warnings: what changes when the engine is replaced,
+    /// upgraded or reconfigured in a way `info` shows.
+    async fn identity(&self) -> Option<String> {
+        let info = self.docker.info().await.ok()?;
+        let mut runtimes: Vec<String> = info
+            .runtimes
+            .as_ref()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        runtimes.sort();
+        let facts = serde_json::json!({
+            "endpoint": self.endpoint.host,
+            "engine": format!("{:?}", self.engine),
+            "version": self.version,
+            "api": self.api_version,
+            "id": info.id,
+            "name": info.name,
+            "kernel": info.kernel_version,
+            "os": info.operating_system,
+            "arch": info.architecture,
+            "driver": info.driver,
+            "cgroup_driver": info.cgroup_driver.map(|d| format!("{d:?}")),
+            "cgroup_version": info.cgroup_version.map(|v| format!("{v:?}")),
+            "security": info.security_options,
+            "runtimes": runtimes,
+            "default_runtime": info.default_runtime,
+            "isolation": info.isolation.map(|i| format!("{i:?}")),
+            "warnings": info.warnings,
+            "root": info.docker_root_dir,
+        });
+        Some(facts.to_string())
+    }
+
     /// The engine's `Architecture` from `info` (`x86_64`/`aarch64` from a
     /// Linux engine and Docker Desktop's VM; `amd64`/`arm64` are accepted
     /// too, as Docker-compatible engines may spell them).
@@ -274,6 +309,17 @@ impl Runtime for DockerRuntime {
         helper_image: &str,
     ) -> Result<String, RuntimeError> {
         broadcast::isolate(self, network, helper_image).await
+    }
+
+    async fn check_and_isolate(
+        &self,
+        network: &NetworkInfo,
+        helper_image: &str,
+    ) -> (
+        Result<Vec<IpAddr>, RuntimeError>,
+        Result<String, RuntimeError>,
+    ) {
+        broadcast::isolate_and_list(self, network, helper_image).await
     }
 
     async fn host_targets(&self, helper_image: &str) -> Result<Vec<IpAddr>, RuntimeError> {

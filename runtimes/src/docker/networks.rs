@@ -80,28 +80,7 @@ impl DockerRuntime {
                 message: format!("exit {}: {}", out.code, out.stderr.trim()),
             });
         }
-        let json: serde_json::Value =
-            serde_json::from_str(out.stdout.trim()).map_err(|e| RuntimeError::Call {
-                runtime: RuntimeKind::Docker,
-                operation: "parse netinfo output".into(),
-                message: format!("{e}: {}", out.stdout.trim()),
-            })?;
-        Ok(json["interfaces"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|i| {
-                let addrs = i["addrs"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|a| a.as_str()?.split('/').next()?.parse::<IpAddr>().ok())
-                    .collect();
-                (i["name"].as_str().unwrap_or_default().to_string(), addrs)
-            })
-            .collect())
+        parse_netinfo(&out.stdout)
     }
 
     /// Starts a sleeping, unprivileged container on `network` so that an
@@ -304,10 +283,36 @@ pub(super) async fn remove(rt: &DockerRuntime, id: &str) -> Result<(), RuntimeEr
     }
 }
 
-pub(super) async fn host_addresses_on(
-    rt: &DockerRuntime,
+/// The interfaces `bottle-sidecar netinfo` printed: names and addresses.
+pub(super) fn parse_netinfo(stdout: &str) -> Result<Vec<(String, Vec<IpAddr>)>, RuntimeError> {
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.trim()).map_err(|e| RuntimeError::Call {
+            runtime: RuntimeKind::Docker,
+            operation: "parse netinfo output".into(),
+            message: format!("{e}: {}", stdout.trim()),
+        })?;
+    Ok(json["interfaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            let addrs = i["addrs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|a| a.as_str()?.split('/').next()?.parse::<IpAddr>().ok())
+                .collect();
+            (i["name"].as_str().unwrap_or_default().to_string(), addrs)
+        })
+        .collect())
+}
+
+/// The bridge of `network` in `interfaces`, which must be there.
+pub(super) fn addresses_of(
     network: &NetworkInfo,
-    helper_image: &str,
+    interfaces: &[(String, Vec<IpAddr>)],
 ) -> Result<Vec<IpAddr>, RuntimeError> {
     let Some(iface) = &network.host_interface else {
         return Err(RuntimeError::Capability {
@@ -317,15 +322,6 @@ pub(super) async fn host_addresses_on(
             fix: "recreate the bottle".into(),
         });
     };
-    let mut interfaces = rt.host_interfaces(helper_image).await?;
-    if rt.engine == Engine::Podman && !interfaces.iter().any(|(name, _)| name == iface) {
-        // Podman makes the bridge when the first container joins: measure
-        // what the bottle's own containers would meet.
-        let holder = rt.hold_bridge(network, helper_image).await?;
-        let measured = rt.host_interfaces(helper_image).await;
-        let _ = rt.remove_container(&holder).await;
-        interfaces = measured?;
-    }
     let Some((_, addrs)) = interfaces.iter().find(|(name, _)| name == iface) else {
         return Err(RuntimeError::Capability {
             runtime: RuntimeKind::Docker,
@@ -338,6 +334,26 @@ pub(super) async fn host_addresses_on(
         });
     };
     Ok(addrs.clone())
+}
+
+pub(super) async fn host_addresses_on(
+    rt: &DockerRuntime,
+    network: &NetworkInfo,
+    helper_image: &str,
+) -> Result<Vec<IpAddr>, RuntimeError> {
+    let Some(iface) = &network.host_interface else {
+        return addresses_of(network, &[]);
+    };
+    let mut interfaces = rt.host_interfaces(helper_image).await?;
+    if rt.engine == Engine::Podman && !interfaces.iter().any(|(name, _)| name == iface) {
+        // Podman makes the bridge when the first container joins: measure
+        // what the bottle's own containers would meet.
+        let holder = rt.hold_bridge(network, helper_image).await?;
+        let measured = rt.host_interfaces(helper_image).await;
+        let _ = rt.remove_container(&holder).await;
+        interfaces = measured?;
+    }
+    addresses_of(network, &interfaces)
 }
 
 pub(super) async fn host_targets(
