@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Run `bottle verify` right after start; remove the bottle if any check fails.
     #[arg(long)]
     pub verify: bool,
+    /// Measure the runtime even when it was probed in the last 10 minutes
+    /// and has not changed since (`bottle probe` always measures).
+    #[arg(long)]
+    pub reprobe: bool,
     /// Apply a config that grants more than the last one you accepted.
     #[arg(long)]
     pub accept_changes: bool,
@@ -821,6 +825,7 @@ async fn bring_up(
         json,
         quiet: _,
         verify,
+        reprobe,
         accept_changes,
         accept_weakness,
         allow_mount,
@@ -837,6 +842,7 @@ async fn bring_up(
             root_owner: allow_root_owner,
         },
         verify,
+        reprobe,
         provider,
         image,
     };
@@ -1275,8 +1281,16 @@ async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError>
                 }
             };
             report.step(&format!("probing {kind}"));
+            // Always measured; what passes is what the next `up` reuses.
+            let cache = crate::probe_cache::ProbeCache::at(host.state.path());
+            let key = crate::probe_cache::lookup(rt.as_ref(), &cache, true)
+                .await
+                .key;
             match interrupt.unless(rt.probe(helper.as_deref())).await {
-                Ok(probe) => probe,
+                Ok(probe) => {
+                    crate::probe_cache::record(&cache, key.as_deref(), &probe);
+                    probe
+                }
                 Err(_) => {
                     lifecycle::sweep_probe_scratch(rt.as_ref()).await?;
                     return Err(CliError::Interrupted);

@@ -25,6 +25,7 @@ pub mod materials;
 pub mod mounts;
 pub mod pin;
 pub mod plan;
+pub mod probe_cache;
 pub mod provider;
 pub mod provider_image;
 pub mod reload;

@@ -100,13 +100,15 @@ pub struct NoRuntime {
 
 /// Tries `order` ([`auto_order`] outside tests) in turn; the first runtime
 /// that connects and whose probe (without a helper image) passes
-/// [`passes`] wins. An interrupt abandons the probe in flight and removes
-/// its scratch.
+/// [`passes`] wins. A fresh probe in `cache` ([`crate::probe_cache`])
+/// stands in for a new one. An interrupt abandons the probe in flight and
+/// removes its scratch.
 pub async fn auto(
     connector: &dyn Connect,
     order: &[RuntimeKind],
     accepted: &[String],
     interrupt: &Interrupt,
+    cache: Option<&crate::probe_cache::ProbeCache>,
 ) -> Result<Result<Selected, NoRuntime>, Aborted> {
     let mut skipped = Vec::new();
     let mut refused = false;
@@ -126,7 +128,15 @@ pub async fn auto(
                 });
             }
             Ok(rt) => {
-                let probe = match interrupt.unless(rt.probe(None)).await {
+                let hit = match cache {
+                    Some(c) => crate::probe_cache::lookup(rt.as_ref(), c, false).await.hit,
+                    None => None,
+                };
+                let probe = match hit {
+                    Some(hit) => Ok(hit.probe),
+                    None => interrupt.unless(rt.probe(None)).await,
+                };
+                let probe = match probe {
                     Ok(p) => p,
                     Err(_) => {
                         let swept = crate::lifecycle::sweep_probe_scratch(rt.as_ref()).await;

@@ -40,6 +40,9 @@ pub struct Request {
     pub accept_weakness: Vec<String>,
     pub grants: Grants,
     pub verify: bool,
+    /// `--reprobe`: measure the runtime even when a recent probe of it is
+    /// stored ([`crate::probe_cache`]).
+    pub reprobe: bool,
     /// `bottle run AGENT`: the provider whose API, credential and CLI
     /// variables are added to the config.
     pub provider: Option<crate::provider::Provider>,
@@ -55,6 +58,8 @@ pub struct Prepared {
     /// [`execute`] refuses a plan that needs consent without it.
     pub consented: bool,
     pub verify: bool,
+    /// Measure the runtime even when a recent probe of it is stored.
+    pub reprobe: bool,
     /// Answers `?prompt` values of `[agent] env` when [`execute`] resolves
     /// them; the terminal unless a caller (a test) sets another.
     pub prompter: Box<dyn config::Prompter>,
@@ -234,12 +239,19 @@ pub async fn prepare(
         }
         None => {
             report.step("choosing a runtime (auto)");
-            let sel = runtime_select::auto(connector, auto_order, &req.accept_weakness, interrupt)
-                .await
-                .map_err(|a| UpError::Interrupted {
-                    name: plan.name.clone(),
-                    aftermath: a.aftermath,
-                })??;
+            let cache = crate::probe_cache::ProbeCache::at(host.state.path());
+            let sel = runtime_select::auto(
+                connector,
+                auto_order,
+                &req.accept_weakness,
+                interrupt,
+                (!req.reprobe).then_some(&cache),
+            )
+            .await
+            .map_err(|a| UpError::Interrupted {
+                name: plan.name.clone(),
+                aftermath: a.aftermath,
+            })??;
             for (k, why) in &sel.skipped {
                 report.detail(&format!("skipped {k}: {why}"));
             }
@@ -282,6 +294,7 @@ pub async fn prepare(
         runtime: rt,
         consented: false,
         verify: req.verify,
+        reprobe: req.reprobe,
         prompter: Box::new(config::TtyPrompter),
     })
 }
@@ -301,6 +314,7 @@ pub async fn execute(
         runtime: rt,
         consented,
         verify,
+        reprobe,
         mut prompter,
     } = prepared;
     let rt = rt.as_ref();
@@ -357,15 +371,29 @@ pub async fn execute(
         // Nothing probed yet: nothing to sweep.
         return Err(interrupted());
     }
-    let probe = match interrupt.unless(rt.probe(Some(&images.sidecar))).await {
-        Ok(p) => p,
-        Err(_) => {
-            report.detail("interrupted; removing the probe's scratch");
-            return Err(UpError::Interrupted {
-                name: plan.name.clone(),
-                aftermath: swept(lifecycle::sweep_probe_scratch(rt).await),
-            });
+    let cache = crate::probe_cache::ProbeCache::at(host.state.path());
+    let stored = crate::probe_cache::lookup(rt, &cache, reprobe).await;
+    let probe = match stored.hit {
+        Some(hit) => {
+            report.detail(&format!(
+                "measured {} s ago on this engine, unchanged since (`--reprobe` measures again)",
+                hit.age.as_secs()
+            ));
+            hit.probe
         }
+        None => match interrupt.unless(rt.probe(Some(&images.sidecar))).await {
+            Ok(p) => {
+                crate::probe_cache::record(&cache, stored.key.as_deref(), &p);
+                p
+            }
+            Err(_) => {
+                report.detail("interrupted; removing the probe's scratch");
+                return Err(UpError::Interrupted {
+                    name: plan.name.clone(),
+                    aftermath: swept(lifecycle::sweep_probe_scratch(rt).await),
+                });
+            }
+        },
     };
     // Shown before any refusal: they hold whatever `up` decides.
     for w in probe.warnings() {

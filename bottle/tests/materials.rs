@@ -265,6 +265,7 @@ async fn the_dry_run_text_names_runtime_images_and_consent() {
         accept_weakness: vec!["dns-forwarded-unfiltered".into()],
         grants: Grants::default(),
         verify: false,
+        reprobe: false,
         provider: None,
         image: None,
     };
