@@ -24,7 +24,8 @@ usage:
   bottle-sidecar run --policy PATH [--audit PATH] [--dns-answer IPV4|SUBNET]
                      [--proxy-listen ADDR] [--dns-listen ADDR]
                      [--http-listen ADDR] [--https-listen ADDR]
-                     [--health-file PATH] [--git-listen ADDR] [--git-state DIR]
+                     [--health-file PATH] [--ready-file PATH]
+                     [--git-listen ADDR] [--git-state DIR]
                      [--supervise-state DIR] [--supervise-listen ADDR]
       ca.pem, ca-key.pem (required), secrets.json and upstream-roots.pem
       (optional) are read from the policy file's directory.
@@ -43,6 +44,8 @@ usage:
       --git-state   the git gate's mirrors (default /var/lib/bottle/git)
       --health-file where the proxy's bound address is recorded for `health`
                     (default /tmp/bottle-sidecar.proxy-addr), or `off`
+      --ready-file  also recorded here once every listener is bound (bottle
+                    up watches it from the host instead of polling `health`)
       --supervise-state DIR  the supervise queue (proposals/, decisions/,
                     grants.json; the host mounts it at /var/lib/bottle/supervise);
                     without it the supervise service is off
@@ -69,7 +72,13 @@ const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug)]
 enum Command {
-    Run(Box<RunConfig>, Option<PathBuf>, Option<PathBuf>),
+    /// The config, the audit file, the health file, the ready file.
+    Run(
+        Box<RunConfig>,
+        Option<PathBuf>,
+        Option<PathBuf>,
+        Option<PathBuf>,
+    ),
     Health(HealthTarget),
     NetInfo,
     Help,
@@ -89,7 +98,9 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
-        Command::Run(config, audit, health_file) => run(*config, audit, health_file),
+        Command::Run(config, audit, health_file, ready_file) => {
+            run(*config, audit, health_file, ready_file)
+        }
         Command::Health(target) => health(target),
         Command::NetInfo => netinfo(),
         Command::Version => {
@@ -119,7 +130,7 @@ fn version() -> String {
 }
 
 /// The flags `run` takes, each with a value.
-const RUN_FLAGS: [&str; 12] = [
+const RUN_FLAGS: [&str; 13] = [
     "policy",
     "audit",
     "dns-answer",
@@ -128,6 +139,7 @@ const RUN_FLAGS: [&str; 12] = [
     "http-listen",
     "https-listen",
     "health-file",
+    "ready-file",
     "git-listen",
     "git-state",
     "supervise-state",
@@ -215,7 +227,8 @@ fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result
                 Some(path) => Some(PathBuf::from(path)),
                 None => Some(PathBuf::from(health::DEFAULT_HEALTH_FILE)),
             };
-            Command::Run(Box::new(config), audit, health_file)
+            let ready_file = flags.take("ready-file").map(PathBuf::from);
+            Command::Run(Box::new(config), audit, health_file, ready_file)
         }
         "health" => {
             let target = match (flags.take("addr"), flags.take("file")) {
@@ -306,7 +319,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(config: RunConfig, audit: Option<PathBuf>, health_file: Option<PathBuf>) -> ExitCode {
+fn run(
+    config: RunConfig,
+    audit: Option<PathBuf>,
+    health_file: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
+) -> ExitCode {
     let events: Arc<dyn LineSink> = Arc::new(StdoutSink);
     let audit_sink: Arc<dyn LineSink> = match &audit {
         None => events.clone(),
@@ -326,11 +344,13 @@ fn run(config: RunConfig, audit: Option<PathBuf>, health_file: Option<PathBuf>) 
             let shutdown = bottle_sidecar::shutdown_signal(logger.clone())
                 .context("cannot install SIGTERM/SIGINT handlers")?;
             let sidecar = Sidecar::start(&config, logger.clone()).await?;
-            if let (Some(path), Some(addr)) = (&health_file, sidecar.addrs().proxy) {
-                // Without it `health` fails and the container shows
-                // unhealthy: say why, keep enforcing.
-                if let Err(e) = health::write_addr(path, addr) {
-                    logger.event("health-file-error", json!({"error": e.to_string()}));
+            if let Some(addr) = sidecar.addrs().proxy {
+                // Without them `health` fails and `up` times out waiting:
+                // say why, keep enforcing.
+                for path in [&health_file, &ready_file].into_iter().flatten() {
+                    if let Err(e) = health::write_addr(path, addr) {
+                        logger.event("health-file-error", json!({"error": e.to_string()}));
+                    }
                 }
             }
             sidecar.serve(shutdown).await;
@@ -410,7 +430,7 @@ mod tests {
             "10.99.0.2",
         ]))
         .unwrap();
-        let Command::Run(config, _, health_file) = cmd else {
+        let Command::Run(config, _, health_file, _) = cmd else {
             panic!("not run: {cmd:?}");
         };
         let at = |port: u16| Some(SocketAddr::from(([10, 99, 0, 2], port)));
@@ -468,14 +488,16 @@ mod tests {
             "--audit=/a=b.jsonl",
             "--health-file",
             "off",
+            "--ready-file=/var/log/bottle/ready",
         ]))
         .unwrap();
-        let Command::Run(config, audit, health_file) = cmd else {
+        let Command::Run(config, audit, health_file, ready_file) = cmd else {
             panic!("not run: {cmd:?}");
         };
         assert_eq!(config.policy_path, PathBuf::from("p.json"));
         assert_eq!(audit, Some(PathBuf::from("/a=b.jsonl")));
         assert_eq!(health_file, None);
+        assert_eq!(ready_file, Some(PathBuf::from("/var/log/bottle/ready")));
         let base = ["run", "--policy", "p", "--dns-answer", "10.99.0.2"];
         let with = |extra: &[&'static str]| -> Vec<&'static str> {
             base.iter().chain(extra).copied().collect()
