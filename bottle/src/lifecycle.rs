@@ -319,6 +319,12 @@ pub const SIDECAR_PIDS: i64 = 512;
 
 /// The generic MCP config in the agent dir.
 pub const MCP_FILE: &str = "mcp.json";
+/// Where, in its log dir, the sidecar records its proxy address once every
+/// listener is bound (`--ready-file`).
+pub const READY_FILE: &str = "ready";
+/// The line between the agent user's trust output and its MCP provisioning
+/// output (one exec does both).
+const MCP_MARK: &str = "--bottle-mcp--";
 
 /// `{"mcpServers": {"bottle": {"type": "http", "url": URL}}}`, the shape
 /// Claude Code's and most MCP clients' configs share.
@@ -562,27 +568,49 @@ async fn remove_probe_scratch(
         .into_iter()
         .filter(|r| is_own_scratch(&r.name))
         .collect();
-    found.sort_by_key(|r| r.kind == ResourceKind::Network);
-    remove_each(rt, &found, stop, left, |_| {}).await
+    let rank = |r: &ResourceRef| u8::from(r.kind == ResourceKind::Network);
+    found.sort_by_key(rank);
+    remove_each(rt, &found, rank, stop, left, |_| {}).await
 }
 
-/// Removes `found` in order; `left` names what is not yet removed when a
-/// removal stops (an interrupt, a failure).
+/// Removes `found`, a rank at a time in the order `rank` sorted it in,
+/// the members of one rank at once; `left` names what is not yet removed
+/// when a removal fails or an interrupt stops it (after every removal of
+/// that rank came back).
 async fn remove_each(
     rt: &dyn Runtime,
     found: &[ResourceRef],
+    rank: impl Fn(&ResourceRef) -> u8,
     stop: StopAt<'_>,
     left: &mut Vec<String>,
     mut removed: impl FnMut(&ResourceRef),
 ) -> Result<(), Stop> {
     left.extend(found.iter().map(|r| r.name.clone()));
-    for r in found {
-        match r.kind {
-            ResourceKind::Container => step(stop, rt.remove_container(&r.id)).await?,
-            ResourceKind::Network => step(stop, rt.remove_network(&r.id)).await?,
+    for group in found.chunk_by(|a, b| rank(a) == rank(b)) {
+        let results = futures_util::future::join_all(group.iter().map(|r| {
+            step(stop, async move {
+                match r.kind {
+                    ResourceKind::Container => rt.remove_container(&r.id).await,
+                    ResourceKind::Network => rt.remove_network(&r.id).await,
+                }
+            })
+        }))
+        .await;
+        let mut first_stop = None;
+        for (r, result) in group.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    left.retain(|l| l != &r.name);
+                    removed(r);
+                }
+                Err(e) => {
+                    first_stop.get_or_insert(e);
+                }
+            }
         }
-        left.retain(|l| l != &r.name);
-        removed(r);
+        if let Some(e) = first_stop {
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -681,90 +709,33 @@ async fn create_all(
         accepted,
         interrupt,
     } = c;
+    // Both networks at once; a failure of either is returned after both
+    // calls came back, so the rollback finds whatever the other made.
     report.step(&format!(
-        "creating internal network {}",
-        plan.internal_network
+        "creating networks {} (internal) and {} (egress)",
+        plan.internal_network, plan.egress_network
     ));
-    let internal = rt
-        .create_network(&NetworkSpec {
-            name: plan.internal_network.clone(),
-            kind: NetworkKind::Internal,
-            labels: plan.labels(bottle_runtimes::Role::Internal),
-        })
-        .await?;
+    let internal_spec = NetworkSpec {
+        name: plan.internal_network.clone(),
+        kind: NetworkKind::Internal,
+        labels: plan.labels(bottle_runtimes::Role::Internal),
+    };
+    let egress_spec = NetworkSpec {
+        name: plan.egress_network.clone(),
+        kind: NetworkKind::Egress,
+        labels: plan.labels(bottle_runtimes::Role::Egress),
+    };
+    let (internal, egress) = tokio::join!(
+        rt.create_network(&internal_spec),
+        rt.create_network(&egress_spec)
+    );
+    let (internal, egress) = (internal?, egress?);
+    halt(interrupt)?;
     report.detail(&format!(
         "subnet {}, bridge {}",
         internal.subnet.as_deref().unwrap_or("?"),
         internal.host_interface.as_deref().unwrap_or("-")
     ));
-
-    report.step("checking that the host has no address on it");
-    let host_addrs: Vec<IpAddr> = rt
-        .host_addresses_on(&internal, &images.sidecar)
-        .await?
-        .into_iter()
-        .filter(|a| a.is_ipv4())
-        .collect();
-    halt(interrupt)?;
-    let host_ok = accepted.contains(&Weakness::HostReachableFromInternal);
-    if !host_addrs.is_empty() && host_ok {
-        report.detail(&format!(
-            "WEAKNESS ACCEPTED: the host answers at {} on the internal network",
-            host_addrs
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    } else if !host_addrs.is_empty() {
-        return Err(LifecycleError::HostAddress {
-            fix: host_address_fix(rt.kind()),
-            network: internal.name.clone(),
-            bridge: internal.host_interface.clone().unwrap_or_default(),
-            addrs: host_addrs
-                .iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-    if host_addrs.is_empty() {
-        report.detail("none: the agent cannot reach the host through this network");
-    }
-
-    report.step("closing the internal bridge to broadcast");
-    let isolated = rt.isolate_host_from(&internal, &images.sidecar).await;
-    halt(interrupt)?;
-    match isolated {
-        Ok(set) => report.detail(&set),
-        Err(_) if accepted.contains(&Weakness::BroadcastReachesHost) => report.detail(
-            "WEAKNESS ACCEPTED: what the agent broadcasts may reach host sockets on 0.0.0.0",
-        ),
-        Err(e) => {
-            let (detail, fix) = match e {
-                RuntimeError::Capability { detail, fix, .. } => (detail, fix),
-                other => (
-                    other.to_string(),
-                    "see `bottle probe`, or accept it knowingly with --accept-weakness broadcast-reaches-host".into(),
-                ),
-            };
-            return Err(LifecycleError::Refused {
-                runtime: rt.kind().to_string(),
-                capability: "broadcast-isolated".into(),
-                detail,
-                fix,
-            });
-        }
-    }
-
-    report.step(&format!("creating egress network {}", plan.egress_network));
-    let egress = rt
-        .create_network(&NetworkSpec {
-            name: plan.egress_network.clone(),
-            kind: NetworkKind::Egress,
-            labels: plan.labels(bottle_runtimes::Role::Egress),
-        })
-        .await?;
 
     // Docker takes fixed addresses; runtimes that assign them at start get
     // none, and the sidecar finds its own inside the internal subnet.
@@ -786,7 +757,6 @@ async fn create_all(
     // state dir's owner with no capability at all; elsewhere it runs as root
     // keeping only NET_BIND_SERVICE.
     let unprivileged = rt.supports_sysctls();
-    report.step(&format!("starting sidecar {}", plan.sidecar_name));
     let git = !plan.policy.git.remotes.is_empty();
     let mut command = vec![
         "run".into(),
@@ -796,6 +766,8 @@ async fn create_all(
         format!("{SIDECAR_LOG_MOUNT}/egress.jsonl"),
         "--dns-answer".into(),
         dns_answer,
+        "--ready-file".into(),
+        format!("{SIDECAR_LOG_MOUNT}/{READY_FILE}"),
     ];
     let mut sidecar_mounts = vec![
         Mount {
@@ -891,18 +863,85 @@ async fn create_all(
         hostname: Some("sidecar".into()),
         ..Default::default()
     };
-    let sidecar_id = rt.create_container(&sidecar_spec).await?;
+    // The sidecar starts while the internal network is checked and closed:
+    // the agent, the only party those checks protect from, starts after
+    // both. Every outcome is read once both came back.
+    let ready_file = state.logs_dir().join(READY_FILE);
+    let _ = std::fs::remove_file(&ready_file);
+    report.step("checking the internal network and closing its bridge to broadcast");
+    let sidecar_up = async {
+        let sidecar_id = rt.create_container(&sidecar_spec).await?;
+        halt(interrupt)?;
+        rt.start_container(&sidecar_id).await?;
+        halt(interrupt)?;
+        wait_sidecar_ready(
+            rt,
+            &sidecar_id,
+            &ready_file,
+            Duration::from_secs(30),
+            interrupt,
+        )
+        .await?;
+        Ok::<_, LifecycleError>(rt.inspect_container(&sidecar_id).await?)
+    };
+    let checks = rt.check_and_isolate(&internal, &images.sidecar);
+    let ((host_addrs, isolated), sidecar) = tokio::join!(checks, sidecar_up);
     halt(interrupt)?;
-    rt.start_container(&sidecar_id).await?;
-    halt(interrupt)?;
-    wait_sidecar_ready(rt, &sidecar_id, Duration::from_secs(30), interrupt).await?;
-    let sidecar = rt.inspect_container(&sidecar_id).await?;
-    halt(interrupt)?;
+    let host_addrs: Vec<IpAddr> = host_addrs?.into_iter().filter(|a| a.is_ipv4()).collect();
+    let host_ok = accepted.contains(&Weakness::HostReachableFromInternal);
+    if !host_addrs.is_empty() && host_ok {
+        report.detail(&format!(
+            "WEAKNESS ACCEPTED: the host answers at {} on the internal network",
+            host_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    } else if !host_addrs.is_empty() {
+        return Err(LifecycleError::HostAddress {
+            fix: host_address_fix(rt.kind()),
+            network: internal.name.clone(),
+            bridge: internal.host_interface.clone().unwrap_or_default(),
+            addrs: host_addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    if host_addrs.is_empty() {
+        report
+            .detail("no host address on it: the agent cannot reach the host through this network");
+    }
+    match isolated {
+        Ok(set) => report.detail(&set),
+        Err(_) if accepted.contains(&Weakness::BroadcastReachesHost) => report.detail(
+            "WEAKNESS ACCEPTED: what the agent broadcasts may reach host sockets on 0.0.0.0",
+        ),
+        Err(e) => {
+            let (detail, fix) = match e {
+                RuntimeError::Capability { detail, fix, .. } => (detail, fix),
+                other => (
+                    other.to_string(),
+                    "see `bottle probe`, or accept it knowingly with --accept-weakness broadcast-reaches-host".into(),
+                ),
+            };
+            return Err(LifecycleError::Refused {
+                runtime: rt.kind().to_string(),
+                capability: "broadcast-isolated".into(),
+                detail,
+                fix,
+            });
+        }
+    }
+    let sidecar = sidecar?;
     let sidecar_internal_ip = sidecar.ipv4.get(&internal.name).copied().ok_or_else(|| {
         LifecycleError::NoSidecarAddress {
             network: internal.name.clone(),
         }
     })?;
+    report.step(&format!("sidecar {} started", plan.sidecar_name));
     report.detail(&format!(
         "internal address {sidecar_internal_ip}, egress proxy ready"
     ));
@@ -1054,29 +1093,11 @@ async fn create_all(
     // Trust the bottle's CA in the stores toolchains read besides the CA
     // variables (best effort: an image without the tools still has the
     // variables): the system store and the JVM keystore as root, the agent
-    // user's NSS database as that user (crate::trust).
-    let mut stores: Vec<String> = Vec::new();
-    for user in [Some("0".to_string()), None] {
-        let spec = ExecSpec {
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                crate::trust::with_ca(if user.is_some() {
-                    crate::trust::ROOT_SCRIPT
-                } else {
-                    crate::trust::USER_SCRIPT
-                }),
-            ],
-            user,
-            ..Default::default()
-        };
-        let out = rt.exec_capture(&agent_id, &spec).await;
-        halt(interrupt)?;
-        if let Ok(o) = out {
-            stores.extend(o.stdout.split_whitespace().map(str::to_string));
-        }
-    }
-    report.detail(&trust_detail(&stores));
+    // user's NSS database as that user (crate::trust). As that user too,
+    // the agent CLIs' MCP configs, in its home (its own files, never the
+    // host's): Claude Code's user config and Codex's, each only when
+    // absent, so a config the image ships wins. The two execs run at once:
+    // each touches its own files.
     let codex_base = images
         .provider
         .as_ref()
@@ -1089,24 +1110,56 @@ async fn create_all(
                 .cloned()
                 .unwrap_or_else(|| "https://api.openai.com/v1".into())
         });
+    let mut user_script = format!("(\n{}\n)", crate::trust::with_ca(crate::trust::USER_SCRIPT));
     if supervise {
-        // The agent CLIs' own places, in the agent's home (its own files,
-        // never the host's): Claude Code's user config and Codex's, each
-        // only when absent, so a config the image ships wins.
-        let provision = ExecSpec {
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                agent_mcp_script(&mcp_url, codex_base.as_deref()),
-            ],
-            ..Default::default()
-        };
-        let provisioned = rt.exec_capture(&agent_id, &provision).await;
-        halt(interrupt)?;
+        user_script.push_str(&format!(
+            "\necho {MCP_MARK}\n{}",
+            agent_mcp_script(&mcp_url, codex_base.as_deref())
+        ));
+    }
+    let as_root = ExecSpec {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            crate::trust::with_ca(crate::trust::ROOT_SCRIPT),
+        ],
+        user: Some("0".into()),
+        ..Default::default()
+    };
+    let as_agent = ExecSpec {
+        cmd: vec!["sh".into(), "-c".into(), user_script],
+        ..Default::default()
+    };
+    let (as_root, as_agent) = tokio::join!(
+        rt.exec_capture(&agent_id, &as_root),
+        rt.exec_capture(&agent_id, &as_agent)
+    );
+    halt(interrupt)?;
+    let (agent_trust, provisioned) = match &as_agent {
+        Ok(o) => match o.stdout.split_once(&format!("{MCP_MARK}\n")) {
+            Some((trust, mcp)) => (trust, Some((o.code, mcp.trim()))),
+            None => (o.stdout.as_str(), None),
+        },
+        Err(_) => ("", None),
+    };
+    let stores: Vec<String> = as_root
+        .as_ref()
+        .map(|o| o.stdout.as_str())
+        .unwrap_or_default()
+        .split_whitespace()
+        .chain(agent_trust.split_whitespace())
+        .map(str::to_string)
+        .collect();
+    report.detail(&trust_detail(&stores));
+    if supervise {
         match provisioned {
-            Ok(o) if o.code == 0 => report.detail(&format!(
+            // Printed from the agent's container: printable ASCII only.
+            Some((0, out)) => report.detail(&format!(
                 "supervise at {mcp_url} (MCP): {}",
-                o.stdout.trim()
+                out.chars()
+                    .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                    .take(80)
+                    .collect::<String>()
             )),
             _ => report.detail(&format!(
                 "note: supervise at {mcp_url}; could not write the agent CLIs' MCP configs (BOTTLE_MCP_CONFIG names a generic one)"
@@ -1174,33 +1227,47 @@ fn fixed_addresses(net: &NetworkInfo) -> (Option<Ipv4Addr>, Option<Ipv4Addr>) {
 async fn wait_sidecar_ready(
     rt: &dyn Runtime,
     id: &str,
+    ready_file: &std::path::Path,
     limit: Duration,
     interrupt: &Interrupt,
 ) -> Result<(), LifecycleError> {
+    // The sidecar records its proxy address in its log dir (the host's,
+    // never the agent's) once every listener is bound: watched often and
+    // cheaply. The engine is asked every half second whether it is still
+    // running, and `health` run in it, for runtimes whose mounts show
+    // the file late.
     let start = Instant::now();
     let check = ExecSpec {
         cmd: vec!["bottle-sidecar".into(), "health".into()],
         ..Default::default()
     };
+    let mut next_ask = start + Duration::from_millis(500);
     loop {
-        let info = rt.inspect_container(id).await?;
-        if info.state == ContainerState::Running {
-            if let Ok(out) = rt.exec_capture(id, &check).await {
-                if out.code == 0 {
-                    return Ok(());
+        if std::fs::read_to_string(ready_file).is_ok_and(|t| !t.trim().is_empty()) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= next_ask || now.duration_since(start) >= limit {
+            next_ask = now + Duration::from_millis(500);
+            let info = rt.inspect_container(id).await?;
+            if info.state == ContainerState::Running {
+                if let Ok(out) = rt.exec_capture(id, &check).await {
+                    if out.code == 0 {
+                        return Ok(());
+                    }
                 }
             }
-        }
-        if info.state == ContainerState::Exited || start.elapsed() >= limit {
-            let mut logs = Vec::new();
-            let _ = rt.logs(id, false, Some(20), &mut logs).await;
-            return Err(LifecycleError::SidecarNotReady {
-                secs: start.elapsed().as_secs(),
-                logs: String::from_utf8_lossy(&logs).into_owned(),
-            });
+            if info.state == ContainerState::Exited || start.elapsed() >= limit {
+                let mut logs = Vec::new();
+                let _ = rt.logs(id, false, Some(20), &mut logs).await;
+                return Err(LifecycleError::SidecarNotReady {
+                    secs: start.elapsed().as_secs(),
+                    logs: String::from_utf8_lossy(&logs).into_owned(),
+                });
+            }
         }
         halt(interrupt)?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -1315,13 +1382,15 @@ async fn remove_all(
     left: &mut Vec<String>,
 ) -> Result<Vec<ResourceRef>, Stop> {
     let mut found = step(stop, resources_of(rt, name)).await?;
-    // Agent first, then the sidecar, then networks.
-    found.sort_by_key(|r| match (r.kind, Role::of(&r.labels)) {
+    // Agent first, then the sidecar (and any other container), then the
+    // networks.
+    let rank = |r: &ResourceRef| match (r.kind, Role::of(&r.labels)) {
         (ResourceKind::Container, Some(Role::Agent)) => 0,
         (ResourceKind::Container, _) => 1,
         (ResourceKind::Network, _) => 2,
-    });
-    remove_each(rt, &found, stop, left, |r| {
+    };
+    found.sort_by_key(rank);
+    remove_each(rt, &found, rank, stop, left, |r| {
         report.detail(&format!(
             "removed {} {}",
             match r.kind {

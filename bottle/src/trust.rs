@@ -51,8 +51,25 @@ pub const NSS_NICKNAME: &str = "bottle-ca";
 /// Runs as root in the agent at `up`: the system store, then the JVM
 /// keystore when `keytool` exists and the system hook did not already fill
 /// it. Prints one word per store it trusted the CA in. `$CA` is the CA path.
+///
+/// On the `update-ca-certificates` layout (Debian, Ubuntu, Alpine) an image
+/// that never held a bottle CA gets, in a few milliseconds, what that tool
+/// would add for this one certificate (it rebuilds every hash link and the
+/// whole bundle, about 0.6 s): the CA appended to the bundle, and the
+/// `bottle-ca.pem` link with its subject-hash link, named as that tool names them. The CA file stays
+/// under `/usr/local/share/ca-certificates`, so a later run of the tool
+/// keeps it. An image that did hold one (a snapshot of a bottle) runs the
+/// tool itself, which drops the old CA with the rest of what is stale.
 pub const ROOT_SCRIPT: &str = r#"
-if command -v update-ca-certificates >/dev/null 2>&1 && update-ca-certificates >/dev/null 2>&1; then echo system; fi
+b=/etc/ssl/certs/ca-certificates.crt
+l=/etc/ssl/certs/bottle-ca.pem
+if command -v update-ca-certificates >/dev/null 2>&1 && [ -f "$b" ] && [ ! -e "$l" ] && [ ! -L "$l" ] && command -v openssl >/dev/null 2>&1 \
+  && h=$(openssl x509 -hash -noout -in "$CA" 2>/dev/null) && [ -n "$h" ]; then
+  if { [ -z "$(tail -c 1 "$b")" ] || echo; cat "$CA"; } >> "$b" && ln -s "$CA" "$l"; then
+    i=0; while [ -e "/etc/ssl/certs/$h.$i" ] || [ -L "/etc/ssl/certs/$h.$i" ]; do i=$((i+1)); done
+    ln -s bottle-ca.pem "/etc/ssl/certs/$h.$i" && echo system
+  fi
+elif command -v update-ca-certificates >/dev/null 2>&1 && update-ca-certificates >/dev/null 2>&1; then echo system; fi
 if command -v keytool >/dev/null 2>&1; then
   if keytool -list -cacerts -storepass changeit 2>/dev/null | grep -qi bottle; then echo jvm
   elif keytool -importcert -noprompt -cacerts -storepass changeit -alias bottle-ca -file "$CA" >/dev/null 2>&1; then echo jvm
