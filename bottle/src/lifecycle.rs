@@ -185,12 +185,17 @@ pub async fn plan_images(
     host: &Host,
     agent_image: &str,
 ) -> Result<ImagePlan, LifecycleError> {
-    let (base, why) = images::base_image(rt, host).await?;
-    let arch = rt.architecture().await?;
+    // The engine's answers at once; then the sidecar's tag (a digest of its
+    // binary), and whether the engine has it.
+    let (base, arch, agent_exists) = tokio::join!(
+        images::base_image(rt, host),
+        rt.architecture(),
+        rt.image_exists(agent_image)
+    );
+    let ((base, why), arch, missing) = (base?, arch?, !agent_exists?);
     let sidecar_binary = images::sidecar_binary(host, arch)?;
     let sidecar = images::sidecar_build(&base, host, arch)?;
     let build_sidecar = !rt.image_exists(&sidecar.tag).await?;
-    let missing = !rt.image_exists(agent_image).await?;
     let build_agent = missing && agent_image == images::DEFAULT_AGENT_IMAGE;
     if missing && !build_agent && !rt.pulls_missing_images() {
         return Err(ImageError::UnknownImage {
@@ -1382,13 +1387,10 @@ async fn remove_all(
     left: &mut Vec<String>,
 ) -> Result<Vec<ResourceRef>, Stop> {
     let mut found = step(stop, resources_of(rt, name)).await?;
-    // Agent first, then the sidecar (and any other container), then the
-    // networks.
-    let rank = |r: &ResourceRef| match (r.kind, Role::of(&r.labels)) {
-        (ResourceKind::Container, Some(Role::Agent)) => 0,
-        (ResourceKind::Container, _) => 1,
-        (ResourceKind::Network, _) => 2,
-    };
+    // The containers at once, then the networks. An agent whose sidecar
+    // went first is alone on its internal network for a moment: no egress,
+    // nothing to reach (it holds no capability to change its address).
+    let rank = |r: &ResourceRef| u8::from(r.kind == ResourceKind::Network);
     found.sort_by_key(rank);
     remove_each(rt, &found, rank, stop, left, |r| {
         report.detail(&format!(

@@ -158,7 +158,7 @@ fn created(calls: &[Call]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn up_creates_in_order_and_down_removes_agent_first() {
+async fn up_creates_in_order_and_down_removes_containers_then_networks() {
     let (m, fake, fakes) = on_docker();
     let out = up_with(&m, &fakes, &Interrupt::new()).await.unwrap();
     assert_eq!(out.summary.name, "t");
@@ -171,13 +171,13 @@ async fn up_creates_in_order_and_down_removes_agent_first() {
             "bottle-t-agent"
         ]
     );
-    // The host-address check and the broadcast fence come before anything
-    // is attached to the internal network.
+    // The host-address check and the broadcast fence (run while the
+    // sidecar starts) come before the agent exists.
     let calls = fake.calls();
     let at = |want: &Call| calls.iter().position(|c| c == want).unwrap();
-    let sidecar = at(&Call::CreateContainer("bottle-t-sidecar".into()));
-    assert!(at(&Call::HostAddressesOn("bottle-t-internal".into())) < sidecar);
-    assert!(at(&Call::IsolateHostFrom("bottle-t-internal".into())) < sidecar);
+    let agent = at(&Call::CreateContainer("bottle-t-agent".into()));
+    assert!(at(&Call::HostAddressesOn("bottle-t-internal".into())) < agent);
+    assert!(at(&Call::IsolateHostFrom("bottle-t-internal".into())) < agent);
     // The agent is on the internal network only, with the sidecar as DNS.
     let agent = fake.spec_of("bottle-t-agent").unwrap();
     assert_eq!(agent.networks.len(), 1);
@@ -213,7 +213,13 @@ async fn up_creates_in_order_and_down_removes_agent_first() {
             _ => unreachable!(),
         })
         .collect();
-    assert_eq!(order[..2], ["agent", "sidecar"]);
+    // Both containers (at once), then both networks.
+    let mut containers = order[..2].to_vec();
+    containers.sort();
+    assert_eq!(containers, ["agent", "sidecar"]);
+    let mut networks = order[2..].to_vec();
+    networks.sort();
+    assert_eq!(networks, ["egress", "internal"]);
     assert!(fake.resources().is_empty());
     // Idempotent.
     let again = lifecycle::down(&fake, &m.host.state, "t", &mut Reporter::new(true))
