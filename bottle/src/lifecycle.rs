@@ -868,6 +868,112 @@ async fn create_all(
         hostname: Some("sidecar".into()),
         ..Default::default()
     };
+    // The agent's container, for the sidecar at `sidecar_internal_ip`: its
+    // planted mount points and the files of its read-only dir are written
+    // here. Where addresses are fixed (docker) it is created (not started)
+    // while the sidecar starts; elsewhere once the sidecar has its address.
+    let prepare_agent =
+        |sidecar_internal_ip: Ipv4Addr| -> Result<(ContainerSpec, String), LifecycleError> {
+            mounts_unmoved(plan)?;
+            let made = crate::mounts::plant(&plan.agent.plant)?;
+            if !made.is_empty() {
+                // `down` removes them again (while still empty).
+                let json = serde_json::to_vec(&made).unwrap_or_default();
+                crate::state::write_private(&state.root().join(PLANTED), &json)?;
+            }
+            let mut env = plan.agent.resolved_env.0.clone();
+            if images.provider.is_some() && !env.contains_key("HOME") {
+                // A provider image has the CLI's home for its own user; an agent run
+                // as a mount owner's uid gets a fresh one, made for that uid once
+                // the container is up (nothing in it but what the CLI writes).
+                let home = if plan.agent.user.is_some() {
+                    OWNER_HOME
+                } else {
+                    PROVIDER_HOME
+                };
+                env.insert("HOME".into(), home.into());
+            } else if plan.agent.user.is_some() && !env.contains_key("HOME") {
+                // The agent runs as the mount owner's uid, which has no home in the
+                // image; a writable one keeps tools that write dotfiles working.
+                env.insert("HOME".into(), "/tmp".into());
+            }
+            env.extend(rendered.placeholders.clone());
+            env.extend(Plan::proxy_env(&sidecar_internal_ip.to_string()));
+            // The agent's system git config: upstream URLs to the gate. Written now,
+            // when the sidecar's address is known, into the read-only agent dir.
+            let gitconfig = state.agent_dir().join(crate::gitconfig::FILE);
+            let identity = crate::gitconfig::host_identity();
+            if git || identity.is_some() {
+                crate::state::write_public(
+                    &gitconfig,
+                    crate::gitconfig::render(
+                        &sidecar_internal_ip.to_string(),
+                        &plan.policy.git.remotes,
+                        identity.as_ref(),
+                    )
+                    .as_bytes(),
+                )?;
+                env.insert(
+                    "GIT_CONFIG_SYSTEM".into(),
+                    format!("{AGENT_CA_DIR}/{}", crate::gitconfig::FILE),
+                );
+            } else {
+                let _ = std::fs::remove_file(&gitconfig);
+            }
+            // Where MCP clients find supervise: a generic config in the read-only
+            // agent dir, and BOTTLE_MCP_URL.
+            let mcp_file = state.agent_dir().join(MCP_FILE);
+            let mcp_url = format!("http://{sidecar_internal_ip}:{SUPERVISE_PORT}/mcp");
+            if supervise {
+                crate::state::write_public(&mcp_file, mcp_config(&mcp_url).as_bytes())?;
+                env.insert("BOTTLE_MCP_URL".into(), mcp_url.clone());
+                env.insert(
+                    "BOTTLE_MCP_CONFIG".into(),
+                    format!("{AGENT_CA_DIR}/{MCP_FILE}"),
+                );
+            } else {
+                let _ = std::fs::remove_file(&mcp_file);
+            }
+            env.insert("BOTTLE_NAME".into(), plan.name.clone());
+            let agent_spec = ContainerSpec {
+                name: plan.agent_name.clone(),
+                image: images.agent.clone(),
+                command: plan.agent.command.clone(),
+                env,
+                labels: plan.labels(bottle_runtimes::Role::Agent),
+                networks: vec![NetworkAttachment {
+                    network: internal.id.clone(),
+                    ipv4: agent_ip,
+                    aliases: vec![],
+                }],
+                dns: vec![IpAddr::V4(sidecar_internal_ip)],
+                cap_drop: plan.agent.cap_drop.clone(),
+                no_new_privileges: true,
+                mounts: plan
+                    .agent
+                    .mounts
+                    .iter()
+                    .cloned()
+                    .chain([Mount {
+                        source: state.agent_dir(),
+                        target: AGENT_CA_DIR.into(),
+                        read_only: true,
+                    }])
+                    .collect(),
+                workdir: Some(plan.agent.workdir.clone()),
+                user: plan.agent.user.clone(),
+                cpus: plan.agent.cpus,
+                memory_bytes: plan.agent.memory_bytes,
+                pids_limit: plan.agent.pids.and_then(|p| i64::try_from(p).ok()),
+                hostname: Some(plan.name.clone()),
+                ..Default::default()
+            };
+            Ok((agent_spec, mcp_url))
+        };
+    let early_agent = match sidecar_ip {
+        Some(ip) => Some(prepare_agent(ip)?),
+        None => None,
+    };
     // The sidecar starts while the internal network is checked and closed:
     // the agent, the only party those checks protect from, starts after
     // both. Every outcome is read once both came back.
@@ -890,7 +996,15 @@ async fn create_all(
         Ok::<_, LifecycleError>(rt.inspect_container(&sidecar_id).await?)
     };
     let checks = rt.check_and_isolate(&internal, &images.sidecar);
-    let ((host_addrs, isolated), sidecar) = tokio::join!(checks, sidecar_up);
+    let agent_made = async {
+        match &early_agent {
+            Some((spec, _)) => Some(rt.create_container(spec).await),
+            None => None,
+        }
+    };
+    let ((host_addrs, isolated), sidecar, agent_made) =
+        tokio::join!(checks, sidecar_up, agent_made);
+    let agent_made = agent_made.transpose()?;
     halt(interrupt)?;
     let host_addrs: Vec<IpAddr> = host_addrs?.into_iter().filter(|a| a.is_ipv4()).collect();
     let host_ok = accepted.contains(&Weakness::HostReachableFromInternal);
@@ -952,113 +1066,23 @@ async fn create_all(
     ));
 
     report.step(&format!("starting agent {}", plan.agent_name));
-    // The sources were resolved when the plan was made; one replaced by a
-    // symlink since then is not what was pinned and shown.
-    for m in &plan.agent.mounts {
-        if let Ok(now) = std::fs::canonicalize(&m.source) {
-            if now != m.source {
-                return Err(LifecycleError::MountMoved {
-                    was: m.source.clone(),
-                    now,
-                });
-            }
+    let (agent_id, mcp_url) = match (agent_made, early_agent) {
+        (Some(id), Some((_, mcp_url))) if sidecar_ip == Some(sidecar_internal_ip) => (id, mcp_url),
+        (Some(_), _) => {
+            // The engine gave the sidecar another address than the one
+            // asked for: the agent made for it is removed with the rest.
+            return Err(LifecycleError::NoSidecarAddress {
+                network: internal.name.clone(),
+            });
         }
-    }
-    let made = crate::mounts::plant(&plan.agent.plant)?;
-    if !made.is_empty() {
-        // `down` removes them again (while still empty).
-        let json = serde_json::to_vec(&made).unwrap_or_default();
-        crate::state::write_private(&state.root().join(PLANTED), &json)?;
-    }
-    let mut env = plan.agent.resolved_env.0.clone();
-    if images.provider.is_some() && !env.contains_key("HOME") {
-        // A provider image has the CLI's home for its own user; an agent run
-        // as a mount owner's uid gets a fresh one, made for that uid once
-        // the container is up (nothing in it but what the CLI writes).
-        let home = if plan.agent.user.is_some() {
-            OWNER_HOME
-        } else {
-            PROVIDER_HOME
-        };
-        env.insert("HOME".into(), home.into());
-    } else if plan.agent.user.is_some() && !env.contains_key("HOME") {
-        // The agent runs as the mount owner's uid, which has no home in the
-        // image; a writable one keeps tools that write dotfiles working.
-        env.insert("HOME".into(), "/tmp".into());
-    }
-    env.extend(rendered.placeholders.clone());
-    env.extend(Plan::proxy_env(&sidecar_internal_ip.to_string()));
-    // The agent's system git config: upstream URLs to the gate. Written now,
-    // when the sidecar's address is known, into the read-only agent dir.
-    let gitconfig = state.agent_dir().join(crate::gitconfig::FILE);
-    let identity = crate::gitconfig::host_identity();
-    if git || identity.is_some() {
-        crate::state::write_public(
-            &gitconfig,
-            crate::gitconfig::render(
-                &sidecar_internal_ip.to_string(),
-                &plan.policy.git.remotes,
-                identity.as_ref(),
-            )
-            .as_bytes(),
-        )?;
-        env.insert(
-            "GIT_CONFIG_SYSTEM".into(),
-            format!("{AGENT_CA_DIR}/{}", crate::gitconfig::FILE),
-        );
-    } else {
-        let _ = std::fs::remove_file(&gitconfig);
-    }
-    // Where MCP clients find supervise: a generic config in the read-only
-    // agent dir, and BOTTLE_MCP_URL.
-    let mcp_file = state.agent_dir().join(MCP_FILE);
-    let mcp_url = format!("http://{sidecar_internal_ip}:{SUPERVISE_PORT}/mcp");
-    if supervise {
-        crate::state::write_public(&mcp_file, mcp_config(&mcp_url).as_bytes())?;
-        env.insert("BOTTLE_MCP_URL".into(), mcp_url.clone());
-        env.insert(
-            "BOTTLE_MCP_CONFIG".into(),
-            format!("{AGENT_CA_DIR}/{MCP_FILE}"),
-        );
-    } else {
-        let _ = std::fs::remove_file(&mcp_file);
-    }
-    env.insert("BOTTLE_NAME".into(), plan.name.clone());
-    let agent_spec = ContainerSpec {
-        name: plan.agent_name.clone(),
-        image: images.agent.clone(),
-        command: plan.agent.command.clone(),
-        env,
-        labels: plan.labels(bottle_runtimes::Role::Agent),
-        networks: vec![NetworkAttachment {
-            network: internal.id.clone(),
-            ipv4: agent_ip,
-            aliases: vec![],
-        }],
-        dns: vec![IpAddr::V4(sidecar_internal_ip)],
-        cap_drop: plan.agent.cap_drop.clone(),
-        no_new_privileges: true,
-        mounts: plan
-            .agent
-            .mounts
-            .iter()
-            .cloned()
-            .chain([Mount {
-                source: state.agent_dir(),
-                target: AGENT_CA_DIR.into(),
-                read_only: true,
-            }])
-            .collect(),
-        workdir: Some(plan.agent.workdir.clone()),
-        user: plan.agent.user.clone(),
-        cpus: plan.agent.cpus,
-        memory_bytes: plan.agent.memory_bytes,
-        pids_limit: plan.agent.pids.and_then(|p| i64::try_from(p).ok()),
-        hostname: Some(plan.name.clone()),
-        ..Default::default()
+        (None, _) => {
+            let (spec, mcp_url) = prepare_agent(sidecar_internal_ip)?;
+            (rt.create_container(&spec).await?, mcp_url)
+        }
     };
-    let agent_id = rt.create_container(&agent_spec).await?;
     halt(interrupt)?;
+    // Checked again just before the mounts are made.
+    mounts_unmoved(plan)?;
     rt.start_container(&agent_id).await?;
     halt(interrupt)?;
     let agent = rt.inspect_container(&agent_id).await?;
@@ -1207,6 +1231,22 @@ async fn create_all(
             sidecar: plan.policy.limits,
         },
     })
+}
+
+/// The mount sources were resolved when the plan was made; one replaced by
+/// a symlink since then is not what was pinned and shown.
+fn mounts_unmoved(plan: &Plan) -> Result<(), LifecycleError> {
+    for m in &plan.agent.mounts {
+        if let Ok(now) = std::fs::canonicalize(&m.source) {
+            if now != m.source {
+                return Err(LifecycleError::MountMoved {
+                    was: m.source.clone(),
+                    now,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sidecar at `.2`, agent at `.3` of the internal /24 (`.1` is the gateway the

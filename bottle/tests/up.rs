@@ -351,9 +351,27 @@ async fn a_host_address_on_the_internal_network_refuses_and_rolls_back() {
     assert!(err.to_string().contains("inhibit_ipv4"), "{err}");
     assert_eq!(err.exit(), Exit::Refused);
     assert!(fake.resources().is_empty(), "{:?}", fake.resources());
-    // The sidecar starts while the network is checked (and was removed
-    // again, above); the agent is never made on a network that failed.
-    assert!(!created(&fake.calls()).contains(&"bottle-t-agent".to_string()));
+    // The sidecar starts, and the agent is created, while the network is
+    // checked (both were removed again, above); the agent never starts on
+    // a network that failed.
+    let started: Vec<String> = fake
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::StartContainer(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        created(&fake.calls()),
+        [
+            "bottle-t-internal",
+            "bottle-t-egress",
+            "bottle-t-sidecar",
+            "bottle-t-agent"
+        ]
+    );
+    assert_eq!(started.len(), 1, "only the sidecar started: {started:?}");
 }
 
 /// The same refusal on Apple `container` names Apple's situation and
