@@ -182,67 +182,107 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
         }
     }
 
-    match (&internal, helper) {
-        (Some(net), Some(image)) => {
-            let found = rt.host_addresses_on(net, image).await;
-            probe.capabilities.push(match found {
-                Ok(addrs) => {
-                    let v4: Vec<_> = addrs.iter().filter(|a| a.is_ipv4()).collect();
-                    Capability::new(
-                        "no-host-address-on-internal",
-                        CapabilityState::from_bool(v4.is_empty()),
-                        "measured",
-                        true,
-                        if v4.is_empty() {
-                            format!(
-                                "host bridge {} of the internal network has no IPv4 address",
-                                net.host_interface.as_deref().unwrap_or("?")
-                            )
-                        } else {
-                            format!(
-                                "host bridge {} holds {:?}: the agent could reach the host",
-                                net.host_interface.as_deref().unwrap_or("?"),
-                                v4
-                            )
-                        },
-                    )
-                }
-                Err(e) => Capability::new(
-                    "no-host-address-on-internal",
+    // The internal network's own checks (host addresses, then broadcast
+    // with the hardening `up` applies) and the egress network with its
+    // dual-homed container are independent: measured at once.
+    let internal_checks = async {
+        match (&internal, helper) {
+            (Some(net), Some(image)) => {
+                let (found, isolated) = rt.check_and_isolate(net, image).await;
+                let broadcast = broadcast_isolated(rt, net, image, isolated).await;
+                Some((host_address(net, found), broadcast))
+            }
+            _ => None,
+        }
+    };
+    let (checked, (egress, dual)) = tokio::join!(
+        internal_checks,
+        egress_and_dual(rt, &tag, &labels, internal.as_ref(), helper)
+    );
+    match checked {
+        Some((host, broadcast)) => {
+            probe.capabilities.push(host);
+            probe.capabilities.push(broadcast);
+        }
+        None if helper.is_none() => {
+            for name in ["no-host-address-on-internal", "broadcast-isolated"] {
+                probe.capabilities.push(Capability::new(
+                    name,
                     CapabilityState::Unknown,
                     "measured",
                     true,
-                    format!("could not list the host's interfaces: {e}"),
-                ),
-            });
+                    "not measured: needs the sidecar image to run a host-network helper".into(),
+                ));
+            }
         }
-        (_, None) => probe.capabilities.push(Capability::new(
+        None => {}
+    }
+    if let Some(net) = egress {
+        networks.push(net);
+    }
+    containers.extend(dual.containers);
+    probe.capabilities.extend(dual.capabilities);
+
+    probe.capabilities.push(internal_dns(rt));
+
+    futures_util::future::join_all(containers.iter().map(|id| rt.remove_container(id))).await;
+    futures_util::future::join_all(networks.iter().map(|net| rt.remove_network(&net.id))).await;
+    probe
+}
+
+/// The `no-host-address-on-internal` row from what was found on `net`.
+fn host_address(net: &NetworkInfo, found: Result<Vec<IpAddr>, crate::RuntimeError>) -> Capability {
+    match found {
+        Ok(addrs) => {
+            let v4: Vec<_> = addrs.iter().filter(|a| a.is_ipv4()).collect();
+            Capability::new(
+                "no-host-address-on-internal",
+                CapabilityState::from_bool(v4.is_empty()),
+                "measured",
+                true,
+                if v4.is_empty() {
+                    format!(
+                        "host bridge {} of the internal network has no IPv4 address",
+                        net.host_interface.as_deref().unwrap_or("?")
+                    )
+                } else {
+                    format!(
+                        "host bridge {} holds {:?}: the agent could reach the host",
+                        net.host_interface.as_deref().unwrap_or("?"),
+                        v4
+                    )
+                },
+            )
+        }
+        Err(e) => Capability::new(
             "no-host-address-on-internal",
             CapabilityState::Unknown,
             "measured",
             true,
-            "not measured: needs the sidecar image to run a host-network helper".into(),
-        )),
-        (None, Some(_)) => {}
+            format!("could not list the host's interfaces: {e}"),
+        ),
     }
+}
 
-    // What the agent broadcasts must not reach a host socket, with the
-    // hardening `bottle up` applies.
-    match (&internal, helper) {
-        (Some(net), Some(image)) => probe
-            .capabilities
-            .push(broadcast_isolated(rt, net, image).await),
-        (_, None) => probe.capabilities.push(Capability::new(
-            "broadcast-isolated",
-            CapabilityState::Unknown,
-            "measured",
-            true,
-            "not measured: needs the sidecar image to run a host-network helper".into(),
-        )),
-        (None, Some(_)) => {}
-    }
+/// What the egress half of the probe made and measured.
+struct Dual {
+    containers: Vec<String>,
+    capabilities: Vec<Capability>,
+}
 
-    // An egress network, a container on both, and a per-IP published port.
+/// An egress network, a container on it and on `internal`, and a per-IP
+/// published port.
+async fn egress_and_dual(
+    rt: &DockerRuntime,
+    tag: &str,
+    labels: &BTreeMap<String, String>,
+    internal: Option<&NetworkInfo>,
+    helper: Option<&str>,
+) -> (Option<NetworkInfo>, Dual) {
+    let mut dual = Dual {
+        containers: vec![],
+        capabilities: vec![],
+    };
     let egress = rt
         .create_network(&NetworkSpec {
             name: format!("{tag}-egress"),
@@ -250,10 +290,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             labels: labels.clone(),
         })
         .await;
-    if let Ok(net) = &egress {
-        networks.push(net.clone());
-    }
-    match (&internal, &egress, helper) {
+    match (internal, &egress, helper) {
         (Some(int), Ok(eg), Some(image)) => {
             let host_ip = Ipv4Addr::new(127, 0, 0, 100 + (std::process::id() % 100) as u8);
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -288,18 +325,18 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             };
             match rt.create_container(&spec).await {
                 Ok(id) => {
-                    containers.push(id.clone());
+                    dual.containers.push(id.clone());
                     let started = rt.start_container(&id).await;
                     let info = rt.inspect_container(&id).await;
                     let attached = info.as_ref().map(|i| i.ipv4.len()).unwrap_or(0);
-                    probe.capabilities.push(Capability::new(
+                    dual.capabilities.push(Capability::new(
                         "multi-network-attach",
                         CapabilityState::from_bool(attached == 2),
                         "measured",
                         true,
                         format!("a container created on the egress network and connected to the internal one before start holds {attached} addresses"),
                     ));
-                    probe.capabilities.push(match started {
+                    dual.capabilities.push(match started {
                         Err(e) => Capability::new(
                             "per-ip-publish",
                             CapabilityState::Unknown,
@@ -335,7 +372,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                         ),
                     });
                 }
-                Err(e) => probe.capabilities.push(Capability::new(
+                Err(e) => dual.capabilities.push(Capability::new(
                     "multi-network-attach",
                     CapabilityState::No,
                     "measured",
@@ -344,14 +381,14 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
                 )),
             }
         }
-        (_, Err(e), _) => probe.capabilities.push(Capability::new(
+        (_, Err(e), _) => dual.capabilities.push(Capability::new(
             "multi-network-attach",
             CapabilityState::Unknown,
             "measured",
             true,
             format!("creating an egress network failed: {e}"),
         )),
-        _ => probe.capabilities.push(Capability::new(
+        _ => dual.capabilities.push(Capability::new(
             "multi-network-attach",
             CapabilityState::Unknown,
             "measured",
@@ -359,16 +396,7 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
             "not measured: needs the sidecar image and an internal network".into(),
         )),
     }
-
-    probe.capabilities.push(internal_dns(rt));
-
-    for id in containers {
-        let _ = rt.remove_container(&id).await;
-    }
-    for net in networks {
-        let _ = rt.remove_network(&net.id).await;
-    }
-    probe
+    (egress.ok(), dual)
 }
 
 /// Whether internal networks forward DNS upstream, inferred from the docker
@@ -401,11 +429,16 @@ fn internal_dns(rt: &DockerRuntime) -> Capability {
     )
 }
 
-/// Applies [`Runtime::isolate_host_from`] to `net`, then sends broadcast and
+/// Given what [`Runtime::isolate_host_from`] did to `net`, sends broadcast and
 /// multicast from a container on it while a host-network helper listens on
 /// 0.0.0.0 (the engine's host: on Docker Desktop or a remote engine, the
 /// host whose sockets are at risk is the engine's VM or machine).
-async fn broadcast_isolated(rt: &DockerRuntime, net: &NetworkInfo, image: &str) -> Capability {
+async fn broadcast_isolated(
+    rt: &DockerRuntime,
+    net: &NetworkInfo,
+    image: &str,
+    isolated: Result<String, crate::RuntimeError>,
+) -> Capability {
     let weak = |detail: String| {
         Capability::weak(
             "broadcast-isolated",
@@ -414,7 +447,7 @@ async fn broadcast_isolated(rt: &DockerRuntime, net: &NetworkInfo, image: &str) 
             detail,
         )
     };
-    let set = match rt.isolate_host_from(net, image).await {
+    let set = match isolated {
         Ok(set) => set,
         Err(e) => {
             return weak(format!(
