@@ -55,6 +55,9 @@ pub struct ScaleRow {
     /// The agent container's memory as the engine accounts it (`docker
     /// stats`), median over the N bottles.
     pub agent_mem_kib: u64,
+    /// The containerd shims of the bottle's two containers (their VmRSS
+    /// summed), median over the N bottles.
+    pub shims_rss_kib: u64,
     /// The host's MemAvailable before the N bottles less after, over N:
     /// everything a bottle costs the host (both containers, their shims,
     /// networks, the kernel's share).
@@ -395,6 +398,23 @@ fn vm_rss_kib(pid: &str) -> Option<u64> {
         .ok()
 }
 
+/// Every containerd shim on this host: its pid and its command line (which
+/// names the container it serves).
+fn shim_processes() -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            pid.parse::<u32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("containerd-shim").then_some((pid, cmd))
+        })
+        .collect()
+}
+
 /// `12.5MiB` / `800KiB` / `1.2GiB` (docker stats' units) in KiB.
 pub fn parse_mem(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -442,7 +462,24 @@ fn scale_row(world: &World, n: usize) -> anyhow::Result<ScaleRow> {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let avail_after = mem_available_kib();
     let mut sidecar = Vec::new();
+    let mut shims = Vec::new();
+    let procs = shim_processes();
     for name in &names {
+        let ids = output(Command::new("docker").args([
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            &format!("bottle-{name}-sidecar"),
+            &format!("bottle-{name}-agent"),
+        ]))
+        .unwrap_or_default();
+        let sum: u64 = ids
+            .lines()
+            .filter(|id| !id.trim().is_empty())
+            .filter_map(|id| procs.iter().find(|(_, cmd)| cmd.contains(id.trim())))
+            .filter_map(|(pid, _)| vm_rss_kib(pid))
+            .sum();
+        shims.push(sum);
         let pid = output(Command::new("docker").args([
             "inspect",
             "-f",
@@ -501,6 +538,7 @@ fn scale_row(world: &World, n: usize) -> anyhow::Result<ScaleRow> {
         up_per_bottle_ms: up_wall_ms / n as f64,
         down_wall_ms,
         sidecar_rss_kib: median_u64(sidecar),
+        shims_rss_kib: median_u64(shims),
         agent_mem_kib: median_u64(agent),
         host_mem_per_bottle_kib: avail_before.saturating_sub(avail_after) / n as u64,
         leaked,
@@ -619,16 +657,17 @@ pub fn markdown(r: &Results) -> String {
         r.probe.cell()
     ));
     if !r.scale.is_empty() {
-        s.push_str("\n| bottles at once | up, all | up per bottle | down, all | sidecar RSS | agent memory | host memory per bottle | left behind |\n|--:|--:|--:|--:|--:|--:|--:|--|\n");
+        s.push_str("\n| bottles at once | up, all | up per bottle | down, all | sidecar RSS | agent memory | shims RSS | host MemAvailable drop per bottle | left behind |\n|--:|--:|--:|--:|--:|--:|--:|--:|--|\n");
         for row in &r.scale {
             s.push_str(&format!(
-                "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |\n",
+                "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |\n",
                 row.bottles,
                 row.up_wall_ms,
                 row.up_per_bottle_ms,
                 row.down_wall_ms,
                 row.sidecar_rss_kib as f64 / 1024.0,
                 row.agent_mem_kib as f64 / 1024.0,
+                row.shims_rss_kib as f64 / 1024.0,
                 row.host_mem_per_bottle_kib as f64 / 1024.0,
                 if row.leaked.is_empty() {
                     "nothing".to_string()
@@ -692,6 +731,7 @@ mod tests {
                 up_per_bottle_ms: 1000.0,
                 down_wall_ms: 2000.0,
                 sidecar_rss_kib: 8192,
+                shims_rss_kib: 10240,
                 agent_mem_kib: 1024,
                 host_mem_per_bottle_kib: 30720,
                 leaked: vec![],
@@ -705,7 +745,7 @@ mod tests {
         assert!(md.contains("| down (cold) |"), "{md}");
         assert!(
             md.contains(
-                "| 5 | 5000 ms | 1000 ms | 2000 ms | 8.0 MiB | 1.0 MiB | 30.0 MiB | nothing |"
+                "| 5 | 5000 ms | 1000 ms | 2000 ms | 8.0 MiB | 1.0 MiB | 10.0 MiB | 30.0 MiB | nothing |"
             ),
             "{md}"
         );

@@ -90,6 +90,8 @@ fn lifecycle_panel(area: &Area, r: &Results) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(WHITE)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_labels(groups.len() * 2 + 1)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
@@ -147,14 +149,14 @@ fn scale_panel(area: &Area, r: &Results) -> anyhow::Result<()> {
     let xmax = rows.iter().map(|s| s.bottles).max().unwrap_or(1) as f64 + 1.0;
     let per = |v: u64| v as f64 / 1024.0;
     let ymax_ms = rows.iter().map(|s| s.up_per_bottle_ms).fold(1.0, f64::max) * 1.2;
-    let ymax_mib = rows
-        .iter()
-        .map(|s| per(s.host_mem_per_bottle_kib).max(per(s.sidecar_rss_kib)))
-        .fold(1.0, f64::max)
-        * 1.2;
+    // Processes a bottle adds: its sidecar, its agent (as the engine
+    // accounts it) and the two containers' shims.
+    let accounted =
+        |s: &super::measure::ScaleRow| per(s.sidecar_rss_kib + s.agent_mem_kib + s.shims_rss_kib);
+    let ymax_mib = rows.iter().map(accounted).fold(1.0, f64::max) * 1.2;
     let mut chart = ChartBuilder::on(area)
         .caption(
-            "N bottles at once: up time and host memory per bottle",
+            "N bottles at once: up time and memory per bottle",
             ("sans-serif", 16),
         )
         .margin(12)
@@ -166,6 +168,17 @@ fn scale_panel(area: &Area, r: &Results) -> anyhow::Result<()> {
         .set_secondary_coord(0f64..xmax, 0f64..ymax_mib);
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
+        .x_labels(xmax as usize + 1)
+        .x_label_formatter(&|x| {
+            let n = x.round();
+            if (x - n).abs() < 0.01 && rows.iter().any(|s| s.bottles as f64 == n) {
+                format!("{n:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_desc("bottles brought up at once")
         .y_desc("ms per bottle")
         .draw()
@@ -191,12 +204,11 @@ fn scale_panel(area: &Area, r: &Results) -> anyhow::Result<()> {
         .map_err(err)?;
     chart
         .draw_secondary_series(LineSeries::new(
-            rows.iter()
-                .map(|s| (s.bottles as f64, per(s.host_mem_per_bottle_kib))),
+            rows.iter().map(|s| (s.bottles as f64, accounted(s))),
             OTHER.stroke_width(2),
         ))
         .map_err(err)?
-        .label("host memory per bottle (MiB, right)")
+        .label("sidecar + agent + shims (MiB, right)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], OTHER.stroke_width(2)));
     chart
         .draw_secondary_series(LineSeries::new(
@@ -258,6 +270,7 @@ fn egress_panels(left: &Area, right: &Area, points: &[EgressPoint]) -> anyhow::R
         .map_err(err)?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_labels(levels.len().max(1))
         .x_label_formatter(&label)
         .x_desc("connections")
@@ -316,6 +329,7 @@ fn egress_panels(left: &Area, right: &Area, points: &[EgressPoint]) -> anyhow::R
         .map_err(err)?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_labels(levels.len().max(1))
         .x_label_formatter(&label)
         .x_desc("connections")
