@@ -1283,8 +1283,10 @@ async fn probe(runtime: Option<RuntimeArg>, json: bool) -> Result<i32, CliError>
             report.step(&format!("probing {kind}"));
             // Always measured; what passes is what the next `up` reuses.
             let cache = crate::probe_cache::ProbeCache::at(host.state.path());
-            let key = crate::probe_cache::lookup(rt.as_ref(), &cache, true)
+            let key = interrupt
+                .unless(crate::probe_cache::lookup(rt.as_ref(), &cache, true))
                 .await
+                .map_err(|_| CliError::Interrupted)?
                 .key;
             match interrupt.unless(rt.probe(helper.as_deref())).await {
                 Ok(probe) => {

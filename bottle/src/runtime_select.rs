@@ -129,7 +129,15 @@ pub async fn auto(
             }
             Ok(rt) => {
                 let hit = match cache {
-                    Some(c) => crate::probe_cache::lookup(rt.as_ref(), c, false).await.hit,
+                    Some(c) => {
+                        interrupt
+                            .unless(crate::probe_cache::lookup(rt.as_ref(), c, false))
+                            .await
+                            .map_err(|_| Aborted {
+                                aftermath: crate::up::swept(Ok(())),
+                            })?
+                            .hit
+                    }
                     None => None,
                 };
                 let probe = match hit {

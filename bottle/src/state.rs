@@ -219,7 +219,9 @@ impl StateDir {
 }
 
 fn write_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
+    // One temporary name per process: two `bottle` processes writing the
+    // same file (concurrent `up`s storing a probe) never share one.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)

@@ -59,7 +59,10 @@ pub const NSS_NICKNAME: &str = "bottle-ca";
 /// `bottle-ca.pem` link with its subject-hash link, named as that tool names them. The CA file stays
 /// under `/usr/local/share/ca-certificates`, so a later run of the tool
 /// keeps it. An image that did hold one (a snapshot of a bottle) runs the
-/// tool itself, which drops the old CA with the rest of what is stale.
+/// tool itself, which drops the old CA with the rest of what is stale. The
+/// tool's hooks (`/etc/ca-certificates/update.d`) do not run on the fast
+/// path: the JVM's is done by `keytool` below; others are not.
+/// `system` is printed only when the bundle and both links were made.
 pub const ROOT_SCRIPT: &str = r#"
 b=/etc/ssl/certs/ca-certificates.crt
 l=/etc/ssl/certs/bottle-ca.pem

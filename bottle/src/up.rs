@@ -372,7 +372,11 @@ pub async fn execute(
         return Err(interrupted());
     }
     let cache = crate::probe_cache::ProbeCache::at(host.state.path());
-    let stored = crate::probe_cache::lookup(rt, &cache, reprobe).await;
+    // Reading the engine's identity is a call to it: interruptible.
+    let stored = interrupt
+        .unless(crate::probe_cache::lookup(rt, &cache, reprobe))
+        .await
+        .map_err(|_| interrupted())?;
     let probe = match stored.hit {
         Some(hit) => {
             report.detail(&format!(

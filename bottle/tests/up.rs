@@ -172,12 +172,20 @@ async fn up_creates_in_order_and_down_removes_containers_then_networks() {
         ]
     );
     // The host-address check and the broadcast fence (run while the
-    // sidecar starts) come before the agent exists.
+    // sidecar starts and the agent is created) come before the agent
+    // starts: the last of the two starts.
     let calls = fake.calls();
     let at = |want: &Call| calls.iter().position(|c| c == want).unwrap();
-    let agent = at(&Call::CreateContainer("bottle-t-agent".into()));
-    assert!(at(&Call::HostAddressesOn("bottle-t-internal".into())) < agent);
-    assert!(at(&Call::IsolateHostFrom("bottle-t-internal".into())) < agent);
+    let starts: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, Call::StartContainer(_)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(starts.len(), 2, "the sidecar and the agent: {calls:?}");
+    let agent_start = starts[1];
+    assert!(at(&Call::HostAddressesOn("bottle-t-internal".into())) < agent_start);
+    assert!(at(&Call::IsolateHostFrom("bottle-t-internal".into())) < agent_start);
     // The agent is on the internal network only, with the sidecar as DNS.
     let agent = fake.spec_of("bottle-t-agent").unwrap();
     assert_eq!(agent.networks.len(), 1);

@@ -373,14 +373,13 @@ pub(super) async fn isolate_and_list(
     let out = match rt.run_body(&scratch_name("isolate"), body).await {
         Ok(out) => out,
         Err(e) => {
-            let listed = RuntimeError::Call {
-                runtime: RuntimeKind::Docker,
-                operation:
-                    "list host interfaces (bottle-sidecar netinfo in a host-network container)"
-                        .into(),
-                message: e.to_string(),
-            };
-            return (Err(listed), Err(helper_failed(bridge, &e)));
+            // An engine that refuses the privileged helper may still run
+            // the unprivileged listing: the host-address check must not
+            // fail with the hardening (that one a user may accept).
+            return (
+                super::networks::host_addresses_on(rt, network, helper_image).await,
+                Err(helper_failed(bridge, &e)),
+            );
         }
     };
     let (isolated, listed) = split_sections(&out.stdout);
@@ -392,16 +391,9 @@ pub(super) async fn isolate_and_list(
     let addrs = match listed {
         Some((0, text)) => super::networks::parse_netinfo(text)
             .and_then(|found| super::networks::addresses_of(network, &found)),
-        other => Err(RuntimeError::Call {
-            runtime: RuntimeKind::Docker,
-            operation: "list host interfaces (bottle-sidecar netinfo in a host-network container)"
-                .into(),
-            message: format!(
-                "exit {}: {}",
-                other.map_or(out.code, |(c, _)| c),
-                out.stderr.trim()
-            ),
-        }),
+        // The listing did not run to the end in the privileged helper: the
+        // unprivileged one lists them, as it did before the two were one.
+        _ => super::networks::host_addresses_on(rt, network, helper_image).await,
     };
     (addrs, isolated)
 }

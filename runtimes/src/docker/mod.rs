@@ -214,7 +214,8 @@ impl Runtime for DockerRuntime {
     /// The endpoint, the engine and API versions, and `info`'s engine ID,
     /// kernel, OS, storage and cgroup drivers, security options, OCI
     /// runtimes and warnings: what changes when the engine is replaced,
-    /// upgraded or reconfigured in a way `info` shows.
+    /// upgraded or reconfigured in a way `info` shows; for a local socket,
+    /// its inode and change time, which a restart renews.
     async fn identity(&self) -> Option<String> {
         let info = self.docker.info().await.ok()?;
         let mut runtimes: Vec<String> = info
@@ -223,7 +224,20 @@ impl Runtime for DockerRuntime {
             .map(|r| r.keys().cloned().collect())
             .unwrap_or_default();
         runtimes.sort();
+        // A local engine re-creates its socket when it starts: a restart
+        // (perhaps with another daemon.json, which `info` may not show)
+        // changes the identity.
+        let socket = self
+            .endpoint
+            .host
+            .strip_prefix("unix://")
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                format!("{}:{}:{}", m.ino(), m.ctime(), m.ctime_nsec())
+            });
         let facts = serde_json::json!({
+            "socket": socket,
             "endpoint": self.endpoint.host,
             "engine": format!("{:?}", self.engine),
             "version": self.version,

@@ -105,7 +105,17 @@ impl DockerRuntime {
             labels: BTreeMap::from([Role::Probe.label()]),
             networks: vec![crate::NetworkAttachment {
                 network: network.id.clone(),
-                ipv4: None,
+                // Clear of the sidecar's .2 and the agent's .3, which `up`
+                // may be starting at this moment, and of the bridge
+                // holder's .254.
+                ipv4: network
+                    .subnet
+                    .as_deref()
+                    .and_then(|s| s.split('/').next()?.parse::<std::net::Ipv4Addr>().ok())
+                    .map(|base| {
+                        let o = base.octets();
+                        std::net::Ipv4Addr::new(o[0], o[1], o[2], 253)
+                    }),
                 aliases: vec![],
             }],
             cap_drop: vec!["ALL".into()],
