@@ -16,7 +16,7 @@
 # and prints the paths on stdout, one per line (progress goes to stderr).
 #
 #   BOTTLE_SIDECAR_TARGETS  triples to build  (default: x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
-#   BOTTLE_SIDECAR_PROFILE  cargo profile     (default: release)
+#   BOTTLE_SIDECAR_PROFILE  cargo profile     (default: ship, release + LTO; Cargo.toml)
 #   BOTTLE_BESIDE           profile dir of the `bottle` to put copies beside
 #                           (default: target/debug and target/release, those that exist)
 #   BOTTLE_ZIG_VENV         venv for zig      (default ~/.local/share/bottle/zig-venv)
@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGETS=${BOTTLE_SIDECAR_TARGETS:-x86_64-unknown-linux-musl aarch64-unknown-linux-musl}
-PROFILE=${BOTTLE_SIDECAR_PROFILE:-release}
+PROFILE=${BOTTLE_SIDECAR_PROFILE:-ship}
 VENV=${BOTTLE_ZIG_VENV:-${XDG_DATA_HOME:-$HOME/.local/share}/bottle/zig-venv}
 PYTHON=${PYTHON:-python3}
 # Pinned so every machine links with the same zig (and CI is repeatable).

@@ -464,10 +464,10 @@ mod tests {
     async fn h2_reaches_the_origin_as_h2_and_a_fallback_fails() {
         let ca = crate::pki::Ca::new("test CA").unwrap();
         let (leaf, key) = ca.leaf("127.0.0.1").unwrap();
-        let h2_origin = crate::origin::start(leaf.clone(), key.clone_key(), 7, true)
-            .await
-            .unwrap();
-        let h1_origin = crate::origin::start(leaf, key, 7, false).await.unwrap();
+        let origins = crate::origin::OriginRuntime::start().unwrap();
+        let h2_origin =
+            crate::origin::start(origins.handle(), leaf.clone(), key.clone_key(), 7, true).unwrap();
+        let h1_origin = crate::origin::start(origins.handle(), leaf, key, 7, false).unwrap();
 
         let target =
             Arc::new(Target::new(h2_origin.addr, None, ca.roots().unwrap(), Http::H2).unwrap());

@@ -16,7 +16,9 @@ in-process origin, through bottle-sidecar, and through mitmdump, one after
 the other in one run, over HTTP/1.1 and over HTTP/2, and prints a markdown
 table.
 
-  --concurrency N     keep-alive connections per path         (default 16)
+  --concurrency LIST  keep-alive connections per path; a comma-separated
+                      list (e.g. 1,4,16,64) measures every path at each
+                      count, one row each                      (default 16)
   --h2-streams N      concurrent streams on each connection of the h2
                       paths, at most 32 (the sidecar's default
                       limits.h2_max_streams)                   (default 32)
@@ -36,6 +38,8 @@ table.
                       $CARGO_TARGET_DIR/release/bottle-sidecar, else the
                       workspace's target/release/bottle-sidecar)
   --mitmdump PATH     mitmdump binary                          (default mitmdump)
+  --json PATH         also write every row to PATH as a JSON array of
+                      objects (snake_case fields, one per table column)
   --keep-dir          keep the scratch directory (policy, CAs, proxy logs)
 ";
 
@@ -121,7 +125,9 @@ impl PathKind {
 /// Everything a run needs, already validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub concurrency: usize,
+    /// Keep-alive connections per path: each path is measured once per
+    /// entry, in this order (a sweep when there are several).
+    pub concurrency: Vec<usize>,
     /// Concurrent streams per connection on the HTTP/2 paths.
     pub h2_streams: usize,
     pub warmup: Duration,
@@ -133,11 +139,13 @@ pub struct Config {
     pub sidecar: PathBuf,
     pub mitmdump: PathBuf,
     pub keep_dir: bool,
+    /// Where to write the rows as JSON, besides the table.
+    pub json: Option<PathBuf>,
 }
 
 /// What `main` should do.
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
 }
 
@@ -145,7 +153,7 @@ pub enum Command {
 /// or `--name=value`; a repeated flag's last value wins.
 pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Result<Command> {
     let mut config = Config {
-        concurrency: 16,
+        concurrency: vec![16],
         h2_streams: 32,
         warmup: Duration::from_secs(2),
         duration: Duration::from_secs(10),
@@ -156,6 +164,7 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
         sidecar: default_sidecar(),
         mitmdump: "mitmdump".into(),
         keep_dir: false,
+        json: None,
     };
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next()? {
@@ -163,7 +172,7 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
             Short('h') | Long("help") => return Ok(Command::Help),
             Long("keep-dir") => config.keep_dir = true,
             Long("concurrency") => {
-                config.concurrency = number(&mut parser, "--concurrency", 1, 1024)? as usize;
+                config.concurrency = concurrency_list(&value(&mut parser, "--concurrency")?)?;
             }
             Long("h2-streams") => {
                 config.h2_streams = number(&mut parser, "--h2-streams", 1, 32)? as usize;
@@ -204,12 +213,13 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
             }
             Long("sidecar") => config.sidecar = value(&mut parser, "--sidecar")?.into(),
             Long("mitmdump") => config.mitmdump = value(&mut parser, "--mitmdump")?.into(),
+            Long("json") => config.json = Some(value(&mut parser, "--json")?.into()),
             Long(other) => bail!("unknown flag `--{other}`"),
             Short(other) => bail!("unknown flag `-{other}`"),
             Value(other) => bail!("unexpected argument `{}`", other.to_string_lossy()),
         }
     }
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 /// The value of `flag`, which the parser just returned.
@@ -228,10 +238,41 @@ fn value(parser: &mut lexopt::Parser, flag: &str) -> anyhow::Result<String> {
 /// The value of `flag` as a whole number from `min` to `max`.
 fn number(parser: &mut lexopt::Parser, flag: &str, min: u64, max: u64) -> anyhow::Result<u64> {
     let value = value(parser, flag)?;
+    bounded(flag, &value, min, max)
+}
+
+/// `value` as a whole number from `min` to `max`.
+fn bounded(flag: &str, value: &str, min: u64, max: u64) -> anyhow::Result<u64> {
     match value.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => bail!("{flag} `{value}`: expected a whole number from {min} to {max}"),
     }
+}
+
+/// Most connections one `--concurrency` entry may ask for.
+const MAX_CONCURRENCY: u64 = 1024;
+/// Most entries in a `--concurrency` list: every entry is a full pass over
+/// the paths, so a long list is a long run.
+const MAX_SWEEP: usize = 8;
+
+/// A `--concurrency` list: `16` or `1,4,16,64`, each entry 1 to 1024, no
+/// repeats, at most 8 entries, measured in the order given.
+fn concurrency_list(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut counts = Vec::new();
+    for entry in list.split(',') {
+        let n = bounded("--concurrency", entry.trim(), 1, MAX_CONCURRENCY)? as usize;
+        if counts.contains(&n) {
+            bail!("--concurrency `{list}`: {n} is listed twice; give each count once");
+        }
+        counts.push(n);
+    }
+    if counts.len() > MAX_SWEEP {
+        bail!(
+            "--concurrency `{list}`: {} counts, at most {MAX_SWEEP}; split the sweep into several runs",
+            counts.len()
+        );
+    }
+    Ok(counts)
 }
 
 /// `$BOTTLE_SIDECAR`, else the release binary in `$CARGO_TARGET_DIR`, else in
@@ -274,14 +315,14 @@ mod tests {
         };
         assert_eq!(
             (
-                c.concurrency,
+                c.concurrency.clone(),
                 c.warmup,
                 c.duration,
                 c.max_requests,
                 c.body_bytes
             ),
             (
-                16,
+                vec![16],
                 Duration::from_secs(2),
                 Duration::from_secs(10),
                 5_000_000,
@@ -289,6 +330,7 @@ mod tests {
             )
         );
         assert!(!c.keep_dir);
+        assert_eq!(c.json, None);
         assert_eq!(c.h2_streams, 32);
         assert_eq!(c.paths, PathKind::ALL.to_vec(), "every path, h1 then h2");
         let Command::Run(c) = parse(args(&[
@@ -373,5 +415,36 @@ mod tests {
             "--h2-streams `33`: expected a whole number from 1 to 32"
         );
         assert!(err(&["--paths", "h3"]).starts_with("--paths: unknown path `h3`"));
+    }
+
+    #[test]
+    fn concurrency_takes_a_list_and_json_a_path() {
+        let run = |list: &[&str]| match parse(args(list)).unwrap() {
+            Command::Run(c) => c,
+            Command::Help => panic!("expected a run"),
+        };
+        let c = run(&["--concurrency", "1,4,16,64", "--json", "/tmp/rows.json"]);
+        assert_eq!(c.concurrency, vec![1, 4, 16, 64]);
+        assert_eq!(c.json, Some(PathBuf::from("/tmp/rows.json")));
+        assert_eq!(run(&["--concurrency=64, 1"]).concurrency, vec![64, 1]);
+        assert_eq!(run(&["--concurrency", "8"]).concurrency, vec![8]);
+        let err = |list: &[&str]| format!("{:#}", parse(args(list)).err().unwrap());
+        assert_eq!(
+            err(&["--concurrency", "1,0"]),
+            "--concurrency `0`: expected a whole number from 1 to 1024"
+        );
+        assert_eq!(
+            err(&["--concurrency", "1,,4"]),
+            "--concurrency ``: expected a whole number from 1 to 1024"
+        );
+        assert_eq!(
+            err(&["--concurrency", "4,1,4"]),
+            "--concurrency `4,1,4`: 4 is listed twice; give each count once"
+        );
+        assert_eq!(
+            err(&["--concurrency", "1,2,3,4,5,6,7,8,9"]),
+            "--concurrency `1,2,3,4,5,6,7,8,9`: 9 counts, at most 8; split the sweep into several runs"
+        );
+        assert_eq!(err(&["--json"]), "--json needs a value");
     }
 }

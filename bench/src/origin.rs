@@ -6,6 +6,13 @@
 //! accepts, which shows whether a proxy keeps its upstream connections alive,
 //! and the requests it answered per HTTP version, which shows whether a proxy
 //! really spoke HTTP/2 upstream or fell back to HTTP/1.1 (issue 14).
+//!
+//! The origins run on a tokio runtime of their own ([`OriginRuntime`]) whose
+//! threads are all named [`ORIGIN_THREAD`], so the bench can read their CPU
+//! time apart from the load generator's in `/proc/self/task/TID/stat`: on the
+//! direct path that is what terminating TLS and answering costs per request,
+//! the floor an intercepting proxy (a TLS server and a TLS client) can
+//! approach (issue 15).
 
 use crate::config::Http;
 use anyhow::{ensure, Context as _};
@@ -23,8 +30,70 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+/// The name of every thread of the origins' runtime (at most 15 bytes, the
+/// length Linux keeps in `/proc/.../comm`).
+pub const ORIGIN_THREAD: &str = "bench-origin";
+
+/// The runtime the origins serve on, apart from the load generator's.
+pub struct OriginRuntime {
+    runtime: Option<Runtime>,
+}
+
+impl OriginRuntime {
+    /// A multi-thread runtime with as many workers as usable cores, as the
+    /// load generator's, its threads named [`ORIGIN_THREAD`].
+    pub fn start() -> anyhow::Result<OriginRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(ORIGIN_THREAD)
+            .enable_all()
+            .build()
+            .context("cannot start the origin's runtime")?;
+        Ok(OriginRuntime {
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .handle()
+    }
+}
+
+impl Drop for OriginRuntime {
+    fn drop(&mut self) {
+        // Dropped from inside the bench's own runtime, where a blocking
+        // shutdown would panic; the origins' tasks are aborted either way.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// CPU time (user + system) of this process's threads named `name`, from
+/// `/proc/self/task/TID/{comm,stat}`; a thread that exits between the two
+/// reads is skipped.
+pub fn threads_cpu(name: &str) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
+        let dir = task?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+            total += crate::proxy::stat_cpu(&stat)?;
+        }
+    }
+    Ok(total)
+}
 
 /// A running origin; stops when dropped.
 pub struct Origin {
@@ -112,9 +181,11 @@ impl Drop for Origin {
 }
 
 /// Binds 127.0.0.1 on a free port and serves `body_bytes` bytes of `x` to
-/// every request. With `speaks_h2` false the origin offers only `http/1.1`
-/// by ALPN, which the tests use to show a fallback is caught.
-pub async fn start(
+/// every request, on `runtime`'s threads. With `speaks_h2` false the origin
+/// offers only `http/1.1` by ALPN, which the tests use to show a fallback is
+/// caught.
+pub fn start(
+    runtime: &Handle,
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     body_bytes: usize,
@@ -132,12 +203,18 @@ pub async fn start(
         vec![b"http/1.1".to_vec()]
     };
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    // Bound here, registered with the origin's runtime in its task: a tokio
+    // socket belongs to the runtime it was created on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let body = Bytes::from(vec![b'x'; body_bytes]);
     let counters = Arc::new(Counters::default());
     let counter = counters.clone();
-    let task = tokio::spawn(async move {
+    let task = runtime.spawn(async move {
+        let Ok(listener) = TcpListener::from_std(listener) else {
+            return;
+        };
         loop {
             let tcp = match listener.accept().await {
                 Ok((tcp, _)) => tcp,
@@ -229,5 +306,31 @@ mod tests {
             "the origin answered 3 HTTP/2 requests but the client got 4 answers: something else answered"
         );
         assert_eq!(v(3, 9, 1).since(v(1, 4, 1)), v(2, 5, 0));
+    }
+
+    #[test]
+    fn threads_cpu_counts_only_threads_of_that_name() {
+        let spin = |ms: u64| {
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        };
+        let busy = std::thread::Builder::new()
+            .name("bench-test-spin".into())
+            .spawn(move || {
+                spin(300);
+                // Still alive when read: a thread that exited is not listed.
+                std::thread::sleep(Duration::from_millis(500));
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        let cpu = threads_cpu("bench-test-spin").unwrap();
+        assert!(
+            cpu >= Duration::from_millis(150) && cpu <= Duration::from_millis(450),
+            "300 ms of spinning read as {cpu:?}"
+        );
+        assert_eq!(threads_cpu("no-such-thread").unwrap(), Duration::ZERO);
+        busy.join().unwrap();
     }
 }

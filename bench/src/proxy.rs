@@ -314,8 +314,18 @@ pub fn read_proc(pid: u32) -> anyhow::Result<ProcStats> {
             .unwrap_or(0)
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the `(comm)`, which may itself hold spaces: state is
-    // field 3, utime 14, stime 15.
+    Ok(ProcStats {
+        rss_kib: field("VmRSS:"),
+        hwm_kib: field("VmHWM:"),
+        cpu: stat_cpu(&stat)?,
+    })
+}
+
+/// User + system CPU time from the text of a `/proc/PID/stat` or
+/// `/proc/PID/task/TID/stat`.
+pub fn stat_cpu(stat: &str) -> anyhow::Result<Duration> {
+    // Fields after the `(comm)`, which may itself hold spaces and `)`: state
+    // is field 3, utime 14, stime 15.
     let after = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
@@ -323,11 +333,7 @@ pub fn read_proc(pid: u32) -> anyhow::Result<ProcStats> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
     let cpu_ticks = ticks(11) + ticks(12);
-    Ok(ProcStats {
-        rss_kib: field("VmRSS:"),
-        hwm_kib: field("VmHWM:"),
-        cpu: Duration::from_millis(cpu_ticks * 1000 / USER_HZ),
-    })
+    Ok(Duration::from_millis(cpu_ticks * 1000 / USER_HZ))
 }
 
 /// Busy CPU time of the whole machine (all processes, all cores) from
@@ -383,5 +389,19 @@ impl RssSampler {
     pub async fn finish(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_sums_utime_and_stime_after_the_comm() {
+        // A comm with a space and a `)` must not shift the fields.
+        let stat =
+            "4242 (bench) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 99 1 2";
+        assert_eq!(stat_cpu(stat).unwrap(), Duration::from_millis(3250));
+        assert!(stat_cpu("no parenthesis").is_err());
     }
 }

@@ -1,11 +1,13 @@
 //! Turns measurements into the markdown table of `docs/benchmarks.md`,
 //! checks the HTTP/1.1 rows against issue 3's targets and sets the HTTP/2
-//! rows beside them (issue 14). Every number printed here is computed from
-//! the run; nothing is filled in.
+//! rows beside them (issue 14), and writes every row as JSON for plots of a
+//! `--concurrency` sweep (issue 15). Every number printed here is computed
+//! from the run; nothing is filled in.
 
 use crate::client::LoadResult;
 use crate::config::{Http, PathKind, Via};
 use crate::origin::Versions;
+use serde_json::{json, Value};
 use std::fmt::Write as _;
 
 /// What a proxy cost during its run.
@@ -28,6 +30,10 @@ pub struct ProxyCost {
 #[derive(Debug)]
 pub struct PathResult {
     pub kind: PathKind,
+    /// Keep-alive connections the client held open.
+    pub concurrency: usize,
+    /// Concurrent streams per connection: 1 on HTTP/1.1.
+    pub h2_streams: usize,
     pub load: LoadResult,
     /// Requests the origin answered during the load, by HTTP version.
     pub origin_versions: Versions,
@@ -37,6 +43,10 @@ pub struct PathResult {
     pub origin_connections: u64,
     /// CPU of this process (load generator + origin) over wall time.
     pub bench_cpu_cores: f64,
+    /// CPU of the origin's threads per answered request (warm-up included in
+    /// both), in µs: on the direct path, what terminating TLS and answering
+    /// costs, the floor for a proxy that does it once per leg.
+    pub origin_cpu_us_per_request: f64,
     /// Busy CPU of the machine not spent by this process or the proxy:
     /// other work competing with the run (and kernel threads).
     pub other_cpu_cores: f64,
@@ -62,31 +72,51 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// The row measured on `kind`, if the run measured it.
+/// The row measured on `kind`, if the run measured it (the first one, when
+/// a sweep measured it at several concurrencies; callers pass one group).
 fn find(rows: &[PathResult], kind: PathKind) -> Option<&PathResult> {
     rows.iter().find(|r| r.kind == kind)
 }
 
+/// The direct row `r`'s `added` latencies are measured against: the same
+/// HTTP version, connections and streams.
+fn baseline<'a>(rows: &'a [PathResult], r: &PathResult) -> Option<&'a PathResult> {
+    rows.iter().find(|d| {
+        d.kind == PathKind::new(Via::Direct, r.kind.http)
+            && d.concurrency == r.concurrency
+            && d.h2_streams == r.h2_streams
+    })
+}
+
+/// `r`'s p50 and p99 above its baseline's, in µs (negative when faster);
+/// `None` on a direct row or without a baseline.
+fn added_us(rows: &[PathResult], r: &PathResult, q: f64) -> Option<i64> {
+    if r.kind.via == Via::Direct {
+        return None;
+    }
+    let base = baseline(rows, r)?.load.latency_us(q)?;
+    Some(r.load.latency_us(q)? as i64 - base as i64)
+}
+
 /// The table; `added` latencies are against the direct row of the same HTTP
-/// version, so an h2 row's cost is measured against direct h2.
+/// version and connection count, so an h2 row's cost is measured against
+/// direct h2.
 pub fn table(rows: &[PathResult]) -> String {
-    let base = |http: Http, q: f64| {
-        find(rows, PathKind::new(Via::Direct, http)).and_then(|d| d.load.latency_us(q))
-    };
     let mut out = String::new();
     out.push_str(
-        "| path | requests | req/s | p50 | p99 | added p50 | added p99 | conn setup p50 | origin conns | errors | client+origin CPU | proxy CPU | proxy CPU/req | proxy RSS idle | proxy RSS peak | other CPU |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| path | conns | requests | req/s | p50 | p99 | added p50 | added p99 | conn setup p50 | origin conns | errors | client+origin CPU | proxy CPU | proxy CPU/req | origin CPU/req | proxy RSS idle | proxy RSS peak | other CPU |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         let p50 = r.load.latency_us(0.5);
         let p99 = r.load.latency_us(0.99);
+        let base = baseline(rows, r);
         let (added50, added99) = if r.kind.via == Via::Direct {
             ("–".into(), "–".into())
         } else {
             (
-                added(p50, base(r.kind.http, 0.5)),
-                added(p99, base(r.kind.http, 0.99)),
+                added(p50, base.and_then(|b| b.load.latency_us(0.5))),
+                added(p99, base.and_then(|b| b.load.latency_us(0.99))),
             )
         };
         let (cpu, per_request, idle, peak) = match r.proxy {
@@ -100,8 +130,9 @@ pub fn table(rows: &[PathResult]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.2} cores | {} | {} | {} | {} | {:.2} cores |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.2} cores | {} | {} | {:.1} µs | {} | {} | {:.2} cores |",
             r.kind.name(),
+            conns(r),
             r.load.requests(),
             r.load.per_second(),
             p50.map(ms).unwrap_or_else(|| "–".into()),
@@ -114,12 +145,67 @@ pub fn table(rows: &[PathResult]) -> String {
             r.bench_cpu_cores,
             cpu,
             per_request,
+            r.origin_cpu_us_per_request,
             idle,
             peak,
             r.other_cpu_cores.max(0.0),
         );
     }
     out
+}
+
+/// The `conns` cell: connections, and streams per connection on HTTP/2.
+fn conns(r: &PathResult) -> String {
+    match r.kind.http {
+        Http::H1 => r.concurrency.to_string(),
+        Http::H2 => format!("{}×{}", r.concurrency, r.h2_streams),
+    }
+}
+
+/// Every row as a JSON object, for plotting a sweep. Field names are stable
+/// (snake_case; new ones may be added, none renamed); times in ms, CPU per
+/// request in µs, memory in KiB, CPU in cores; a value that does not apply
+/// (a direct row's proxy columns, `added` without a direct row) is `null`.
+pub fn json(rows: &[PathResult]) -> Value {
+    let ms = |us: Option<u64>| us.map(|us| us as f64 / 1000.0);
+    let added_ms = |r, q| added_us(rows, r, q).map(|us| us as f64 / 1000.0);
+    Value::Array(
+        rows.iter()
+            .map(|r| {
+                let p = r.proxy;
+                json!({
+                    "path": r.kind.name(),
+                    "via": match r.kind.via {
+                        Via::Direct => "direct",
+                        Via::Egress => "egress",
+                        Via::Mitmproxy => "mitmproxy",
+                    },
+                    "http": match r.kind.http {
+                        Http::H1 => "http/1.1",
+                        Http::H2 => "h2",
+                    },
+                    "concurrency": r.concurrency,
+                    "h2_streams": r.h2_streams,
+                    "requests": r.load.requests(),
+                    "req_per_s": r.load.per_second(),
+                    "p50_ms": ms(r.load.latency_us(0.5)),
+                    "p99_ms": ms(r.load.latency_us(0.99)),
+                    "added_p50_ms": added_ms(r, 0.5),
+                    "added_p99_ms": added_ms(r, 0.99),
+                    "conn_setup_p50_ms": ms(r.load.setup_p50_us()),
+                    "origin_conns": r.origin_connections,
+                    "errors": r.load.errors,
+                    "client_origin_cores": r.bench_cpu_cores,
+                    "proxy_cores": p.map(|p| p.cpu_cores),
+                    "proxy_cpu_per_req_us": p.map(|p| p.cpu_us_per_request),
+                    "origin_cpu_per_req_us": r.origin_cpu_us_per_request,
+                    "proxy_rss_idle_kib": p.map(|p| p.idle_rss_kib),
+                    "proxy_rss_peak_kib": p.map(|p| p.peak_rss_kib),
+                    "other_cores": r.other_cpu_cores.max(0.0),
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Above this much CPU used by other work during a path, its numbers are
@@ -276,6 +362,11 @@ mod tests {
     fn row(kind: PathKind, requests: usize, us: u64, proxy_us: Option<f64>) -> PathResult {
         PathResult {
             kind,
+            concurrency: 4,
+            h2_streams: match kind.http {
+                Http::H1 => 1,
+                Http::H2 => 8,
+            },
             load: LoadResult {
                 latencies_us: vec![us; requests],
                 setup_us: vec![1000],
@@ -295,6 +386,7 @@ mod tests {
             },
             origin_connections: 4,
             bench_cpu_cores: 1.0,
+            origin_cpu_us_per_request: 10.0,
             other_cpu_cores: 0.0,
             proxy: proxy_us.map(|cpu_us_per_request| ProxyCost {
                 idle_rss_kib: 1024,
@@ -323,7 +415,7 @@ mod tests {
             .lines()
             .find(|l| l.starts_with(&format!("| {name} |")))
             .unwrap_or_else(|| panic!("no row {name} in\n{table}"));
-        line.split('|').nth(6).unwrap().trim().to_string()
+        line.split('|').nth(7).unwrap().trim().to_string()
     }
 
     #[test]
@@ -335,7 +427,7 @@ mod tests {
         assert_eq!(added_p50(&table, "mitmproxy h2"), "+49.000 ms");
         assert_eq!(added_p50(&table, "direct h2"), "–");
         assert!(table.contains(
-            "| bottle egress h2 | 500 | 500 | 1.500 ms | 1.500 ms | +0.500 ms | +0.500 ms | 1.000 ms | 4 | 0 | 1.00 cores | 1.00 cores | 15.0 µs | 1.0 MiB | 2.0 MiB | 0.00 cores |"
+            "| bottle egress h2 | 4×8 | 500 | 500 | 1.500 ms | 1.500 ms | +0.500 ms | +0.500 ms | 1.000 ms | 4 | 0 | 1.00 cores | 1.00 cores | 15.0 µs | 10.0 µs | 1.0 MiB | 2.0 MiB | 0.00 cores |"
         ), "{table}");
         // Without a direct h2 row there is nothing to add to.
         let only_egress_h2 = [
@@ -395,5 +487,115 @@ mod tests {
             lines,
             "- mitmproxy: 10 HTTP/1.1, 0 HTTP/2, 0 other\n- direct h2: 0 HTTP/1.1, 2000 HTTP/2, 0 other\n"
         );
+    }
+
+    /// A sweep: the same paths at two connection counts.
+    fn sweep() -> Vec<PathResult> {
+        let at = |concurrency, mut r: PathResult| {
+            r.concurrency = concurrency;
+            r
+        };
+        vec![
+            at(1, row(PathKind::DIRECT, 1000, 20, None)),
+            at(1, row(PathKind::EGRESS, 400, 70, Some(30.0))),
+            at(16, row(PathKind::DIRECT, 1000, 150, None)),
+            at(16, row(PathKind::EGRESS, 400, 330, Some(20.0))),
+            at(16, row(PathKind::EGRESS_H2, 10, 900, Some(1.0))),
+        ]
+    }
+
+    #[test]
+    fn a_sweep_adds_against_direct_at_the_same_concurrency() {
+        let table = table(&sweep());
+        let cells: Vec<(String, String)> = table
+            .lines()
+            .skip(2)
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells[2].to_string(), cells[7].to_string())
+            })
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                ("1", "–"),
+                ("1", "+0.050 ms"),
+                ("16", "–"),
+                ("16", "+0.180 ms"),
+                ("16×8", "–"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn json_has_every_field_of_every_row() {
+        let rows = sweep();
+        let Value::Array(objects) = json(&rows) else {
+            panic!("not an array");
+        };
+        assert_eq!(objects.len(), 5);
+        let names: Vec<&str> = objects[1]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for field in [
+            "path",
+            "concurrency",
+            "h2_streams",
+            "requests",
+            "req_per_s",
+            "p50_ms",
+            "p99_ms",
+            "added_p50_ms",
+            "added_p99_ms",
+            "conn_setup_p50_ms",
+            "errors",
+            "client_origin_cores",
+            "proxy_cores",
+            "proxy_cpu_per_req_us",
+            "origin_cpu_per_req_us",
+            "proxy_rss_idle_kib",
+            "proxy_rss_peak_kib",
+            "other_cores",
+        ] {
+            assert!(names.contains(&field), "no `{field}` in {names:?}");
+        }
+        assert_eq!(
+            objects[3],
+            json!({
+                "path": "bottle egress",
+                "via": "egress",
+                "http": "http/1.1",
+                "concurrency": 16,
+                "h2_streams": 1,
+                "requests": 400,
+                "req_per_s": 400.0,
+                "p50_ms": 0.33,
+                "p99_ms": 0.33,
+                "added_p50_ms": 0.18,
+                "added_p99_ms": 0.18,
+                "conn_setup_p50_ms": 1.0,
+                "origin_conns": 4,
+                "errors": 0,
+                "client_origin_cores": 1.0,
+                "proxy_cores": 1.0,
+                "proxy_cpu_per_req_us": 20.0,
+                "origin_cpu_per_req_us": 10.0,
+                "proxy_rss_idle_kib": 1024,
+                "proxy_rss_peak_kib": 2048,
+                "other_cores": 0.0,
+            })
+        );
+        // A direct row has no proxy and nothing added; an h2 row without a
+        // direct h2 row at its concurrency has no baseline.
+        assert_eq!(objects[0]["proxy_cores"], Value::Null);
+        assert_eq!(objects[0]["added_p50_ms"], Value::Null);
+        assert_eq!(objects[0]["proxy_rss_idle_kib"], Value::Null);
+        assert_eq!(objects[4]["added_p99_ms"], Value::Null);
+        assert_eq!(objects[4]["h2_streams"], 8);
     }
 }

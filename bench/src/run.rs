@@ -9,10 +9,14 @@
 //! offers `h2` too. Before and after loading a path the bench checks that its
 //! origin answered in that path's HTTP version only, so a proxy that speaks
 //! HTTP/2 to the client but HTTP/1.1 upstream fails the run (issue 14).
+//!
+//! With several `--concurrency` counts, every path is measured at the first
+//! count, then every path at the next, and so on (issue 15's sweep); each
+//! row's `added` latencies are against direct at its own count.
 
 use crate::client::{self, Load, Target};
 use crate::config::{Config, Http, PathKind, Via};
-use crate::origin::{self, Origin};
+use crate::origin::{self, Origin, OriginRuntime, ORIGIN_THREAD};
 use crate::pki::{self, Ca};
 use crate::proxy::{self, ProxyProcess, RssSampler};
 use crate::report::{self, PathResult, ProxyCost};
@@ -65,6 +69,8 @@ struct Bench<'a> {
     origin_h2: &'a Origin,
     origin_ca: Ca,
     origin_ca_path: PathBuf,
+    /// Keep-alive connections of the paths being measured now.
+    concurrency: usize,
     /// A listener the allow-list does not name: CONNECT to it must be refused
     /// by policy (it is reachable, so a refusal is not a connection error).
     decoy: SocketAddr,
@@ -84,8 +90,15 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
     let origin_ca_path = dir.join("origin-ca.pem");
     std::fs::write(&origin_ca_path, origin_ca.cert_pem())?;
     let (leaf, key) = origin_ca.leaf("127.0.0.1")?;
-    let origin_h1 = origin::start(leaf.clone(), key.clone_key(), config.body_bytes, false).await?;
-    let origin_h2 = origin::start(leaf, key, config.body_bytes, true).await?;
+    let origins = OriginRuntime::start()?;
+    let origin_h1 = origin::start(
+        origins.handle(),
+        leaf.clone(),
+        key.clone_key(),
+        config.body_bytes,
+        false,
+    )?;
+    let origin_h2 = origin::start(origins.handle(), leaf, key, config.body_bytes, true)?;
 
     let decoy = TcpListener::bind("127.0.0.1:0").await?;
     let decoy_addr = decoy.local_addr()?;
@@ -95,19 +108,20 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
         }
     });
 
-    let bench = Bench {
+    let mut bench = Bench {
         config,
         dir,
         origin_h1: &origin_h1,
         origin_h2: &origin_h2,
         origin_ca,
         origin_ca_path,
+        concurrency: config.concurrency[0],
         decoy: decoy_addr,
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "egress-bench: {} connections, {}s warm-up + {}s measured per path (at most {} requests), {}-byte body, origins https://{} (HTTP/1.1) and https://{} (HTTP/2)",
-        config.concurrency,
+        "egress-bench: {} connections, {}s warm-up + {}s measured per path (at most {} requests), {}-byte body, origins https://{} (HTTP/1.1) and https://{} (HTTP/2) on threads of their own",
+        counts(&config.concurrency),
         config.warmup.as_secs(),
         config.duration.as_secs(),
         config.max_requests,
@@ -117,10 +131,9 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
     );
     if config.paths.iter().any(|p| p.http == Http::H2) {
         println!(
-            "h2 paths: {} connections × {} streams each ({} requests in flight)",
-            config.concurrency,
+            "h2 paths: {} connections × {} streams each",
+            counts(&config.concurrency),
             config.h2_streams,
-            config.concurrency * config.h2_streams
         );
     }
     println!(
@@ -143,18 +156,32 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
     }
 
     let mut rows = Vec::new();
-    for &kind in &config.paths {
-        eprintln!("egress-bench: measuring {} ...", kind.name());
-        let row = match kind.via {
-            Via::Direct => bench.direct(kind).await,
-            Via::Egress => bench.egress(kind).await,
-            Via::Mitmproxy => bench.mitmproxy(kind).await,
+    let mut groups = Vec::new();
+    for &concurrency in &config.concurrency {
+        bench.concurrency = concurrency;
+        let first = rows.len();
+        for &kind in &config.paths {
+            eprintln!(
+                "egress-bench: measuring {} with {concurrency} connections ...",
+                kind.name()
+            );
+            let row = match kind.via {
+                Via::Direct => bench.direct(kind).await,
+                Via::Egress => bench.egress(kind).await,
+                Via::Mitmproxy => bench.mitmproxy(kind).await,
+            }
+            .with_context(|| format!("path `{}` with {concurrency} connections", kind.name()))?;
+            rows.push(row);
         }
-        .with_context(|| format!("path `{}`", kind.name()))?;
-        rows.push(row);
+        groups.push((concurrency, first..rows.len()));
     }
     decoy_task.abort();
 
+    if let Some(path) = &config.json {
+        let text = serde_json::to_string_pretty(&report::json(&rows))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("writing --json {}", path.display()))?;
+    }
     println!();
     print!("{}", report::table(&rows));
     let checks = report::allow_list_checks(&rows);
@@ -168,17 +195,41 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
     if !contended.is_empty() {
         println!("\n{contended}");
     }
-    let verdicts = report::verdicts(&rows);
-    if !verdicts.is_empty() {
-        println!("\nIssue 3 targets (HTTP/1.1 rows):");
-        print!("{verdicts}");
+    for (concurrency, range) in groups {
+        let group = &rows[range];
+        let at = if config.concurrency.len() > 1 {
+            let s = if concurrency == 1 { "" } else { "s" };
+            format!(", {concurrency} connection{s}")
+        } else {
+            String::new()
+        };
+        let verdicts = report::verdicts(group);
+        if !verdicts.is_empty() {
+            println!("\nIssue 3 targets (HTTP/1.1 rows{at}):");
+            print!("{verdicts}");
+        }
+        let h2 = report::h2_cost(group);
+        if !h2.is_empty() {
+            println!("\nHTTP/2 (issue 14), each against direct h2{at}:");
+            print!("{h2}");
+        }
     }
-    let h2 = report::h2_cost(&rows);
-    if !h2.is_empty() {
-        println!("\nHTTP/2 (issue 14), each against direct h2:");
-        print!("{h2}");
+    if let Some(path) = &config.json {
+        println!("\nRows written to {}", path.display());
     }
     Ok(())
+}
+
+/// `16`, or `1, 4, 16 and 64` for a sweep.
+fn counts(list: &[usize]) -> String {
+    match list {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => {
+            let init: Vec<String> = init.iter().map(usize::to_string).collect();
+            format!("{} and {last}", init.join(", "))
+        }
+    }
 }
 
 impl Bench<'_> {
@@ -192,7 +243,7 @@ impl Bench<'_> {
 
     fn load(&self, http: Http) -> Load {
         Load {
-            concurrency: self.config.concurrency,
+            concurrency: self.concurrency,
             streams: match http {
                 Http::H1 => 1,
                 Http::H2 => self.config.h2_streams,
@@ -222,16 +273,21 @@ impl Bench<'_> {
         self.probe(&target, kind.http).await?;
         let me = proxy::read_proc(std::process::id())?;
         let machine = proxy::machine_busy()?;
+        let origin_cpu = origin::threads_cpu(ORIGIN_THREAD)?;
         let accepted = self.origin(kind.http).accepted();
         let versions = self.origin(kind.http).versions();
         let started = Instant::now();
         let load = client::drive(target, &self.load(kind.http)).await?;
+        let origin_cpu = origin::threads_cpu(ORIGIN_THREAD)?.saturating_sub(origin_cpu);
         let bench_cpu_cores = cores(me, started)?;
         let machine_cpu_cores = machine_cores(machine, started)?;
         let origin_versions = self.origin(kind.http).versions().since(versions);
         origin::check_versions(kind.http, origin_versions, load.answered)?;
         Ok(PathResult {
             kind,
+            concurrency: self.concurrency,
+            h2_streams: self.load(kind.http).streams,
+            origin_cpu_us_per_request: per_request_us(origin_cpu, load.answered),
             load,
             origin_versions,
             origin_connections: self.origin(kind.http).accepted() - accepted,
@@ -308,12 +364,14 @@ impl Bench<'_> {
         let sampler = RssSampler::start(pid);
         let me = proxy::read_proc(std::process::id())?;
         let machine = proxy::machine_busy()?;
+        let origin_cpu = origin::threads_cpu(ORIGIN_THREAD)?;
         let accepted = self.origin(kind.http).accepted();
         let versions = self.origin(kind.http).versions();
         let started = Instant::now();
         let load = client::drive(target, &self.load(kind.http)).await;
         let wall = started.elapsed();
         let after = proxy::read_proc(pid);
+        let origin_cpu = origin::threads_cpu(ORIGIN_THREAD)?.saturating_sub(origin_cpu);
         let bench_cpu_cores = cores(me, started)?;
         let machine_cpu_cores = machine_cores(machine, started)?;
         let peak = sampler.finish().await;
@@ -327,23 +385,31 @@ impl Bench<'_> {
             .with_context(|| format!("through {name}"))?;
         let cpu = after.cpu.saturating_sub(idle.cpu);
         let cpu_cores = cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
-        let requests = load.answered.max(1) as f64;
+        let answered = load.answered;
         Ok(PathResult {
             kind,
-            load,
+            concurrency: self.concurrency,
+            h2_streams: self.load(kind.http).streams,
+            origin_cpu_us_per_request: per_request_us(origin_cpu, load.answered),
             origin_versions,
             origin_connections: self.origin(kind.http).accepted() - accepted,
             bench_cpu_cores,
             other_cpu_cores: machine_cpu_cores - bench_cpu_cores - cpu_cores,
+            load,
             proxy: Some(ProxyCost {
                 idle_rss_kib: idle.rss_kib,
                 peak_rss_kib: peak.max(after.hwm_kib),
                 cpu_cores,
-                cpu_us_per_request: cpu.as_secs_f64() * 1e6 / requests,
+                cpu_us_per_request: per_request_us(cpu, answered),
                 denied_status: denied,
             }),
         })
     }
+}
+
+/// `cpu` spread over `answered` requests, in µs.
+fn per_request_us(cpu: std::time::Duration, answered: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / answered.max(1) as f64
 }
 
 /// This process's CPU time since `before` was read at `started`, in cores.
