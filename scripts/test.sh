@@ -89,9 +89,12 @@ cargo build --workspace
 # bottle-sidecar-x86_64-unknown-linux-musl. The aarch64 one is cross-built
 # here; its ELF header (64-bit, aarch64, no interpreter) is checked by
 # bottle's images::tests under CI=true, and it must start under qemu.
+# Built in the `release` profile, not the shipped `ship` one (release + fat
+# LTO, docs/decisions.md): the same source, without about 5 minutes of
+# whole-program optimisation per target in every CI run.
 echo "test: static sidecars (scripts/build-sidecar.sh)" >&2
 sidecar_start=$(date +%s)
-scripts/build-sidecar.sh >/dev/null
+BOTTLE_SIDECAR_PROFILE=${BOTTLE_SIDECAR_PROFILE:-release} scripts/build-sidecar.sh >/dev/null
 echo "test: static sidecars ready in $(($(date +%s) - sidecar_start))s" >&2
 arm=target/sidecar/aarch64-unknown-linux-musl/bottle-sidecar
 arm_version=$(qemu-aarch64-static "$arm" --version)
