@@ -26,9 +26,18 @@ done
 
 bash scripts/setup-engine.sh
 target=${CARGO_TARGET_DIR:-$PWD/target}
-log "building bottle, bottle-sidecar and the benches (release) into $target"
-CARGO_TARGET_DIR=$target cargo build --release --quiet -p bottle -p bottle-sidecar -p bottle-bench
-CARGO_TARGET_DIR=$target bash scripts/build-sidecar.sh >/dev/null
+# bottle and the benches in release; the sidecar in the profile it ships in
+# (`ship`: release + LTO), for the engine's architecture only (the image
+# `up` builds) and, for egress-bench, for this host.
+log "building bottle and the benches (release), bottle-sidecar (ship) into $target"
+CARGO_TARGET_DIR=$target cargo build --release --quiet -p bottle -p bottle-bench
+CARGO_TARGET_DIR=$target cargo build --profile ship --quiet -p bottle-sidecar
+case "$(docker version --format '{{.Server.Arch}}' 2>/dev/null || uname -m)" in
+  arm64 | aarch64) triple=aarch64-unknown-linux-musl ;;
+  *) triple=x86_64-unknown-linux-musl ;;
+esac
+CARGO_TARGET_DIR=$target BOTTLE_SIDECAR_TARGETS=$triple BOTTLE_BESIDE=release \
+  bash scripts/build-sidecar.sh >/dev/null
 
 out=$target/bench
 mkdir -p "$out"
@@ -36,13 +45,11 @@ echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /pro
 echo "rustc: $(rustc --version)"
 echo "docker: $(docker version --format '{{.Server.Version}}')"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
-for t in x86_64 aarch64; do
-  bin=$target/sidecar/$t-unknown-linux-musl/bottle-sidecar
-  [ -f "$bin" ] && echo "sidecar binary ($t musl): $(stat -c %s "$bin") bytes"
-done
+echo "sidecar binary ($triple, ship): $(stat -c %s "$target/sidecar/$triple/bottle-sidecar") bytes"
+echo "sidecar binary (this host, glibc, ship): $(stat -c %s "$target/ship/bottle-sidecar") bytes"
 
 log "egress latency at 1, 4, 16 and 64 connections"
-"$target/release/egress-bench" --sidecar "$target/release/bottle-sidecar" \
+"$target/release/egress-bench" --sidecar "$target/ship/bottle-sidecar" \
   --paths direct,egress --concurrency 1,4,16,64 --duration 5 --warmup 1 \
   --json "$out/egress.json"
 
