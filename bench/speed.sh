@@ -36,7 +36,7 @@ case "$(docker version --format '{{.Server.Arch}}' 2>/dev/null || uname -m)" in
   arm64 | aarch64) triple=aarch64-unknown-linux-musl ;;
   *) triple=x86_64-unknown-linux-musl ;;
 esac
-CARGO_TARGET_DIR=$target BOTTLE_SIDECAR_TARGETS=$triple BOTTLE_BESIDE=release \
+CARGO_TARGET_DIR=$target BOTTLE_SIDECAR_TARGETS=$triple BOTTLE_BESIDE=$target/release \
   bash scripts/build-sidecar.sh >/dev/null
 
 out=$target/bench
