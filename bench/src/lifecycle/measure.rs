@@ -435,16 +435,14 @@ fn median_u64(mut v: Vec<u64>) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-fn scale_row(world: &World, n: usize) -> anyhow::Result<ScaleRow> {
-    let before = footprint()?;
-    let names: Vec<String> = (0..n).map(|i| format!("{PREFIX}-s{n}-{i}")).collect();
-    let avail_before = mem_available_kib();
-    let t = Instant::now();
-    let ups: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = names
-            .iter()
-            .map(|name| s.spawn(move || world.up(name)))
-            .collect();
+/// `f` of every name, each on a thread of its own, all at once.
+fn at_once(
+    names: &[String],
+    f: impl Fn(&str) -> anyhow::Result<()> + Sync,
+) -> Vec<anyhow::Result<()>> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = names.iter().map(|name| s.spawn(move || f(name))).collect();
         handles
             .into_iter()
             .map(|h| {
@@ -452,7 +450,15 @@ fn scale_row(world: &World, n: usize) -> anyhow::Result<ScaleRow> {
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
             })
             .collect()
-    });
+    })
+}
+
+fn scale_row(world: &World, n: usize) -> anyhow::Result<ScaleRow> {
+    let before = footprint()?;
+    let names: Vec<String> = (0..n).map(|i| format!("{PREFIX}-s{n}-{i}")).collect();
+    let avail_before = mem_available_kib();
+    let t = Instant::now();
+    let ups = at_once(&names, |name| world.up(name));
     let up_wall_ms = t.elapsed().as_secs_f64() * 1000.0;
     let failed: Vec<String> = ups
         .iter()
@@ -506,19 +512,7 @@ fn scale_row(world: &World, n: usize) -> anyhow::Result<ScaleRow> {
         })
         .collect();
     let t = Instant::now();
-    let downs: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = names
-            .iter()
-            .map(|name| s.spawn(move || world.down(name)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
-            })
-            .collect()
-    });
+    let downs = at_once(&names, |name| world.down(name));
     let down_wall_ms = t.elapsed().as_secs_f64() * 1000.0;
     let after = footprint()?;
     let leaked: Vec<String> = after.difference(&before).cloned().collect();

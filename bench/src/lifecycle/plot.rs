@@ -244,6 +244,60 @@ fn egress_panels(left: &Area, right: &Area, points: &[EgressPoint]) -> anyhow::R
         .collect();
     let direct: Vec<&EgressPoint> = points.iter().filter(|p| p.path == "direct").collect();
     let levels = levels(points);
+    let ymax = egress.iter().map(|p| p.added_p99_ms).fold(0.05, f64::max) * 1.2;
+    let latency: [Line; 2] = [
+        ("added p50", &egress, |p| p.added_p50_ms, BOTTLE),
+        ("added p99", &egress, |p| p.added_p99_ms, OTHER),
+    ];
+    connections_chart(
+        left,
+        "egress: latency the sidecar adds (HTTP/1.1)",
+        "ms added",
+        ymax,
+        &levels,
+        &latency,
+        SeriesLabelPosition::UpperLeft,
+    )?;
+    let ymax = egress
+        .iter()
+        .map(|p| p.proxy_cpu_per_req_us)
+        .chain(direct.iter().map(|p| p.origin_cpu_per_req_us))
+        .fold(1.0, f64::max)
+        * 1.2;
+    let cpu: [Line; 2] = [
+        ("sidecar", &egress, |p| p.proxy_cpu_per_req_us, BOTTLE),
+        ("origin, direct", &direct, |p| p.origin_cpu_per_req_us, RAW),
+    ];
+    connections_chart(
+        right,
+        "CPU per request: sidecar vs the origin (direct path)",
+        "µs of CPU per request",
+        ymax,
+        &levels,
+        &cpu,
+        SeriesLabelPosition::UpperRight,
+    )
+}
+
+/// One line of a connections chart: its label, its rows, the value drawn
+/// and its colour.
+type Line<'a> = (
+    &'a str,
+    &'a Vec<&'a EgressPoint>,
+    fn(&EgressPoint) -> f64,
+    RGBColor,
+);
+
+/// A chart over the connection counts in `levels` with `lines` on it.
+fn connections_chart(
+    area: &Area,
+    caption: &str,
+    y_desc: &str,
+    ymax: f64,
+    levels: &[u64],
+    lines: &[Line],
+    legend: SeriesLabelPosition,
+) -> anyhow::Result<()> {
     let at = |c: u64| levels.iter().position(|l| *l == c).unwrap_or(0) as f64;
     let n = levels.len().max(1) as f64;
     let label = |x: &f64| {
@@ -257,12 +311,8 @@ fn egress_panels(left: &Area, right: &Area, points: &[EgressPoint]) -> anyhow::R
             String::new()
         }
     };
-    let ymax = egress.iter().map(|p| p.added_p99_ms).fold(0.05, f64::max) * 1.2;
-    let mut chart = ChartBuilder::on(left)
-        .caption(
-            "egress: latency the sidecar adds (HTTP/1.1)",
-            ("sans-serif", 16),
-        )
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(55)
@@ -274,82 +324,10 @@ fn egress_panels(left: &Area, right: &Area, points: &[EgressPoint]) -> anyhow::R
         .x_labels(levels.len().max(1))
         .x_label_formatter(&label)
         .x_desc("connections")
-        .y_desc("ms added")
+        .y_desc(y_desc)
         .draw()
         .map_err(err)?;
-    for (name, f, color) in [
-        (
-            "added p50",
-            (|p: &EgressPoint| p.added_p50_ms) as fn(&EgressPoint) -> f64,
-            BOTTLE,
-        ),
-        ("added p99", |p: &EgressPoint| p.added_p99_ms, OTHER),
-    ] {
-        chart
-            .draw_series(LineSeries::new(
-                egress.iter().map(|p| (at(p.concurrency), f(p))),
-                color.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(
-                egress
-                    .iter()
-                    .map(|p| Circle::new((at(p.concurrency), f(p)), 3, color.filled())),
-            )
-            .map_err(err)?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-
-    let ymax = egress
-        .iter()
-        .map(|p| p.proxy_cpu_per_req_us)
-        .chain(direct.iter().map(|p| p.origin_cpu_per_req_us))
-        .fold(1.0, f64::max)
-        * 1.2;
-    let mut chart = ChartBuilder::on(right)
-        .caption(
-            "CPU per request: sidecar vs the origin (direct path)",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(55)
-        .build_cartesian_2d(-0.3f64..n - 0.7, 0f64..ymax)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE)
-        .x_labels(levels.len().max(1))
-        .x_label_formatter(&label)
-        .x_desc("connections")
-        .y_desc("µs of CPU per request")
-        .draw()
-        .map_err(err)?;
-    for (name, rows, f, color) in [
-        (
-            "sidecar",
-            &egress,
-            (|p: &EgressPoint| p.proxy_cpu_per_req_us) as fn(&EgressPoint) -> f64,
-            BOTTLE,
-        ),
-        (
-            "origin, direct",
-            &direct,
-            |p: &EgressPoint| p.origin_cpu_per_req_us,
-            RAW,
-        ),
-    ] {
+    for &(name, rows, f, color) in lines {
         chart
             .draw_series(LineSeries::new(
                 rows.iter().map(|p| (at(p.concurrency), f(p))),
@@ -369,7 +347,7 @@ fn egress_panels(left: &Area, right: &Area, points: &[EgressPoint]) -> anyhow::R
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
