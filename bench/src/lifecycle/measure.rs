@@ -172,18 +172,7 @@ impl World {
 
 /// Runs `cmd` to the end; an exit other than 0 is an error quoting stderr.
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    output(cmd).map(drop)
 }
 
 /// stdout of `cmd`, which must succeed.
