@@ -242,6 +242,31 @@ mod tests {
     }
 
     #[test]
+    fn only_a_clean_probe_is_stored_and_anything_else_drops_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ProbeCache::at(dir.path());
+        let now = SystemTime::now();
+        let mut clean = probe();
+        clean.capabilities.truncate(1);
+        record(&cache, Some("k"), &clean);
+        assert!(cache.fresh(RuntimeKind::Docker, "k", now).is_some());
+        // A probe with a weakness (even one a user might accept) is never
+        // stored, and the clean one it replaces is dropped.
+        record(&cache, Some("k"), &probe());
+        assert!(cache.fresh(RuntimeKind::Docker, "k", now).is_none());
+        // So is one that could not tell (unknown), and one of a runtime
+        // with no identity.
+        record(&cache, Some("k"), &clean);
+        let mut unsure = clean.clone();
+        unsure.capabilities[0].state = CapabilityState::Unknown;
+        record(&cache, Some("k"), &unsure);
+        assert!(cache.fresh(RuntimeKind::Docker, "k", now).is_none());
+        record(&cache, Some("k"), &clean);
+        record(&cache, None, &clean);
+        assert!(cache.fresh(RuntimeKind::Docker, "k", now).is_none());
+    }
+
+    #[test]
     fn the_key_names_the_binary_and_the_identity() {
         let k = key("engine-a");
         assert!(k.contains(env!("CARGO_PKG_VERSION")));
