@@ -1426,23 +1426,33 @@ async fn remove_all(
     report: &mut Reporter,
     left: &mut Vec<String>,
 ) -> Result<Vec<ResourceRef>, Stop> {
-    let mut found = step(stop, resources_of(rt, name)).await?;
     // The containers at once, then the networks. An agent whose sidecar
     // went first is alone on its internal network for a moment: no egress,
     // nothing to reach (it holds no capability to change its address).
     let rank = |r: &ResourceRef| u8::from(r.kind == ResourceKind::Network);
-    found.sort_by_key(rank);
-    remove_each(rt, &found, rank, stop, left, |r| {
-        report.detail(&format!(
-            "removed {} {}",
-            match r.kind {
-                ResourceKind::Container => "container",
-                ResourceKind::Network => "network",
-            },
-            r.name
-        ))
-    })
-    .await?;
+    let mut found: Vec<ResourceRef> = Vec::new();
+    // Listed again once what was found is gone: an `up` killed while the
+    // engine had creates of it in flight (they run at once) leaves
+    // resources that appear only after the first listing.
+    for _ in 0..2 {
+        let mut batch = step(stop, resources_of(rt, name)).await?;
+        if batch.is_empty() {
+            break;
+        }
+        batch.sort_by_key(rank);
+        remove_each(rt, &batch, rank, stop, left, |r| {
+            report.detail(&format!(
+                "removed {} {}",
+                match r.kind {
+                    ResourceKind::Container => "container",
+                    ResourceKind::Network => "network",
+                },
+                r.name
+            ))
+        })
+        .await?;
+        found.extend(batch);
+    }
     let list = root.bottle(name).root().join(PLANTED);
     if let Ok(text) = std::fs::read(&list) {
         let made: Vec<std::path::PathBuf> = serde_json::from_slice(&text).unwrap_or_default();
