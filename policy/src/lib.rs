@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod dlp;
 pub mod egress;
 pub mod fields;
 pub mod git;
@@ -25,6 +26,7 @@ pub mod secrets;
 pub mod supervise;
 
 pub use address::{classify, AddressClass, Classified, Embedding, LocalNet};
+pub use dlp::{Action as DlpAction, Actions as DlpActions, Detector, DlpHost, DlpPolicy, Oversize};
 pub use egress::{
     AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,
 };
@@ -77,6 +79,9 @@ pub struct Policy {
     /// The supervise service (MCP server, `unknown = "ask"`); off when absent.
     #[serde(default)]
     pub supervise: SupervisePolicy,
+    /// Outbound data-loss prevention; the defaults when absent.
+    #[serde(default)]
+    pub dlp: DlpPolicy,
 }
 
 impl Policy {
@@ -88,6 +93,7 @@ impl Policy {
             limits: Limits::default(),
             git: GitPolicy::default(),
             supervise: SupervisePolicy::default(),
+            dlp: DlpPolicy::default(),
         }
     }
 }

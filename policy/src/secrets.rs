@@ -61,6 +61,10 @@ pub struct SecretsFile {
     pub format: u32,
     #[serde(default)]
     pub credentials: BTreeMap<String, SecretEntry>,
+    /// `dlp.values_from_env`: values the sidecar never injects but blocks
+    /// wherever they go out (`listed-value`), by variable name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dlp_values: BTreeMap<String, SecretValue>,
 }
 
 impl Default for SecretsFile {
@@ -68,6 +72,7 @@ impl Default for SecretsFile {
         SecretsFile {
             format: SECRETS_FORMAT,
             credentials: BTreeMap::new(),
+            dlp_values: BTreeMap::new(),
         }
     }
 }
@@ -103,6 +108,10 @@ mod tests {
                     value: SecretValue::new("sk-live-1234567890"),
                     placeholder: "bottle-placeholder-api-key-00".into(),
                 },
+            )]),
+            dlp_values: BTreeMap::from([(
+                "DB_PASSWORD".to_string(),
+                SecretValue::new("listed-value-42"),
             )]),
         }
     }

@@ -27,14 +27,22 @@ pub enum BodyFailure {
     Malformed(String),
     #[error("the request body stopped arriving: no data for {}s (limits.body_timeout_secs)", .0.as_secs())]
     Stalled(Duration),
+    /// Refused by what was found in it ([`crate::dlp`]).
+    #[error("{reason}")]
+    Refused {
+        rule: String,
+        reason: String,
+        status: u16,
+    },
 }
 
 impl BodyFailure {
     /// The rule name for the log and the refusal.
-    pub fn rule(&self) -> &'static str {
+    pub fn rule(&self) -> &str {
         match self {
             BodyFailure::Malformed(_) => "bad-request-body",
             BodyFailure::Stalled(_) => "request-body-timeout",
+            BodyFailure::Refused { rule, .. } => rule,
         }
     }
 
@@ -43,6 +51,9 @@ impl BodyFailure {
         match self {
             BodyFailure::Malformed(_) => hyper::StatusCode::BAD_REQUEST,
             BodyFailure::Stalled(_) => hyper::StatusCode::REQUEST_TIMEOUT,
+            BodyFailure::Refused { status, .. } => {
+                hyper::StatusCode::from_u16(*status).unwrap_or(hyper::StatusCode::FORBIDDEN)
+            }
         }
     }
 }
@@ -55,12 +66,23 @@ impl Watch {
     pub fn failure(&self) -> Option<BodyFailure> {
         self.0.get().cloned()
     }
+
+    /// Records why the body failed (the first reason stays).
+    pub fn set(&self, failure: BodyFailure) {
+        let _ = self.0.set(failure);
+    }
 }
 
 /// The error [`AgentBody`] hands to hyper's client.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct AgentBodyError(BodyFailure);
+
+impl From<BodyFailure> for AgentBodyError {
+    fn from(f: BodyFailure) -> Self {
+        AgentBodyError(f)
+    }
+}
 
 /// The agent's request body, metered, gap-limited and watched.
 #[derive(Debug)]

@@ -26,6 +26,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// How the agent learns to go on after a DLP refusal.
+pub const DLP_HINT: &str = "do not send secrets (credentials, keys, tokens) in requests: the sidecar adds the bottle's credentials itself where they belong; if the user means this data to go, ask them to change [dlp] in bottle.toml";
+
 /// What a handler needs to answer and log one request.
 #[derive(Debug)]
 pub struct Exchange {
@@ -67,14 +70,30 @@ impl Exchange {
     /// slowly: 400 or 408, the agent's error, not the upstream's (the
     /// upstream request was aborted, see [`crate::body`]).
     pub fn bad_body(self, failure: &BodyFailure) -> Response<ProxyBody> {
+        let hint = match failure {
+            BodyFailure::Refused { .. } => DLP_HINT.to_string(),
+            _ => "send a complete, well-formed body without long pauses; the origin was not given this request as complete".into(),
+        };
         let refusal = Refusal {
             what: self.what.clone(),
             decision: egress::refusal(failure.rule(), failure.to_string()),
-            hint: "send a complete, well-formed body without long pauses; the origin was not given this request as complete".into(),
+            hint,
         };
         let mut resp = self.refuse(failure.status(), &refusal);
         resp.headers_mut()
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    }
+
+    /// Refuses a request DLP stopped before it was sent ([`crate::dlp`]).
+    pub fn dlp_refused(self, refused: crate::dlp::Refused) -> Response<ProxyBody> {
+        let failure = BodyFailure::Refused {
+            rule: refused.rule,
+            reason: refused.reason,
+            status: refused.status,
+        };
+        let mut resp = self.bad_body(&failure);
+        resp.headers_mut().remove(hyper::header::CONNECTION);
         resp
     }
 
@@ -164,10 +183,13 @@ impl Exchange {
             redacted: hits.clone(),
         };
         let body = Metered::with_guard(body, down, guard);
-        Response::from_parts(
-            parts,
-            RedactBody::new(body, redaction.needles, hits).boxed(),
-        )
+        let body = RedactBody::new(body, redaction.needles, hits);
+        match redaction.inbound {
+            Some(scope) => {
+                Response::from_parts(parts, crate::dlp::InboundBody::new(body, scope).boxed())
+            }
+            None => Response::from_parts(parts, body.boxed()),
+        }
     }
 }
 
@@ -178,6 +200,8 @@ impl Exchange {
 pub struct Redaction {
     pub needles: Needles,
     pub injected: bool,
+    /// Search the response for credential-shaped strings (`dlp.inbound`).
+    pub inbound: Option<std::sync::Arc<crate::dlp::Scope>>,
 }
 
 /// Why an upstream response head, as received (before hop-by-hop

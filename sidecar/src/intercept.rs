@@ -30,6 +30,7 @@
 //! upstream's version is negotiated there, independently of the agent's.
 
 use crate::body::AgentBody;
+use crate::dlp::{self, DlpBody};
 use crate::egress::{
     self, access_hint, refusal, rule_hint, Checked, ConnectError, Denied, Refusal,
 };
@@ -441,7 +442,7 @@ where
 }
 
 /// The request body type sent upstream.
-type UpBody = AgentBody;
+type UpBody = DlpBody;
 
 /// HTTP/1.1 requests one agent connection may have in flight upstream at
 /// once (each on its own upstream connection); an HTTP/2 agent's further
@@ -674,9 +675,24 @@ impl Session {
                 return ex.forbid(d, hint);
             }
         };
+        let scope = dlp::Scope::new(
+            &self.shared,
+            self.client,
+            &host,
+            port,
+            &method,
+            &path,
+            &secrets,
+        );
+        let upreq = match dlp::inspect(&scope, &policy.egress, upreq, watch.clone()).await {
+            Ok(r) => r,
+            Err(Ok(refused)) => return ex.dlp_refused(refused),
+            Err(Err(failure)) => return ex.bad_body(&failure),
+        };
         let redaction = Redaction {
             needles: Needles::new(&secrets),
             injected,
+            inbound: scope.inbound.then(|| scope.clone()),
         };
         let rule = decision.rule;
         if let Some(client_upgrade) = client_upgrade {

@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod dlp;
 pub mod dns;
 pub mod egress;
 pub mod exchange;
@@ -326,6 +327,7 @@ impl Sidecar {
             closed,
             conns: crate::limits::Conns::default(),
             supervisor,
+            dlp: crate::dlp::Engines::default(),
         });
         Ok(Sidecar {
             shared,

@@ -17,6 +17,7 @@
 //! Each request or tunnel produces one audit line.
 
 use crate::body::AgentBody;
+use crate::dlp;
 use crate::egress::{self, access_hint, rule_hint, Allowed, Denied, ReachError, Refusal};
 use crate::exchange::{millis, Exchange, Redaction};
 use crate::forward::{self, host_header_mismatch, ProxyBody};
@@ -424,9 +425,25 @@ pub(crate) async fn forward_plain(
             return ex.forbid(d, hint);
         }
     };
+    let method = upreq.method().as_str().to_string();
+    let scope = dlp::Scope::new(
+        shared,
+        ex.client,
+        allowed.host(),
+        port,
+        &method,
+        &path,
+        &secrets,
+    );
+    let upreq = match dlp::inspect(&scope, &policy.egress, upreq, watch.clone()).await {
+        Ok(r) => r,
+        Err(Ok(refused)) => return ex.dlp_refused(refused),
+        Err(Err(failure)) => return ex.bad_body(&failure),
+    };
     let redaction = Redaction {
         needles: Needles::new(&secrets),
         injected,
+        inbound: scope.inbound.then(|| scope.clone()),
     };
     let (_, stream) = match reach(&policy.egress, &allowed, shared).await {
         Ok(reached) => reached,

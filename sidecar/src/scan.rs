@@ -1,7 +1,9 @@
 //! Secret detection over text the agent sends out: a set of detectors with
 //! stable names, run line by line. The git gate runs it over every added
 //! line of every commit a push would publish ([`Scanner::scan_patch`] reads
-//! `git log -p` output); the DLP work reuses [`Scanner::scan_line`].
+//! `git log -p` output); the egress DLP (`crate::dlp`) runs the same
+//! detectors over requests ([`pattern_hits`]). The names are
+//! [`bottle_policy::Detector`]'s.
 //!
 //! Detectors (the names are stable; audit lines and refusals carry them):
 //! - `private-key`: a PEM/OpenSSH/PGP private key header.
@@ -10,9 +12,14 @@
 //! - `gitlab-token`: `glpat-` personal access tokens.
 //! - `aws-access-key`: `AKIA`/`ASIA`/`ABIA`/`ACCA` access key ids.
 //! - `slack-token`: `xoxb-`/`xoxa-`/`xoxp-`/`xoxr-`/`xoxs-` tokens.
+//! - `gcp-api-key`: Google Cloud API keys (`AIza` and 35 more characters).
+//! - `stripe-key`: Stripe secret and restricted keys (`sk_live_`,
+//!   `rk_test_`, …).
 //! - `anthropic-key`: `sk-ant-` keys.
 //! - `openai-key`: `sk-` / `sk-proj-` / `sk-svcacct-` / `sk-admin-` keys
 //!   of at least 32 characters mixing letters and digits.
+//! - `jwt`: a JSON Web Token (two base64url JSON parts starting `eyJ` and a
+//!   signature).
 //! - `generic-secret-assignment`: `password|secret|token|api_key|… = value`
 //!   where the value is 16+ characters mixing letters and digits with a
 //!   Shannon entropy of at least [`GENERIC_MIN_ENTROPY`] bits per character.
@@ -24,6 +31,7 @@
 //! in-file suppression comment (`# nosecret`, `gitleaks:allow`, …) is
 //! honoured: the agent writes those files.
 
+use bottle_policy::Detector;
 use regex::bytes::Regex;
 use std::fmt;
 use std::sync::LazyLock;
@@ -35,8 +43,8 @@ pub const MIN_EXACT_LEN: usize = 8;
 pub const GENERIC_MIN_ENTROPY: f64 = 3.5;
 
 /// One pattern detector.
-struct Detector {
-    name: &'static str,
+struct Pattern {
+    kind: Detector,
     re: Regex,
     /// Further check of the match (the whole match, or group 1 when present).
     accept: fn(&[u8]) -> bool,
@@ -79,47 +87,75 @@ pub fn entropy(v: &[u8]) -> f64 {
         .sum()
 }
 
-static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
-    let d = |name, re: &str, accept| Detector {
-        name,
+static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
+    let d = |kind, re: &str, accept| Pattern {
+        kind,
         re: Regex::new(re).expect("detector regexes are fixed and tested"),
         accept,
     };
     vec![
         d(
-            "private-key",
-            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+            Detector::PrivateKey,
+            // The whole block when its END line is there (so `redact`
+            // covers the key material, not only the header).
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:(?s:.)*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?",
             any,
         ),
         d(
-            "github-token",
+            Detector::GithubToken,
             r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{80,255})\b",
             any,
         ),
-        d("gitlab-token", r"\bglpat-[A-Za-z0-9_-]{20,}", any),
+        d(Detector::GitlabToken, r"\bglpat-[A-Za-z0-9_-]{20,}", any),
         d(
-            "aws-access-key",
+            Detector::AwsAccessKey,
             r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
             any,
         ),
         d(
-            "slack-token",
+            Detector::SlackToken,
             r"\bxox[baprs]-[A-Za-z0-9-]{10,}",
             letters_and_digits,
         ),
-        d("anthropic-key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", any),
+        d(Detector::GcpApiKey, r"\bAIza[0-9A-Za-z_-]{35}", any),
         d(
-            "openai-key",
+            Detector::StripeKey,
+            r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{24,}",
+            letters_and_digits,
+        ),
+        d(Detector::AnthropicKey, r"\bsk-ant-[A-Za-z0-9_-]{20,}", any),
+        d(
+            Detector::OpenaiKey,
             r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}",
             openai_shaped,
         ),
         d(
-            "generic-secret-assignment",
+            Detector::Jwt,
+            r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
+            any,
+        ),
+        d(
+            Detector::GenericSecretAssignment,
             r#"(?i)(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*["']?\s*(?::=|=>|[:=])\s*["'`]?([A-Za-z0-9+/_.~=-]{16,})"#,
             high_entropy,
         ),
     ]
 });
+
+/// Every pattern detector's hits in `buf`, as (detector, start, end) of the
+/// whole match, in detector order. Exact values are not searched here
+/// (`crate::dlp` searches them with their encodings).
+pub fn pattern_hits(buf: &[u8], out: &mut Vec<(Detector, usize, usize)>) {
+    for d in DETECTORS.iter() {
+        for caps in d.re.captures_iter(buf) {
+            let whole = caps.get(0).expect("group 0 is the whole match");
+            let checked = caps.get(1).unwrap_or(whole);
+            if (d.accept)(checked.as_bytes()) {
+                out.push((d.kind, whole.start(), whole.end()));
+            }
+        }
+    }
+}
 
 /// What a detector found on a line: its name, never the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,14 +223,16 @@ impl Scanner {
             .any(|v| memchr::memmem::find(line, v).is_some())
         {
             return Some(Hit {
-                detector: "bottle-credential",
+                detector: Detector::BottleCredential.as_str(),
             });
         }
         for d in DETECTORS.iter() {
             for caps in d.re.captures_iter(line) {
                 let m = caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_bytes());
                 if m.is_some_and(d.accept) {
-                    return Some(Hit { detector: d.name });
+                    return Some(Hit {
+                        detector: d.kind.as_str(),
+                    });
                 }
             }
         }
@@ -307,6 +345,23 @@ mod tests {
             (k(&["AK", "IA", "IOSFODNN7EXAMPLE"]), "aws-access-key"),
             (k(&["xo", "xb-", "1234567890-abcdefABCDEF"]), "slack-token"),
             (
+                k(&["key=AI", "za", "SyD4x9Qk2LmN8pR5tV7wY1zB3cE6gH0jK_-"]),
+                "gcp-api-key",
+            ),
+            (
+                k(&["sk_", "live_", "4eC39HqLyjWDarjtT1zdp7dc"]),
+                "stripe-key",
+            ),
+            (
+                k(&[
+                    "Bearer ey",
+                    "JhbGciOiJIUzI1NiJ9.ey",
+                    "JzdWIiOiIxMjM0NTY3ODkwIn0.",
+                    "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                ]),
+                "jwt",
+            ),
+            (
                 k(&["sk-", "ant-api03-", "Ab3dEf6hIj9kLm2nOp5qRs8t"]),
                 "anthropic-key",
             ),
@@ -352,6 +407,10 @@ mod tests {
             k(&["AK", "IA", "IOSFODNN7EXAMP"]),
             k(&["ak", "ia", "iosfodnn7example"]),
             k(&["xo", "xb-", "not-a-token"]),
+            k(&["AI", "za", "short"]),
+            k(&["sk_", "live_", "short"]),
+            k(&["sk_", "live_", "onlylettersherenodigitsatall"]),
+            k(&["ey", "JhbGciOiJIUzI1NiJ9.notjson.sig"]),
             k(&["sk-", "ant-short"]),
             k(&["sk-", "this-is-a-long-kebab-case-identifier-name"]),
             "risk-management-1234567890abcdefghijklmnopqrst".into(),

@@ -54,6 +54,9 @@ impl Secret {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Secrets {
     credentials: BTreeMap<String, Secret>,
+    /// `dlp.values_from_env`: never injected, only searched for
+    /// ([`crate::dlp`]).
+    listed: BTreeMap<String, String>,
 }
 
 /// Why `secrets.json` was refused.
@@ -90,7 +93,20 @@ impl Secrets {
     pub fn new(credentials: impl IntoIterator<Item = (String, Secret)>) -> Self {
         Secrets {
             credentials: credentials.into_iter().collect(),
+            listed: BTreeMap::new(),
         }
+    }
+
+    /// These secrets plus `listed` (`dlp.values_from_env`, by variable).
+    pub fn with_listed(mut self, listed: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.listed = listed.into_iter().collect();
+        self
+    }
+
+    /// Every `(variable, value)` of `dlp.values_from_env`. Never log what
+    /// this returns.
+    pub fn listed(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.listed.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// Reads `path`; a missing file means "no credentials".
@@ -121,7 +137,18 @@ impl Secrets {
             file.credentials
                 .into_iter()
                 .map(|(name, e)| (name, Secret::new(e.value.expose(), e.placeholder))),
+        )
+        .with_listed(
+            file.dlp_values
+                .into_iter()
+                .map(|(name, v)| (name, v.expose().to_string())),
         );
+        if let Some((name, _)) = secrets.listed.iter().find(|(_, v)| v.is_empty()) {
+            return Err(SecretsError::EmptyValue {
+                path: path.into(),
+                name: name.clone(),
+            });
+        }
         for (name, s) in &secrets.credentials {
             let err = |f: fn(PathBuf, String) -> SecretsError| Err(f(path.into(), name.clone()));
             if s.value.is_empty() {
@@ -140,7 +167,7 @@ impl Secrets {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.credentials.is_empty()
+        self.credentials.is_empty() && self.listed.is_empty()
     }
 
     /// Every `(from_env name, real value)`, for redaction

@@ -36,6 +36,8 @@ pub struct Shared {
     pub conns: Conns,
     /// The supervise service, when the sidecar was given a queue directory.
     pub supervisor: Option<Arc<Supervisor>>,
+    /// The DLP search for the secrets in force ([`crate::dlp`]).
+    pub dlp: crate::dlp::Engines,
 }
 
 impl Shared {
