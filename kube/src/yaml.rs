@@ -15,9 +15,11 @@
 //!   `-_./`, starts with a letter or `/`, and is not one of YAML 1.1's
 //!   booleans or nulls (`y`, `no`, `on`, `null`, `~`…); everything else is
 //!   double-quoted with every non-printable character escaped;
-//! - a string of several lines without tabs, carriage returns or a leading
-//!   space is a literal block (`|`, `|-`, `|+` after its final newlines),
-//!   so a PEM or a JSON file reads as itself.
+//! - a string of several lines without carriage returns, a leading space or
+//!   trailing spaces is a literal block (`|`, `|-`, `|+` after its final
+//!   newlines), so a PEM, a JSON file or a git config reads as itself (a tab
+//!   after the block's indentation is content, as libyaml and go-yaml read
+//!   it).
 
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -139,7 +141,7 @@ fn is_plain(s: &str) -> bool {
 fn is_block(s: &str) -> bool {
     s.contains('\n')
         && !s.starts_with([' ', '\n'])
-        && s.chars().all(|c| c == '\n' || (printable(c) && c != '\t'))
+        && s.chars().all(|c| c == '\n' || c == '\t' || printable(c))
         && s.lines().all(|l| !l.ends_with(' '))
 }
 
@@ -282,14 +284,15 @@ mod tests {
             "a\n\nb\n\n\n",
             "{\n  \"x\": 1\n}\n",
             "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            "[url \"http://x\"]\n\tinsteadOf = a\n\t\tdeeper\n",
         ] {
             let v = json!({"data": {"f": s}, "list": [s]});
             let y = to_string(&v);
             assert!(y.contains('|'), "{y}");
             assert_eq!(back(&y), v, "{s:?}\n{y}");
         }
-        // A leading space or a tab cannot be a block: quoted instead.
-        for s in [" a\nb\n", "a\tb\nc\n", "a \nb\n"] {
+        // A leading space or trailing spaces cannot be a block: quoted instead.
+        for s in [" a\nb\n", "a \nb\n", "a\r\nb\n"] {
             assert!(string_text(s, 0, false).starts_with('"'), "{s:?}");
         }
     }
