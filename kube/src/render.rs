@@ -57,7 +57,7 @@ pub const SUPERVISE_PORT: u16 = 8765;
 pub const SIDECAR_UID: i64 = 65532;
 /// Where the sidecar reads policy.json, ca.pem, ca-key.pem, secrets.json.
 pub const SIDECAR_CONFIG_DIR: &str = "/etc/bottle";
-/// The sidecar's state claim: audit log, git mirrors, supervise queue.
+/// The sidecar's state claim: git mirrors, supervise queue.
 pub const SIDECAR_STATE_DIR: &str = "/var/lib/bottle";
 
 /// Object names inside a bottle's namespace.
@@ -571,12 +571,13 @@ fn sidecar_deployment(
     // The pod has one interface, and the NetworkPolicies below admit only
     // the agent: listening on every address of the pod is listening on its
     // internal address. Allowed names resolve to the Service's ClusterIP.
+    // No --audit: decisions go to stdout, where `kubectl logs` (pods/log,
+    // which the operator Role grants) and the cluster's log collection read
+    // them; they never hold a secret.
     let mut args: Vec<String> = [
         "run",
         "--policy",
         &format!("{SIDECAR_CONFIG_DIR}/policy.json"),
-        "--audit",
-        &format!("{SIDECAR_STATE_DIR}/egress.jsonl"),
         "--dns-answer",
         &ip.to_string(),
         "--proxy-listen",
@@ -669,7 +670,7 @@ fn sidecar_deployment(
         }),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
-                ("cpu".to_string(), Quantity("50m".into())),
+                ("cpu".to_string(), Quantity("10m".into())),
                 ("memory".to_string(), Quantity("32Mi".into())),
             ])),
             limits: Some(BTreeMap::from([
