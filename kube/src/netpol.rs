@@ -32,7 +32,8 @@
 //! ClusterIP is resolved by the caller to the pod behind it, as kube-proxy
 //! does before the policy is applied on the common CNIs. Traffic from the
 //! node itself (kubelet probes, `kubectl port-forward`) is not modelled.
-//! A policy the evaluator cannot read (an unknown operator or protocol, a
+//! A policy the evaluator cannot read (an unknown operator or protocol, an
+//! empty peer, a
 //! bad CIDR) is an error, never a guess.
 
 use crate::cidr::{Cidr, CidrError};
@@ -86,6 +87,8 @@ pub enum EvalError {
     Cidr(#[from] CidrError),
     #[error("a NetworkPolicy peer sets ipBlock together with a selector; Kubernetes refuses that\n  fix: split it into two peers")]
     MixedPeer,
+    #[error("a NetworkPolicy peer sets none of podSelector, namespaceSelector and ipBlock; Kubernetes refuses that\n  fix: give the peer a selector (`podSelector: {{}}` means every pod of the policy's namespace)")]
+    EmptyPeer,
     #[error("no pod `{namespace}/{name}` in the model\n  fix: add it with Cluster::pod before asking about it")]
     NoSuchPod { namespace: String, name: String },
 }
@@ -307,6 +310,9 @@ impl Cluster {
             }
             return Ok(true);
         }
+        if rule.pod_selector.is_none() && rule.namespace_selector.is_none() {
+            return Err(EvalError::EmptyPeer);
+        }
         let Peer::Pod(pod) = peer else {
             // Selectors name pods; an address outside the pods matches none.
             return Ok(false);
@@ -322,8 +328,9 @@ impl Cluster {
                 selects(sel, &labels)?
             }
         };
+        // namespaceSelector alone: every pod of those namespaces.
         let pod_ok = match &rule.pod_selector {
-            None => rule.namespace_selector.is_some(),
+            None => true,
             Some(sel) => selects(sel, &pod.labels)?,
         };
         Ok(ns_ok && pod_ok)

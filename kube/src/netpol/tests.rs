@@ -634,6 +634,17 @@ fn unreadable_policies_are_errors_not_guesses() {
         bad.can_reach(("a", "web"), Dest::Ip("10.0.0.9".parse().unwrap()), 1, T),
         Err(EvalError::Cidr(_))
     ));
+    let mut empty = world();
+    empty.policies([policy(
+        "a",
+        ingress(vec![NetworkPolicyPeer::default()], vec![tcp(1)]),
+    )]);
+    assert_eq!(
+        empty
+            .can_reach(("a", "web"), Dest::Pod("a", "db"), 1, T)
+            .unwrap_err(),
+        EvalError::EmptyPeer
+    );
     assert!(matches!(
         c.can_reach(("a", "nope"), Dest::Pod("a", "db"), 1, T),
         Err(EvalError::NoSuchPod { .. })
