@@ -33,8 +33,7 @@
 //! does before the policy is applied on the common CNIs. Traffic from the
 //! node itself (kubelet probes, `kubectl port-forward`) is not modelled.
 //! A policy the evaluator cannot read (an unknown operator or protocol, an
-//! empty peer, a
-//! bad CIDR) is an error, never a guess.
+//! empty peer, a bad CIDR) is an error, never a guess.
 
 use crate::cidr::{Cidr, CidrError};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
