@@ -31,6 +31,22 @@ pub fn ensure(state: &StateDir, bottle: &str) -> Result<bool, CaError> {
         write_public(&agent_copy, &pem)?;
         return Ok(false);
     }
+    let ca = mint(bottle)?;
+    write_private(&key_path, ca.key_pem.as_bytes())?;
+    write_private(&cert_path, ca.cert_pem.as_bytes())?;
+    write_public(&agent_copy, ca.cert_pem.as_bytes())?;
+    Ok(true)
+}
+
+/// A freshly minted CA, in memory: its certificate and private key (PEM).
+pub struct MintedCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Mints a CA for `bottle` without writing it anywhere (`ensure` keeps it
+/// in the state dir; `bottle render --secrets` puts it in a Secret).
+pub fn mint(bottle: &str) -> Result<MintedCa, CaError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
@@ -42,8 +58,8 @@ pub fn ensure(state: &StateDir, bottle: &str) -> Result<bool, CaError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key)?;
-    write_private(&key_path, key.serialize_pem().as_bytes())?;
-    write_private(&cert_path, cert.pem().as_bytes())?;
-    write_public(&agent_copy, cert.pem().as_bytes())?;
-    Ok(true)
+    Ok(MintedCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }

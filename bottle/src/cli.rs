@@ -80,6 +80,60 @@ pub struct UpArgs {
     pub allow_root_owner: bool,
 }
 
+/// Flags of `bottle render`.
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// The runtime to render for: `kubernetes` (the only one).
+    #[arg(long)]
+    pub runtime: String,
+    /// The bottle's config (default: ./bottle.toml, else the built-in deny-all bottle).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Name of the bottle (default: `name` in the config, else the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write one file per concern into DIR instead of YAML on stdout.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Also mint the bottle's CA and read its credentials from this
+    /// environment, into DIR/05-secrets.yaml (mode 0600); needs -o.
+    #[arg(long)]
+    pub secrets: bool,
+    /// The sidecar image the cluster pulls (default: bottle-sidecar:<version>).
+    #[arg(long, value_name = "REF")]
+    pub sidecar_image: Option<String>,
+    /// The cluster's Service CIDR; the sidecar's ClusterIP is taken from it.
+    #[arg(long, value_name = "CIDR", default_value = bottle_kube::ClusterSpec::DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: bottle_kube::cidr::Cidr,
+    /// The cluster's pod CIDR (repeatable); cut out of the sidecar's egress.
+    #[arg(long = "pod-cidr", value_name = "CIDR", default_value = bottle_kube::ClusterSpec::DEFAULT_POD_CIDR)]
+    pub pod_cidr: Vec<bottle_kube::cidr::Cidr>,
+    /// The nodes' CIDR (repeatable); cut out of the sidecar's egress.
+    #[arg(long = "node-cidr", value_name = "CIDR")]
+    pub node_cidr: Vec<bottle_kube::cidr::Cidr>,
+    /// The sidecar Service's ClusterIP (default: derived from the name).
+    #[arg(long, value_name = "IP")]
+    pub service_ip: Option<std::net::Ipv4Addr>,
+    /// runtimeClassName for the agent (e.g. gvisor, kata), when the cluster has it.
+    #[arg(long, value_name = "NAME")]
+    pub runtime_class: Option<String>,
+    /// storageClassName of the claims (default: the cluster's default).
+    #[arg(long, value_name = "NAME")]
+    pub storage_class: Option<String>,
+    /// Size of the sidecar's state claim.
+    #[arg(long, value_name = "SIZE", default_value = bottle_kube::ClusterSpec::DEFAULT_STATE_SIZE)]
+    pub state_size: String,
+    /// Size of the agent's workspace claim.
+    #[arg(long, value_name = "SIZE", default_value = bottle_kube::ClusterSpec::DEFAULT_WORKSPACE_SIZE)]
+    pub workspace_size: String,
+    /// A resolver for the sidecar instead of the cluster's DNS (repeatable).
+    #[arg(long = "sidecar-dns", value_name = "IP")]
+    pub sidecar_dns: Vec<std::net::IpAddr>,
+    /// The agent's user and group id (never 0).
+    #[arg(long, value_name = "UID", default_value_t = crate::render::DEFAULT_AGENT_UID, value_parser = clap::value_parser!(i64).range(1..))]
+    pub agent_uid: i64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a commented bottle.toml in the current directory.
@@ -234,6 +288,9 @@ pub enum Command {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Write the manifests of one bottle for another runtime (Kubernetes):
+    /// YAML on stdout, or one file per concern with -o DIR.
+    Render(RenderArgs),
     /// Measure what a runtime can do.
     Probe {
         #[arg(long, value_enum, env = "BOTTLE_RUNTIME")]
@@ -336,6 +393,8 @@ pub enum CliError {
     Watch(#[from] crate::watch::WatchError),
     #[error(transparent)]
     Edit(#[from] crate::edit::EditError),
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
     #[error("interrupted; nothing was left behind")]
     Interrupted,
     /// Writing the result failed; a closed pipe (`bottle ps | head`) is not
@@ -368,6 +427,7 @@ impl Classify for CliError {
             CliError::Run(e) => e.exit(),
             CliError::Watch(e) => e.exit(),
             CliError::Edit(e) => e.exit(),
+            CliError::Render(e) => e.exit(),
             CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Done,
             CliError::Interrupted => Exit::Interrupted,
             CliError::State(_)
@@ -596,12 +656,59 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Probe { runtime, json } => probe(runtime, json).await,
+        Command::Render(args) => render(args),
         Command::Reload {
             name,
             file,
             accept_changes,
         } => reload(&name, file, accept_changes).await,
     }
+}
+
+/// `bottle render`: the config as Kubernetes manifests, on stdout or in a
+/// directory. Nothing is created on a cluster.
+fn render(args: RenderArgs) -> Result<i32, CliError> {
+    use crate::render::{self as r, RenderError};
+    r::check_runtime(&args.runtime)?;
+    if args.secrets && args.output.is_none() {
+        return Err(RenderError::SecretsNeedDir.into());
+    }
+    let cwd = std::env::current_dir().map_err(CliError::Cwd)?;
+    let (cfg, source) = up::load_config(args.file.as_deref(), &cwd)?;
+    let opts = r::Options {
+        name: args.name,
+        sidecar_image: args.sidecar_image.unwrap_or_else(r::default_sidecar_image),
+        service_cidr: args.service_cidr,
+        pod_cidrs: args.pod_cidr,
+        node_cidrs: args.node_cidr,
+        service_ip: args.service_ip,
+        runtime_class: args.runtime_class,
+        storage_class: args.storage_class,
+        state_size: args.state_size,
+        workspace_size: args.workspace_size,
+        sidecar_dns: args.sidecar_dns,
+        agent_uid: args.agent_uid,
+    };
+    let spec = r::spec(&cfg, &source, &opts, args.secrets, |v| {
+        std::env::var(v).ok()
+    })?;
+    let rendered = bottle_kube::render(&spec).map_err(RenderError::from)?;
+    match args.output {
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(rendered.to_yaml().as_bytes())?;
+            out.flush()?;
+        }
+        Some(dir) => {
+            for path in r::write_dir(&rendered, &dir)? {
+                println!("{}", path.display());
+            }
+            if !args.secrets {
+                eprintln!("not written: the bottle's CA and credentials; create them as the header of each file says, or render again with --secrets");
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// What `approve` and `deny` print: the bottle, the request and where it stands.

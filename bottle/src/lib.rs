@@ -29,6 +29,7 @@ pub mod probe_cache;
 pub mod provider;
 pub mod provider_image;
 pub mod reload;
+pub mod render;
 pub mod report;
 pub mod requests;
 pub mod run;
