@@ -56,6 +56,8 @@ pub struct Config {
     pub git: GitConfig,
     pub supervise: SuperviseConfig,
     pub sidecar: SidecarConfig,
+    /// `[dlp]`: what the sidecar does with secrets in outgoing requests.
+    pub dlp: bottle_policy::DlpPolicy,
     /// `egress.upstream_roots`: extra PEM trust roots for upstream TLS
     /// (private CAs), absolute.
     pub upstream_roots: Vec<PathBuf>,
@@ -280,6 +282,40 @@ struct ConfigFile {
     supervise: SuperviseConfig,
     #[serde(default)]
     sidecar: SidecarConfig,
+    #[serde(default)]
+    dlp: DlpSection,
+}
+
+/// `[dlp]` as written (`[[dlp.host]]` singular, sizes as strings).
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DlpSection {
+    values_from_env: Vec<String>,
+    max_body: Option<value::Size>,
+    oversize: Option<bottle_policy::Oversize>,
+    inbound: bool,
+    action: BTreeMap<bottle_policy::Detector, bottle_policy::DlpAction>,
+    host: Vec<bottle_policy::DlpHost>,
+}
+
+impl DlpSection {
+    fn policy(self) -> bottle_policy::DlpPolicy {
+        let d = bottle_policy::DlpPolicy::default();
+        let mut values: Vec<String> = Vec::new();
+        for v in self.values_from_env {
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+        bottle_policy::DlpPolicy {
+            values_from_env: values,
+            max_body: self.max_body.map(|s| s.0).unwrap_or(d.max_body),
+            oversize: self.oversize.unwrap_or(d.oversize),
+            inbound: self.inbound,
+            action: self.action,
+            host: self.host,
+        }
+    }
 }
 
 /// `[egress]` as written: singular array names, as in `[[egress.rule]]`.
@@ -321,6 +357,7 @@ impl Config {
                     rate_per_minute: self.supervise.rate_per_minute.unwrap_or(d.rate_per_minute),
                 }
             },
+            dlp: self.dlp.clone(),
             ..Policy::new(self.name.as_str(), self.egress_policy())
         })
     }
@@ -455,6 +492,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         git: file.git,
         supervise: file.supervise,
         sidecar: file.sidecar,
+        dlp: file.dlp.policy(),
         upstream_roots,
         sources: layers.iter().map(|l| l.abs.clone()).collect(),
         source: Some(source),
@@ -474,6 +512,7 @@ pub fn default_for_dir(dir: &Path) -> Config {
         git: GitConfig::default(),
         supervise: SuperviseConfig::default(),
         sidecar: SidecarConfig::default(),
+        dlp: bottle_policy::DlpPolicy::default(),
         upstream_roots: Vec::new(),
         source: None,
         sources: Vec::new(),

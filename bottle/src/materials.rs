@@ -111,7 +111,8 @@ pub fn render(
         &lookup,
         &keep,
     )?
-    .with_proxy_auth(plan.policy.egress.upstream_proxy.as_ref(), &lookup, &keep)?;
+    .with_proxy_auth(plan.policy.egress.upstream_proxy.as_ref(), &lookup, &keep)?
+    .with_dlp_values(&plan.policy.dlp.values_from_env, &lookup)?;
     let mut roots = Vec::new();
     for root in &plan.upstream_roots {
         roots.extend_from_slice(&root.pem);
@@ -121,7 +122,7 @@ pub fn render(
 
     state.create()?;
     let minted_ca = crate::ca::ensure(state, &plan.name)?;
-    if secrets.file.credentials.is_empty() {
+    if secrets.is_empty() {
         state.write_sidecar_file("secrets.json", None)?;
     } else {
         state.write_sidecar_file("secrets.json", Some(&secrets.to_json()))?;

@@ -84,6 +84,10 @@ pub struct Pinned {
     /// otherwise copy any host variable into the agent.
     #[serde(default)]
     pub env_from_host: BTreeMap<String, String>,
+    /// `[dlp]`: a weaker action, a dropped value, more left unsearched.
+    /// A pin from before `[dlp]` existed reads as the defaults.
+    #[serde(default)]
+    pub dlp: bottle_policy::DlpPolicy,
 }
 
 impl Pinned {
@@ -153,6 +157,7 @@ impl Pinned {
                 .filter(|(_, v)| !v.is_literal())
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
+            dlp: plan.policy.dlp.clone(),
         }
     }
 
@@ -193,6 +198,9 @@ impl Pinned {
             limits: BTreeMap::new(),
             git: Vec::new(),
             env_from_host: BTreeMap::new(),
+            // The defaults: a new config that blocks less than they do is
+            // a widening.
+            dlp: bottle_policy::DlpPolicy::default(),
         }
     }
 }
@@ -366,6 +374,7 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
         }
     }
     out.extend(git_widenings(&old.git, &new.git));
+    out.extend(old.dlp.widenings(&new.dlp));
     for (k, v) in &new.env_from_host {
         if old.env_from_host.get(k) != Some(v) {
             let how = if v.starts_with('?') {
@@ -472,7 +481,35 @@ mod tests {
             limits: BTreeMap::from([("agent.pids".into(), 2048)]),
             git: vec![],
             env_from_host: BTreeMap::new(),
+            dlp: bottle_policy::DlpPolicy::default(),
         }
+    }
+
+    /// An agent that rewrote bottle.toml to log its own secrets instead
+    /// of blocking them, or to stop watching a value, is stopped at `up`.
+    #[test]
+    fn a_looser_dlp_is_a_widening_and_an_old_pin_reads_as_the_defaults() {
+        use bottle_policy::{Detector, DlpAction};
+        let old = pin(&["api.example.com"]);
+        let mut new = old.clone();
+        new.dlp
+            .action
+            .insert(Detector::BottleCredential, DlpAction::Log);
+        let w = widenings(&old, &new);
+        assert_eq!(
+            w,
+            ["dlp: detector bottle-credential for every other host changes from block to log"]
+        );
+        // Stricter is silent.
+        let mut stricter = old.clone();
+        stricter.dlp.action.insert(Detector::Jwt, DlpAction::Block);
+        assert!(widenings(&old, &stricter).is_empty());
+        // A pin written before [dlp] existed holds the defaults.
+        let mut json = serde_json::to_value(&old).unwrap();
+        json.as_object_mut().unwrap().remove("dlp");
+        let back: Pinned = serde_json::from_value(json).unwrap();
+        assert_eq!(back.dlp, bottle_policy::DlpPolicy::default());
+        assert_eq!(widenings(&back, &new).len(), 1);
     }
 
     fn remote(json: serde_json::Value) -> bottle_policy::GitRemote {

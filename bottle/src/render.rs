@@ -274,7 +274,8 @@ pub fn spec(
             &policy.git.remotes,
             &lookup,
             &BTreeMap::new(),
-        )?;
+        )?
+        .with_dlp_values(&policy.dlp.values_from_env, &lookup)?;
         let ca = crate::ca::mint(&name)?;
         Some(Materials {
             ca_cert_pem: ca.cert_pem,

@@ -10,6 +10,10 @@
 use bottle_policy::{SecretEntry, SecretValue, SecretsFile};
 use std::collections::BTreeMap;
 
+/// Shortest `dlp.values_from_env` value the sidecar searches for (the
+/// sidecar's own floor: shorter values would match ordinary text).
+pub const DLP_MIN_VALUE_LEN: usize = 8;
+
 /// Problems gathering credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -23,6 +27,10 @@ pub enum SecretError {
     ProxyAuthForm { var: String },
     #[error("{var} is both the upstream proxy's credential and another credential's variable; a credential for the agent's requests must not be the proxy's\n  fix: use a variable of its own for egress.upstream_proxy_auth_env")]
     ProxyAuthShared { var: String },
+    #[error("dlp.values_from_env names {var}, but {var} is not set, so the sidecar could not watch for its value\n  fix: export {var} before `bottle up`, or remove it from dlp.values_from_env")]
+    MissingListed { var: String },
+    #[error("dlp.values_from_env names {var}, whose value is shorter than {min} characters; a value that short would match ordinary text\n  fix: remove {var} from dlp.values_from_env")]
+    ShortListed { var: String, min: usize },
     #[error("cannot read random bytes for placeholders: {0}\n  fix: check that the kernel's random source (getrandom, /dev/urandom) works")]
     Random(String),
 }
@@ -137,6 +145,37 @@ impl Secrets {
         Ok(self)
     }
 
+    /// Adds the values of `dlp.values_from_env`, read through `lookup`: the
+    /// sidecar blocks them wherever they go out and never sends them itself.
+    /// A variable that is not set is refused: the user asked for it to be
+    /// watched.
+    pub fn with_dlp_values(
+        mut self,
+        vars: &[String],
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Secrets, SecretError> {
+        for var in vars {
+            let value = lookup(var)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| SecretError::MissingListed { var: var.clone() })?;
+            if value.len() < DLP_MIN_VALUE_LEN {
+                return Err(SecretError::ShortListed {
+                    var: var.clone(),
+                    min: DLP_MIN_VALUE_LEN,
+                });
+            }
+            self.file
+                .dlp_values
+                .insert(var.clone(), SecretValue::new(value));
+        }
+        Ok(self)
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.file.credentials.is_empty() && self.file.dlp_values.is_empty()
+    }
+
     /// The file's bytes.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(&self.file).unwrap_or_default()
@@ -237,6 +276,32 @@ mod tests {
             "a reload keeps them"
         );
         assert_eq!(kept.file.credentials["API_KEY"].value.expose(), "v2");
+    }
+
+    #[test]
+    fn dlp_values_go_to_the_sidecar_only_and_must_be_set() {
+        let env = |k: &str| match k {
+            "DB_PASSWORD" => Some("a-long-database-password".to_string()),
+            "SHORT" => Some("abc".to_string()),
+            _ => None,
+        };
+        let s = Secrets::gather(&[], &[], env, &BTreeMap::new())
+            .unwrap()
+            .with_dlp_values(&["DB_PASSWORD".into()], env)
+            .unwrap();
+        assert!(!s.is_empty());
+        assert!(s.agent_env().is_empty());
+        let json = String::from_utf8(s.to_json()).unwrap();
+        assert!(json.contains("\"dlp_values\"") && json.contains("a-long-database-password"));
+        assert!(!format!("{s:?}").contains("a-long-database-password"));
+        let e = Secrets::default()
+            .with_dlp_values(&["NOPE".into()], env)
+            .unwrap_err();
+        assert!(e.to_string().contains("NOPE is not set"), "{e}");
+        let e = Secrets::default()
+            .with_dlp_values(&["SHORT".into()], env)
+            .unwrap_err();
+        assert!(e.to_string().contains("shorter than 8"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,8 @@ enum Kind {
     Cpus,
     /// A size string or a plain number of bytes.
     Memory,
+    /// A size string or a plain number of bytes, any size above 0.
+    Size,
     /// A whole number within `min..=max` (limits, counts, seconds).
     Count {
         min: u64,
@@ -64,6 +66,7 @@ impl Kind {
             Kind::Bool => "true or false".into(),
             Kind::Cpus => "a positive number".into(),
             Kind::Memory => "a size string such as \"4g\" or a number of bytes".into(),
+            Kind::Size => "a size string such as \"64m\" or a number of bytes".into(),
             Kind::Count { min, max } => format!("a whole number from {min} to {max}"),
             Kind::StrArray { .. } | Kind::OneOfArray(_) => "an array of strings".into(),
             Kind::StrMap { .. } => "a table of strings (e.g. { EDITOR = \"vi\" })".into(),
@@ -124,6 +127,52 @@ static ROOT: TableSchema = TableSchema {
         opt("git", Kind::Table(&GIT)),
         opt("supervise", Kind::Table(&SUPERVISE)),
         opt("sidecar", Kind::Table(&SIDECAR)),
+        opt("dlp", Kind::Table(&DLP)),
+    ],
+    check: None,
+};
+
+/// `[dlp]`: outbound data-loss prevention (see `bottle_policy::DlpPolicy`).
+static DLP: TableSchema = TableSchema {
+    header: "[dlp]",
+    fields: &[
+        opt(
+            "values_from_env",
+            Kind::StrArray {
+                each: check_env_name,
+                non_empty: false,
+            },
+        ),
+        opt("max_body", Kind::Size),
+        opt("oversize", Kind::OneOf(&["block", "log"])),
+        opt("inbound", Kind::Bool),
+        opt(
+            "action",
+            Kind::StrMap {
+                key: check_detector,
+                value: check_dlp_action,
+            },
+        ),
+        opt("host", Kind::TableArray(&DLP_HOST)),
+    ],
+    check: None,
+};
+
+static DLP_HOST: TableSchema = TableSchema {
+    header: "[[dlp.host]]",
+    fields: &[
+        req(
+            "host",
+            Kind::Str(check_host_pattern),
+            "a host pattern such as `api.github.com`",
+        ),
+        opt(
+            "action",
+            Kind::StrMap {
+                key: check_detector,
+                value: check_dlp_action,
+            },
+        ),
     ],
     check: None,
 };
@@ -439,6 +488,28 @@ fn check_path_prefix(s: &str) -> Result<(), String> {
 fn check_auth_scheme(s: &str) -> Result<(), String> {
     msg(bottle_policy::AuthScheme::parse(s))
 }
+fn check_detector(s: &str) -> Result<(), String> {
+    match bottle_policy::Detector::parse(s) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "`{s}` is not a DLP detector; the detectors are {}",
+            bottle_policy::Detector::ALL
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+fn check_dlp_action(s: &str) -> Result<(), String> {
+    match bottle_policy::DlpAction::parse(s) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "`{s}` is not a DLP action; write one of {}",
+            quoted_list(&bottle_policy::DlpAction::NAMES)
+        )),
+    }
+}
 fn check_header_name(s: &str) -> Result<(), String> {
     msg(value::check_header_name(s))
 }
@@ -670,6 +741,17 @@ fn walk_value(value: &Spanned<DeValue<'_>>, kind: &Kind, path: &KeyPath, out: &m
                 DeValue::String(s) => value::Memory::parse(s).map(|_| ()),
                 DeValue::Integer(i) => match u64::from_str_radix(i.as_str(), i.radix()) {
                     Ok(n) => value::Memory::from_bytes(n).map(|_| ()),
+                    Err(_) => Err(ValueError::MemoryFormat(i.to_string())),
+                },
+                _ => return wrong_type(out),
+            };
+            push_check(out, span.clone(), path, result.map_err(|e| e.to_string()));
+        }
+        Kind::Size => {
+            let result = match v {
+                DeValue::String(s) => value::Size::parse(s).map(|_| ()),
+                DeValue::Integer(i) => match u64::from_str_radix(i.as_str(), i.radix()) {
+                    Ok(n) => value::Size::from_bytes(n).map(|_| ()),
                     Err(_) => Err(ValueError::MemoryFormat(i.to_string())),
                 },
                 _ => return wrong_type(out),

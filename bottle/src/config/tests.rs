@@ -1727,3 +1727,80 @@ fn upstream_proxy_is_typed_and_checked() {
         all[0]
     );
 }
+
+#[test]
+fn dlp_section_parses_to_policy_and_refuses_bad_names() {
+    use bottle_policy::{Detector, DlpAction, Oversize};
+    let c = ok(r#"
+[dlp]
+values_from_env = ["DB_PASSWORD", "DB_PASSWORD", "SIGNING_KEY"]
+max_body = "8m"
+oversize = "log"
+inbound = true
+action = { jwt = "redact", generic-secret-assignment = "block" }
+
+[[dlp.host]]
+host = "*.github.com"
+action = { github-token = "ask" }
+"#);
+    let p = c.policy().unwrap().dlp;
+    assert_eq!(p.values_from_env, ["DB_PASSWORD", "SIGNING_KEY"]);
+    assert_eq!(p.max_body, 8 << 20);
+    assert_eq!(p.oversize, Oversize::Log);
+    assert!(p.inbound);
+    assert_eq!(p.action_for(Detector::Jwt, "x.test"), DlpAction::Redact);
+    assert_eq!(
+        p.action_for(Detector::GithubToken, "api.github.com"),
+        DlpAction::Ask
+    );
+    assert_eq!(
+        p.action_for(Detector::BottleCredential, "x.test"),
+        DlpAction::Block
+    );
+    // Absent: the defaults.
+    assert_eq!(
+        ok("").policy().unwrap().dlp,
+        bottle_policy::DlpPolicy::default()
+    );
+    let e = one(
+        "[dlp]\naction = { jwt = \"allow\" }\n",
+        2,
+        18,
+        "dlp.action.jwt",
+        ErrorKind::InvalidValue,
+    );
+    assert!(
+        e.message
+            .contains("write one of \"block\", \"redact\", \"ask\", \"log\""),
+        "{e}"
+    );
+    let e = one(
+        "[dlp]\naction = { jwtt = \"block\" }\n",
+        2,
+        12,
+        "dlp.action.jwtt",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("not a DLP detector"), "{e}");
+    one(
+        "[dlp]\nmax_body = 0\n",
+        2,
+        12,
+        "dlp.max_body",
+        ErrorKind::InvalidValue,
+    );
+    one(
+        "[dlp]\nvalues_from_env = [\"not a name\"]\n",
+        2,
+        20,
+        "dlp.values_from_env[0]",
+        ErrorKind::InvalidValue,
+    );
+    one(
+        "[[dlp.host]]\naction = { jwt = \"log\" }\n",
+        1,
+        1,
+        "dlp.host[0].host",
+        ErrorKind::MissingKey,
+    );
+}
