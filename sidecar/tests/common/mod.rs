@@ -207,6 +207,8 @@ pub struct Options {
     pub transparent_https_port: u16,
     /// The policy's `limits` section, if any (defaults otherwise).
     pub limits: Option<Value>,
+    /// The policy's `dlp` section, if any (defaults otherwise).
+    pub dlp: Option<Value>,
 }
 
 impl Options {
@@ -224,6 +226,7 @@ impl Options {
             transparent_http_port: 80,
             transparent_https_port: 443,
             limits: None,
+            dlp: None,
         }
     }
 
@@ -274,13 +277,14 @@ impl Bottle {
     /// upstream CA).
     pub async fn start_in(pki: Pki, opts: Options) -> Bottle {
         let policy_path = pki.dir.join("policy.json");
-        let policy = match &opts.limits {
-            None => policy_json(&opts.egress),
-            Some(limits) => {
-                json!({"format": 1, "bottle": "test", "egress": opts.egress, "limits": limits})
-                    .to_string()
-            }
-        };
+        let mut policy = json!({"format": 1, "bottle": "test", "egress": opts.egress});
+        if let Some(limits) = &opts.limits {
+            policy["limits"] = limits.clone();
+        }
+        if let Some(dlp) = &opts.dlp {
+            policy["dlp"] = dlp.clone();
+        }
+        let policy = policy.to_string();
         std::fs::write(&policy_path, policy).unwrap();
         if let Some(secrets) = &opts.secrets {
             std::fs::write(pki.dir.join("secrets.json"), secrets.to_string()).unwrap();
