@@ -249,14 +249,11 @@ pub fn build(
     }
     let state = host.state.bottle(&name);
     Ok(Plan {
+        // Everything the config says the sidecar enforces (its
+        // `[supervise]` limits and `[dlp]` included), under the plan's name.
         policy: Policy {
-            limits: cfg.sidecar_limits(),
-            git: cfg.git_policy()?,
-            supervise: bottle_policy::SupervisePolicy {
-                enabled: cfg.supervise.enabled,
-                ..Default::default()
-            },
-            ..Policy::new(name.clone(), cfg.egress_policy())
+            bottle: name.clone(),
+            ..cfg.policy()?
         },
         runtime,
         runtime_choice: None,
