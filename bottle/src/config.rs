@@ -294,6 +294,7 @@ struct EgressSection {
     upstream_roots: Vec<PathBuf>,
     upstream_proxy: Option<bottle_policy::ProxyUrl>,
     upstream_proxy_auth_env: Option<String>,
+    budget: bottle_policy::BudgetPolicy,
 }
 
 impl Config {
@@ -440,6 +441,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
                 url,
                 auth_from_env: file.egress.upstream_proxy_auth_env,
             }),
+        budget: file.egress.budget,
     };
     let upstream_roots = file
         .egress

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod budget;
 pub mod egress;
 pub mod fields;
 pub mod git;
@@ -25,6 +26,10 @@ pub mod secrets;
 pub mod supervise;
 
 pub use address::{classify, AddressClass, Classified, Embedding, LocalNet};
+pub use budget::{
+    BudgetPolicy, BudgetState, ByteSize, Counters, HostBudget, Level, Measure, Price, Spend,
+    Tokens, Usd, BUDGET_STATE_FILE,
+};
 pub use egress::{
     AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,
 };
