@@ -211,14 +211,12 @@ impl Usd {
     }
 }
 
-/// `$25.00`, `$0.0031` (at least two decimals, more when they matter).
+/// `$25.00`, `$21.30`, `$0.0105`: two to four decimals, as many as matter.
 pub fn human_usd_nanos(nanos: u64) -> String {
-    let dollars = nanos as f64 / 1e9;
-    if dollars == 0.0 || dollars >= 0.01 {
-        format!("${dollars:.2}")
-    } else {
-        format!("${dollars:.4}")
-    }
+    let s = format!("{:.4}", nanos as f64 / 1e9);
+    let (whole, frac) = s.split_once('.').unwrap_or((&s, "0000"));
+    let frac = frac.trim_end_matches('0');
+    format!("${whole}.{frac:0<2}")
 }
 
 impl fmt::Display for Usd {
@@ -1015,6 +1013,9 @@ mod tests {
         assert!(serde_json::from_str::<Spend>("-2").is_err());
         assert_eq!(human_usd_nanos(21_300_000_000), "$21.30");
         assert_eq!(human_usd_nanos(3_100_000), "$0.0031");
+        assert_eq!(human_usd_nanos(10_500_000), "$0.0105");
+        assert_eq!(human_usd_nanos(21_000_000), "$0.021");
+        assert_eq!(human_usd_nanos(0), "$0.00");
     }
 
     #[test]

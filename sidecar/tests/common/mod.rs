@@ -207,6 +207,8 @@ pub struct Options {
     pub transparent_https_port: u16,
     /// The policy's `limits` section, if any (defaults otherwise).
     pub limits: Option<Value>,
+    /// Where the budget counters persist (in memory when `None`).
+    pub budget_state: Option<PathBuf>,
 }
 
 impl Options {
@@ -224,6 +226,7 @@ impl Options {
             transparent_http_port: 80,
             transparent_https_port: 443,
             limits: None,
+            budget_state: None,
         }
     }
 
@@ -303,6 +306,7 @@ impl Bottle {
         config.local_net = LocalNetSource::Fixed(opts.local.clone());
         config.transparent_http_port = opts.transparent_http_port;
         config.transparent_https_port = opts.transparent_https_port;
+        config.budget_state = opts.budget_state.clone();
         let sidecar = Sidecar::start(&config, logger.clone()).await.unwrap();
         let addrs = sidecar.addrs().clone();
         let (stop, stopped) = oneshot::channel::<()>();
