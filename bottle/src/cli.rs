@@ -250,6 +250,17 @@ pub enum Command {
         #[arg(long)]
         accept_changes: bool,
     },
+    /// Show a bottle's egress budgets and counters, or raise one.
+    Budget {
+        name: String,
+        /// Set a limit in the running bottle (and its pin): BUDGET=VALUE
+        /// or HOST:BUDGET=VALUE, e.g. `llm_usd=40`,
+        /// `api.github.com:bytes_up=100MiB`. Repeatable.
+        #[arg(long, value_name = "BUDGET=VALUE")]
+        raise: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the requests the agents filed through supervise (pending first).
     Requests {
         /// Only this bottle's (default: every bottle's).
@@ -384,6 +395,8 @@ pub enum CliError {
     #[error(transparent)]
     Reload(#[from] crate::reload::ReloadError),
     #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
+    #[error(transparent)]
     Request(#[from] crate::requests::RequestError),
     #[error(transparent)]
     Attach(#[from] crate::attach::AttachError),
@@ -422,6 +435,7 @@ impl Classify for CliError {
                 Exit::Usage
             }
             CliError::Reload(e) => e.exit(),
+            CliError::Budget(e) => e.exit(),
             CliError::Request(e) => e.exit(),
             CliError::Attach(e) => e.exit(),
             CliError::Run(e) => e.exit(),
@@ -550,11 +564,45 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                     list.extend(lifecycle::ps(rt.as_ref(), &host.state).await?);
                 }
             }
+            // Each bottle's egress budgets (issue 16), from its policy and
+            // the counters its sidecar persisted.
+            let budgets: Vec<Vec<bottle_policy::budget::Status>> = list
+                .iter()
+                .map(|b| {
+                    crate::budget::report(&b.name, &host.state.bottle(&b.name))
+                        .map(|r| r.budgets)
+                        .unwrap_or_default()
+                })
+                .collect();
             let mut out = std::io::stdout().lock();
             if json {
-                writeln!(out, "{}", serde_json::to_string(&list).unwrap_or_default())?;
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .zip(&budgets)
+                    .map(|(b, budget)| {
+                        let mut v = serde_json::to_value(b).unwrap_or_default();
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert(
+                                "budgets".into(),
+                                serde_json::to_value(budget).unwrap_or_default(),
+                            );
+                        }
+                        v
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string(&rows).unwrap_or_default())?;
             } else {
                 render_ps(&mut out, &list)?;
+                for (b, budget) in list.iter().zip(&budgets) {
+                    if !budget.is_empty() {
+                        writeln!(
+                            out,
+                            "  {}: budget {}",
+                            b.name,
+                            crate::budget::summary(budget)
+                        )?;
+                    }
+                }
             }
             Ok(0)
         }
@@ -657,6 +705,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Probe { runtime, json } => probe(runtime, json).await,
         Command::Render(args) => render(args),
+        Command::Budget { name, raise, json } => budget(&name, &raise, json),
         Command::Reload {
             name,
             file,
@@ -1357,6 +1406,35 @@ async fn reload(name: &str, file: Option<PathBuf>, accept_changes: bool) -> Resu
     let rt = connect(crate::reload::runtime_of(&host, name)).await?;
     let summary = crate::reload::execute(&host, rt.as_ref(), prepared).await?;
     eprintln!("{summary}");
+    Ok(0)
+}
+
+/// `bottle budget NAME [--raise …] [--json]`.
+fn budget(name: &str, raise: &[String], json: bool) -> Result<i32, CliError> {
+    let host = Host::from_env()?;
+    let state = host.state.bottle(name);
+    if !raise.is_empty() {
+        let raises = raise
+            .iter()
+            .map(|r| crate::budget::Raise::parse(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lines = crate::budget::raise(name, &state, &raises)?;
+        for l in &lines {
+            eprintln!("bottle `{name}`: {l}");
+        }
+        eprintln!("bottle `{name}`: the sidecar applies the new budget within a second (policy-reloaded in `bottle logs {name} --service sidecar`); the pin records it");
+    }
+    let report = crate::budget::report(name, &state)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&report).unwrap_or_default()
+        )?;
+    } else {
+        crate::budget::render(&mut out, &report)?;
+    }
     Ok(0)
 }
 

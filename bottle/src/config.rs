@@ -291,7 +291,7 @@ struct ConfigFile {
 #[serde(default, deny_unknown_fields)]
 struct DlpSection {
     values_from_env: Vec<String>,
-    max_body: Option<value::Size>,
+    max_body: Option<bottle_policy::ByteSize>,
     oversize: Option<bottle_policy::Oversize>,
     inbound: bool,
     action: BTreeMap<bottle_policy::Detector, bottle_policy::DlpAction>,
@@ -309,7 +309,7 @@ impl DlpSection {
         }
         bottle_policy::DlpPolicy {
             values_from_env: values,
-            max_body: self.max_body.map(|s| s.0).unwrap_or(d.max_body),
+            max_body: self.max_body.map(|s| s.bytes()).unwrap_or(d.max_body),
             oversize: self.oversize.unwrap_or(d.oversize),
             inbound: self.inbound,
             action: self.action,
@@ -330,6 +330,7 @@ struct EgressSection {
     upstream_roots: Vec<PathBuf>,
     upstream_proxy: Option<bottle_policy::ProxyUrl>,
     upstream_proxy_auth_env: Option<String>,
+    budget: bottle_policy::BudgetPolicy,
 }
 
 impl Config {
@@ -477,6 +478,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
                 url,
                 auth_from_env: file.egress.upstream_proxy_auth_env,
             }),
+        budget: file.egress.budget,
     };
     let upstream_roots = file
         .egress

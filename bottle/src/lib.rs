@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attach;
+pub mod budget;
 pub mod ca;
 pub mod cli;
 pub mod config;

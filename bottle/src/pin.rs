@@ -21,7 +21,8 @@
 //!   added rule can only open more), a credential, a mount (canonical
 //!   source; a read-only mount inside an already mounted source is not more),
 //!   an upstream root (path and digest), a larger resource limit, another
-//!   image, `unknown = "ask"`, an `[agent] env` value newly read from the
+//!   image, `unknown = "ask"`, a looser `[egress.budget]` (a limit raised or
+//!   removed, a price added or lowered), an `[agent] env` value newly read from the
 //!   host (`${VAR}`) or asked on the terminal (`?prompt`).
 //!
 //! The pin is taken from the plan, which is built from the RESOLVED config:
@@ -355,6 +356,9 @@ pub fn widenings(old: &Pinned, new: &Pinned) -> Vec<String> {
             describe_proxy(new.egress.upstream_proxy.as_ref())
         ));
     }
+    // `[egress.budget]`: a limit raised or removed, a price added or made
+    // cheaper (issue 16); lowering one needs no consent.
+    out.extend(new.egress.budget.loosened_from(&old.egress.budget));
     for m in &new.mounts {
         let covered = m.read_only && old.mounts.iter().any(|o| m.source.starts_with(&o.source));
         if !old.mounts.contains(m) && !covered {
@@ -672,6 +676,42 @@ mod tests {
         assert_eq!(widenings(&next, &evil).len(), 1);
         assert_eq!(widenings(&next, &old).len(), 1, "removing it counts too");
         assert!(widenings(&next, &next.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_looser_budget_widens_and_a_tighter_one_does_not() {
+        let with = |json: serde_json::Value| {
+            let mut p = pin(&["api.anthropic.com"]);
+            p.egress.budget = serde_json::from_value(json).unwrap();
+            p
+        };
+        let old = with(
+            serde_json::json!({"llm_usd": 25.0, "host": [{"host": "api.github.com", "bytes_up": "50MiB"}]}),
+        );
+        let raised = with(
+            serde_json::json!({"llm_usd": 40.0, "host": [{"host": "api.github.com", "bytes_up": "50MiB"}]}),
+        );
+        let w = widenings(&old, &raised);
+        assert_eq!(w, ["egress.budget llm_usd grows from $25.00 to $40.00"]);
+        let dropped = with(serde_json::json!({"llm_usd": 25.0}));
+        let w = widenings(&old, &dropped);
+        assert_eq!(
+            w,
+            ["egress.budget api.github.com:bytes_up limit (50 MiB) is removed"]
+        );
+        let lowered = with(
+            serde_json::json!({"llm_usd": 10.0, "host": [{"host": "api.github.com", "bytes_up": "1MiB"}]}),
+        );
+        assert!(widenings(&old, &lowered).is_empty());
+        // A pin written before budgets existed reads as no budget.
+        let mut json = serde_json::to_value(pin(&["api.anthropic.com"])).unwrap();
+        json["egress"].as_object_mut().unwrap().remove("budget");
+        let legacy: Pinned = serde_json::from_value(json).unwrap();
+        assert!(legacy.egress.budget.is_empty());
+        assert!(
+            widenings(&legacy, &old).is_empty(),
+            "adding a budget narrows"
+        );
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub struct EgressPolicy {
     /// this HTTP proxy (`CONNECT`); none connects directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_proxy: Option<crate::proxy::UpstreamProxy>,
+    /// `[egress.budget]`: bytes, request-rate and LLM-spend limits; none
+    /// when absent (left out when empty, so older files read the same).
+    #[serde(default, skip_serializing_if = "crate::budget::BudgetPolicy::is_empty")]
+    pub budget: crate::budget::BudgetPolicy,
 }
 
 /// Allow or deny.

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod budget;
 pub mod dlp;
 pub mod egress;
 pub mod fields;
@@ -26,6 +27,10 @@ pub mod secrets;
 pub mod supervise;
 
 pub use address::{classify, AddressClass, Classified, Embedding, LocalNet};
+pub use budget::{
+    BudgetPolicy, BudgetState, ByteSize, Counters, HostBudget, Level, Measure, Price, Spend,
+    Tokens, Usd, BUDGET_STATE_FILE,
+};
 pub use dlp::{Action as DlpAction, Actions as DlpActions, Detector, DlpHost, DlpPolicy, Oversize};
 pub use egress::{
     AllowRule, CredentialRule, Decision, EgressPolicy, HttpRule, Unknown, Verdict, DEFAULT_PORTS,

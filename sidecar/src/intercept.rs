@@ -656,10 +656,20 @@ impl Session {
                 "use a DNS name or a canonical IP address".into(),
             );
         };
+        let ticket = match self.shared.budget.admit(
+            &policy.egress.budget,
+            &host,
+            &self.shared.logger,
+            self.client,
+        ) {
+            Ok(t) => t,
+            Err(exhausted) => return crate::budget::refuse(ex, &exhausted, &self.shared),
+        };
         let up = Counter::default();
         let (parts, incoming) = req.into_parts();
         let (body, watch) = AgentBody::new(incoming, up.clone(), self.shared.limits().body_gap());
         let mut upreq = forward::upstream_request(Request::from_parts(parts, body), host_value);
+        ticket.prepare(upreq.headers_mut());
         let secrets = self.shared.secrets.current();
         let injected = match secrets::apply(
             &policy.egress,
@@ -701,7 +711,10 @@ impl Session {
                 .await;
         }
         match self.send(upreq).await {
-            Ok((resp, slot)) => hold(ex.forwarded(&rule, up, resp, redaction), slot),
+            Ok((resp, slot)) => hold(
+                ticket.finish(ex.forwarded(&rule, up.clone(), resp, redaction), up),
+                slot,
+            ),
             Err(e) => match watch.failure() {
                 // The agent's body broke: its error, and the upstream
                 // connection was closed mid-message (never reused).

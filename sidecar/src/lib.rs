@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod budget;
 pub mod dlp;
 pub mod dns;
 pub mod egress;
@@ -133,6 +134,9 @@ pub struct RunConfig {
     pub supervise_listen: Option<SocketAddr>,
     /// How often a waiting tool call reports progress.
     pub supervise_progress: Duration,
+    /// Where the egress budget counters are kept across restarts
+    /// (`budget.json` beside the audit log); `None` keeps them in memory.
+    pub budget_state: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -156,6 +160,7 @@ impl RunConfig {
             supervise_state: None,
             supervise_listen: None,
             supervise_progress: supervise::PROGRESS_EVERY,
+            budget_state: None,
         }
     }
 
@@ -319,13 +324,14 @@ impl Sidecar {
             policy: Live::new(policy),
             secrets: Live::new(secrets),
             local: Live::new(config.local_net.read()),
-            logger,
+            logger: logger.clone(),
             tls,
             resolver: config.resolver.clone(),
             transparent_http_port: config.transparent_http_port,
             transparent_https_port: config.transparent_https_port,
             closed,
             conns: crate::limits::Conns::default(),
+            budget: budget::Meter::open(config.budget_state.clone(), &logger),
             supervisor,
             dlp: crate::dlp::Engines::default(),
         });
@@ -399,6 +405,15 @@ impl Sidecar {
         }
         if shared.supervisor.is_some() {
             tasks.spawn(supervise::poll(shared.clone()));
+        }
+        {
+            let closing = shared.clone();
+            tasks.spawn(budget::persist_loop(
+                shared.budget.clone(),
+                logger.clone(),
+                Duration::from_secs(1),
+                async move { closing.closing().await },
+            ));
         }
         let (policy_stamp, secrets_stamp) = self.stamps;
         tasks.spawn(reload::watch(

@@ -320,11 +320,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(
-    config: RunConfig,
+    mut config: RunConfig,
     audit: Option<PathBuf>,
     health_file: Option<PathBuf>,
     ready_file: Option<PathBuf>,
 ) -> ExitCode {
+    // The egress budget counters live beside the audit log, in the
+    // sidecar's own writable log directory (issue 16).
+    if let Some(dir) = audit.as_deref().and_then(std::path::Path::parent) {
+        config.budget_state = Some(dir.join(bottle_policy::BUDGET_STATE_FILE));
+    }
     let events: Arc<dyn LineSink> = Arc::new(StdoutSink);
     let audit_sink: Arc<dyn LineSink> = match &audit {
         None => events.clone(),

@@ -406,10 +406,20 @@ pub(crate) async fn forward_plain(
             "the host is not a valid Host header".into(),
         );
     };
+    let ticket = match shared.budget.admit(
+        &policy.egress.budget,
+        allowed.host(),
+        &shared.logger,
+        ex.client,
+    ) {
+        Ok(t) => t,
+        Err(exhausted) => return crate::budget::refuse(ex, &exhausted, shared),
+    };
     let up = Counter::default();
     let (parts, incoming) = req.into_parts();
     let (body, watch) = AgentBody::new(incoming, up.clone(), shared.limits().body_gap());
     let mut upreq = forward::upstream_request(Request::from_parts(parts, body), host_value);
+    ticket.prepare(upreq.headers_mut());
     let secrets = shared.secrets.current();
     let injected = match secrets::apply(
         &policy.egress,
@@ -450,7 +460,10 @@ pub(crate) async fn forward_plain(
         Err(resp) => return resp(ex),
     };
     match forward::send(stream, upreq).await {
-        Ok(resp) => ex.forwarded(&decision.rule, up, resp, redaction),
+        Ok(resp) => ticket.finish(
+            ex.forwarded(&decision.rule, up.clone(), resp, redaction),
+            up,
+        ),
         Err(e) => match watch.failure() {
             Some(failure) => ex.bad_body(&failure),
             None => ex.unreachable(

@@ -34,6 +34,8 @@ pub struct Shared {
     pub closed: watch::Receiver<()>,
     /// Client connections open now, against `limits.max_connections*`.
     pub conns: Conns,
+    /// The egress budgets' counters (`[egress.budget]`).
+    pub budget: Arc<crate::budget::Meter>,
     /// The supervise service, when the sidecar was given a queue directory.
     pub supervisor: Option<Arc<Supervisor>>,
     /// The DLP search for the secrets in force ([`crate::dlp`]).

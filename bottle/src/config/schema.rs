@@ -33,8 +33,16 @@ enum Kind {
     Cpus,
     /// A size string or a plain number of bytes.
     Memory,
-    /// A size string or a plain number of bytes, any size above 0.
+    /// An integer or float, checked (dollars, fractions).
+    Number(fn(f64) -> Result<(), String>),
+    /// A budget size: a size string such as "50MiB" or a number of bytes.
     Size,
+    /// A table whose keys are checked names and whose values are tables of
+    /// one shape (`[egress.budget.prices."MODEL"]`).
+    TableMap {
+        key: Check,
+        value: &'static TableSchema,
+    },
     /// A whole number within `min..=max` (limits, counts, seconds).
     Count {
         min: u64,
@@ -66,8 +74,10 @@ impl Kind {
             Kind::Bool => "true or false".into(),
             Kind::Cpus => "a positive number".into(),
             Kind::Memory => "a size string such as \"4g\" or a number of bytes".into(),
-            Kind::Size => "a size string such as \"64m\" or a number of bytes".into(),
             Kind::Count { min, max } => format!("a whole number from {min} to {max}"),
+            Kind::Number(_) => "a number".into(),
+            Kind::Size => "a size such as \"50MiB\" or a number of bytes".into(),
+            Kind::TableMap { value, .. } => format!("a table of tables ({})", value.header),
             Kind::StrArray { .. } | Kind::OneOfArray(_) => "an array of strings".into(),
             Kind::StrMap { .. } => "a table of strings (e.g. { EDITOR = \"vi\" })".into(),
             Kind::Table(t) => format!("a table ({})", t.header),
@@ -249,6 +259,69 @@ static EGRESS: TableSchema = TableSchema {
         opt("upstream_proxy_auth_env", Kind::Str(check_env_name)),
         opt("rule", Kind::TableArray(&EGRESS_RULE)),
         opt("credential", Kind::TableArray(&EGRESS_CREDENTIAL)),
+        opt("budget", Kind::Table(&EGRESS_BUDGET)),
+    ],
+    check: None,
+};
+
+/// `[egress.budget]` (see `bottle_policy::budget`).
+static EGRESS_BUDGET: TableSchema = TableSchema {
+    header: "[egress.budget]",
+    fields: &[
+        opt("bytes_up", Kind::Size),
+        opt("bytes_down", Kind::Size),
+        opt("llm_usd", Kind::Number(check_spend)),
+        opt("soft", Kind::Number(check_soft)),
+        opt("host", Kind::TableArray(&EGRESS_BUDGET_HOST)),
+        opt(
+            "prices",
+            Kind::TableMap {
+                key: check_model_key,
+                value: &EGRESS_BUDGET_PRICE,
+            },
+        ),
+    ],
+    check: Some(check_budget_table),
+};
+
+static EGRESS_BUDGET_HOST: TableSchema = TableSchema {
+    header: "[[egress.budget.host]]",
+    fields: &[
+        req(
+            "host",
+            Kind::Str(check_host_pattern),
+            "a host pattern such as `api.github.com`",
+        ),
+        opt("bytes_up", Kind::Size),
+        opt("bytes_down", Kind::Size),
+        opt(
+            "requests_per_minute",
+            Kind::Count {
+                min: 1,
+                max: 1_000_000,
+            },
+        ),
+        opt("llm_usd", Kind::Number(check_spend)),
+        opt("llm", Kind::Bool),
+    ],
+    check: None,
+};
+
+static EGRESS_BUDGET_PRICE: TableSchema = TableSchema {
+    header: "[egress.budget.prices.\"MODEL\"]",
+    fields: &[
+        req(
+            "input",
+            Kind::Number(check_price),
+            "US dollars per million input tokens, such as 3.0",
+        ),
+        req(
+            "output",
+            Kind::Number(check_price),
+            "US dollars per million output tokens, such as 15.0",
+        ),
+        opt("cache_read", Kind::Number(check_price)),
+        opt("cache_write", Kind::Number(check_price)),
     ],
     check: None,
 };
@@ -528,6 +601,18 @@ fn check_git_mode(s: &str) -> Result<(), String> {
 fn check_ref_pattern(s: &str) -> Result<(), String> {
     msg(value::check_ref_pattern(s))
 }
+fn check_spend(v: f64) -> Result<(), String> {
+    msg(bottle_policy::Spend::from_dollars(v))
+}
+fn check_price(v: f64) -> Result<(), String> {
+    msg(bottle_policy::Usd::from_dollars(v))
+}
+fn check_soft(v: f64) -> Result<(), String> {
+    msg(bottle_policy::budget::Soft::from_fraction(v))
+}
+fn check_model_key(s: &str) -> Result<(), String> {
+    msg(bottle_policy::budget::ModelKey::parse(s))
+}
 
 // ---------------------------------------------------------------------------
 // Whole-table checks.
@@ -581,6 +666,32 @@ fn check_git_table(table: &DeTable<'_>, path: &KeyPath, out: &mut Vec<Found>) {
             ));
         }
         seen.push(text);
+    }
+}
+
+/// Two `[[egress.budget.host]]` entries for one host pattern: which one
+/// counts would be a guess, so say so.
+fn check_budget_table(table: &DeTable<'_>, path: &KeyPath, out: &mut Vec<Found>) {
+    let Some(hosts) = table.get("host").and_then(|m| m.get_ref().as_array()) else {
+        return;
+    };
+    let mut seen: Vec<HostPattern> = Vec::new();
+    for (i, entry) in hosts.iter().enumerate() {
+        let Some(host) = entry.get_ref().get("host") else {
+            continue;
+        };
+        let Some(Ok(pattern)) = host.get_ref().as_str().map(HostPattern::parse) else {
+            continue;
+        };
+        if let Some(first) = seen.iter().position(|p| *p == pattern) {
+            out.push(Found::new(
+                Some(host.span()),
+                Some(path.key("host").index(i).key("host").render()),
+                ErrorKind::InvalidValue,
+                format!("`{pattern}` already has egress.budget.host[{first}]; put its limits in one entry"),
+            ));
+        }
+        seen.push(pattern);
     }
 }
 
@@ -747,16 +858,52 @@ fn walk_value(value: &Spanned<DeValue<'_>>, kind: &Kind, path: &KeyPath, out: &m
             };
             push_check(out, span.clone(), path, result.map_err(|e| e.to_string()));
         }
+        Kind::Number(check) => {
+            let n = match v {
+                DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                    .ok()
+                    .map(|n| n as f64),
+                DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                _ => return wrong_type(out),
+            };
+            let result = match n {
+                Some(n) => check(n),
+                None => Err(format!("{} is out of range", path.render())),
+            };
+            push_check(out, span.clone(), path, result);
+        }
         Kind::Size => {
             let result = match v {
-                DeValue::String(s) => value::Size::parse(s).map(|_| ()),
+                DeValue::String(s) => bottle_policy::ByteSize::parse(s).map(|_| ()),
                 DeValue::Integer(i) => match u64::from_str_radix(i.as_str(), i.radix()) {
-                    Ok(n) => value::Size::from_bytes(n).map(|_| ()),
-                    Err(_) => Err(ValueError::MemoryFormat(i.to_string())),
+                    Ok(n) => bottle_policy::ByteSize::from_bytes(n).map(|_| ()),
+                    Err(_) => Err(bottle_policy::budget::BudgetFieldError::Size(i.to_string())),
                 },
                 _ => return wrong_type(out),
             };
             push_check(out, span.clone(), path, result.map_err(|e| e.to_string()));
+        }
+        Kind::TableMap { key, value } => {
+            let Some(table) = v.as_table() else {
+                return wrong_type(out);
+            };
+            for (k, val) in table.iter() {
+                let kpath = path.key(k.get_ref());
+                push_check(out, k.span(), &kpath, key(k.get_ref()));
+                match val.get_ref().as_table() {
+                    Some(t) => walk_table(t, val.span(), value, &kpath, out),
+                    None => out.push(Found::new(
+                        Some(val.span()),
+                        Some(kpath.render()),
+                        ErrorKind::WrongType,
+                        format!(
+                            "expected a table ({}), found {}",
+                            value.header,
+                            val.get_ref().type_str()
+                        ),
+                    )),
+                }
+            }
         }
         Kind::Count { min, max } => {
             let DeValue::Integer(i) = v else {
@@ -929,7 +1076,9 @@ fn home_of(name: &str, here: &TableSchema) -> Option<&'static str> {
             return Some(t.header);
         }
         for f in t.fields {
-            if let Kind::Table(sub) | Kind::TableArray(sub) = f.kind {
+            if let Kind::Table(sub) | Kind::TableArray(sub) | Kind::TableMap { value: sub, .. } =
+                f.kind
+            {
                 stack.push(sub);
             }
         }

@@ -1734,7 +1734,7 @@ fn dlp_section_parses_to_policy_and_refuses_bad_names() {
     let c = ok(r#"
 [dlp]
 values_from_env = ["DB_PASSWORD", "DB_PASSWORD", "SIGNING_KEY"]
-max_body = "8m"
+max_body = "8MiB"
 oversize = "log"
 inbound = true
 action = { jwt = "redact", generic-secret-assignment = "block" }
@@ -1803,4 +1803,103 @@ action = { github-token = "ask" }
         "dlp.host[0].host",
         ErrorKind::MissingKey,
     );
+}
+
+#[test]
+fn egress_budget_loads_typed() {
+    let c = ok(r#"
+[egress]
+allow = ["api.github.com", "api.anthropic.com"]
+[egress.budget]
+bytes_up = "2GiB"
+bytes_down = 1000
+llm_usd = 25
+soft = 0.9
+[[egress.budget.host]]
+host = "api.github.com"
+bytes_up = "50MiB"
+requests_per_minute = 120
+llm_usd = 5.0
+[egress.budget.prices."claude-sonnet-4-5"]
+input = 3.0
+output = 15.0
+cache_read = 0.30
+cache_write = 3.75
+[egress.budget.prices."gpt-4o*"]
+input = 2.5
+output = 10
+"#);
+    let b = &c.egress.budget;
+    assert_eq!(b.bytes_up.unwrap().bytes(), 2 << 30);
+    assert_eq!(b.bytes_down.unwrap().bytes(), 1000);
+    assert_eq!(b.llm_usd.unwrap().usd().micros(), 25_000_000);
+    assert_eq!(b.hosts[0].requests_per_minute.unwrap().get(), 120);
+    assert_eq!(
+        b.price_for("claude-sonnet-4-5").unwrap().cache_read,
+        Some(bottle_policy::Usd::from_micros(300_000))
+    );
+    assert!(b.price_for("gpt-4o-mini").is_some());
+    // It reaches the rendered policy, and an empty one is left out.
+    let json = serde_json::to_value(c.policy().unwrap()).unwrap();
+    assert_eq!(json["egress"]["budget"]["bytes_down"], 1000);
+    let plain = serde_json::to_value(ok("").policy().unwrap()).unwrap();
+    assert!(plain["egress"].get("budget").is_none());
+}
+
+#[test]
+fn egress_budget_refusals_are_placed() {
+    let e = one(
+        "[egress.budget]\nbytes_up = \"5 parsecs\"\n",
+        2,
+        12,
+        "egress.budget.bytes_up",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("not a size"), "{e}");
+    let e = one(
+        "[egress.budget]\nllm_usd = -3.0\n",
+        2,
+        11,
+        "egress.budget.llm_usd",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("US dollars"), "{e}");
+    let e = one(
+        "[egress.budget]\nllm_usd = nan\n",
+        2,
+        11,
+        "egress.budget.llm_usd",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("NaN"), "{e}");
+    let e = one(
+        "[egress.budget]\nsoft = 1.5\n",
+        2,
+        8,
+        "egress.budget.soft",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("fraction"), "{e}");
+    let e = one(
+        "[[egress.budget.host]]\nhost = \"a.com\"\nrpm = 5\n",
+        3,
+        1,
+        "egress.budget.host[0].rpm",
+        ErrorKind::UnknownKey,
+    );
+    assert!(e.message.contains("requests_per_minute"), "{e}");
+    let e = one(
+        "[egress.budget.prices.\"claude x\"]\ninput = 1.0\noutput = 2.0\n",
+        1,
+        23,
+        "egress.budget.prices.\"claude x\"",
+        ErrorKind::InvalidValue,
+    );
+    assert!(e.message.contains("model name"), "{e}");
+    let all = errs("[egress.budget.prices.m]\ninput = 1.0\n[[egress.budget.host]]\nhost = \"a.com\"\n[[egress.budget.host]]\nhost = \"a.com\"\nbytes_up = 0\n");
+    let text: Vec<String> = all.iter().map(|e| e.to_string()).collect();
+    assert_eq!(all.len(), 3, "{text:#?}");
+    assert!(text.iter().any(|t| t.contains("`output`")), "{text:#?}");
+    assert!(text.iter().any(|t| t.contains("already has")), "{text:#?}");
+    assert!(text.iter().any(|t| t.contains("size of 0")), "{text:#?}");
 }

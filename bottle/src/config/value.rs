@@ -19,8 +19,6 @@ pub enum ValueError {
     Name(String),
     #[error("`{0}`: write a memory size as a whole number with an optional unit k, m, g or t (powers of 1024), e.g. \"4g\" or \"512m\"")]
     MemoryFormat(String),
-    #[error("a size of 0 bytes would refuse everything; leave the key out for the default")]
-    SizeZero,
     #[error("`{0}`: too large for a memory size")]
     MemoryTooLarge(String),
     #[error("`{0}`: at least 64m (67108864 bytes) is needed")]
@@ -284,55 +282,6 @@ pub fn parse_size(input: &str) -> Result<u64, ValueError> {
             .map_err(|_| ValueError::MemoryTooLarge(input.to_owned()))?;
         n.checked_mul(1u64 << shift)
             .ok_or_else(|| ValueError::MemoryTooLarge(input.to_owned()))
-    }
-}
-
-/// A size in bytes (`dlp.max_body`): a size string or a number, above 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(into = "u64")]
-pub struct Size(pub u64);
-
-impl Size {
-    pub fn parse(input: &str) -> Result<Self, ValueError> {
-        Self::from_bytes(parse_size(input)?)
-    }
-
-    pub fn from_bytes(bytes: u64) -> Result<Self, ValueError> {
-        if bytes == 0 {
-            Err(ValueError::SizeZero)
-        } else {
-            Ok(Size(bytes))
-        }
-    }
-}
-
-impl From<Size> for u64 {
-    fn from(s: Size) -> u64 {
-        s.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Size;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as \"64m\" or a number of bytes")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Size, E> {
-                Size::parse(v).map_err(E::custom)
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
-                Size::from_bytes(v).map_err(E::custom)
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
-                let v = u64::try_from(v)
-                    .map_err(|_| E::custom(ValueError::MemoryFormat(v.to_string())))?;
-                Size::from_bytes(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 

@@ -209,6 +209,8 @@ pub struct Options {
     pub limits: Option<Value>,
     /// The policy's `dlp` section, if any (defaults otherwise).
     pub dlp: Option<Value>,
+    /// Where the budget counters persist (in memory when `None`).
+    pub budget_state: Option<PathBuf>,
 }
 
 impl Options {
@@ -227,6 +229,7 @@ impl Options {
             transparent_https_port: 443,
             limits: None,
             dlp: None,
+            budget_state: None,
         }
     }
 
@@ -307,6 +310,7 @@ impl Bottle {
         config.local_net = LocalNetSource::Fixed(opts.local.clone());
         config.transparent_http_port = opts.transparent_http_port;
         config.transparent_https_port = opts.transparent_https_port;
+        config.budget_state = opts.budget_state.clone();
         let sidecar = Sidecar::start(&config, logger.clone()).await.unwrap();
         let addrs = sidecar.addrs().clone();
         let (stop, stopped) = oneshot::channel::<()>();
