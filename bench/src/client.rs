@@ -13,7 +13,7 @@
 use crate::config::Http;
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::{http1, http2};
 use hyper::header::HOST;
 use hyper::{Request, Uri};
@@ -40,6 +40,8 @@ pub struct Target {
     http: Http,
     tls: TlsConnector,
     authority: String,
+    /// What each request uploads (empty: a GET).
+    upload: Bytes,
 }
 
 impl Target {
@@ -63,8 +65,67 @@ impl Target {
             http,
             tls: TlsConnector::from(Arc::new(tls)),
             authority: origin.to_string(),
+            upload: Bytes::new(),
         })
     }
+
+    /// Every request POSTs `body` (empty: GET).
+    pub fn with_upload(mut self, body: Bytes) -> Target {
+        self.upload = body;
+        self
+    }
+}
+
+/// `n` bytes of text shaped like a model API request (JSON, words, escaped
+/// newlines) with nothing a DLP detector matches: what a 16 KiB agent
+/// request looks like to the search.
+pub fn upload_body(n: usize) -> Bytes {
+    const WORDS: &[&str] = &[
+        "the",
+        "function",
+        "returns",
+        "a",
+        "list",
+        "of",
+        "files",
+        "in",
+        "src/main.rs",
+        "with",
+        "error",
+        "handling",
+        "\\n",
+        "and",
+        "tests",
+        "for",
+        "each",
+        "case",
+        "\\\"quoted\\\"",
+        "value",
+        "=",
+        "42;",
+        "let",
+        "mut",
+        "buffer",
+        "Vec::new()",
+        "if",
+        "else",
+        "{",
+        "}",
+    ];
+    let head = "{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":1024,\"messages\":[{\"role\":\"user\",\"content\":\"";
+    let tail = "\"}]}";
+    let mut out = String::with_capacity(n);
+    out.push_str(head);
+    let mut i = 0usize;
+    while out.len() + tail.len() < n {
+        out.push_str(WORDS[(i * 7 + i / 3) % WORDS.len()]);
+        out.push(' ');
+        i += 1;
+    }
+    out.truncate(n.saturating_sub(tail.len()).max(head.len().min(n)));
+    out.push_str(tail);
+    out.truncate(n);
+    Bytes::from(out)
 }
 
 /// The one ALPN protocol the client offers for `http`.
@@ -98,8 +159,8 @@ fn check_alpn(http: Http, negotiated: Option<&[u8]>) -> anyhow::Result<()> {
 /// A ready connection. An HTTP/2 one is shared by the loops of its streams
 /// (clones of one `SendRequest` multiplex onto the same connection).
 enum Sender {
-    H1(http1::SendRequest<Empty<Bytes>>),
-    H2(http2::SendRequest<Empty<Bytes>>),
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
 impl Sender {
@@ -203,14 +264,24 @@ pub async fn connect_status(proxy: SocketAddr, authority: &str) -> anyhow::Resul
         .context("timed out waiting for the CONNECT answer")?
 }
 
-/// One request; returns the body length.
-async fn get(sender: &mut Sender, authority: &str) -> anyhow::Result<usize> {
+/// One request (a POST of the target's upload, or a GET); returns the
+/// body length.
+async fn get(sender: &mut Sender, target: &Target) -> anyhow::Result<usize> {
+    let authority = &target.authority;
+    let method = if target.upload.is_empty() {
+        hyper::Method::GET
+    } else {
+        hyper::Method::POST
+    };
+    let body = Full::new(target.upload.clone());
     let response = match sender {
         Sender::H1(s) => {
             s.ready().await?;
-            let request = Request::get("/")
+            let request = Request::builder()
+                .method(method)
+                .uri("/")
                 .header(HOST, authority)
-                .body(Empty::new())?;
+                .body(body)?;
             s.send_request(request).await?
         }
         Sender::H2(s) => {
@@ -218,9 +289,11 @@ async fn get(sender: &mut Sender, authority: &str) -> anyhow::Result<usize> {
             // HTTP/2 carries the authority in the `:authority` pseudo-header,
             // which hyper takes from an absolute URI.
             let uri: Uri = format!("https://{authority}/").parse()?;
-            let request = Request::get(uri)
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
                 .version(hyper::Version::HTTP_2)
-                .body(Empty::new())?;
+                .body(body)?;
             s.send_request(request).await?
         }
     };
@@ -234,7 +307,7 @@ async fn get(sender: &mut Sender, authority: &str) -> anyhow::Result<usize> {
 pub async fn probe(target: &Target) -> anyhow::Result<usize> {
     tokio::time::timeout(STEP_TIMEOUT, async {
         let mut sender = open(target).await?;
-        get(&mut sender, &target.authority).await
+        get(&mut sender, target).await
     })
     .await
     .context("probe request timed out")?
@@ -403,7 +476,7 @@ async fn worker(
             continue;
         };
         let start = Instant::now();
-        match tokio::time::timeout(STEP_TIMEOUT, get(s, &target.authority)).await {
+        match tokio::time::timeout(STEP_TIMEOUT, get(s, &target)).await {
             Ok(Ok(_)) => {
                 let end = Instant::now();
                 out.answered += 1;
@@ -430,6 +503,17 @@ async fn worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_have_the_asked_size_and_look_like_a_model_request() {
+        for n in [0, 10, 100, 1000, 16 * 1024, 65_536] {
+            let b = upload_body(n);
+            assert_eq!(b.len(), n, "{n}");
+        }
+        let b = String::from_utf8(upload_body(16 * 1024).to_vec()).unwrap();
+        assert!(b.starts_with("{\"model\":") && b.ends_with("\"}]}"), "{b}");
+        assert!(b.contains("\\n"));
+    }
 
     #[test]
     fn nearest_rank() {

@@ -27,6 +27,10 @@ table.
   --max-requests N    stop a path earlier after N measured requests
                                                                (default 5000000)
   --body-bytes N      size of the origin's fixed response body (default 128)
+  --upload-bytes N    each request is a POST of N bytes of JSON-like text
+                      (default 0: GET without a body)
+  --no-dlp            run the sidecar with [dlp] enabled = false (to measure
+                      what the DLP search costs)
   --proxy-cpus LIST   start each proxy under `taskset -c LIST`, e.g. to give
                       it cores of its own while this process runs under
                       `taskset -c` on the others (default: no pinning)
@@ -134,6 +138,10 @@ pub struct Config {
     pub duration: Duration,
     pub max_requests: u64,
     pub body_bytes: usize,
+    /// Bytes each request uploads (0: a GET).
+    pub upload_bytes: usize,
+    /// The sidecar runs with `dlp.enabled = false`.
+    pub no_dlp: bool,
     pub proxy_cpus: Option<String>,
     pub paths: Vec<PathKind>,
     pub sidecar: PathBuf,
@@ -159,6 +167,8 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
         duration: Duration::from_secs(10),
         max_requests: 5_000_000,
         body_bytes: 128,
+        upload_bytes: 0,
+        no_dlp: false,
         proxy_cpus: None,
         paths: PathKind::ALL.to_vec(),
         sidecar: default_sidecar(),
@@ -189,6 +199,10 @@ pub fn parse<A: Into<OsString>>(args: impl IntoIterator<Item = A>) -> anyhow::Re
             Long("body-bytes") => {
                 config.body_bytes = number(&mut parser, "--body-bytes", 0, 1 << 20)? as usize;
             }
+            Long("upload-bytes") => {
+                config.upload_bytes = number(&mut parser, "--upload-bytes", 0, 1 << 20)? as usize;
+            }
+            Long("no-dlp") => config.no_dlp = true,
             Long("proxy-cpus") => {
                 let list = value(&mut parser, "--proxy-cpus")?;
                 if list.is_empty()

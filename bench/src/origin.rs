@@ -17,6 +17,7 @@
 use crate::config::Http;
 use anyhow::{ensure, Context as _};
 use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -243,6 +244,8 @@ pub fn start(
                     version.fetch_add(1, Ordering::Relaxed);
                     let body = body.clone();
                     async move {
+                        // An upload is read whole before the answer.
+                        let _ = req.into_body().collect().await;
                         Ok::<_, Infallible>(
                             Response::builder()
                                 .header("content-type", "text/plain")

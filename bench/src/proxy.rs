@@ -166,6 +166,7 @@ pub fn spawn_sidecar(
     origin: SocketAddr,
     bottle_ca: &crate::pki::Ca,
     origin_ca_pem: &str,
+    dlp: bool,
 ) -> anyhow::Result<ProxyProcess> {
     use std::os::unix::fs::PermissionsExt as _;
     anyhow::ensure!(
@@ -177,13 +178,14 @@ pub fn spawn_sidecar(
     std::fs::create_dir_all(&dir)?;
     // The loopback guard lets 127.0.0.1 through only when an allow entry
     // names that exact address, which is what this entry does.
-    let policy = Policy::new(
+    let mut policy = Policy::new(
         "bench",
         EgressPolicy {
             allow: vec![AllowRule::parse(&origin.to_string())?],
             ..Default::default()
         },
     );
+    policy.dlp.enabled = dlp;
     let policy_path = dir.join("policy.json");
     std::fs::write(&policy_path, serde_json::to_vec_pretty(&policy)?)?;
     std::fs::write(dir.join("ca.pem"), bottle_ca.cert_pem())?;

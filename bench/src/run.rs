@@ -74,6 +74,8 @@ struct Bench<'a> {
     /// A listener the allow-list does not name: CONNECT to it must be refused
     /// by policy (it is reachable, so a refusal is not a connection error).
     decoy: SocketAddr,
+    /// What each request uploads (`--upload-bytes`).
+    upload: bytes::Bytes,
 }
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
@@ -117,15 +119,21 @@ async fn run_in(config: &Config, dir: &Path) -> anyhow::Result<()> {
         origin_ca_path,
         concurrency: config.concurrency[0],
         decoy: decoy_addr,
+        upload: client::upload_body(config.upload_bytes),
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "egress-bench: {} connections, {}s warm-up + {}s measured per path (at most {} requests), {}-byte body, origins https://{} (HTTP/1.1) and https://{} (HTTP/2) on threads of their own",
+        "egress-bench: {} connections, {}s warm-up + {}s measured per path (at most {} requests), {}-byte body, {}, sidecar DLP {}, origins https://{} (HTTP/1.1) and https://{} (HTTP/2) on threads of their own",
         counts(&config.concurrency),
         config.warmup.as_secs(),
         config.duration.as_secs(),
         config.max_requests,
         config.body_bytes,
+        match config.upload_bytes {
+            0 => "GET requests".to_string(),
+            n => format!("POST requests of {n} bytes"),
+        },
+        if config.no_dlp { "off" } else { "on" },
         origin_h1.addr,
         origin_h2.addr,
     );
@@ -264,12 +272,15 @@ impl Bench<'_> {
     }
 
     async fn direct(&self, kind: PathKind) -> anyhow::Result<PathResult> {
-        let target = Arc::new(Target::new(
-            self.origin(kind.http).addr,
-            None,
-            self.origin_ca.roots()?,
-            kind.http,
-        )?);
+        let target = Arc::new(
+            Target::new(
+                self.origin(kind.http).addr,
+                None,
+                self.origin_ca.roots()?,
+                kind.http,
+            )?
+            .with_upload(self.upload.clone()),
+        );
         self.probe(&target, kind.http).await?;
         let me = proxy::read_proc(std::process::id())?;
         let machine = proxy::machine_busy()?;
@@ -306,16 +317,20 @@ impl Bench<'_> {
             self.origin(kind.http).addr,
             &bottle_ca,
             self.origin_ca.cert_pem(),
+            !self.config.no_dlp,
         )?;
         sidecar.wait_ready(|| true).await?;
         // The client trusts only the bottle CA: a handshake that succeeds was
         // terminated by the sidecar, i.e. intercepted.
-        let target = Arc::new(Target::new(
-            self.origin(kind.http).addr,
-            Some(sidecar.addr),
-            bottle_ca.roots()?,
-            kind.http,
-        )?);
+        let target = Arc::new(
+            Target::new(
+                self.origin(kind.http).addr,
+                Some(sidecar.addr),
+                bottle_ca.roots()?,
+                kind.http,
+            )?
+            .with_upload(self.upload.clone()),
+        );
         self.through(kind, sidecar, target).await
     }
 
@@ -329,12 +344,15 @@ impl Bench<'_> {
             &self.origin_ca_path,
         )?;
         mitm.wait_ready(|| ca_path.is_file()).await?;
-        let target = Arc::new(Target::new(
-            self.origin(kind.http).addr,
-            Some(mitm.addr),
-            pki::roots_from_pem_file(&ca_path)?,
-            kind.http,
-        )?);
+        let target = Arc::new(
+            Target::new(
+                self.origin(kind.http).addr,
+                Some(mitm.addr),
+                pki::roots_from_pem_file(&ca_path)?,
+                kind.http,
+            )?
+            .with_upload(self.upload.clone()),
+        );
         self.through(kind, mitm, target).await
     }
 

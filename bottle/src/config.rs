@@ -290,6 +290,7 @@ struct ConfigFile {
 #[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct DlpSection {
+    enabled: Option<bool>,
     values_from_env: Vec<String>,
     max_body: Option<bottle_policy::ByteSize>,
     oversize: Option<bottle_policy::Oversize>,
@@ -308,6 +309,7 @@ impl DlpSection {
             }
         }
         bottle_policy::DlpPolicy {
+            enabled: self.enabled.unwrap_or(d.enabled),
             values_from_env: values,
             max_body: self.max_body.map(|s| s.bytes()).unwrap_or(d.max_body),
             oversize: self.oversize.unwrap_or(d.oversize),

@@ -199,6 +199,9 @@ pub struct DlpHost {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DlpPolicy {
+    /// Search requests at all (default true). Off is the loosest setting:
+    /// nothing is searched, blocked or logged.
+    pub enabled: bool,
     /// Host variables whose values the sidecar blocks like its own
     /// credentials (`listed-value`). The values travel in `secrets.json`.
     pub values_from_env: Vec<String>,
@@ -217,6 +220,7 @@ pub struct DlpPolicy {
 impl Default for DlpPolicy {
     fn default() -> Self {
         DlpPolicy {
+            enabled: true,
             values_from_env: Vec::new(),
             max_body: DEFAULT_MAX_BODY,
             oversize: Oversize::Block,
@@ -267,6 +271,15 @@ impl DlpPolicy {
     /// left unsearched, or inbound logging turned off.
     pub fn widenings(&self, new: &DlpPolicy) -> Vec<String> {
         let mut out = Vec::new();
+        if self.enabled && !new.enabled {
+            out.push(
+                "dlp.enabled is turned off: requests are no longer searched for secrets".into(),
+            );
+            return out;
+        }
+        if !self.enabled {
+            return out;
+        }
         // Each host pattern either policy names stands for the hosts it
         // covers; `other.invalid` for every host neither names.
         let mut probes: Vec<(String, String)> =
@@ -497,6 +510,13 @@ mod tests {
                     ..old.clone()
                 },
                 "dlp.inbound is turned off",
+            ),
+            (
+                DlpPolicy {
+                    enabled: false,
+                    ..old.clone()
+                },
+                "dlp.enabled is turned off",
             ),
             (
                 DlpPolicy {

@@ -65,7 +65,7 @@ use tokio::time::Sleep;
 pub const PRIME_BYTES: usize = 256 * 1024;
 /// Bytes of the previous piece searched again with the next one, so a
 /// secret split across pieces is still found whole.
-pub const CARRY: usize = 4096;
+pub const CARRY: usize = 1024;
 /// Most bytes held back because they could start a secret.
 pub const HOLD_MAX: usize = 2048;
 /// Longest private key block `redact` waits for before refusing.
@@ -126,6 +126,8 @@ pub struct Engine {
     /// Every exact pattern, for the "could this tail start one" check.
     needles: Vec<Vec<u8>>,
     longest: usize,
+    /// Some exact value holds a character JSON escapes (`"`, `\\`).
+    escapable: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -194,11 +196,15 @@ impl Engine {
         let exact = (!needles.is_empty())
             .then(|| AhoCorasick::new(&needles).expect("exact values are plain byte strings"));
         let longest = needles.iter().map(Vec::len).max().unwrap_or(0);
+        let escapable = needles
+            .iter()
+            .any(|n| n.iter().any(|b| matches!(b, b'"' | b'\\')));
         Engine {
             exact,
             meta,
             needles,
             longest,
+            escapable,
         }
     }
 
@@ -206,14 +212,14 @@ impl Engine {
     /// offsets are `buf`'s. A span found in several views is reported once.
     pub fn scan(&self, buf: &[u8], out: &mut Vec<Finding>) {
         let before = out.len();
-        self.scan_view(buf, None, View::Raw, out);
+        self.scan_view(buf, buf, View::Raw, out);
         if memchr::memchr(b'%', buf).is_some() {
-            let (v, map) = percent_view(buf);
-            self.scan_view(&v, Some((&map, buf.len())), View::UrlEncoded, out);
+            let (v, _) = decode_view(buf, View::UrlEncoded, false);
+            self.scan_view(&v, buf, View::UrlEncoded, out);
         }
-        if memchr::memchr(b'\\', buf).is_some() {
-            let (v, map) = json_view(buf);
-            self.scan_view(&v, Some((&map, buf.len())), View::JsonEscaped, out);
+        if self.json_could_hide(buf) {
+            let (v, _) = decode_view(buf, View::JsonEscaped, false);
+            self.scan_view(&v, buf, View::JsonEscaped, out);
         }
         let mut seen = HashSet::new();
         let mut i = before;
@@ -226,42 +232,52 @@ impl Engine {
         }
     }
 
-    fn scan_view(
-        &self,
-        view: &[u8],
-        map: Option<(&[u32], usize)>,
-        kind: View,
-        out: &mut Vec<Finding>,
-    ) {
-        let span = |s: usize, e: usize| match map {
-            None => (s, e),
-            Some((map, raw_len)) => (map[s] as usize, raw_end(map, e, raw_len)),
-        };
+    /// Whether JSON unescaping could reveal what the raw search missed: a
+    /// `\u` or `\/` escape (what encoders use to hide characters), or any
+    /// escape when an exact value holds a character JSON escapes. `\n`,
+    /// `\t` and `\"` alone split no token and change no value otherwise.
+    fn json_could_hide(&self, buf: &[u8]) -> bool {
+        if memchr::memchr(b'\\', buf).is_none() {
+            return false;
+        }
+        self.escapable
+            || memchr::memmem::find(buf, b"\\u").is_some()
+            || memchr::memmem::find(buf, b"\\/").is_some()
+    }
+
+    /// Searches `view`, the decoding of `raw` for `kind`; offsets are
+    /// mapped back to `raw` (the map is built only when something is found).
+    fn scan_view(&self, view: &[u8], raw: &[u8], kind: View, out: &mut Vec<Finding>) {
+        let mut found: Vec<(Detector, usize, usize, Option<usize>)> = Vec::new();
         if let Some(ac) = &self.exact {
             for m in ac.find_overlapping_iter(view) {
-                let (detector, name, encoding) = &self.meta[m.pattern().as_usize()];
-                let (start, end) = span(m.start(), m.end());
-                out.push(Finding {
-                    detector: *detector,
-                    start,
-                    end,
-                    view: kind,
-                    encoding,
-                    credential: Some(name.clone()),
-                });
+                let p = m.pattern().as_usize();
+                found.push((self.meta[p].0, m.start(), m.end(), Some(p)));
             }
         }
         let mut hits = Vec::new();
         scan::pattern_hits(view, &mut hits);
-        for (detector, s, e) in hits {
-            let (start, end) = span(s, e);
+        found.extend(hits.into_iter().map(|(d, s, e)| (d, s, e, None)));
+        if found.is_empty() {
+            return;
+        }
+        let map = (kind != View::Raw).then(|| decode_view(raw, kind, true).1);
+        for (detector, s, e, pattern) in found {
+            let (start, end) = match &map {
+                None => (s, e),
+                Some(map) => (map[s] as usize, raw_end(map, e, raw.len())),
+            };
+            let (encoding, credential) = match pattern {
+                Some(p) => (self.meta[p].2, Some(self.meta[p].1.clone())),
+                None => ("plain", None),
+            };
             out.push(Finding {
                 detector,
                 start,
                 end,
                 view: kind,
-                encoding: "plain",
-                credential: None,
+                encoding,
+                credential,
             });
         }
     }
@@ -320,26 +336,93 @@ fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// `buf` with `%XX` decoded, and for each byte the offset in `buf` it
-/// came from.
-fn percent_view(buf: &[u8]) -> (Vec<u8>, Vec<u32>) {
+/// `buf` decoded for `kind` (`%XX`, or JSON string escapes with surrogate
+/// pairs joined), and, when `want_map`, for each decoded byte the offset in
+/// `buf` of what it came from. Runs without escapes are copied whole.
+fn decode_view(buf: &[u8], kind: View, want_map: bool) -> (Vec<u8>, Vec<u32>) {
+    let mark = match kind {
+        View::UrlEncoded => b'%',
+        View::JsonEscaped => b'\\',
+        View::Raw => return (buf.to_vec(), (0..buf.len() as u32).collect()),
+    };
     let mut v = Vec::with_capacity(buf.len());
-    let mut map = Vec::with_capacity(buf.len());
+    let mut map = Vec::new();
+    if want_map {
+        map.reserve(buf.len());
+    }
     let mut i = 0;
     while i < buf.len() {
-        if buf[i] == b'%' && i + 2 < buf.len() {
-            if let (Some(h), Some(l)) = (hex_val(buf[i + 1]), hex_val(buf[i + 2])) {
-                v.push(h << 4 | l);
-                map.push(i as u32);
-                i += 3;
-                continue;
-            }
+        let next = memchr::memchr(mark, &buf[i..]).map_or(buf.len(), |n| i + n);
+        v.extend_from_slice(&buf[i..next]);
+        if want_map {
+            map.extend(i as u32..next as u32);
         }
-        v.push(buf[i]);
-        map.push(i as u32);
-        i += 1;
+        if next == buf.len() {
+            break;
+        }
+        let (bytes, len) = match kind {
+            View::UrlEncoded => percent_escape(buf, next),
+            _ => json_escape(buf, next),
+        };
+        v.extend_from_slice(&bytes[..]);
+        if want_map {
+            map.extend(std::iter::repeat_n(next as u32, bytes.len()));
+        }
+        i = next + len;
     }
     (v, map)
+}
+
+/// The bytes of the `%XX` at `at` and its length (a lone `%` stands for
+/// itself).
+fn percent_escape(buf: &[u8], at: usize) -> (Vec<u8>, usize) {
+    if at + 2 < buf.len() {
+        if let (Some(h), Some(l)) = (hex_val(buf[at + 1]), hex_val(buf[at + 2])) {
+            return (vec![h << 4 | l], 3);
+        }
+    }
+    (vec![buf[at]], 1)
+}
+
+/// The bytes of the JSON escape at `at` and its length (an unknown escape
+/// stands for its backslash).
+fn json_escape(buf: &[u8], at: usize) -> (Vec<u8>, usize) {
+    let Some(&c) = buf.get(at + 1) else {
+        return (vec![buf[at]], 1);
+    };
+    let simple = match c {
+        b'"' => Some(b'"'),
+        b'\\' => Some(b'\\'),
+        b'/' => Some(b'/'),
+        b'b' => Some(8),
+        b'f' => Some(12),
+        b'n' => Some(b'\n'),
+        b'r' => Some(b'\r'),
+        b't' => Some(b'\t'),
+        _ => None,
+    };
+    if let Some(c) = simple {
+        return (vec![c], 2);
+    }
+    if c == b'u' {
+        if let Some(hi) = hex4(buf, at + 2) {
+            let mut len = 6;
+            let mut cp = hi;
+            if (0xD800..0xDC00).contains(&hi)
+                && buf.get(at + 6) == Some(&b'\\')
+                && buf.get(at + 7) == Some(&b'u')
+            {
+                if let Some(lo) = hex4(buf, at + 8).filter(|l| (0xDC00..0xE000).contains(l)) {
+                    cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                    len = 12;
+                }
+            }
+            let ch = char::from_u32(cp).unwrap_or('\u{FFFD}');
+            let mut tmp = [0u8; 4];
+            return (ch.encode_utf8(&mut tmp).as_bytes().to_vec(), len);
+        }
+    }
+    (vec![buf[at]], 1)
 }
 
 /// Four hex digits at `buf[at..]` as a number.
@@ -350,61 +433,16 @@ fn hex4(buf: &[u8], at: usize) -> Option<u32> {
         .try_fold(0u32, |acc, b| Some(acc << 4 | u32::from(hex_val(*b)?)))
 }
 
-/// `buf` with JSON string escapes decoded (surrogate pairs joined), and for
-/// each byte the offset in `buf` of the escape it came from.
+/// `buf` with `%XX` decoded, and the source offset of each byte.
+#[cfg(test)]
+fn percent_view(buf: &[u8]) -> (Vec<u8>, Vec<u32>) {
+    decode_view(buf, View::UrlEncoded, true)
+}
+
+/// `buf` with JSON escapes decoded, and the source offset of each byte.
+#[cfg(test)]
 fn json_view(buf: &[u8]) -> (Vec<u8>, Vec<u32>) {
-    let mut v = Vec::with_capacity(buf.len());
-    let mut map = Vec::with_capacity(buf.len());
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\\' && i + 1 < buf.len() {
-            let simple = match buf[i + 1] {
-                b'"' => Some(b'"'),
-                b'\\' => Some(b'\\'),
-                b'/' => Some(b'/'),
-                b'b' => Some(8),
-                b'f' => Some(12),
-                b'n' => Some(b'\n'),
-                b'r' => Some(b'\r'),
-                b't' => Some(b'\t'),
-                _ => None,
-            };
-            if let Some(c) = simple {
-                v.push(c);
-                map.push(i as u32);
-                i += 2;
-                continue;
-            }
-            if buf[i + 1] == b'u' {
-                if let Some(hi) = hex4(buf, i + 2) {
-                    let mut len = 6;
-                    let mut cp = hi;
-                    if (0xD800..0xDC00).contains(&hi)
-                        && buf.get(i + 6) == Some(&b'\\')
-                        && buf.get(i + 7) == Some(&b'u')
-                    {
-                        if let Some(lo) = hex4(buf, i + 8).filter(|l| (0xDC00..0xE000).contains(l))
-                        {
-                            cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
-                            len = 12;
-                        }
-                    }
-                    let c = char::from_u32(cp).unwrap_or('\u{FFFD}');
-                    let mut tmp = [0u8; 4];
-                    for b in c.encode_utf8(&mut tmp).bytes() {
-                        v.push(b);
-                        map.push(i as u32);
-                    }
-                    i += len;
-                    continue;
-                }
-            }
-        }
-        v.push(buf[i]);
-        map.push(i as u32);
-        i += 1;
-    }
-    (v, map)
+    decode_view(buf, View::JsonEscaped, true)
 }
 
 /// The engine for the secrets in force, rebuilt only when they change.
@@ -500,9 +538,8 @@ impl Refused {
 }
 
 impl Scope {
-    /// The scope for one request to `host:port`, or `None` when nothing
-    /// could act (no detector does more than log and nothing logs… never:
-    /// logging is acting, so DLP always runs).
+    /// The scope for one request to `host:port`; `None` when `dlp.enabled`
+    /// is off.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: &Arc<Shared>,
@@ -512,10 +549,13 @@ impl Scope {
         method: &str,
         path: &str,
         secrets: &Arc<Secrets>,
-    ) -> Arc<Scope> {
+    ) -> Option<Arc<Scope>> {
         let policy = shared.policy.current();
         let dlp = &policy.dlp;
-        Arc::new(Scope {
+        if !dlp.enabled {
+            return None;
+        }
+        Some(Arc::new(Scope {
             sink: Sink::Shared(shared.clone()),
             client,
             host: host.to_string(),
@@ -527,7 +567,7 @@ impl Scope {
             max_body: dlp.max_body,
             oversize: dlp.oversize,
             inbound: dlp.inbound,
-        })
+        }))
     }
 
     /// Writes one audit line of kind `event`.
@@ -710,12 +750,18 @@ pub async fn check_head(
 /// anything was sent; `Err(Err(_))`: the agent's body failed while it was
 /// read.
 pub async fn inspect(
-    scope: &Arc<Scope>,
+    scope: Option<&Arc<Scope>>,
     egress: &bottle_policy::EgressPolicy,
     req: hyper::Request<AgentBody>,
     watch: Watch,
 ) -> Result<hyper::Request<DlpBody>, Result<Refused, BodyFailure>> {
     let (mut parts, body) = req.into_parts();
+    let Some(scope) = scope else {
+        return Ok(hyper::Request::from_parts(
+            parts,
+            DlpBody::new(body, watch, None, None),
+        ));
+    };
     let skip: Vec<HeaderName> = egress
         .credentials_for(&scope.host)
         .map(|r| r.header.name().clone())

@@ -694,7 +694,7 @@ impl Session {
             &path,
             &secrets,
         );
-        let upreq = match dlp::inspect(&scope, &policy.egress, upreq, watch.clone()).await {
+        let upreq = match dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await {
             Ok(r) => r,
             Err(Ok(refused)) => return ex.dlp_refused(refused),
             Err(Err(failure)) => return ex.bad_body(&failure),
@@ -702,7 +702,7 @@ impl Session {
         let redaction = Redaction {
             needles: Needles::new(&secrets),
             injected,
-            inbound: scope.inbound.then(|| scope.clone()),
+            inbound: scope.filter(|s| s.inbound),
         };
         let rule = decision.rule;
         if let Some(client_upgrade) = client_upgrade {

@@ -445,7 +445,7 @@ pub(crate) async fn forward_plain(
         &path,
         &secrets,
     );
-    let upreq = match dlp::inspect(&scope, &policy.egress, upreq, watch.clone()).await {
+    let upreq = match dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await {
         Ok(r) => r,
         Err(Ok(refused)) => return ex.dlp_refused(refused),
         Err(Err(failure)) => return ex.bad_body(&failure),
@@ -453,7 +453,7 @@ pub(crate) async fn forward_plain(
     let redaction = Redaction {
         needles: Needles::new(&secrets),
         injected,
-        inbound: scope.inbound.then(|| scope.clone()),
+        inbound: scope.filter(|s| s.inbound),
     };
     let (_, stream) = match reach(&policy.egress, &allowed, shared).await {
         Ok(reached) => reached,

@@ -146,6 +146,7 @@ static ROOT: TableSchema = TableSchema {
 static DLP: TableSchema = TableSchema {
     header: "[dlp]",
     fields: &[
+        opt("enabled", Kind::Bool),
         opt(
             "values_from_env",
             Kind::StrArray {
