@@ -280,19 +280,23 @@ impl DlpPolicy {
         if !self.enabled {
             return out;
         }
-        // Each host pattern either policy names stands for the hosts it
-        // covers; `other.invalid` for every host neither names.
+        // Hosts fall into classes by the entries that cover them: a name
+        // with an exact entry; else the deepest suffix entry it is under;
+        // else no entry. One probe per class decides every host in it. The
+        // probes for the last two cannot be written as patterns (`!` is not
+        // a host character), so no entry can claim a probe without
+        // covering the hosts it stands for.
         let mut probes: Vec<(String, String)> =
-            vec![("other.invalid".to_string(), "every other host".to_string())];
+            vec![("!other".to_string(), "every other host".to_string())];
         for h in self.host.iter().chain(&new.host) {
-            let example = example_host(&h.host);
-            if !probes.iter().any(|(e, _)| *e == example) {
-                probes.push((example, h.host.to_string()));
+            let probe = probe_host(&h.host);
+            if !probes.iter().any(|(p, _)| *p == probe) {
+                probes.push((probe, h.host.to_string()));
             }
         }
-        for (example, shown) in &probes {
+        for (probe, shown) in &probes {
             for d in Detector::ALL {
-                let (was, now) = (self.action_for(d, example), new.action_for(d, example));
+                let (was, now) = (self.action_for(d, probe), new.action_for(d, probe));
                 if now < was {
                     out.push(format!(
                         "dlp: detector {d} for {shown} changes from {was} to {now}"
@@ -324,10 +328,12 @@ impl DlpPolicy {
     }
 }
 
-/// A host name `pattern` covers (itself, or one name under a suffix).
-fn example_host(pattern: &HostPattern) -> String {
+/// The probe standing for the hosts `pattern` decides: the name itself
+/// for an exact entry, and for a suffix a name under it that no pattern
+/// can equal.
+fn probe_host(pattern: &HostPattern) -> String {
     match pattern {
-        HostPattern::Suffix(s) => format!("x.{s}"),
+        HostPattern::Suffix(s) => format!("!.{s}"),
         other => other.to_string(),
     }
 }
@@ -530,5 +536,53 @@ mod tests {
             let w = old.widenings(&new);
             assert!(w.iter().any(|l| l.contains(says)), "{says}: {w:?}");
         }
+    }
+
+    /// An entry for a probe's own name cannot hide a downgrade of the
+    /// hosts the probe stands for.
+    #[test]
+    fn decoy_entries_do_not_hide_a_downgrade() {
+        let old = DlpPolicy::default();
+        let mut decoy = DlpPolicy {
+            action: [
+                (Detector::BottleCredential, Action::Log),
+                (Detector::PrivateKey, Action::Log),
+            ]
+            .into(),
+            ..DlpPolicy::default()
+        };
+        for name in ["other.invalid", "!other", "x.github.com"] {
+            if let Ok(h) = HostPattern::parse(name) {
+                decoy.host.push(DlpHost {
+                    host: h,
+                    action: [
+                        (Detector::BottleCredential, Action::Block),
+                        (Detector::PrivateKey, Action::Block),
+                    ]
+                    .into(),
+                });
+            }
+        }
+        let w = old.widenings(&decoy);
+        assert!(
+            w.iter()
+                .any(|l| l
+                    .contains("bottle-credential for every other host changes from block to log")),
+            "{w:?}"
+        );
+        // A more specific exact entry before a weaker suffix entry.
+        let shadow = DlpPolicy {
+            host: vec![
+                host("x.github.com", &[(Detector::PrivateKey, Action::Block)]),
+                host("*.github.com", &[(Detector::PrivateKey, Action::Log)]),
+            ],
+            ..DlpPolicy::default()
+        };
+        let w = old.widenings(&shadow);
+        assert!(
+            w.iter()
+                .any(|l| l.contains("private-key for *.github.com changes from block to log")),
+            "{w:?}"
+        );
     }
 }

@@ -19,20 +19,28 @@
 //!
 //! Actions: `block` answers 403 naming the detector and the place; `redact`
 //! replaces the matched bytes with a marker of the same length (so
-//! `Content-Length` holds) — a hit in a compressed body, or one whose start
-//! was already sent on, cannot be replaced and is blocked instead; `ask`
-//! files a supervise proposal and holds the request until it is decided
-//! (refused where supervise is off); `log` writes a `dlp` audit line.
+//! `Content-Length` holds) — a hit in a compressed body cannot be replaced
+//! and is blocked instead, and a hit whose start already went out (the body
+//! paused mid-value, below) is replaced from there on; `ask` files a
+//! supervise proposal and holds the request until it is decided (refused
+//! where supervise is off); `log` writes a `dlp` audit line (at most
+//! [`MAX_LINES`] per request; a path holding a hit is logged replaced).
 //!
 //! The origin never receives a blocked value: up to [`PRIME_BYTES`] of a
 //! body is read and searched before the request is sent at all (a blocked
 //! request then never reaches the origin), and past that, bytes that could
 //! be the start of a secret (a trailing run of token characters, or a prefix
-//! of an exact value) are held back until the next piece decides them. The
-//! one exception is a body that stops arriving mid-token for [`IDLE_FLUSH`]
-//! (a streaming client waiting for an answer): the held bytes are then sent,
-//! and a secret they start is blocked when it completes, so the origin sees
-//! at most its beginning.
+//! of an exact value of any length) are held back until the next piece
+//! decides them. A body is searched once [`SEARCH_MIN`] new bytes built up,
+//! when it pauses, and at its end — which is taken from the piece that
+//! completes a body of known length, so its tail is searched (and a decoder
+//! finished) before it goes. The one exception is a body that stops
+//! arriving mid-token for [`IDLE_FLUSH`] (a streaming client waiting for an
+//! answer): the held bytes are then sent, and a secret they start is
+//! blocked when it completes, so the origin sees at most its beginning.
+//! Compressed input is decoded [`DECODE_PIECE`] bytes at a time and searched
+//! in slices of at most [`SEARCH_SLICE`], so a decompression bomb costs
+//! bounded memory per step and stops at `max_body`.
 //!
 //! This stops accidents and prompt-injected leaks in the usual shapes and
 //! simple encodings; an agent that encrypts or splits a secret across
@@ -64,8 +72,17 @@ use tokio::time::Sleep;
 /// Bytes of a body read and searched before the request goes upstream.
 pub const PRIME_BYTES: usize = 256 * 1024;
 /// Bytes of the previous piece searched again with the next one, so a
-/// secret split across pieces is still found whole.
+/// secret split across pieces is still found whole (at least the longest
+/// exact value's longest form).
 pub const CARRY: usize = 1024;
+/// New bytes that build up before a search (a body in many tiny pieces is
+/// searched once per [`SEARCH_MIN`], or when it pauses, not per piece).
+pub const SEARCH_MIN: usize = 4096;
+/// Most new bytes one search covers.
+pub const SEARCH_SLICE: usize = 64 * 1024;
+/// Compressed input fed to a decoder at once (deflate expands at most
+/// about 1032:1, so one write yields well under a megabyte).
+pub const DECODE_PIECE: usize = 512;
 /// Most bytes held back because they could start a secret.
 pub const HOLD_MAX: usize = 2048;
 /// Longest private key block `redact` waits for before refusing.
@@ -283,21 +300,32 @@ impl Engine {
     }
 
     /// How many bytes at the end of `buf` could begin an exact value (or
-    /// one of its encodings).
+    /// one of its encodings): the longest tail that is a needle's prefix.
+    /// Only places holding a needle's first byte are tried.
     fn pending(&self, buf: &[u8]) -> usize {
-        let most = self.longest.saturating_sub(1).min(buf.len());
-        (1..=most)
-            .rev()
-            .find(|&k| {
-                let tail = &buf[buf.len() - k..];
-                self.needles.iter().any(|n| n.starts_with(tail))
-            })
-            .unwrap_or(0)
+        let start = buf.len().saturating_sub(self.longest.saturating_sub(1));
+        let mut best = 0;
+        for needle in &self.needles {
+            let Some(&first) = needle.first() else {
+                continue;
+            };
+            for p in memchr::memchr_iter(first, &buf[start..]) {
+                let tail = &buf[start + p..];
+                if tail.len() <= best {
+                    break;
+                }
+                if tail.len() < needle.len() && needle.starts_with(tail) {
+                    best = tail.len();
+                    break;
+                }
+            }
+        }
+        best
     }
 
     /// How many bytes at the end of `buf` must wait for the next piece:
-    /// a trailing run of characters a token or an encoding is made of, or
-    /// the start of an exact value; at most [`HOLD_MAX`].
+    /// a trailing run of characters a token or an encoding is made of (at
+    /// most [`HOLD_MAX`]), or the start of an exact value.
     pub fn hold(&self, buf: &[u8]) -> usize {
         let run = buf
             .iter()
@@ -305,7 +333,9 @@ impl Engine {
             .take(HOLD_MAX)
             .take_while(|b| is_token_byte(**b))
             .count();
-        run.max(self.pending(buf)).min(HOLD_MAX)
+        // A token run is held up to HOLD_MAX; the start of an exact value
+        // however long it is.
+        run.max(self.pending(buf))
     }
 }
 
@@ -503,7 +533,17 @@ pub struct Scope {
     pub max_body: u64,
     pub oversize: Oversize,
     pub inbound: bool,
+    /// The path with every hit in the target replaced, once the target was
+    /// searched and something found: what logs show instead of `path`.
+    safe_path: Mutex<Option<String>>,
+    /// Audit lines written for this request (capped at [`MAX_LINES`]).
+    lines: std::sync::atomic::AtomicUsize,
 }
+
+/// Most `dlp` audit lines one request writes; past it, one line says how
+/// many more hits there were not logged (a body full of tokens must not
+/// rotate the audit log).
+pub const MAX_LINES: usize = 32;
 
 /// A request DLP refused: the rule, the sentence for the agent, and the
 /// status.
@@ -567,7 +607,28 @@ impl Scope {
             max_body: dlp.max_body,
             oversize: dlp.oversize,
             inbound: dlp.inbound,
+            safe_path: Mutex::new(None),
+            lines: Default::default(),
         }))
+    }
+
+    /// The path as logs may show it: with every hit in the target replaced
+    /// by a marker, or as sent when the target held none.
+    pub fn logged_path(&self) -> String {
+        self.safe_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.path.clone())
+    }
+
+    /// `Some(path)` to log instead of the one sent, when the target held a
+    /// hit.
+    pub fn path_override(&self) -> Option<String> {
+        self.safe_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Writes one audit line of kind `event`.
@@ -582,15 +643,32 @@ impl Scope {
         }
     }
 
-    /// Writes one `dlp` audit line (never the value).
+    /// Writes one `dlp` audit line (never the value), up to [`MAX_LINES`]
+    /// per request.
     fn log(&self, f: &Finding, place: &Place, outcome: &str) {
+        let n = self
+            .lines
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n == MAX_LINES {
+            self.emit(
+                "dlp",
+                json!({
+                    "host": self.host, "port": self.port, "method": self.method,
+                    "path": self.logged_path(), "detector": null,
+                    "action": format!("more hits in this request are not logged (over {MAX_LINES})"),
+                }),
+            );
+        }
+        if n >= MAX_LINES {
+            return;
+        }
         self.emit(
             "dlp",
             json!({
                 "host": self.host,
                 "port": self.port,
                 "method": self.method,
-                "path": self.path,
+                "path": self.logged_path(),
                 "detector": f.detector.as_str(),
                 "place": place.to_string(),
                 "how": f.how(),
@@ -682,6 +760,16 @@ pub async fn check_head(
     if let Some(pq) = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()) {
         scope.engine.scan(pq.as_bytes(), &mut found);
         if !found.is_empty() {
+            let mut safe = pq.clone().into_bytes();
+            for f in &found {
+                let end = f.end.min(safe.len());
+                if f.start < end {
+                    safe[f.start..end].copy_from_slice(&marker(end - f.start));
+                }
+            }
+            let safe = String::from_utf8_lossy(&safe);
+            let safe_path = safe.split('?').next().unwrap_or_default().to_string();
+            *scope.safe_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(safe_path);
             let mut bytes = pq.into_bytes();
             act_on_head(scope, &Place::Target, &found, &mut bytes).await?;
             let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -718,11 +806,25 @@ pub async fn check_head(
                 out.push(value);
                 continue;
             }
+            let place = Place::Header(safe_header_name(name.as_str(), &found, prefix.len()));
             for f in &mut found {
+                // (An assignment starts at its key, which is the name; its
+                // value is what is replaced.)
+                if f.start < prefix.len()
+                    && f.detector != Detector::GenericSecretAssignment
+                    && matches!(
+                        scope.actions.get(f.detector),
+                        DlpAction::Redact | DlpAction::Block
+                    )
+                {
+                    // In the header's name: a name cannot be redacted.
+                    scope.log(f, &place, "blocked");
+                    return Err(Refused::hit(f, &place, "matched a header name, which cannot be redacted or removed silently; it is refused"));
+                }
                 f.start = f.start.max(prefix.len());
                 f.end = f.end.max(f.start);
             }
-            act_on_head(scope, &Place::Header(name.to_string()), &found, &mut line).await?;
+            act_on_head(scope, &place, &found, &mut line).await?;
             let bytes = &line[prefix.len()..];
             if bytes != value.as_bytes() {
                 changed = true;
@@ -767,20 +869,17 @@ pub async fn inspect(
         .map(|r| r.header.name().clone())
         .collect();
     check_head(scope, &mut parts, &skip).await.map_err(Ok)?;
-    if let Some(codings) = unsearchable_encoding(&parts.headers) {
-        return Err(Ok(Refused {
-            rule: "dlp-unsearchable-body".into(),
-            reason: format!("the request body is encoded as `{codings}`, which the sidecar cannot decode to search it before it leaves (it reads gzip, deflate and br, one at a time)"),
-            status: 415,
-        }));
-    }
-    let coding = parts
-        .headers
-        .get(CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| v != "identity");
-    let mut body = DlpBody::new(body, watch, Some(scope.clone()), coding.as_deref());
+    let coding = match body_coding(&parts.headers) {
+        Ok(c) => c,
+        Err(codings) => {
+            return Err(Ok(Refused {
+                rule: "dlp-unsearchable-body".into(),
+                reason: format!("the request body is encoded as `{codings}`, which the sidecar cannot decode to search it before it leaves (it reads one of gzip, deflate or br)"),
+                status: 415,
+            }))
+        }
+    };
+    let mut body = DlpBody::new(body, watch, Some(scope.clone()), coding);
     body.prime().await.map_err(|f| match f {
         BodyFailure::Refused {
             rule,
@@ -794,6 +893,20 @@ pub async fn inspect(
         other => Err(other),
     })?;
     Ok(hyper::Request::from_parts(parts, body))
+}
+
+/// A header's name for logs and refusals: the name, or `(a header name
+/// holding a hit)` when a hit reaches into it (the name is the agent's
+/// text and may be the secret).
+fn safe_header_name(name: &str, found: &[Finding], prefix: usize) -> String {
+    if found
+        .iter()
+        .any(|f| f.start < prefix && f.detector != Detector::GenericSecretAssignment)
+    {
+        "(a header name holding a hit)".into()
+    } else {
+        name.to_string()
+    }
 }
 
 /// Acts on the hits in one head field (`bytes`, redacted in place).
@@ -826,9 +939,13 @@ async fn act_on_head(
     Ok(())
 }
 
-/// Why a body cannot be searched: its `Content-Encoding`, when it is not
-/// one the search decodes.
-pub fn unsearchable_encoding(headers: &hyper::HeaderMap) -> Option<String> {
+/// The body's content coding as the search reads it: `Ok(None)` for none
+/// (or `identity`), `Ok(Some(name))` for one the search decodes, and
+/// `Err(codings)` for anything else — an unknown coding, several (stacked,
+/// or `identity` next to another: an origin may decode the last one), or an
+/// empty entry. The same parse decides what is decoded, so what is
+/// searched is what the origin would decode.
+pub fn body_coding(headers: &hyper::HeaderMap) -> Result<Option<&'static str>, String> {
     let codings: Vec<String> = headers
         .get_all(CONTENT_ENCODING)
         .iter()
@@ -839,13 +956,20 @@ pub fn unsearchable_encoding(headers: &hyper::HeaderMap) -> Option<String> {
                 .map(|c| c.trim().to_ascii_lowercase())
                 .collect::<Vec<_>>()
         })
-        .filter(|c| !c.is_empty() && c != "identity")
         .collect();
+    let shown = || codings.join(", ");
     match codings.as_slice() {
-        [] => None,
-        [one] if Decoder::new(one).is_some() => None,
-        _ => Some(codings.join(", ")),
+        [] => Ok(None),
+        [one] if one == "identity" => Ok(None),
+        [one] => Decoder::new(one).map(|d| Some(d.name())).ok_or_else(shown),
+        _ => Err(shown()),
     }
+}
+
+/// Why a body cannot be searched: its `Content-Encoding`, when it is not
+/// one the search decodes ([`body_coding`]).
+pub fn unsearchable_encoding(headers: &hyper::HeaderMap) -> Option<String> {
+    body_coding(headers).err()
 }
 
 /// A sink that takes at most `room` bytes, then fails the write (a
@@ -922,15 +1046,24 @@ impl Decoder {
     fn push(&mut self, data: &[u8], room: u64, last: bool) -> Result<(Vec<u8>, bool), String> {
         self.sink().room = room;
         let result = match self {
-            Decoder::Gzip(d) => {
-                d.write_all(data)
-                    .and_then(|_| if last { d.try_finish() } else { Ok(()) })
-            }
-            Decoder::Zlib(d) => {
-                d.write_all(data)
-                    .and_then(|_| if last { d.try_finish() } else { Ok(()) })
-            }
-            Decoder::Brotli(d) => d.write_all(data).and_then(|_| {
+            // flate2's writers keep decoded bytes back until the next
+            // write; `flush` hands them on, so what was given is searched
+            // before it is released.
+            Decoder::Gzip(d) => d.write_all(data).and_then(|_| d.flush()).and_then(|_| {
+                if last {
+                    d.try_finish()
+                } else {
+                    Ok(())
+                }
+            }),
+            Decoder::Zlib(d) => d.write_all(data).and_then(|_| d.flush()).and_then(|_| {
+                if last {
+                    d.try_finish()
+                } else {
+                    Ok(())
+                }
+            }),
+            Decoder::Brotli(d) => d.write_all(data).and_then(|_| d.flush()).and_then(|_| {
                 if last {
                     d.close()
                         .map_err(|_| std::io::Error::other("truncated brotli stream"))
@@ -979,13 +1112,16 @@ struct Inspector {
     /// Decoded offset of a private key header to redact whose END line
     /// has not arrived: everything from it is held until it does.
     key_from: Option<u64>,
+    /// Decoded bytes at the end of `window` not searched yet.
+    unsearched: usize,
+    /// Bytes of the window kept for the next search.
+    carry: usize,
 }
 
 impl Inspector {
     fn new(scope: Arc<Scope>, coding: Option<&str>) -> Inspector {
         Inspector {
             decoder: coding.and_then(Decoder::new),
-            scope,
             window: Vec::new(),
             window_at: 0,
             out: BytesMut::new(),
@@ -994,40 +1130,96 @@ impl Inspector {
             handled: HashSet::new(),
             stopped: false,
             key_from: None,
+            unsearched: 0,
+            carry: CARRY.max(scope.engine.longest + 64),
+            scope,
         }
     }
 
+    /// Takes the next piece of the body (`last`: the body ends after it).
+    /// Searches once [`SEARCH_MIN`] new bytes have built up (or at the
+    /// end); decoded output is searched in slices of at most
+    /// [`SEARCH_SLICE`], so neither the window nor one search grows with
+    /// a decompression ratio.
     fn push(&mut self, data: &[u8], last: bool) -> Step {
         self.out.extend_from_slice(data);
         if self.stopped {
             return Step::Go;
         }
-        let room = self.scope.max_body.saturating_sub(self.decoded);
-        let (decoded, over) = match &mut self.decoder {
-            None => {
-                let take = (data.len() as u64).min(room) as usize;
-                (data[..take].to_vec(), take < data.len())
-            }
-            Some(d) => match d.push(data, room, last) {
-                Ok(r) => r,
-                Err(e) => {
-                    let coding = d.name();
-                    self.log_event(
-                        "undecodable",
-                        &format!("body could not be decoded ({coding})"),
-                    );
-                    return Step::Block(Refused {
-                        rule: "dlp-undecodable-body".into(),
-                        reason: format!("the request body is marked {coding}-encoded but does not decode ({e}); the sidecar searches every body before it leaves, so one it cannot read is refused"),
-                        status: 403,
-                    });
+        let mut asks = Vec::new();
+        let mut over = false;
+        if self.decoder.is_none() {
+            let room = self.scope.max_body.saturating_sub(self.decoded);
+            let take = (data.len() as u64).min(room) as usize;
+            over = take < data.len();
+            for slice in data[..take].chunks(SEARCH_SLICE) {
+                self.window.extend_from_slice(slice);
+                self.decoded += slice.len() as u64;
+                self.unsearched += slice.len();
+                if self.unsearched >= SEARCH_SLICE {
+                    match self.search(false) {
+                        Step::Go => {}
+                        Step::Ask(a) => asks.extend(a),
+                        block => return block,
+                    }
                 }
-            },
-        };
-        self.decoded += decoded.len() as u64;
-        self.window.extend_from_slice(&decoded);
-        let step = self.search(last);
-        if over && !matches!(step, Step::Block(_)) {
+            }
+        } else {
+            // Small input pieces bound what one write can expand to.
+            let pieces: Vec<&[u8]> = if data.is_empty() {
+                vec![&[][..]]
+            } else {
+                data.chunks(DECODE_PIECE).collect()
+            };
+            let n = pieces.len();
+            for (i, piece) in pieces.into_iter().enumerate() {
+                let room = self.scope.max_body.saturating_sub(self.decoded);
+                let d = self.decoder.as_mut().expect("checked above");
+                let (decoded, full) = match d.push(piece, room, last && i + 1 == n) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let coding = d.name();
+                        self.log_event(
+                            "undecodable",
+                            &format!("body could not be decoded ({coding})"),
+                        );
+                        return Step::Block(Refused {
+                            rule: "dlp-undecodable-body".into(),
+                            reason: format!("the request body is marked {coding}-encoded but does not decode ({e}); the sidecar searches every body before it leaves, so one it cannot read is refused"),
+                            status: 403,
+                        });
+                    }
+                };
+                for slice in decoded.chunks(SEARCH_SLICE) {
+                    self.window.extend_from_slice(slice);
+                    self.decoded += slice.len() as u64;
+                    self.unsearched += slice.len();
+                    if self.unsearched >= SEARCH_SLICE {
+                        match self.search(false) {
+                            Step::Go => {}
+                            Step::Ask(a) => asks.extend(a),
+                            block => return block,
+                        }
+                    }
+                }
+                if full {
+                    over = true;
+                    break;
+                }
+            }
+        }
+        if self.unsearched >= SEARCH_MIN || (last && self.unsearched > 0) || over {
+            match self.search(last) {
+                Step::Go => {}
+                Step::Ask(a) => asks.extend(a),
+                block => return block,
+            }
+        } else if last {
+            if let Step::Block(b) = self.search(true) {
+                return Step::Block(b);
+            }
+        }
+        if over {
             let limit = self.scope.max_body;
             match self.scope.oversize {
                 Oversize::Block => {
@@ -1044,7 +1236,19 @@ impl Inspector {
                 }
             }
         }
-        step
+        if asks.is_empty() {
+            Step::Go
+        } else {
+            Step::Ask(asks)
+        }
+    }
+
+    /// Searches what has come but was not searched yet (the body paused).
+    fn search_now(&mut self) -> Step {
+        if self.unsearched == 0 || self.stopped {
+            return Step::Go;
+        }
+        self.search(false)
     }
 
     fn log_event(&self, what: &str, outcome: &str) {
@@ -1052,7 +1256,7 @@ impl Inspector {
         s.emit(
             "dlp",
             json!({
-                "host": s.host, "port": s.port, "method": s.method, "path": s.path,
+                "host": s.host, "port": s.port, "method": s.method, "path": s.logged_path(),
                 "detector": null, "problem": what, "action": outcome,
                 "max_body": s.max_body,
             }),
@@ -1062,6 +1266,7 @@ impl Inspector {
     /// Searches the window and acts on every new hit (`last`: nothing
     /// more will come).
     fn search(&mut self, last: bool) -> Step {
+        self.unsearched = 0;
         let mut found = Vec::new();
         self.scope.engine.scan(&self.window, &mut found);
         let mut asks = Vec::new();
@@ -1133,8 +1338,8 @@ impl Inspector {
                 DlpAction::Log => self.scope.log(&f, &place, "logged"),
             }
         }
-        if self.window.len() > CARRY {
-            let mut cut = self.window.len() - CARRY;
+        if self.window.len() > self.carry {
+            let mut cut = self.window.len() - self.carry;
             if let Some(key) = self.key_from {
                 cut = cut.min(key.saturating_sub(self.window_at) as usize);
             }
@@ -1155,6 +1360,9 @@ impl Inspector {
     }
 
     fn release_as(&mut self, all: bool, idle: bool) -> Option<Bytes> {
+        if self.unsearched > 0 && !self.stopped {
+            return None;
+        }
         let key_hold = self.key_from.map(|key| {
             self.out.len() - (key.saturating_sub(self.out_at) as usize).min(self.out.len())
         });
@@ -1165,6 +1373,9 @@ impl Inspector {
         } else if idle {
             0
         } else if self.decoder.is_some() {
+            // What was released decodes (at the origin too) to what was
+            // searched; hold the new piece while its output could end in
+            // the start of a secret.
             if self.scope.engine.hold(&self.window) > 0 {
                 self.out.len()
             } else {
@@ -1358,12 +1569,20 @@ where
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    let step = insp.push(&data, false);
+                    // A body of known length is over when its last byte is
+                    // handed out, and hyper's client then stops polling:
+                    // the end is taken here, so the tail is searched (and a
+                    // decoder finished) before any of it goes.
+                    let last = this.inner.is_end_stream();
+                    let step = insp.push(&data, last);
+                    if last {
+                        this.ended = true;
+                    }
                     if let Err(e) = this.step(step) {
                         return Poll::Ready(Some(Err(e)));
                     }
                     if this.asking.is_none() {
-                        if let Some(b) = this.insp.as_mut().and_then(|i| i.release(false)) {
+                        if let Some(b) = this.insp.as_mut().and_then(|i| i.release(last)) {
                             this.ready.push_back(b);
                         }
                     }
@@ -1383,6 +1602,20 @@ where
                     }
                 }
                 Poll::Pending => {
+                    // The body paused: search what built up, and let go
+                    // what cannot start a secret.
+                    if insp.unsearched > 0 {
+                        let step = insp.search_now();
+                        if let Err(e) = this.step(step) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        if this.asking.is_none() {
+                            if let Some(b) = this.insp.as_mut().and_then(|i| i.release(false)) {
+                                this.ready.push_back(b);
+                            }
+                        }
+                        continue;
+                    }
                     if insp.held() == 0 {
                         return Poll::Pending;
                     }
@@ -1407,11 +1640,9 @@ where
         if self.insp.is_none() {
             return self.inner.is_end_stream();
         }
-        self.ready.is_empty()
-            && self.asking.is_none()
-            && (self.ended
-                || self.failed
-                || (self.inner.is_end_stream() && self.insp.as_ref().is_none_or(|i| i.held() == 0)))
+        // Never ahead of the search: the end is reported only once the
+        // inspector was told (and everything it released was handed out).
+        self.ready.is_empty() && self.asking.is_none() && (self.ended || self.failed)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -1457,7 +1688,7 @@ impl<B> InboundBody<B> {
                 s.emit(
                     "dlp-inbound",
                     json!({
-                        "host": s.host, "port": s.port, "method": s.method, "path": s.path,
+                        "host": s.host, "port": s.port, "method": s.method, "path": s.logged_path(),
                         "detector": f.detector.as_str(), "how": f.how(),
                         "credential": f.credential.as_deref(),
                         "action": "logged",

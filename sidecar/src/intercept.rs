@@ -562,7 +562,7 @@ impl Session {
         let (host, port) = (self.host().to_string(), self.port());
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
-        let ex = Exchange {
+        let mut ex = Exchange {
             logger: self.shared.logger.clone(),
             client: self.client,
             started: Instant::now(),
@@ -694,7 +694,12 @@ impl Session {
             &path,
             &secrets,
         );
-        let upreq = match dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await {
+        let inspected = dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await;
+        if let Some(p) = scope.as_ref().and_then(|s| s.path_override()) {
+            // The target held a hit: the audit record shows it replaced.
+            ex.record.path = Some(p);
+        }
+        let upreq = match inspected {
             Ok(r) => r,
             Err(Ok(refused)) => return ex.dlp_refused(refused),
             Err(Err(failure)) => return ex.bad_body(&failure),

@@ -445,7 +445,12 @@ pub(crate) async fn forward_plain(
         &path,
         &secrets,
     );
-    let upreq = match dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await {
+    let inspected = dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await;
+    if let Some(p) = scope.as_ref().and_then(|s| s.path_override()) {
+        // The target held a hit: the audit record shows it replaced.
+        ex.record.path = Some(p);
+    }
+    let upreq = match inspected {
         Ok(r) => r,
         Err(Ok(refused)) => return ex.dlp_refused(refused),
         Err(Err(failure)) => return ex.bad_body(&failure),

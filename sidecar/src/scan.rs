@@ -53,7 +53,15 @@ struct Pattern {
     /// anchored copy of the regex run only where one starts, over at most
     /// [`KEYED_SPAN`] bytes.
     keyed: Option<(Regex, Regex)>,
+    /// For a header that opens a block (a PEM key): its END line. A match
+    /// is extended to the first END line within [`BLOCK_MAX`] bytes, so
+    /// `redact` covers the key material, not only the header. Found in one
+    /// pass over the buffer, so many headers cost no more than one.
+    block_end: Option<Regex>,
 }
+
+/// Longest block (header to END line) a match is extended over.
+pub const BLOCK_MAX: usize = 16 * 1024;
 
 /// Bytes after a keyword an assignment detector looks at.
 const KEYED_SPAN: usize = 512;
@@ -87,8 +95,19 @@ impl Pattern {
         };
         match &self.keyed {
             None => {
+                // Every END line, once (none searched without `-----END`).
+                let ends: Vec<(usize, usize)> = match &self.block_end {
+                    Some(end) if memchr::memmem::find(buf, b"-----END").is_some() => {
+                        end.find_iter(buf).map(|m| (m.start(), m.end())).collect()
+                    }
+                    _ => Vec::new(),
+                };
                 for caps in self.re.captures_iter(buf) {
-                    if let Some((s, e)) = accept(&caps) {
+                    if let Some((s, mut e)) = accept(&caps) {
+                        let i = ends.partition_point(|(at, _)| *at < e);
+                        if let Some((_, end)) = ends.get(i).filter(|(at, _)| at - e <= BLOCK_MAX) {
+                            e = *end;
+                        }
                         if !out(s, e) {
                             return;
                         }
@@ -163,6 +182,7 @@ static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         re: Regex::new(re).expect("detector regexes are fixed and tested"),
         accept,
         keyed: None,
+        block_end: None,
     };
     let keyed = |kind, re: &str, accept| Pattern {
         keyed: Some((
@@ -175,13 +195,17 @@ static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         ..d(kind, re, accept)
     };
     vec![
-        d(
-            Detector::PrivateKey,
-            // The whole block when its END line is there (so `redact`
-            // covers the key material, not only the header).
-            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:(?s:.)*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)?",
-            any,
-        ),
+        Pattern {
+            block_end: Some(
+                Regex::new(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+                    .expect("detector regexes are fixed and tested"),
+            ),
+            ..d(
+                Detector::PrivateKey,
+                r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+                any,
+            )
+        },
         d(
             Detector::GithubToken,
             r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{80,255})\b",

@@ -32,6 +32,8 @@ fn scope_with(policy: DlpPolicy) -> Arc<Scope> {
         max_body: policy.max_body,
         oversize: policy.oversize,
         inbound: policy.inbound,
+        safe_path: Mutex::new(None),
+        lines: Default::default(),
     })
 }
 
@@ -146,22 +148,30 @@ fn views_map_each_byte_to_its_source() {
     assert_eq!(raw_end(&map, 3, 14), 9);
 }
 
-/// Feeds `chunks` to an inspector; the released bytes, and the refusal.
+/// Feeds `chunks` to an inspector as [`DlpBody`] does (the last one marked
+/// as the end, a search when the body pauses between pieces); the
+/// released bytes, and the refusal.
 fn run(scope: Arc<Scope>, coding: Option<&str>, chunks: &[&[u8]]) -> (Vec<u8>, Option<Refused>) {
     let mut insp = Inspector::new(scope, coding);
     let mut sent = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         let last = i + 1 == chunks.len();
-        match insp.push(c, last && coding.is_some()) {
+        match insp.push(c, last) {
             Step::Block(r) => return (sent, Some(r)),
             Step::Ask(_) => panic!("no ask configured"),
             Step::Go => {}
         }
-        if let Some(b) = insp.release(false) {
+        if !last {
+            // The next piece is not there yet: the body paused.
+            if let Step::Block(r) = insp.search_now() {
+                return (sent, Some(r));
+            }
+        }
+        if let Some(b) = insp.release(last) {
             sent.extend_from_slice(&b);
         }
     }
-    if coding.is_none() {
+    if chunks.is_empty() {
         if let Step::Block(r) = insp.push(&[], true) {
             return (sent, Some(r));
         }
@@ -472,4 +482,178 @@ fn host_patterns_pick_actions() {
         p.actions_for("other.test").get(Detector::GithubToken),
         DlpAction::Log
     );
+}
+
+/// A body as hyper's `Incoming` reports it: `is_end_stream` turns true as
+/// soon as the last chunk was handed out.
+struct Sized {
+    chunks: VecDeque<Bytes>,
+}
+
+impl Body for Sized {
+    type Data = Bytes;
+    type Error = AgentBodyError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, AgentBodyError>>> {
+        Poll::Ready(self.chunks.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// Drives `body` the way hyper's client does: frames until the body says it
+/// ended, never one poll more.
+async fn like_hyper<B: Body<Data = Bytes> + Unpin>(mut body: B) -> (Vec<u8>, bool) {
+    let mut sent = Vec::new();
+    while !body.is_end_stream() {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    sent.extend_from_slice(&d);
+                }
+            }
+            Some(Err(_)) => return (sent, true),
+            None => break,
+        }
+    }
+    (sent, false)
+}
+
+#[tokio::test]
+async fn the_last_piece_of_a_compressed_body_is_searched_before_it_goes() {
+    for coding in ["gzip", "deflate"] {
+        let plain = format!("x={VALUE}\n");
+        let body = match coding {
+            "gzip" => gzip(plain.as_bytes()),
+            _ => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(plain.as_bytes()).unwrap();
+                e.finish().unwrap()
+            }
+        };
+        for split in [1, 10, body.len() / 2, body.len() - 1] {
+            let chunks = Sized {
+                chunks: [&body[..split], &body[split..]]
+                    .iter()
+                    .map(|c| Bytes::copy_from_slice(c))
+                    .collect(),
+            };
+            let b = DlpBody::new(chunks, Watch::default(), Some(scope()), Some(coding));
+            let (sent, failed) = like_hyper(b).await;
+            assert!(failed, "{coding} split {split}: not refused");
+            assert!(
+                sent.len() < body.len(),
+                "{coding} split {split}: all of it was sent"
+            );
+        }
+    }
+}
+
+#[test]
+fn stacked_or_empty_codings_are_unsearchable() {
+    for values in [
+        vec!["identity, gzip"],
+        vec!["identity", "gzip"],
+        vec!["gzip,"],
+        vec!["", "gzip"],
+        vec!["gzip", "gzip"],
+    ] {
+        let mut h = hyper::HeaderMap::new();
+        for v in &values {
+            h.append(CONTENT_ENCODING, HeaderValue::from_str(v).unwrap());
+        }
+        assert!(body_coding(&h).is_err(), "{values:?}");
+    }
+    let mut h = hyper::HeaderMap::new();
+    h.insert(CONTENT_ENCODING, HeaderValue::from_static(" GZIP "));
+    assert_eq!(body_coding(&h), Ok(Some("gzip")));
+}
+
+#[test]
+fn a_long_value_sent_one_byte_at_a_time_is_still_found() {
+    let long: String = (0..2500).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let secrets = Secrets::new([(
+        "LONG".to_string(),
+        Secret::new(long.as_str(), "placeholder-long"),
+    )]);
+    let s = Arc::new(Scope {
+        engine: Arc::new(Engine::new(&secrets)),
+        ..Arc::try_unwrap(scope()).unwrap()
+    });
+    let hex: String = long.bytes().map(|b| format!("{b:02x}")).collect();
+    let body = format!("h={hex}&end");
+    let chunks: Vec<&[u8]> = body.as_bytes().chunks(1).collect();
+    let (sent, refused) = run(s, None, &chunks);
+    assert_eq!(refused.expect("found").rule, "dlp:bottle-credential");
+    assert!(sent.len() < 100, "sent {} bytes", sent.len());
+}
+
+#[test]
+fn many_key_headers_are_found_in_one_pass() {
+    // Every header is a hit (log only, so all are searched); each match
+    // ends at its header, not at the far END line.
+    let s = scope_with(DlpPolicy {
+        action: [(Detector::PrivateKey, DlpAction::Log)]
+            .into_iter()
+            .collect(),
+        ..DlpPolicy::default()
+    });
+    let header = ["-----BEGIN RSA ", "PRIVATE KEY-----\n"].concat();
+    let body = header.repeat(20_000) + &["-----END RSA ", "PRIVATE KEY-----\n"].concat();
+    let mut hits = Vec::new();
+    scan::pattern_hits(body.as_bytes(), &mut hits);
+    assert_eq!(hits.len(), 20_000);
+    assert!(hits[0].2 <= header.len(), "{:?}", hits[0]);
+    let last = hits.last().unwrap();
+    assert!(
+        body[last.1..last.2].contains("-----END"),
+        "the last one reaches its END line"
+    );
+    let gz = gzip(body.as_bytes());
+    let (sent, refused) = run(s.clone(), Some("gzip"), &[&gz]);
+    assert!(refused.is_none());
+    assert_eq!(sent, gz);
+    assert_eq!(
+        lines(&s).len(),
+        MAX_LINES + 1,
+        "lines are capped per request"
+    );
+}
+
+#[tokio::test]
+async fn a_hit_in_a_header_name_is_refused_and_not_logged_by_name() {
+    let hex: String = VALUE.bytes().map(|b| format!("{b:02x}")).collect();
+    let s = redacting();
+    let (mut parts, ()) = hyper::Request::builder()
+        .uri("https://api.example.com/")
+        .header(format!("x-{hex}"), "1")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let r = check_head(&s, &mut parts, &[]).await.unwrap_err();
+    assert_eq!(r.rule, "dlp:bottle-credential");
+    assert!(r.reason.contains("header name"), "{}", r.reason);
+    assert!(!r.reason.contains(&hex));
+    assert!(!serde_json::to_string(&lines(&s)).unwrap().contains(&hex));
+}
+
+#[tokio::test]
+async fn a_secret_in_the_path_is_not_logged() {
+    let s = scope();
+    let (mut parts, ()) = hyper::Request::builder()
+        .uri(format!("https://api.example.com/v1/{VALUE}/x?q=1"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    check_head(&s, &mut parts, &[]).await.unwrap_err();
+    let logged = s.path_override().expect("the path is replaced");
+    assert!(
+        !logged.contains(VALUE) && logged.starts_with("/v1/BOTTLE-REDACTED"),
+        "{logged}"
+    );
+    assert!(!serde_json::to_string(&lines(&s)).unwrap().contains(VALUE));
 }
