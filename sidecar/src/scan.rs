@@ -208,35 +208,43 @@ static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         },
         d(
             Detector::GithubToken,
-            r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{80,255})\b",
+            r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{80,255})(?-u:\b)",
             any,
         ),
-        d(Detector::GitlabToken, r"\bglpat-[A-Za-z0-9_-]{20,}", any),
+        d(
+            Detector::GitlabToken,
+            r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}",
+            any,
+        ),
         d(
             Detector::AwsAccessKey,
-            r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+            r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
             any,
         ),
         d(
             Detector::SlackToken,
-            r"\bxox[baprs]-[A-Za-z0-9-]{10,}",
+            r"(?-u:\b)xox[baprs]-[A-Za-z0-9-]{10,}",
             letters_and_digits,
         ),
-        d(Detector::GcpApiKey, r"\bAIza[0-9A-Za-z_-]{35}", any),
+        d(Detector::GcpApiKey, r"(?-u:\b)AIza[0-9A-Za-z_-]{35}", any),
         d(
             Detector::StripeKey,
-            r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{24,}",
+            r"(?-u:\b)[rs]k_(?:live|test)_[0-9A-Za-z]{24,}",
             letters_and_digits,
         ),
-        d(Detector::AnthropicKey, r"\bsk-ant-[A-Za-z0-9_-]{20,}", any),
+        d(
+            Detector::AnthropicKey,
+            r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
+            any,
+        ),
         d(
             Detector::OpenaiKey,
-            r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}",
+            r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}",
             openai_shaped,
         ),
         d(
             Detector::Jwt,
-            r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
+            r"(?-u:\b)eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
             any,
         ),
         keyed(
