@@ -588,3 +588,86 @@ async fn ask_mode_holds_a_connection_until_the_decision() {
     assert!(meta.body.contains("destination-guard"), "{}", meta.body);
     assert_eq!(s.queue().list(0).unwrap().entries.len(), before);
 }
+
+/// `[dlp]` set to `ask` for a detector: the request is held, a proposal
+/// filed; approved, it goes to the origin as sent; denied, it is refused
+/// and the origin never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlp_ask_holds_the_request_for_a_decision() {
+    let pki = Pki::new();
+    let origin = tls_origin(pki.origin_tls(&["origin.test"])).await;
+    let port = origin.port();
+    let queue = temp_dir("queue");
+    let text = json!({
+        "format": 1, "bottle": "test",
+        "egress": {"allow": [format!("origin.test:{port}"), format!("127.0.0.1:{port}")]},
+        "supervise": {"enabled": true},
+        "dlp": {"action": {"jwt": "ask"}},
+    })
+    .to_string();
+    let s = start(
+        &pki.dir,
+        &queue,
+        &text,
+        vec![("origin.test", vec![ip("127.0.0.1")])],
+    )
+    .await;
+    let jwt = [
+        "ey",
+        "JhbGciOiJIUzI1NiJ9.ey",
+        "JzdWIiOiIxMjM0NTY3ODkwIn0.",
+        "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    ]
+    .concat();
+    let post = |tag: &str| {
+        let body = format!("{{\"{tag}\":\"{jwt}\"}}");
+        format!(
+            "POST /hello HTTP/1.1\r\nHost: origin.test:{port}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (verdict, tag) in [(Verdict::Approve, "approved"), (Verdict::Deny, "denied")] {
+        let queue = s.queue();
+        let decider = tokio::spawn(async move {
+            let id = eventually("an undecided proposal", || {
+                let l = queue.list(bottle_sidecar::supervise::now_secs()).unwrap();
+                l.entries
+                    .iter()
+                    .find(|e| e.decision.is_none())
+                    .map(|e| e.proposal.id.clone())
+            })
+            .await;
+            let d = Decision {
+                id,
+                verdict,
+                scope: Scope::Once,
+                note: None,
+                decided: bottle_sidecar::supervise::now_secs(),
+                edited: None,
+            };
+            queue.decide(&d, d.decided).unwrap();
+        });
+        let t = tunnel(s.proxy(), &format!("origin.test:{port}")).await;
+        let mut tls = tls_over(&pki.agent_tls(), t, "origin.test").await;
+        tls.write_all(post(tag).as_bytes()).await.unwrap();
+        let resp = read_response(&mut tls).await;
+        decider.await.unwrap();
+        let got = origin.seen();
+        let reached = got
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.body).contains(tag));
+        match verdict {
+            Verdict::Approve => {
+                assert_eq!(resp.status, 200, "{resp:?}");
+                assert!(reached, "the approved request reached the origin");
+            }
+            _ => {
+                assert_eq!(resp.status, 403, "{resp:?}");
+                assert!(resp.body.contains("rule: dlp:jwt"), "{resp:?}");
+                assert!(resp.body.contains("the operator denied it"), "{resp:?}");
+                assert!(!reached, "the denied request never reached the origin");
+            }
+        }
+    }
+    s.stop().await;
+}
