@@ -259,13 +259,30 @@ static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
 /// whole match, in detector order. Exact values are not searched here
 /// (`crate::dlp` searches them with their encodings).
 pub fn pattern_hits(buf: &[u8], out: &mut Vec<(Detector, usize, usize)>) {
+    // One pass decides whether any unkeyed detector can match at all (the
+    // usual answer for a request body is no); only then each runs alone.
+    let any = ANY_UNKEYED.is_match(buf);
     for d in DETECTORS.iter() {
+        if d.keyed.is_none() && !any {
+            continue;
+        }
         d.hits(buf, &mut |s, e| {
             out.push((d.kind, s, e));
             true
         });
     }
 }
+
+/// Every detector without keywords as one alternation, for a single
+/// "anything here?" pass.
+static ANY_UNKEYED: LazyLock<Regex> = LazyLock::new(|| {
+    let all: Vec<String> = DETECTORS
+        .iter()
+        .filter(|d| d.keyed.is_none())
+        .map(|d| format!("(?:{})", d.re.as_str()))
+        .collect();
+    Regex::new(&all.join("|")).expect("detector regexes are fixed and tested")
+});
 
 /// What a detector found on a line: its name, never the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
