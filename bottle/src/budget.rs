@@ -244,7 +244,7 @@ pub fn summary(budgets: &[Status]) -> String {
             };
             format!(
                 "{} {}/{}{mark}",
-                s.budget,
+                printable(&s.budget),
                 s.measure.show(s.used),
                 s.measure.show(s.limit)
             )
@@ -279,6 +279,29 @@ pub fn raise(name: &str, state: &StateDir, raises: &[Raise]) -> Result<Vec<Strin
     Ok(lines)
 }
 
+/// `s` safe for a terminal: the counters file is written by the sidecar,
+/// but what it says about unknown spend quotes the model name an origin
+/// sent (issue 16, review L5), so characters a terminal acts on or that
+/// hide or reorder text are shown as `?`: controls (escape sequences),
+/// bidirectional overrides and isolates, zero-width characters, line and
+/// paragraph separators, soft hyphen, byte-order mark.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let bad = c.is_control()
+                || matches!(c,
+                    '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                    | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
+                    | '\u{FFF9}'..='\u{FFFB}');
+            if bad {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// `bottle budget NAME` as a table.
 pub fn render(out: &mut dyn std::io::Write, report: &Report) -> std::io::Result<()> {
     if report.budgets.is_empty() {
@@ -307,18 +330,19 @@ pub fn render(out: &mut dyn std::io::Write, report: &Report) -> std::io::Result<
             writeln!(
                 out,
                 "{:<40} {:>14} {:>14} {:<10} {}",
-                s.budget,
+                printable(&s.budget),
                 used,
                 s.measure.show(s.limit),
                 state,
-                s.unknown.as_deref().unwrap_or("")
+                printable(s.unknown.as_deref().unwrap_or(""))
             )?;
         }
     }
     for (host, c) in &report.hosts {
         writeln!(
             out,
-            "  {host}: {} requests, {} up, {} down, {} spent ({} in / {} out / {} cache-read / {} cache-write tokens)",
+            "  {}: {} requests, {} up, {} down, {} spent ({} in / {} out / {} cache-read / {} cache-write tokens)",
+            printable(host),
             c.requests,
             bottle_policy::budget::human_bytes(c.bytes_up),
             bottle_policy::budget::human_bytes(c.bytes_down),
@@ -330,7 +354,11 @@ pub fn render(out: &mut dyn std::io::Write, report: &Report) -> std::io::Result<
         )?;
     }
     if let Some(e) = &report.counters_error {
-        writeln!(out, "warning: the counters could not be read: {e}")?;
+        writeln!(
+            out,
+            "warning: the counters could not be read: {}",
+            printable(e)
+        )?;
     }
     Ok(())
 }
@@ -420,6 +448,43 @@ mod tests {
         assert!(
             text.contains("api.github.com:requests_per_minute"),
             "{text}"
+        );
+    }
+
+    /// An origin's model name reaches the table through the sidecar's
+    /// unknown-spend note: escape sequences and bidi overrides are not
+    /// written to the terminal (review L5).
+    #[test]
+    fn origin_strings_are_made_printable() {
+        let mut state = BudgetState::default();
+        state.record(
+            "api.anthropic.com",
+            &bottle_policy::Counters {
+                unknown: Some("model `x\u{1b}]0;pwned\u{7}\u{202e}y` has no price".into()),
+                ..Default::default()
+            },
+        );
+        let budget: BudgetPolicy =
+            serde_json::from_value(serde_json::json!({"llm_usd": 1.0})).unwrap();
+        let report = Report {
+            name: "demo".into(),
+            budgets: budget.statuses(&state, &|_| 0),
+            hosts: state.hosts.clone(),
+            counters_error: Some("bad\u{1b}[2J".into()),
+        };
+        let mut text = Vec::new();
+        render(&mut text, &report).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("model `x?]0;pwned??y` has no price"),
+            "{text}"
+        );
+        assert!(text.contains("bad?[2J"), "{text}");
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{text:?}"
         );
     }
 }

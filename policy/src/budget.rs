@@ -735,7 +735,8 @@ impl BudgetPolicy {
 
     /// Every way `self` is looser than `old`, one line each: a limit raised
     /// or removed, a host entry removed, `llm` metering dropped, a later soft
-    /// warning, a price added or made cheaper.
+    /// warning, a price added or made cheaper, a price dropped so its models
+    /// fall back to a cheaper one.
     pub fn loosened_from(&self, old: &BudgetPolicy) -> Vec<String> {
         let mut out = Vec::new();
         fn limit(
@@ -836,6 +837,27 @@ impl BudgetPolicy {
                     "egress.budget price of \"{key}\" is lowered, so the same use counts as less spend"
                 )),
                 Some(_) => {}
+            }
+        }
+        for (key, was) in &old.prices {
+            if self.prices.contains_key(key) {
+                continue; // compared above
+            }
+            // A key dropped: what does the new table charge for the names
+            // only it covered? Falling back to a cheaper, less specific
+            // price is a widening; to none (refused, unknown spend) is not.
+            // A prefix key is probed with a suffix no key can hold, so no
+            // longer key in the new table answers for it.
+            let probe = match key.as_str().strip_suffix('*') {
+                Some(prefix) => format!("{prefix}\u{1}"),
+                None => key.as_str().to_owned(),
+            };
+            if let Some(now) = self.price_for(&probe) {
+                if now.cheaper_than(was) {
+                    out.push(format!(
+                        "egress.budget prices drops \"{key}\", so its models fall back to a cheaper price"
+                    ));
+                }
             }
         }
         out
@@ -1205,6 +1227,43 @@ mod tests {
             let w = new.loosened_from(&old);
             assert!(w.iter().any(|l| l.contains(says)), "{says}: {w:?}");
         }
+    }
+
+    /// Dropping a more specific price is a widening when the model falls
+    /// back to a cheaper one; dropping the only price is not (it fails
+    /// closed). Issue 16, review M3.
+    #[test]
+    fn dropping_a_specific_price_is_a_widening() {
+        let old = budget(serde_json::json!({"llm_usd": 5.0, "prices": {
+            "m*": {"input": 3.0, "output": 15.0},
+            "m-big*": {"input": 30.0, "output": 150.0},
+            "m": {"input": 5.0, "output": 20.0},
+        }}));
+        let with = |prices: serde_json::Value| {
+            budget(serde_json::json!({"llm_usd": 5.0, "prices": prices}))
+        };
+        let w = with(serde_json::json!({
+            "m*": {"input": 3.0, "output": 15.0},
+            "m": {"input": 5.0, "output": 20.0},
+        }))
+        .loosened_from(&old);
+        assert_eq!(
+            w,
+            ["egress.budget prices drops \"m-big*\", so its models fall back to a cheaper price"]
+        );
+        let w = with(serde_json::json!({
+            "m*": {"input": 3.0, "output": 15.0},
+            "m-big*": {"input": 30.0, "output": 150.0},
+        }))
+        .loosened_from(&old);
+        assert!(w.iter().any(|l| l.contains("drops \"m\"")), "{w:?}");
+        // No price left for `m-x`: refused, so tighter.
+        let w = with(serde_json::json!({
+            "m-big*": {"input": 30.0, "output": 150.0},
+            "m": {"input": 5.0, "output": 20.0},
+        }))
+        .loosened_from(&old);
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

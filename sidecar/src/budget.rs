@@ -8,21 +8,29 @@
 //!   used, how to ask); past a soft limit the request goes through, the
 //!   crossing is logged once, and the response carries a `bottle-budget`
 //!   header. Budgets are checked between requests: the one request that
-//!   crosses a limit completes.
+//!   crosses a limit completes. Past the soft limit of an LLM spend budget
+//!   only one request counted against it is in flight at a time (others get
+//!   429 `budget-busy` with `Retry-After: 1`), so requests sent together
+//!   cannot all pass before any spend lands.
 //! - [`Ticket::finish`] wraps the forwarded response body: it counts the
 //!   bytes and, on a metered LLM host, reads the token usage out of the
 //!   JSON or SSE body as it passes ([`UsageReader`]; never buffering more
 //!   than [`MAX_JSON`] or one SSE event beyond [`MAX_EVENT`]). When the body
 //!   ends or is dropped, the request's bytes, tokens and spend are added.
+//!   A ticket dropped before it saw a response (the agent went away, a
+//!   later refusal) still counts the request and its bytes up.
 //! - Unknown spend fails closed: a model with no price, a stream that named
 //!   a model but carried no usage (an OpenAI stream without
 //!   `stream_options.include_usage`; the sidecar never rewrites a body to
 //!   add it), a response still encoded although the sidecar asked for
-//!   `accept-encoding: identity`, a body too large to read. The host's
+//!   `accept-encoding: identity`, a body too large to read, a stream cut
+//!   before its final event, a 2xx to a request that can spend ([`spends`])
+//!   with no usage or neither JSON nor SSE. A WebSocket to a metered host
+//!   is refused up front ([`websocket_refusal`]). The host's
 //!   tokens are still counted, and its spend budgets are exhausted until
 //!   the budget policy changes (a raise or a reload), which clears the mark.
-//! - Counted: request and response BODY bytes of forwarded HTTP requests
-//!   (not headers, not refused requests, not WebSocket frames after the
+//! - Counted: request and response BODY bytes of admitted HTTP requests
+//!   (not headers, not requests a budget or the policy refused, not WebSocket frames after the
 //!   upgrade, not the git gate's traffic). Requests per minute is a fixed
 //!   one-minute window per host entry, kept in memory only.
 //! - [`Meter::persist`] writes `budget.json` (next to the audit log)
@@ -68,6 +76,11 @@ pub struct Seen {
     pub tokens: Option<Tokens>,
     /// Part of the body could not be read (too large, not JSON).
     pub unreadable: bool,
+    /// An SSE stream ended without its final event (Anthropic
+    /// `message_stop`, OpenAI `[DONE]`, `response.completed`): the usage
+    /// seen so far (Anthropic's `message_start` says 1 output token) is not
+    /// the whole.
+    pub cut_short: bool,
 }
 
 impl Seen {
@@ -85,6 +98,7 @@ impl Seen {
             mine.cache_write = mine.cache_write.max(t.cache_write);
         }
         self.unreadable |= other.unreadable;
+        self.cut_short |= other.cut_short;
     }
 }
 
@@ -107,7 +121,20 @@ pub fn inspect(v: &Value) -> Seen {
         model,
         tokens,
         unreadable: false,
+        cut_short: false,
     }
+}
+
+/// Is this SSE event the last one of a provider's stream? Anthropic ends
+/// with `message_stop`, OpenAI Chat with `data: [DONE]`, OpenAI Responses
+/// with `response.completed` (or `.incomplete` / `.failed`, which carry the
+/// usage too).
+fn terminal(data: &[u8], v: Option<&Value>) -> bool {
+    data == b"[DONE]"
+        || matches!(
+            v.and_then(|v| v["type"].as_str()),
+            Some("message_stop" | "response.completed" | "response.incomplete" | "response.failed")
+        )
 }
 
 fn tokens_of(u: &Value) -> Option<Tokens> {
@@ -186,6 +213,8 @@ pub struct UsageReader {
     data: Vec<u8>,
     /// SSE: the current event is over [`MAX_EVENT`] and is skipped.
     skipping: bool,
+    /// SSE: the stream's final event went by.
+    ended: bool,
     seen: Seen,
 }
 
@@ -196,6 +225,7 @@ impl UsageReader {
             buf: Vec::new(),
             data: Vec::new(),
             skipping: false,
+            ended: false,
             seen: Seen::default(),
         }
     }
@@ -258,9 +288,11 @@ impl UsageReader {
     fn dispatch(&mut self) {
         if self.skipping {
             self.seen.unreadable = true;
-        } else if !self.data.is_empty() && self.data != b"[DONE]" {
-            if let Ok(v) = serde_json::from_slice::<Value>(&self.data) {
-                self.seen.merge(inspect(&v));
+        } else if !self.data.is_empty() {
+            let v = serde_json::from_slice::<Value>(&self.data).ok();
+            self.ended |= terminal(&self.data, v.as_ref());
+            if let Some(v) = &v {
+                self.seen.merge(inspect(v));
             }
         }
         self.skipping = false;
@@ -285,6 +317,7 @@ impl UsageReader {
                     self.line(&line);
                 }
                 self.dispatch();
+                self.seen.cut_short = !self.ended;
             }
         }
         self.seen
@@ -319,6 +352,11 @@ pub fn price(budget: &BudgetPolicy, seen: &Seen) -> Counters {
         }
         (None, None) => {}
     }
+    if seen.cut_short && c.unknown.is_none() {
+        c.unknown = Some(
+            "a streamed response ended before its final event (message_stop, [DONE] or response.completed), so its whole token usage is not known".into(),
+        );
+    }
     if seen.unreadable && c.unknown.is_none() {
         c.unknown = Some(format!(
             "a response was too large to read its token usage (over {} MiB of JSON, or an event over {} MiB)",
@@ -340,6 +378,8 @@ struct Inner {
     /// The budget policy last seen: when it changes (a raise, a reload),
     /// unknown-spend marks are cleared.
     policy: Option<BudgetPolicy>,
+    /// Requests admitted and not yet counted, by LLM spend budget name.
+    in_flight: BTreeMap<String, u64>,
 }
 
 /// Every bottle's counters in one sidecar, shared by all listeners.
@@ -352,20 +392,62 @@ pub struct Meter {
 /// Why a request was refused by a budget.
 #[derive(Debug, Clone)]
 pub struct Exhausted {
-    pub status: Status,
-    /// Seconds until the per-minute window turns (requests per minute only).
+    pub status: Box<Status>,
+    /// Seconds until the request may be tried again (requests per minute,
+    /// and one in flight near the limit).
     pub retry_after: Option<u64>,
+    /// The spend budget is past its soft limit and another request counted
+    /// against it is still in flight: one at a time near the limit.
+    pub busy: bool,
 }
 
 /// A request admitted by the budgets: what to do to it and its response.
+/// Dropped before [`Ticket::finish`] (the agent went away before the
+/// answer's head, a refusal after admission, an unreachable upstream), it
+/// still counts the request and the request bytes read.
 #[derive(Debug)]
 pub struct Ticket {
-    meter: Option<Arc<Meter>>,
-    host: String,
+    flight: Option<Flight>,
     llm: bool,
+    /// `METHOD path` (path cut to 100 characters) of a request that spends
+    /// on a metered host; `None` for one that cannot (see [`spends`]).
+    spending: Option<String>,
     budget: BudgetPolicy,
     /// The `bottle-budget` header value, when a budget is past its soft limit.
     soft: Option<String>,
+    up: Counter,
+}
+
+/// One admitted request until it is counted: counts it when dropped, and
+/// releases its place among the requests in flight.
+#[derive(Debug)]
+struct Flight {
+    meter: Arc<Meter>,
+    host: String,
+    up: Counter,
+    /// The LLM spend budgets it is in flight against.
+    holds: Vec<String>,
+    /// What the response reported; bytes up and the request are added.
+    used: Counters,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut used = std::mem::take(&mut self.used);
+        used.bytes_up = self.up.get();
+        used.requests = 1;
+        self.meter.land(&self.host, &used, &self.holds);
+    }
+}
+
+/// Can `method path` spend on an LLM host? Reads (GET, HEAD, OPTIONS),
+/// deletes and the token counters (`/v1/messages/count_tokens`,
+/// `/v1/responses/input_tokens`) cannot; every other request is expected
+/// to report its usage.
+pub fn spends(method: &str, path: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE")
+        && !path.ends_with("/count_tokens")
+        && !path.ends_with("/input_tokens")
 }
 
 impl Meter {
@@ -394,16 +476,18 @@ impl Meter {
         self.lock().state.clone()
     }
 
-    /// Checks a request to `host` (normalised) against `budget`.
+    /// Checks a request (`method`, `path`) to `host` (normalised) against
+    /// `budget`.
     pub fn admit(
         self: &Arc<Self>,
         budget: &BudgetPolicy,
         host: &str,
+        (method, path): (&str, &str),
         logger: &Logger,
         client: SocketAddr,
     ) -> Result<Ticket, Exhausted> {
         if budget.is_empty() {
-            return Ok(Ticket::none(host));
+            return Ok(Ticket::none());
         }
         let now = Instant::now();
         let mut inner = self.lock();
@@ -446,9 +530,33 @@ impl Meter {
                 logger.audit_event(client, "budget-exhausted", status_json(s, host));
             }
             return Err(Exhausted {
-                status: s.clone(),
+                status: Box::new(s.clone()),
                 retry_after,
+                busy: false,
             });
+        }
+        // Past the soft limit of an LLM spend budget, one request at a time
+        // (review M1): spend lands only when a response ends, so requests
+        // admitted together would all pass a check that none of their spend
+        // has reached yet. Below the soft limit they run in parallel; the
+        // overshoot is bounded by what those spend, plus one request.
+        let llm = budget.is_llm_host(host);
+        let holds: Vec<&Status> = statuses
+            .iter()
+            .filter(|s| llm && s.measure == Measure::LlmUsd)
+            .collect();
+        if let Some(s) = holds.iter().find(|s| {
+            s.level == Level::Soft && inner.in_flight.get(&s.budget).is_some_and(|n| *n > 0)
+        }) {
+            return Err(Exhausted {
+                status: Box::new((*s).clone()),
+                retry_after: Some(1),
+                busy: true,
+            });
+        }
+        let holds: Vec<String> = holds.iter().map(|s| s.budget.clone()).collect();
+        for b in &holds {
+            *inner.in_flight.entry(b.clone()).or_default() += 1;
         }
         for (i, _) in rates {
             let key = budget.hosts[i].host.to_string();
@@ -470,19 +578,44 @@ impl Meter {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
+        let up = Counter::default();
         Ok(Ticket {
-            meter: Some(self.clone()),
-            host: host.to_string(),
-            llm: budget.is_llm_host(host),
+            flight: Some(Flight {
+                meter: self.clone(),
+                host: host.to_string(),
+                up: up.clone(),
+                holds,
+                used: Counters::default(),
+            }),
+            llm,
+            spending: (llm && spends(method, path)).then(|| {
+                let path: String = path.chars().take(100).collect();
+                format!("{method} {path}")
+            }),
             budget: budget.clone(),
             soft: header,
+            up,
         })
     }
 
+    #[cfg(test)]
     fn record(&self, host: &str, used: &Counters) {
+        self.land(host, used, &[]);
+    }
+
+    /// Counts a request that ended, and releases its place in flight.
+    fn land(&self, host: &str, used: &Counters, holds: &[String]) {
         let mut inner = self.lock();
         inner.state.record(host, used);
         inner.dirty = true;
+        for b in holds {
+            if let Some(n) = inner.in_flight.get_mut(b) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.in_flight.remove(b);
+                }
+            }
+        }
     }
 
     /// Writes the counters when they changed since the last write.
@@ -583,6 +716,14 @@ impl Exhausted {
             Some(h) => format!("for {h}"),
             None => "for the whole bottle".into(),
         };
+        if self.busy {
+            return format!(
+                "the egress budget `{}` {scope} is near its limit ({} used of {}) and a request is already in flight near the limit; retry when it has ended, one request at a time",
+                s.budget,
+                s.measure.show(s.used),
+                s.measure.show(s.limit)
+            );
+        }
         match (&s.unknown, s.measure) {
             (Some(why), _) => format!(
                 "the egress budget `{}` {scope} cannot be enforced because the spend is not known ({why}); requests counted against it are refused",
@@ -604,6 +745,12 @@ impl Exhausted {
     /// The refusal's `to get access` line, before the supervise hint.
     pub fn hint(&self, bottle: &str) -> String {
         let s = &self.status;
+        if self.busy {
+            return format!(
+                "retry in a second (Retry-After: 1), one request at a time; or ask the user to run `bottle budget {bottle} --raise {}=<more>`",
+                s.budget
+            );
+        }
         match (&s.unknown, s.measure) {
             (None, Measure::RequestsPerMinute) => format!(
                 "wait {} seconds (Retry-After) and send fewer requests; or ask the user to run `bottle budget {bottle} --raise {}=<more>`",
@@ -621,7 +768,8 @@ impl Exhausted {
         }
     }
 
-    /// The 429's headers: `Retry-After` for a per-minute budget.
+    /// The 429's headers: `Retry-After` for a per-minute budget and for one
+    /// request in flight near the limit.
     pub fn decorate(&self, resp: &mut Response<ProxyBody>) {
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -633,14 +781,20 @@ impl Exhausted {
 
 impl Ticket {
     /// A ticket for a bottle without budgets: counts nothing.
-    pub fn none(host: &str) -> Ticket {
+    pub fn none() -> Ticket {
         Ticket {
-            meter: None,
-            host: host.to_string(),
+            flight: None,
             llm: false,
+            spending: None,
             budget: BudgetPolicy::default(),
             soft: None,
+            up: Counter::default(),
         }
+    }
+
+    /// The counter the request body's bytes are to be added to.
+    pub fn up(&self) -> Counter {
+        self.up.clone()
     }
 
     /// Asks a metered LLM host for an unencoded answer, so its usage can be
@@ -653,9 +807,9 @@ impl Ticket {
 
     /// Wraps the forwarded response: the soft header, and a body that
     /// counts bytes (and usage on a metered LLM host) and records them when
-    /// it ends or is dropped. `up` counts the request body.
-    pub fn finish(self, resp: Response<ProxyBody>, up: Counter) -> Response<ProxyBody> {
-        let Some(meter) = self.meter else {
+    /// it ends or is dropped.
+    pub fn finish(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        let Some(flight) = self.flight.take() else {
             return resp;
         };
         let (mut parts, body) = resp.into_parts();
@@ -681,21 +835,31 @@ impl Ticket {
                     None
                 }
                 (None, Some(f)) => Some(UsageReader::new(f)),
-                (None, None) => None,
+                (None, None) => {
+                    if let Some(what) = &self.spending {
+                        pre.unknown = Some(format!("{what} was answered {} with neither JSON nor an event stream, so its token usage could not be read", parts.status.as_u16()));
+                    }
+                    None
+                }
             }
         } else {
             None
         };
+        // A 2xx to a request that spends must report its usage.
+        let expect = self
+            .spending
+            .take()
+            .filter(|_| ok)
+            .map(|what| (what, parts.status.as_u16()));
         let body = Metering {
             inner: body,
             reader,
             down: 0,
             done: Some(Done {
-                meter,
-                host: self.host,
-                budget: self.budget,
-                up,
+                flight,
+                budget: std::mem::take(&mut self.budget),
                 pre,
+                expect,
             }),
         };
         Response::from_parts(parts, body.boxed())
@@ -705,11 +869,11 @@ impl Ticket {
 /// What a [`Metering`] body records when it ends.
 #[derive(Debug)]
 struct Done {
-    meter: Arc<Meter>,
-    host: String,
+    flight: Flight,
     budget: BudgetPolicy,
-    up: Counter,
     pre: Counters,
+    /// `METHOD path` and status of a 2xx that must report usage.
+    expect: Option<(String, u16)>,
 }
 
 /// A response body that counts and reads usage, recording on end or drop.
@@ -722,7 +886,7 @@ struct Metering {
 
 impl Metering {
     fn record(&mut self) {
-        let Some(done) = self.done.take() else {
+        let Some(mut done) = self.done.take() else {
             return;
         };
         let seen = self.reader.take().map(UsageReader::finish);
@@ -733,10 +897,15 @@ impl Metering {
         if used.unknown.is_none() {
             used.unknown = done.pre.unknown;
         }
-        used.bytes_up = done.up.get();
+        let reported = seen.as_ref().is_some_and(|s| s.tokens.is_some());
+        if let (None, false, Some((what, status))) = (&used.unknown, reported, &done.expect) {
+            used.unknown = Some(format!(
+                "{what} was answered {status} without token usage (batches and other asynchronous jobs are not metered), so its spend is not known"
+            ));
+        }
         used.bytes_down = self.down;
-        used.requests = 1;
-        done.meter.record(&done.host, &used);
+        // The flight adds the request and its bytes up when dropped.
+        done.flight.used = used;
     }
 }
 
@@ -780,6 +949,26 @@ impl Body for Metering {
     }
 }
 
+/// A WebSocket upgrade to a metered LLM host is refused before it is sent
+/// (review M2): the sidecar reads usage only from JSON and SSE answers, not
+/// from frames, so the spend of a socket could never be counted. `Some`
+/// with the refusal and its hint.
+pub fn websocket_refusal(
+    budget: &BudgetPolicy,
+    host: &str,
+) -> Option<(bottle_policy::Decision, String)> {
+    if !budget.is_llm_host(host) {
+        return None;
+    }
+    Some((
+        crate::egress::refusal(
+            "budget-websocket",
+            format!("{host} is metered by the egress budget (llm_usd in [egress.budget]), and the spend of a WebSocket cannot be read, so WebSocket upgrades to it are refused"),
+        ),
+        "use the provider's HTTP API (a JSON or streamed answer), whose token usage the sidecar counts".into(),
+    ))
+}
+
 /// Answers a request a budget refused: 429 with the refusal body.
 pub fn refuse(
     ex: crate::exchange::Exchange,
@@ -797,7 +986,14 @@ pub fn refuse(
     };
     let refusal = crate::egress::Refusal {
         what: ex.what.clone(),
-        decision: crate::egress::refusal("budget-exhausted", exhausted.reason()),
+        decision: crate::egress::refusal(
+            if exhausted.busy {
+                "budget-busy"
+            } else {
+                "budget-exhausted"
+            },
+            exhausted.reason(),
+        ),
         hint,
     };
     let mut resp = ex.refuse(StatusCode::TOO_MANY_REQUESTS, &refusal);
@@ -955,6 +1151,8 @@ mod tests {
         Logger::stdout()
     }
 
+    const POST: (&str, &str) = ("POST", "/v1/messages");
+
     fn client() -> SocketAddr {
         "10.0.0.2:5000".parse().unwrap()
     }
@@ -966,12 +1164,13 @@ mod tests {
             json!({"llm_usd": 1.0, "soft": 0.5, "prices": {"m": {"input": 1.0, "output": 1.0}}}),
         );
         let host = "api.anthropic.com";
-        let t = meter.admit(&b, host, &logger(), client()).unwrap();
+        let t = meter.admit(&b, host, POST, &logger(), client()).unwrap();
         assert!(t.llm && t.soft.is_none());
         let mut h = HeaderMap::new();
         h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         t.prepare(&mut h);
         assert_eq!(h[ACCEPT_ENCODING], "identity");
+        drop(t);
         meter.record(
             host,
             &Counters {
@@ -979,8 +1178,9 @@ mod tests {
                 ..Counters::default()
             },
         );
-        let t = meter.admit(&b, host, &logger(), client()).unwrap();
+        let t = meter.admit(&b, host, POST, &logger(), client()).unwrap();
         assert_eq!(t.soft.as_deref(), Some("llm_usd=$0.60/$1.00 soft"));
+        drop(t);
         meter.record(
             host,
             &Counters {
@@ -988,18 +1188,24 @@ mod tests {
                 ..Counters::default()
             },
         );
-        let e = meter.admit(&b, host, &logger(), client()).unwrap_err();
+        let e = meter
+            .admit(&b, host, POST, &logger(), client())
+            .unwrap_err();
         assert_eq!(e.status.budget, "llm_usd");
         assert!(e.reason().contains("$1.10 used of $1.00"), "{}", e.reason());
         assert!(e
             .hint("demo")
             .contains("bottle budget demo --raise llm_usd="));
         // Other hosts are not LLM hosts: they pass.
-        assert!(meter.admit(&b, "example.com", &logger(), client()).is_ok());
+        assert!(meter
+            .admit(&b, "example.com", POST, &logger(), client())
+            .is_ok());
         let raised = budget(
             json!({"llm_usd": 2.0, "soft": 0.5, "prices": {"m": {"input": 1.0, "output": 1.0}}}),
         );
-        assert!(meter.admit(&raised, host, &logger(), client()).is_ok());
+        assert!(meter
+            .admit(&raised, host, POST, &logger(), client())
+            .is_ok());
     }
 
     #[test]
@@ -1007,14 +1213,18 @@ mod tests {
         let meter = Meter::open(None, &logger());
         let b = budget(json!({"llm_usd": 10.0}));
         let host = "api.anthropic.com";
-        assert!(meter.admit(&b, host, &logger(), client()).is_ok());
+        assert!(meter.admit(&b, host, POST, &logger(), client()).is_ok());
         meter.record(host, &price(&b, &read(Format::Json, ANTHROPIC)));
-        let e = meter.admit(&b, host, &logger(), client()).unwrap_err();
+        let e = meter
+            .admit(&b, host, POST, &logger(), client())
+            .unwrap_err();
         assert!(e.reason().contains("claude-sonnet-4-5"), "{}", e.reason());
         let priced = budget(
             json!({"llm_usd": 10.0, "prices": {"claude-sonnet-4-5": {"input": 3.0, "output": 15.0}}}),
         );
-        assert!(meter.admit(&priced, host, &logger(), client()).is_ok());
+        assert!(meter
+            .admit(&priced, host, POST, &logger(), client())
+            .is_ok());
         assert_eq!(meter.snapshot().hosts[host].tokens.input, 1200);
     }
 
@@ -1024,11 +1234,11 @@ mod tests {
         let b = budget(json!({"host": [{"host": "api.github.com", "requests_per_minute": 2}]}));
         for _ in 0..2 {
             meter
-                .admit(&b, "api.github.com", &logger(), client())
+                .admit(&b, "api.github.com", POST, &logger(), client())
                 .unwrap();
         }
         let e = meter
-            .admit(&b, "api.github.com", &logger(), client())
+            .admit(&b, "api.github.com", POST, &logger(), client())
             .unwrap_err();
         assert_eq!(e.status.budget, "api.github.com:requests_per_minute");
         let secs = e.retry_after.unwrap();
@@ -1040,7 +1250,7 @@ mod tests {
             secs.to_string().as_str()
         );
         assert!(meter
-            .admit(&b, "other.example", &logger(), client())
+            .admit(&b, "other.example", POST, &logger(), client())
             .is_ok());
     }
 
@@ -1082,13 +1292,12 @@ mod tests {
                 ..Counters::default()
             },
         );
-        let t = meter.admit(&b, host, &logger(), client()).unwrap();
-        let up = Counter::default();
-        up.add(7);
+        let t = meter.admit(&b, host, POST, &logger(), client()).unwrap();
+        t.up().add(7);
         let mut resp = Response::new(crate::forward::full(ANTHROPIC_SSE));
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        let resp = t.finish(resp, up);
+        let resp = t.finish(resp);
         assert!(resp.headers()[BUDGET_HEADER]
             .to_str()
             .unwrap()
@@ -1103,11 +1312,180 @@ mod tests {
         // 25*3 + 15*15 + 10*3 micro-$ on top of the 0.01 $ before.
         assert_eq!(c.spend_nanos, 10_000_000 + (75 + 225 + 30) * 1000);
         // An encoded answer on an LLM host is unknown spend.
-        let t = meter.admit(&b, host, &logger(), client()).unwrap();
+        let t = meter.admit(&b, host, POST, &logger(), client()).unwrap();
         let mut resp = Response::new(crate::forward::full("xx"));
         resp.headers_mut()
             .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        drop(t.finish(resp, Counter::default()));
-        assert!(meter.admit(&b, host, &logger(), client()).is_err());
+        drop(t.finish(resp));
+        assert!(meter.admit(&b, host, POST, &logger(), client()).is_err());
+    }
+
+    /// A stream cut before its final event is unknown spend, not the input
+    /// and the 1 output token `message_start` announced (review M2).
+    #[test]
+    fn a_stream_cut_short_is_unknown_spend() {
+        let b = budget(
+            json!({"llm_usd": 1.0, "prices": {"claude-*": {"input": 3.0, "output": 15.0}, "gpt-*": {"input": 1.0, "output": 1.0}}}),
+        );
+        for whole in [ANTHROPIC_SSE, OPENAI_SSE, RESPONSES_SSE] {
+            let seen = read(Format::Sse, whole);
+            assert!(!seen.cut_short, "{whole}");
+            assert!(price(&b, &seen).unknown.is_none(), "{whole}");
+        }
+        for (whole, last) in [
+            (ANTHROPIC_SSE, "event: message_stop"),
+            (OPENAI_SSE, "data: [DONE]"),
+            (RESPONSES_SSE, "event: response.completed"),
+        ] {
+            let cut = &whole[..whole.find(last).unwrap()];
+            // Cut before `response.completed`, a Responses stream has no
+            // usage at all: unknown for that reason first.
+            let c = price(&b, &read(Format::Sse, cut));
+            assert!(c.unknown.is_some(), "{cut}: {c:?}");
+            if whole != RESPONSES_SSE {
+                assert!(
+                    c.unknown
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("ended before its final event"),
+                    "{cut}: {c:?}"
+                );
+            }
+        }
+    }
+
+    /// Past the soft limit one request at a time; below it, in parallel;
+    /// the place is released when the ticket is dropped (review M1).
+    #[test]
+    fn near_the_limit_one_request_is_in_flight_at_a_time() {
+        let meter = Meter::open(None, &logger());
+        let b = budget(json!({"llm_usd": 1.0, "soft": 0.5}));
+        let host = "api.anthropic.com";
+        let admit = || meter.admit(&b, host, POST, &logger(), client());
+        let (a, c) = (admit().unwrap(), admit().unwrap());
+        drop((a, c));
+        meter.record(
+            host,
+            &Counters {
+                spend_nanos: 600_000_000,
+                ..Counters::default()
+            },
+        );
+        let first = admit().unwrap();
+        let e = admit().unwrap_err();
+        assert!(e.busy);
+        assert_eq!(e.retry_after, Some(1));
+        assert!(
+            e.reason()
+                .contains("a request is already in flight near the limit; retry"),
+            "{}",
+            e.reason()
+        );
+        let mut resp = Response::new(crate::forward::full(""));
+        e.decorate(&mut resp);
+        assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "1");
+        // Hosts that are not metered do not wait.
+        assert!(meter
+            .admit(&b, "example.com", POST, &logger(), client())
+            .is_ok());
+        drop(first);
+        let next = admit().unwrap();
+        assert_eq!(meter.snapshot().hosts[host].requests, 3);
+        drop(next);
+    }
+
+    /// A request whose answer never came (the agent went away, a refusal
+    /// after admission) still counts the request and the bytes sent.
+    #[test]
+    fn a_dropped_ticket_counts_the_request_and_bytes_up() {
+        let meter = Meter::open(None, &logger());
+        let b = budget(json!({"bytes_up": "1MiB"}));
+        let t = meter
+            .admit(&b, "example.com", POST, &logger(), client())
+            .unwrap();
+        t.up().add(4096);
+        drop(t);
+        let c = &meter.snapshot().hosts["example.com"];
+        assert_eq!((c.requests, c.bytes_up), (1, 4096));
+    }
+
+    /// On a metered host a 2xx that spends must say what it spent: no
+    /// usage, or an answer that is neither JSON nor SSE, is unknown spend;
+    /// reads and token counts are not (review M2).
+    #[tokio::test]
+    async fn a_spending_answer_without_usage_is_unknown_spend() {
+        let b = budget(
+            json!({"llm_usd": 10.0, "prices": {"claude-*": {"input": 3.0, "output": 15.0}}}),
+        );
+        let host = "api.anthropic.com";
+        let answer = |ct: &'static str, body: &'static str| {
+            let mut resp = Response::new(crate::forward::full(body));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            resp
+        };
+        for (method, path, ct, body, unknown) in [
+            (
+                "POST",
+                "/v1/messages/batches",
+                "application/json",
+                r#"{"id":"msgbatch_1","type":"message_batch","processing_status":"in_progress"}"#,
+                Some("without token usage"),
+            ),
+            (
+                "POST",
+                "/v1/batches",
+                "application/json",
+                r#"{"id":"batch_1","object":"batch"}"#,
+                Some("without token usage"),
+            ),
+            (
+                "POST",
+                "/v1/messages",
+                "text/plain",
+                "hello",
+                Some("neither JSON nor an event stream"),
+            ),
+            (
+                "GET",
+                "/v1/models",
+                "application/json",
+                r#"{"data":[]}"#,
+                None,
+            ),
+            (
+                "POST",
+                "/v1/messages/count_tokens",
+                "application/json",
+                r#"{"input_tokens":12}"#,
+                None,
+            ),
+            ("POST", "/v1/messages", "application/json", ANTHROPIC, None),
+        ] {
+            let meter = Meter::open(None, &logger());
+            let t = meter
+                .admit(&b, host, (method, path), &logger(), client())
+                .unwrap();
+            let resp = t.finish(answer(ct, body));
+            resp.into_body().collect().await.unwrap();
+            let c = meter.snapshot().hosts[host].clone();
+            match unknown {
+                Some(why) => assert!(
+                    c.unknown.as_deref().unwrap_or("").contains(why),
+                    "{method} {path}: {c:?}"
+                ),
+                None => assert!(c.unknown.is_none(), "{method} {path}: {c:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn websockets_to_a_metered_host_are_refused() {
+        let b = budget(json!({"llm_usd": 1.0, "host": [{"host": "llm.test", "llm": true}]}));
+        let (d, _) = websocket_refusal(&b, "llm.test").unwrap();
+        assert_eq!(d.rule, "budget-websocket");
+        assert!(d.reason.contains("llm_usd"), "{}", d.reason);
+        assert!(websocket_refusal(&b, "api.anthropic.com").is_some());
+        assert!(websocket_refusal(&b, "example.com").is_none());
     }
 }

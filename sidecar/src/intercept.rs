@@ -656,16 +656,23 @@ impl Session {
                 "use a DNS name or a canonical IP address".into(),
             );
         };
+        if upgrade {
+            if let Some((d, hint)) = crate::budget::websocket_refusal(&policy.egress.budget, &host)
+            {
+                return ex.forbid(d, hint);
+            }
+        }
         let ticket = match self.shared.budget.admit(
             &policy.egress.budget,
             &host,
+            (&method, &path),
             &self.shared.logger,
             self.client,
         ) {
             Ok(t) => t,
             Err(exhausted) => return crate::budget::refuse(ex, &exhausted, &self.shared),
         };
-        let up = Counter::default();
+        let up = ticket.up();
         let (parts, incoming) = req.into_parts();
         let (body, watch) = AgentBody::new(incoming, up.clone(), self.shared.limits().body_gap());
         let mut upreq = forward::upstream_request(Request::from_parts(parts, body), host_value);
@@ -717,7 +724,7 @@ impl Session {
         }
         match self.send(upreq).await {
             Ok((resp, slot)) => hold(
-                ticket.finish(ex.forwarded(&rule, up.clone(), resp, redaction), up),
+                ticket.finish(ex.forwarded(&rule, up, resp, redaction)),
                 slot,
             ),
             Err(e) => match watch.failure() {

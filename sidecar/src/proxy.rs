@@ -22,7 +22,6 @@ use crate::egress::{self, access_hint, rule_hint, Allowed, Denied, ReachError, R
 use crate::exchange::{millis, Exchange, Redaction};
 use crate::forward::{self, host_header_mismatch, ProxyBody};
 use crate::intercept;
-use crate::io::Counter;
 use crate::limits::Deadlines;
 use crate::listen::{ClientStream, ListenError, OverCap};
 use crate::log::EgressRecord;
@@ -409,13 +408,14 @@ pub(crate) async fn forward_plain(
     let ticket = match shared.budget.admit(
         &policy.egress.budget,
         allowed.host(),
+        (req.method().as_str(), &path),
         &shared.logger,
         ex.client,
     ) {
         Ok(t) => t,
         Err(exhausted) => return crate::budget::refuse(ex, &exhausted, shared),
     };
-    let up = Counter::default();
+    let up = ticket.up();
     let (parts, incoming) = req.into_parts();
     let (body, watch) = AgentBody::new(incoming, up.clone(), shared.limits().body_gap());
     let mut upreq = forward::upstream_request(Request::from_parts(parts, body), host_value);
@@ -465,10 +465,7 @@ pub(crate) async fn forward_plain(
         Err(resp) => return resp(ex),
     };
     match forward::send(stream, upreq).await {
-        Ok(resp) => ticket.finish(
-            ex.forwarded(&decision.rule, up.clone(), resp, redaction),
-            up,
-        ),
+        Ok(resp) => ticket.finish(ex.forwarded(&decision.rule, up, resp, redaction)),
         Err(e) => match watch.failure() {
             Some(failure) => ex.bad_body(&failure),
             None => ex.unreachable(

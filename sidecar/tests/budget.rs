@@ -2,7 +2,8 @@
 //! like the Anthropic Messages API reports token usage; the sidecar prices
 //! it, refuses the next request with the 429 body once the spend budget is
 //! used, lets requests through again after a policy reload raises it, and
-//! keeps the counters across a restart.
+//! keeps the counters across a restart; a WebSocket to a metered host is
+//! refused before it is sent.
 
 mod common;
 
@@ -195,5 +196,38 @@ async fn spend_trips_the_budget_a_reload_lifts_it_and_counters_survive_a_restart
         r.body.contains("$0.021 used of $0.02") || r.body.contains("$0.0210 used of $0.02"),
         "{}",
         r.body
+    );
+}
+
+/// A WebSocket to a metered host would carry spend the sidecar cannot
+/// read: refused before anything is sent upstream (review M2).
+#[tokio::test]
+async fn a_websocket_to_a_metered_host_is_refused_up_front() {
+    let pki = Pki::new();
+    let (port, seen) = model_api(pki.origin_tls(&["llm.test"])).await;
+    let mut opts = Options::new(egress(port, 1.0));
+    opts.hosts = vec![("llm.test", vec![ip("127.0.0.1")])];
+    let bottle = Bottle::start_in(pki, opts).await;
+    let agent = bottle.pki.agent_tls();
+    let stream = tunnel(bottle.addr, &format!("llm.test:{port}")).await;
+    let tls = tls_over(&agent, stream, "llm.test").await;
+    let resp = exchange(
+        tls,
+        &format!(
+            "GET /v1/realtime HTTP/1.1\r\nHost: llm.test:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(
+        resp.body.contains("rule: budget-websocket"),
+        "{}",
+        resp.body
+    );
+    assert!(resp.body.contains("llm_usd"), "{}", resp.body);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the origin saw the upgrade"
     );
 }
