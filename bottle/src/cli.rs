@@ -99,7 +99,7 @@ pub struct RenderArgs {
     /// environment, into DIR/05-secrets.yaml (mode 0600); needs -o.
     #[arg(long)]
     pub secrets: bool,
-    /// The sidecar image the cluster pulls (default: bottle-sidecar:<version>).
+    /// The sidecar image the cluster pulls (default: `bottle-sidecar:<version>`).
     #[arg(long, value_name = "REF")]
     pub sidecar_image: Option<String>,
     /// The cluster's Service CIDR; the sidecar's ClusterIP is taken from it.
