@@ -30,47 +30,14 @@ fn config() -> String {
 
 /// Starts the fake model API as `api.anthropic.com` on `network`.
 fn fake_api(name: &str, network: &str, pki: &std::path::Path) -> Container {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    let out = docker(&[
-        "run",
-        "-d",
-        "--name",
+    fixture_server(
         name,
-        "--network",
         network,
-        "--network-alias",
-        HOST,
-        "-v",
-        &format!("{}:/fixtures:ro", fixtures.display()),
-        "-v",
-        &format!("{}:/pki:ro", pki.display()),
-        "bottle-agent:latest",
-        "python3",
-        "/fixtures/fake-usage-api.py",
-        "/pki/leaf.pem",
-        "/pki/leaf-key.pem",
-    ]);
-    assert!(out.status.success(), "fake API: {}", stderr(&out));
-    let c = Container(name.into());
-    for _ in 0..100 {
-        let probe = docker(&[
-            "exec",
-            name,
-            "python3",
-            "-c",
-            "import socket; socket.create_connection(('127.0.0.1', 443), 1)",
-        ]);
-        if probe.status.success() {
-            return c;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let logs = docker(&["logs", name]);
-    panic!(
-        "fake API {name} did not start: {}{}",
-        stdout(&logs),
-        stderr(&logs)
-    );
+        &[HOST],
+        pki,
+        "fake-usage-api.py",
+        "import socket; socket.create_connection(('127.0.0.1', 443), 1)",
+    )
 }
 
 /// Whether the last status line in curl's output (the answer, not the

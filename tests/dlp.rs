@@ -138,7 +138,7 @@ fn secrets_going_out_are_blocked_redacted_or_logged() {
     assert_refused(
         &out,
         "dlp:private-key",
-        "a private-key is in the body at byte",
+        "a private-key (JSON-escaped) is in the body at byte",
     );
 
     // None of it reached the origin, not even the first 8 bytes.

@@ -374,6 +374,27 @@ pub fn test_pki(dir: &Path, names: &[&str]) {
 /// 443 with `pki/leaf.pem`) on `network` under `aliases`, and waits until it
 /// answers.
 pub fn echo_origin(name: &str, network: &str, aliases: &[&str], pki: &Path) -> Container {
+    fixture_server(
+        name,
+        network,
+        aliases,
+        pki,
+        "origin.py",
+        "import urllib.request; urllib.request.urlopen('http://127.0.0.1:80/ready', timeout=1)",
+    )
+}
+
+/// Starts `tests/fixtures/<script>` (given `/pki/leaf.pem` and
+/// `/pki/leaf-key.pem`) in the agent image on `network` under `aliases`, and
+/// waits until the python `ready` snippet succeeds inside it.
+pub fn fixture_server(
+    name: &str,
+    network: &str,
+    aliases: &[&str],
+    pki: &Path,
+    script: &str,
+    ready: &str,
+) -> Container {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let mut args: Vec<String> = vec![
         "run".into(),
@@ -395,7 +416,7 @@ pub fn echo_origin(name: &str, network: &str, aliases: &[&str], pki: &Path) -> C
         [
             "bottle-agent:latest",
             "python3",
-            "/fixtures/origin.py",
+            &format!("/fixtures/{script}"),
             "/pki/leaf.pem",
             "/pki/leaf-key.pem",
         ]
@@ -403,16 +424,10 @@ pub fn echo_origin(name: &str, network: &str, aliases: &[&str], pki: &Path) -> C
     );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = docker(&argv);
-    assert!(out.status.success(), "origin: {}", stderr(&out));
+    assert!(out.status.success(), "{script}: {}", stderr(&out));
     let c = Container(name.into());
     for _ in 0..100 {
-        let probe = docker(&[
-            "exec",
-            name,
-            "python3",
-            "-c",
-            "import urllib.request; urllib.request.urlopen('http://127.0.0.1:80/ready', timeout=1)",
-        ]);
+        let probe = docker(&["exec", name, "python3", "-c", ready]);
         if probe.status.success() {
             return c;
         }
@@ -420,7 +435,7 @@ pub fn echo_origin(name: &str, network: &str, aliases: &[&str], pki: &Path) -> C
     }
     let logs = docker(&["logs", name]);
     panic!(
-        "origin {name} did not start: {}{}",
+        "{script} in {name} did not start: {}{}",
         stdout(&logs),
         stderr(&logs)
     );

@@ -827,9 +827,15 @@ impl BudgetPolicy {
             ));
         }
         for (key, price) in &self.prices {
-            // Compare what the old table charged for the same name.
-            let probe = key.as_str().trim_end_matches('*');
-            match old.prices.get(key).or_else(|| old.price_for(probe)) {
+            // Compare what the old table charged for the same name; a
+            // prefix key is probed with a character no key holds, so an old
+            // exact key equal to the prefix cannot answer for the models the
+            // prefix covers (second review).
+            let probe = match key.as_str().strip_suffix('*') {
+                Some(prefix) => format!("{prefix}\u{1}"),
+                None => key.as_str().to_string(),
+            };
+            match old.prices.get(key).or_else(|| old.price_for(&probe)) {
                 None => out.push(format!(
                     "egress.budget prices gains \"{key}\": requests for it were refused (no price) and now pass"
                 )),
@@ -1257,6 +1263,15 @@ mod tests {
         }))
         .loosened_from(&old);
         assert!(w.iter().any(|l| l.contains("drops \"m\"")), "{w:?}");
+        // A prefix key added over an old exact key of the same text is
+        // judged for the models the prefix covers (second review).
+        let exact = with(serde_json::json!({"claude-o": {"input": 0.01, "output": 0.01}}));
+        let both = with(serde_json::json!({
+            "claude-o": {"input": 0.01, "output": 0.01},
+            "claude-o*": {"input": 0.01, "output": 0.01},
+        }));
+        let w = both.loosened_from(&exact);
+        assert!(w.iter().any(|l| l.contains("gains \"claude-o*\"")), "{w:?}");
         // No price left for `m-x`: refused, so tighter.
         let w = with(serde_json::json!({
             "m-big*": {"input": 30.0, "output": 150.0},

@@ -401,6 +401,10 @@ pub struct Exhausted {
     pub busy: bool,
 }
 
+/// Spending requests in flight at once against one LLM spend budget below
+/// its soft limit (past it: one).
+pub const MAX_SPENDING_IN_FLIGHT: usize = 8;
+
 /// A request admitted by the budgets: what to do to it and its response.
 /// Dropped before [`Ticket::finish`] (the agent went away before the
 /// answer's head, a refusal after admission, an unreachable upstream), it
@@ -416,6 +420,26 @@ pub struct Ticket {
     /// The `bottle-budget` header value, when a budget is past its soft limit.
     soft: Option<String>,
     up: Counter,
+    /// The request was handed to the upstream ([`Ticket::sent`]).
+    sent: bool,
+}
+
+impl Drop for Ticket {
+    /// A spending request that went upstream and whose answer was never
+    /// read (the agent went away first) may still be billed: its spend is
+    /// unknown, which blocks the host until the user raises or reloads
+    /// (second review: dropping the answer must not be a way to spend
+    /// uncounted).
+    fn drop(&mut self) {
+        if let (true, Some(what), Some(flight)) = (self.sent, &self.spending, self.flight.as_mut())
+        {
+            if flight.used.unknown.is_none() {
+                flight.used.unknown = Some(format!(
+                    "{what} was sent and its answer was never read (the agent went away first), so its token usage is unknown"
+                ));
+            }
+        }
+    }
 }
 
 /// One admitted request until it is counted: counts it when dropped, and
@@ -535,18 +559,30 @@ impl Meter {
                 busy: false,
             });
         }
-        // Past the soft limit of an LLM spend budget, one request at a time
-        // (review M1): spend lands only when a response ends, so requests
-        // admitted together would all pass a check that none of their spend
-        // has reached yet. Below the soft limit they run in parallel; the
-        // overshoot is bounded by what those spend, plus one request.
+        // Spend lands only when a response ends, so requests admitted
+        // together would all pass a check none of their spend has reached
+        // yet (review M1): at most MAX_SPENDING_IN_FLIGHT spending requests
+        // run at once against an LLM spend budget, and past its soft limit
+        // one. The overshoot past the hard limit is at most what the
+        // requests in flight when the soft limit was crossed spend.
         let llm = budget.is_llm_host(host);
+        // Only a request that can spend takes a place: a free GET cannot
+        // pin the slot (second review).
+        let can_spend = llm && spends(method, path);
         let holds: Vec<&Status> = statuses
             .iter()
-            .filter(|s| llm && s.measure == Measure::LlmUsd)
+            .filter(|s| can_spend && s.measure == Measure::LlmUsd)
             .collect();
         if let Some(s) = holds.iter().find(|s| {
-            s.level == Level::Soft && inner.in_flight.get(&s.budget).is_some_and(|n| *n > 0)
+            let cap = if s.level == Level::Soft {
+                1
+            } else {
+                MAX_SPENDING_IN_FLIGHT
+            };
+            inner
+                .in_flight
+                .get(&s.budget)
+                .is_some_and(|n| *n >= cap as u64)
         }) {
             return Err(Exhausted {
                 status: Box::new((*s).clone()),
@@ -595,6 +631,7 @@ impl Meter {
             budget: budget.clone(),
             soft: header,
             up,
+            sent: false,
         })
     }
 
@@ -716,6 +753,14 @@ impl Exhausted {
             Some(h) => format!("for {h}"),
             None => "for the whole bottle".into(),
         };
+        if self.busy && s.level != Level::Soft {
+            return format!(
+                "{MAX_SPENDING_IN_FLIGHT} requests that can spend are already in flight against the egress budget `{}` {scope} ({} used of {}); its spend is counted when each answer ends, so no more run at once; retry when one has ended",
+                s.budget,
+                s.measure.show(s.used),
+                s.measure.show(s.limit)
+            );
+        }
         if self.busy {
             return format!(
                 "the egress budget `{}` {scope} is near its limit ({} used of {}) and a request is already in flight near the limit; retry when it has ended, one request at a time",
@@ -789,12 +834,25 @@ impl Ticket {
             budget: BudgetPolicy::default(),
             soft: None,
             up: Counter::default(),
+            sent: false,
         }
     }
 
     /// The counter the request body's bytes are to be added to.
     pub fn up(&self) -> Counter {
         self.up.clone()
+    }
+
+    /// The request is being handed to the upstream: from now on, dropping
+    /// the ticket without an answer leaves its spend unknown.
+    pub fn sent(&mut self) {
+        self.sent = true;
+    }
+
+    /// The upstream could not be reached or refused the request before
+    /// answering: nothing was billed.
+    pub fn unsent(&mut self) {
+        self.sent = false;
     }
 
     /// Asks a metered LLM host for an unencoded answer, so its usage can be
@@ -1392,6 +1450,56 @@ mod tests {
         let next = admit().unwrap();
         assert_eq!(meter.snapshot().hosts[host].requests, 3);
         drop(next);
+    }
+
+    /// At most MAX_SPENDING_IN_FLIGHT spending requests run at once against
+    /// an LLM budget, far from its limit too; a read neither waits nor takes
+    /// a place (second review).
+    #[test]
+    fn spending_requests_in_flight_are_capped_and_reads_take_no_place() {
+        let meter = Meter::open(None, &logger());
+        let b = budget(json!({"llm_usd": 100.0}));
+        let host = "api.anthropic.com";
+        let admit = |m: (&str, &str)| meter.admit(&b, host, m, &logger(), client());
+        let held: Vec<Ticket> = (0..MAX_SPENDING_IN_FLIGHT)
+            .map(|_| admit(POST).unwrap())
+            .collect();
+        let e = admit(POST).unwrap_err();
+        assert!(e.busy);
+        assert!(e.reason().contains("already in flight"), "{}", e.reason());
+        let read = admit(("GET", "/v1/models")).unwrap();
+        drop(held);
+        let next = admit(POST).unwrap();
+        drop((read, next));
+    }
+
+    /// A spending request handed upstream whose answer was never read may
+    /// be billed: its spend is unknown and the host waits for the user. One
+    /// refused before it was sent is not.
+    #[test]
+    fn a_sent_request_dropped_unanswered_is_unknown_spend() {
+        let b = budget(
+            json!({"llm_usd": 10.0, "prices": {"claude-*": {"input": 3.0, "output": 15.0}}}),
+        );
+        let host = "api.anthropic.com";
+        let meter = Meter::open(None, &logger());
+        let t = meter.admit(&b, host, POST, &logger(), client()).unwrap();
+        drop(t);
+        assert!(meter.admit(&b, host, POST, &logger(), client()).is_ok());
+        let mut t = meter.admit(&b, host, POST, &logger(), client()).unwrap();
+        t.sent();
+        drop(t);
+        let e = meter
+            .admit(&b, host, POST, &logger(), client())
+            .unwrap_err();
+        assert!(e.reason().contains("never read"), "{}", e.reason());
+        // An unreachable upstream billed nothing.
+        let meter = Meter::open(None, &logger());
+        let mut t = meter.admit(&b, host, POST, &logger(), client()).unwrap();
+        t.sent();
+        t.unsent();
+        drop(t);
+        assert!(meter.admit(&b, host, POST, &logger(), client()).is_ok());
     }
 
     /// A request whose answer never came (the agent went away, a refusal

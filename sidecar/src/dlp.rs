@@ -143,7 +143,8 @@ pub struct Engine {
     /// Every exact pattern, for the "could this tail start one" check.
     needles: Vec<Vec<u8>>,
     longest: usize,
-    /// Some exact value holds a character JSON escapes (`"`, `\\`).
+    /// Some exact value holds a backslash (the raw search is then kept
+    /// next to the JSON-unescaped one).
     escapable: bool,
 }
 
@@ -221,9 +222,7 @@ impl Engine {
                 .expect("exact values are plain byte strings")
         });
         let longest = needles.iter().map(Vec::len).max().unwrap_or(0);
-        let escapable = needles
-            .iter()
-            .any(|n| n.iter().any(|b| matches!(b, b'"' | b'\\')));
+        let escapable = needles.iter().any(|n| n.contains(&b'\\'));
         Engine {
             exact,
             meta,
@@ -237,37 +236,31 @@ impl Engine {
     /// offsets are `buf`'s. A span found in several views is reported once.
     pub fn scan(&self, buf: &[u8], out: &mut Vec<Finding>) {
         let before = out.len();
-        self.scan_view(buf, buf, View::Raw, out);
+        if memchr::memchr(b'\\', buf).is_some() {
+            // Everything the raw search finds, the JSON-unescaped view finds
+            // too (escapes outside a token leave it as it is), and more: a
+            // token after `\n`, an assignment quoted `\"`, a value in `\u`
+            // escapes. So the view replaces the raw search, which still runs
+            // when an exact value itself holds a backslash.
+            let (v, _) = decode_view(buf, View::JsonEscaped, false);
+            self.scan_view(&v, buf, View::JsonEscaped, out);
+            if self.escapable {
+                self.scan_view(buf, buf, View::Raw, out);
+            }
+        } else {
+            self.scan_view(buf, buf, View::Raw, out);
+        }
         if memchr::memchr(b'%', buf).is_some() {
             let (v, _) = decode_view(buf, View::UrlEncoded, false);
             self.scan_view(&v, buf, View::UrlEncoded, out);
         }
-        if self.json_could_hide(buf) {
-            let (v, _) = decode_view(buf, View::JsonEscaped, false);
-            self.scan_view(&v, buf, View::JsonEscaped, out);
-        }
+        // One finding per (detector, start), in a single pass.
         let mut seen = HashSet::new();
-        let mut i = before;
-        while i < out.len() {
-            if seen.insert((out[i].detector, out[i].start)) {
-                i += 1;
-            } else {
-                out.remove(i);
-            }
-        }
-    }
-
-    /// Whether JSON unescaping could reveal what the raw search missed: a
-    /// `\u` or `\/` escape (what encoders use to hide characters), or any
-    /// escape when an exact value holds a character JSON escapes. `\n`,
-    /// `\t` and `\"` alone split no token and change no value otherwise.
-    fn json_could_hide(&self, buf: &[u8]) -> bool {
-        if memchr::memchr(b'\\', buf).is_none() {
-            return false;
-        }
-        self.escapable
-            || memchr::memmem::find(buf, b"\\u").is_some()
-            || memchr::memmem::find(buf, b"\\/").is_some()
+        let tail = out.split_off(before);
+        out.extend(
+            tail.into_iter()
+                .filter(|f| seen.insert((f.detector, f.start))),
+        );
     }
 
     /// Searches `view`, the decoding of `raw` for `kind`; offsets are
@@ -296,11 +289,18 @@ impl Engine {
                 Some(p) => (self.meta[p].2, Some(self.meta[p].1.clone())),
                 None => ("plain", None),
             };
+            // Found in a decoded view but written plainly (no escape inside
+            // the match): say so.
+            let view = if end - start == e - s {
+                View::Raw
+            } else {
+                kind
+            };
             out.push(Finding {
                 detector,
                 start,
                 end,
-                view: kind,
+                view,
                 encoding,
                 credential,
             });
@@ -504,6 +504,7 @@ impl Engines {
 /// Where in the request a hit was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
+    Method,
     Target,
     Header(String),
     Body(u64),
@@ -512,6 +513,7 @@ pub enum Place {
 impl fmt::Display for Place {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Place::Method => f.write_str("the request method"),
             Place::Target => f.write_str("the request URL"),
             Place::Header(h) => write!(f, "header {h}"),
             Place::Body(at) => write!(f, "the body at byte {at}"),
@@ -712,7 +714,11 @@ impl Scope {
         };
         let action = format!(
             "send {} {}{} carrying {} in {}",
-            self.method, self.host, self.path, f.detector, place
+            self.method,
+            self.host,
+            self.logged_path(),
+            f.detector,
+            place
         );
         let refused = |why: &str| Err(Refused::hit(f, place, why));
         let Some(text) = bottle_policy::Text::clean(&action) else {
@@ -764,6 +770,19 @@ pub async fn check_head(
     skip: &[HeaderName],
 ) -> Result<(), Refused> {
     let mut found = Vec::new();
+    // The method: an extension method is any token, so it can carry one.
+    scope
+        .engine
+        .scan(parts.method.as_str().as_bytes(), &mut found);
+    if let Some(f) = found.first() {
+        let place = Place::Method;
+        scope.log(f, &place, "blocked");
+        return Err(Refused::hit(
+            f,
+            &place,
+            "matched the request method, which cannot be redacted; it is refused",
+        ));
+    }
     // The target.
     if let Some(pq) = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()) {
         scope.engine.scan(pq.as_bytes(), &mut found);
@@ -1021,6 +1040,20 @@ impl fmt::Debug for Decoder {
 }
 
 impl Decoder {
+    /// Refuses a gzip member whose header carries a name, a comment or an
+    /// extra field: text the decoder drops unread, which the origin (or
+    /// whatever stores the body) keeps.
+    fn check_gzip_header(&self, first: &[u8]) -> Result<(), String> {
+        if let Decoder::Gzip(_) = self {
+            if let Some(flags) = first.get(3) {
+                if flags & (4 | 8 | 16) != 0 {
+                    return Err("its gzip header carries a name, comment or extra field, which is not searched".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn new(coding: &str) -> Option<Decoder> {
         Some(match coding {
             "gzip" | "x-gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Capped::default())),
@@ -1124,6 +1157,9 @@ struct Inspector {
     unsearched: usize,
     /// Bytes of the window kept for the next search.
     carry: usize,
+    /// The compressed stream's header was read and allowed (nothing is
+    /// released before).
+    header_ok: bool,
 }
 
 impl Inspector {
@@ -1139,7 +1175,9 @@ impl Inspector {
             stopped: false,
             key_from: None,
             unsearched: 0,
-            carry: CARRY.max(scope.engine.longest + 64),
+            header_ok: coding.is_none(),
+            // A `\\u00XX` escape is 6 bytes per byte of a value.
+            carry: CARRY.max(6 * scope.engine.longest + 64),
             scope,
         }
     }
@@ -1173,6 +1211,19 @@ impl Inspector {
                 }
             }
         } else {
+            if !self.header_ok && (self.out.len() >= 4 || last) {
+                self.header_ok = true;
+                let d = self.decoder.as_ref().expect("checked above");
+                if let Err(why) = d.check_gzip_header(&self.out) {
+                    let coding = d.name();
+                    self.log_event("undecodable", &format!("body refused ({coding}): {why}"));
+                    return Step::Block(Refused {
+                        rule: "dlp-undecodable-body".into(),
+                        reason: format!("the request body is {coding}-encoded and {why}; use a plain gzip stream"),
+                        status: 403,
+                    });
+                }
+            }
             // Small input pieces bound what one write can expand to.
             let pieces: Vec<&[u8]> = if data.is_empty() {
                 vec![&[][..]]
@@ -1308,7 +1359,8 @@ impl Inspector {
                         self.scope.log(&f, &place, "blocked (could not redact)");
                         return Step::Block(Refused::hit(&f, &place, "is set to redact, and the key's END line did not follow its header, so the key cannot be replaced whole; it is refused"));
                     }
-                    self.key_from = Some(at);
+                    // The earliest pending header holds everything after it.
+                    self.key_from = Some(self.key_from.map_or(at, |k| k.min(at)));
                 }
                 DlpAction::Redact => {
                     if self.key_from == Some(at) {
@@ -1353,6 +1405,9 @@ impl Inspector {
             }
             self.window.drain(..cut);
             self.window_at += cut as u64;
+            // Hits that started before the window are never seen again.
+            let from = self.window_at;
+            self.handled.retain(|(_, at)| *at >= from);
         }
         if asks.is_empty() {
             Step::Go
@@ -1368,7 +1423,7 @@ impl Inspector {
     }
 
     fn release_as(&mut self, all: bool, idle: bool) -> Option<Bytes> {
-        if self.unsearched > 0 && !self.stopped {
+        if (self.unsearched > 0 && !self.stopped) || !self.header_ok {
             return None;
         }
         let key_hold = self.key_from.map(|key| {

@@ -662,7 +662,7 @@ impl Session {
                 return ex.forbid(d, hint);
             }
         }
-        let ticket = match self.shared.budget.admit(
+        let mut ticket = match self.shared.budget.admit(
             &policy.egress.budget,
             &host,
             (&method, &path),
@@ -722,12 +722,13 @@ impl Session {
                 .websocket(ex, rule, upreq, client_upgrade, up, redaction)
                 .await;
         }
+        ticket.sent();
         match self.send(upreq).await {
             Ok((resp, slot)) => hold(
                 ticket.finish(ex.forwarded(&rule, up, resp, redaction)),
                 slot,
             ),
-            Err(e) => match watch.failure() {
+            Err(e) => match (ticket.unsent(), watch.failure()).1 {
                 // The agent's body broke: its error, and the upstream
                 // connection was closed mid-message (never reused).
                 Some(failure) => ex.bad_body(&failure),

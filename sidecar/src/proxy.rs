@@ -405,7 +405,7 @@ pub(crate) async fn forward_plain(
             "the host is not a valid Host header".into(),
         );
     };
-    let ticket = match shared.budget.admit(
+    let mut ticket = match shared.budget.admit(
         &policy.egress.budget,
         allowed.host(),
         (req.method().as_str(), &path),
@@ -464,9 +464,10 @@ pub(crate) async fn forward_plain(
         Ok(reached) => reached,
         Err(resp) => return resp(ex),
     };
+    ticket.sent();
     match forward::send(stream, upreq).await {
         Ok(resp) => ticket.finish(ex.forwarded(&decision.rule, up, resp, redaction)),
-        Err(e) => match watch.failure() {
+        Err(e) => match (ticket.unsent(), watch.failure()).1 {
             Some(failure) => ex.bad_body(&failure),
             None => ex.unreachable(
                 &forward::host_port(allowed.host(), port),

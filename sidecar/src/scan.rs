@@ -124,13 +124,27 @@ impl Pattern {
                         continue;
                     }
                     let end = (m.start() + KEYED_SPAN).min(buf.len());
-                    let Some(caps) = anchored.captures(&buf[m.start()..end]) else {
-                        continue;
-                    };
-                    if let Some((s, e)) = accept(&caps) {
-                        done = m.start() + e;
-                        if !out(m.start() + s, m.start() + e) {
-                            return;
+                    let hit = anchored
+                        .captures(&buf[m.start()..end])
+                        .and_then(|caps| accept(&caps));
+                    match hit {
+                        Some((s, e)) => {
+                            done = m.start() + e;
+                            if !out(m.start() + s, m.start() + e) {
+                                return;
+                            }
+                        }
+                        // A later keyword in the same identifier has the
+                        // same tail and fails the same way: skip them all
+                        // (`tokentoken…` costs one attempt per identifier).
+                        None => {
+                            done = m.start()
+                                + buf[m.start()..]
+                                    .iter()
+                                    .take_while(|b| {
+                                        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
+                                    })
+                                    .count();
                         }
                     }
                 }

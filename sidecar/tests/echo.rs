@@ -11,11 +11,6 @@
 //! (trusting only the bottle CA) inside a CONNECT tunnel, so chunked bodies
 //! are decoded before they are searched.
 
-#![allow(
-    clippy::disallowed_methods,
-    reason = "gzip, the real tool, compresses the origin's body"
-)]
-
 mod common;
 
 use bytes::Bytes;
@@ -32,21 +27,6 @@ use tokio::net::TcpListener;
 
 const VALUE: &str = "sk-echo-SECRET-value-7f3a91";
 const PLACEHOLDER: &str = "bottle-placeholder-ECHO_KEY";
-
-/// `data` compressed by the system's `gzip`.
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("gzip")
-        .arg("-c")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("gzip is needed to build the compressed echo");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    out.stdout
-}
 
 /// The echo origin: answers each request by its path with the value of the
 /// `x-api-key` it received, and records each request head.

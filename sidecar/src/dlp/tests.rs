@@ -657,3 +657,72 @@ async fn a_secret_in_the_path_is_not_logged() {
     );
     assert!(!serde_json::to_string(&lines(&s)).unwrap().contains(VALUE));
 }
+
+#[test]
+fn json_escapes_around_a_token_do_not_hide_it() {
+    let token = ["gh", "p_", &"a1B2".repeat(9)].concat();
+    // After an escaped newline, the token has no word boundary in the raw
+    // text; an assignment quoted with escaped quotes.
+    let s = scope_with(DlpPolicy {
+        action: [
+            (Detector::GithubToken, DlpAction::Block),
+            (Detector::GenericSecretAssignment, DlpAction::Block),
+        ]
+        .into_iter()
+        .collect(),
+        ..DlpPolicy::default()
+    });
+    let body = format!("{{\"f\":\"line one\\n{token}\\n\"}}");
+    let (_, refused) = run(s.clone(), None, &[body.as_bytes()]);
+    assert_eq!(refused.expect("found").rule, "dlp:github-token");
+    let body = "{\"code\":\"password = \\\"Zq8xxT4vLp9wR2mK7sB1\\\"\"}";
+    let (_, refused) = run(s, None, &[body.as_bytes()]);
+    assert_eq!(
+        refused.expect("found").rule,
+        "dlp:generic-secret-assignment"
+    );
+}
+
+#[test]
+fn a_u_escaped_hex_value_split_by_a_pause_is_still_found() {
+    let hex: String = VALUE.bytes().map(|b| format!("{b:02x}")).collect();
+    let esc: String = hex.bytes().map(|b| format!("\\u{b:04x}")).collect();
+    let body = format!("{{\"v\":\"{esc}\"}}");
+    let b = body.as_bytes();
+    let (sent, refused) = run(scope(), None, &[&b[..b.len() / 2], &b[b.len() / 2..]]);
+    assert_eq!(refused.expect("found").rule, "dlp:bottle-credential");
+    assert!(sent.len() < b.len());
+}
+
+#[test]
+fn gzip_header_fields_are_refused_even_when_split() {
+    let mut with_name = gzip(b"hello");
+    // FNAME set, and a name the decoder would drop unread.
+    with_name[3] |= 8;
+    with_name.splice(10..10, format!("{VALUE}\0").bytes());
+    for split in [1, 2, 3, 5] {
+        let (sent, refused) = run(
+            scope(),
+            Some("gzip"),
+            &[&with_name[..split], &with_name[split..]],
+        );
+        assert_eq!(refused.expect("refused").rule, "dlp-undecodable-body");
+        assert!(
+            sent.is_empty(),
+            "split {split}: {} bytes went out",
+            sent.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_method_is_searched() {
+    let (mut parts, ()) = hyper::Request::builder()
+        .method(hyper::Method::from_bytes(VALUE.as_bytes()).unwrap())
+        .uri("https://api.example.com/")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let r = check_head(&scope(), &mut parts, &[]).await.unwrap_err();
+    assert!(r.reason.contains("the request method"), "{}", r.reason);
+}

@@ -771,3 +771,20 @@ pub async fn dns_udp(server: SocketAddr, id: u16, name: &str, qtype: u16) -> Vec
     assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), id);
     buf
 }
+
+/// `data` compressed by the system's `gzip` (the real tool, so the tests do
+/// not judge gzip by the decoder under test).
+#[allow(clippy::disallowed_methods, reason = "gzip, the real tool")]
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip is needed to build compressed bodies");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
