@@ -402,31 +402,52 @@ fn decode_view(buf: &[u8], kind: View, want_map: bool) -> (Vec<u8>, Vec<u32>) {
             View::UrlEncoded => percent_escape(buf, next),
             _ => json_escape(buf, next),
         };
-        v.extend_from_slice(&bytes[..]);
+        v.extend_from_slice(bytes.as_slice());
         if want_map {
-            map.extend(std::iter::repeat_n(next as u32, bytes.len()));
+            map.extend(std::iter::repeat_n(next as u32, bytes.len));
         }
         i = next + len;
     }
     (v, map)
 }
 
-/// The bytes of the `%XX` at `at` and its length (a lone `%` stands for
-/// itself).
-fn percent_escape(buf: &[u8], at: usize) -> (Vec<u8>, usize) {
-    if at + 2 < buf.len() {
-        if let (Some(h), Some(l)) = (hex_val(buf[at + 1]), hex_val(buf[at + 2])) {
-            return (vec![h << 4 | l], 3);
+/// Up to four decoded bytes: what one escape stands for (no allocation
+/// per escape; a body can hold one every few bytes).
+#[derive(Clone, Copy)]
+struct Decoded {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+impl Decoded {
+    fn one(b: u8) -> Decoded {
+        Decoded {
+            bytes: [b, 0, 0, 0],
+            len: 1,
         }
     }
-    (vec![buf[at]], 1)
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The byte of the `%XX` at `at` and its length (a lone `%` stands for
+/// itself).
+fn percent_escape(buf: &[u8], at: usize) -> (Decoded, usize) {
+    if at + 2 < buf.len() {
+        if let (Some(h), Some(l)) = (hex_val(buf[at + 1]), hex_val(buf[at + 2])) {
+            return (Decoded::one(h << 4 | l), 3);
+        }
+    }
+    (Decoded::one(buf[at]), 1)
 }
 
 /// The bytes of the JSON escape at `at` and its length (an unknown escape
 /// stands for its backslash).
-fn json_escape(buf: &[u8], at: usize) -> (Vec<u8>, usize) {
+fn json_escape(buf: &[u8], at: usize) -> (Decoded, usize) {
     let Some(&c) = buf.get(at + 1) else {
-        return (vec![buf[at]], 1);
+        return (Decoded::one(buf[at]), 1);
     };
     let simple = match c {
         b'"' => Some(b'"'),
@@ -440,7 +461,7 @@ fn json_escape(buf: &[u8], at: usize) -> (Vec<u8>, usize) {
         _ => None,
     };
     if let Some(c) = simple {
-        return (vec![c], 2);
+        return (Decoded::one(c), 2);
     }
     if c == b'u' {
         if let Some(hi) = hex4(buf, at + 2) {
@@ -456,11 +477,15 @@ fn json_escape(buf: &[u8], at: usize) -> (Vec<u8>, usize) {
                 }
             }
             let ch = char::from_u32(cp).unwrap_or('\u{FFFD}');
-            let mut tmp = [0u8; 4];
-            return (ch.encode_utf8(&mut tmp).as_bytes().to_vec(), len);
+            let mut d = Decoded {
+                bytes: [0; 4],
+                len: ch.len_utf8(),
+            };
+            ch.encode_utf8(&mut d.bytes);
+            return (d, len);
         }
     }
-    (vec![buf[at]], 1)
+    (Decoded::one(buf[at]), 1)
 }
 
 /// Four hex digits at `buf[at..]` as a number.
