@@ -214,3 +214,65 @@ async fn http_by_host_header() {
     assert!(resp.body.contains("rule: host-mismatch"), "{}", resp.body);
     assert_eq!(origin.seen().len(), 1);
 }
+
+/// DLP on both transparent listeners, for clients that ignore the proxy:
+/// the bottle's credential in a body is refused on :443 (by SNI) and on
+/// :80 (by Host), and neither origin receives the request.
+#[tokio::test]
+async fn dlp_applies_on_the_transparent_listeners() {
+    let Some(_) = curl() else { return };
+    let pki = Pki::new();
+    let tls = tls_origin(pki.origin_tls(&["origin.test"])).await;
+    let plain = http_origin().await;
+    let mut opts = Options::new(json!({
+        "allow": [
+            format!("origin.test:{}", tls.port()),
+            format!("127.0.0.1:{}", tls.port()),
+            format!("plain.test:{}", plain.port()),
+            format!("127.0.0.1:{}", plain.port()),
+        ],
+    }));
+    opts.hosts = vec![
+        ("origin.test", vec![ip("127.0.0.1")]),
+        ("plain.test", vec![ip("127.0.0.1")]),
+    ];
+    opts.secrets = Some(json!({"format": 1, "credentials": {},
+        "dlp_values": {"DB_PASSWORD": "transparent-listed-secret-77"}}));
+    opts.transparent_https_port = tls.port();
+    opts.transparent_http_port = plain.port();
+    let bottle = Bottle::start_in(pki, opts).await;
+    let ca = bottle.pki.bottle_ca.to_str().unwrap().to_string();
+    let https = bottle.addrs.https.unwrap().port();
+    let http = bottle.addrs.http.unwrap().port();
+    for (url, via) in [
+        (
+            "https://origin.test/post".to_string(),
+            format!("origin.test:443:127.0.0.1:{https}"),
+        ),
+        (
+            "http://plain.test/post".to_string(),
+            format!("plain.test:80:127.0.0.1:{http}"),
+        ),
+    ] {
+        let out = run_curl(&[
+            "--cacert",
+            &ca,
+            "--connect-to",
+            &via,
+            "--data",
+            "dsn=postgres://u:transparent-listed-secret-77@db",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ])
+        .await;
+        let text = stdout(&out);
+        assert!(text.ends_with("\n403"), "{url}: {text}");
+        assert!(text.contains("rule: dlp:listed-value"), "{url}: {text}");
+        assert!(
+            !text.contains("transparent-listed-secret-77"),
+            "{url}: {text}"
+        );
+    }
+    assert!(tls.seen().is_empty() && plain.seen().is_empty());
+}
