@@ -961,6 +961,43 @@ fn safe_header_name(name: &str, found: &[Finding], prefix: usize) -> String {
     }
 }
 
+/// DLP for one request of an exchange, as every forwarding path runs it:
+/// the scope for `host:port` ([`Scope::new`]), [`inspect`], and the
+/// exchange's record given the replaced path when the target held a hit.
+/// On a refusal, the agent's answer.
+#[allow(clippy::too_many_arguments)]
+pub async fn gate(
+    mut ex: crate::exchange::Exchange,
+    shared: &Arc<Shared>,
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    secrets: &Arc<Secrets>,
+    req: hyper::Request<AgentBody>,
+    watch: Watch,
+) -> Result<
+    (
+        crate::exchange::Exchange,
+        hyper::Request<DlpBody>,
+        Option<Arc<Scope>>,
+    ),
+    hyper::Response<crate::forward::ProxyBody>,
+> {
+    let scope = Scope::new(shared, ex.client, host, port, method, path, secrets);
+    let policy = shared.policy.current();
+    let inspected = inspect(scope.as_ref(), &policy.egress, req, watch).await;
+    if let Some(p) = scope.as_ref().and_then(|s| s.path_override()) {
+        // The target held a hit: the audit record shows it replaced.
+        ex.record.path = Some(p);
+    }
+    match inspected {
+        Ok(req) => Ok((ex, req, scope)),
+        Err(Ok(refused)) => Err(ex.dlp_refused(refused)),
+        Err(Err(failure)) => Err(ex.bad_body(&failure)),
+    }
+}
+
 /// Acts on the hits in one head field (`bytes`, redacted in place).
 async fn act_on_head(
     scope: &Scope,

@@ -562,7 +562,7 @@ impl Session {
         let (host, port) = (self.host().to_string(), self.port());
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
-        let mut ex = Exchange {
+        let ex = Exchange {
             logger: self.shared.logger.clone(),
             client: self.client,
             started: Instant::now(),
@@ -692,24 +692,21 @@ impl Session {
                 return ex.forbid(d, hint);
             }
         };
-        let scope = dlp::Scope::new(
+        let (ex, upreq, scope) = match dlp::gate(
+            ex,
             &self.shared,
-            self.client,
             &host,
             port,
             &method,
             &path,
             &secrets,
-        );
-        let inspected = dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await;
-        if let Some(p) = scope.as_ref().and_then(|s| s.path_override()) {
-            // The target held a hit: the audit record shows it replaced.
-            ex.record.path = Some(p);
-        }
-        let upreq = match inspected {
-            Ok(r) => r,
-            Err(Ok(refused)) => return ex.dlp_refused(refused),
-            Err(Err(failure)) => return ex.bad_body(&failure),
+            upreq,
+            watch.clone(),
+        )
+        .await
+        {
+            Ok(gated) => gated,
+            Err(answer) => return answer,
         };
         let redaction = Redaction {
             needles: Needles::new(&secrets),

@@ -436,24 +436,21 @@ pub(crate) async fn forward_plain(
         }
     };
     let method = upreq.method().as_str().to_string();
-    let scope = dlp::Scope::new(
+    let (ex, upreq, scope) = match dlp::gate(
+        ex,
         shared,
-        ex.client,
         allowed.host(),
         port,
         &method,
         &path,
         &secrets,
-    );
-    let inspected = dlp::inspect(scope.as_ref(), &policy.egress, upreq, watch.clone()).await;
-    if let Some(p) = scope.as_ref().and_then(|s| s.path_override()) {
-        // The target held a hit: the audit record shows it replaced.
-        ex.record.path = Some(p);
-    }
-    let upreq = match inspected {
-        Ok(r) => r,
-        Err(Ok(refused)) => return ex.dlp_refused(refused),
-        Err(Err(failure)) => return ex.bad_body(&failure),
+        upreq,
+        watch.clone(),
+    )
+    .await
+    {
+        Ok(gated) => gated,
+        Err(answer) => return answer,
     };
     let redaction = Redaction {
         needles: Needles::new(&secrets),
