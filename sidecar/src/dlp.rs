@@ -11,7 +11,9 @@
 //!   any other `Content-Encoding` is refused, since it cannot be searched.
 //!
 //! Each place is searched as sent, URL-decoded (`%XX`, when a `%` is there)
-//! and JSON-unescaped (`\uXXXX`, `\n`, … when a `\` is there), with the
+//! and JSON-unescaped (when a `\u` or `\/` escape is there: the detectors
+//! read through the other escapes, `\n`, `\"`, …, as sent, so a model
+//! request is searched once, without a copy), with the
 //! pattern detectors of [`crate::scan`] and, for the bottle's own secrets
 //! (its credentials and `dlp.values_from_env`), each value as written, in
 //! base64 (standard and URL-safe, at each of the three alignments) and in hex
@@ -64,7 +66,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -91,6 +93,9 @@ pub const KEY_MAX: u64 = 16 * 1024;
 pub const IDLE_FLUSH: Duration = Duration::from_millis(100);
 /// Shortest exact value searched for (shorter ones match ordinary text).
 pub const MIN_EXACT_LEN: usize = scan::MIN_EXACT_LEN;
+
+/// A search by the pattern detectors ([`scan::pattern_hits`]).
+type PatternSearch = fn(&[u8], &mut Vec<(Detector, usize, usize)>);
 
 /// How a value was written where it was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +148,9 @@ pub struct Engine {
     /// Every exact pattern, for the "could this tail start one" check.
     needles: Vec<Vec<u8>>,
     longest: usize,
-    /// Some exact value holds a backslash (the raw search is then kept
-    /// next to the JSON-unescaped one).
+    /// Some exact value holds a character JSON escapes (a backslash, a
+    /// quote, a control character): bodies with escapes are then searched
+    /// both as sent and unescaped.
     escapable: bool,
 }
 
@@ -222,7 +228,9 @@ impl Engine {
                 .expect("exact values are plain byte strings")
         });
         let longest = needles.iter().map(Vec::len).max().unwrap_or(0);
-        let escapable = needles.iter().any(|n| n.contains(&b'\\'));
+        let escapable = needles
+            .iter()
+            .any(|n| n.iter().any(|b| matches!(b, b'\\' | b'"') || *b < 0x20));
         Engine {
             exact,
             meta,
@@ -236,19 +244,32 @@ impl Engine {
     /// offsets are `buf`'s. A span found in several views is reported once.
     pub fn scan(&self, buf: &[u8], out: &mut Vec<Finding>) {
         let before = out.len();
-        if memchr::memchr(b'\\', buf).is_some() {
-            // Everything the raw search finds, the JSON-unescaped view finds
-            // too (escapes outside a token leave it as it is), and more: a
-            // token after `\n`, an assignment quoted `\"`, a value in `\u`
-            // escapes. So the view replaces the raw search, which still runs
-            // when an exact value itself holds a backslash.
+        if memchr::memchr(b'\\', buf).is_some() && (self.escapable || !only_simple_escapes(buf)) {
+            // A `\u` or `\/` escape can hide any character of a value, so
+            // the text is unescaped first. Everything the raw search finds,
+            // the JSON-unescaped view finds too (escapes outside a token
+            // leave it as it is), so the view replaces the raw search,
+            // which still runs when an exact value itself holds a
+            // character JSON escapes.
             let (v, _) = decode_view(buf, View::JsonEscaped, false);
             self.scan_view(&v, buf, View::JsonEscaped, out);
             if self.escapable {
                 self.scan_view(buf, buf, View::Raw, out);
             }
         } else {
+            // No escape, or only the simple ones (`\n`, `\"`, …: every
+            // model request): they stand for characters no exact value
+            // holds (else `escapable`) and no token is made of, and the
+            // detectors read them where they matter (a token glued to
+            // `\n`, an assignment quoted `\"`; `scan::TOKEN_START`), so the
+            // text as sent is searched once, without a copy.
+            let from = out.len();
             self.scan_view(buf, buf, View::Raw, out);
+            for f in &mut out[from..] {
+                if memchr::memchr(b'\\', &buf[f.start..f.end]).is_some() {
+                    f.view = View::JsonEscaped;
+                }
+            }
         }
         if memchr::memchr(b'%', buf).is_some() {
             let (v, _) = decode_view(buf, View::UrlEncoded, false);
@@ -263,9 +284,29 @@ impl Engine {
         );
     }
 
+    /// The JSON-unescaped text searched by the detectors as they read
+    /// plain text: what the one search as sent must match.
+    #[cfg(test)]
+    fn scan_unescaped(&self, buf: &[u8], out: &mut Vec<Finding>) {
+        let (v, _) = decode_view(buf, View::JsonEscaped, false);
+        self.scan_view_with(&v, buf, View::JsonEscaped, out, scan::plain_pattern_hits);
+    }
+
     /// Searches `view`, the decoding of `raw` for `kind`; offsets are
     /// mapped back to `raw` (the map is built only when something is found).
     fn scan_view(&self, view: &[u8], raw: &[u8], kind: View, out: &mut Vec<Finding>) {
+        self.scan_view_with(view, raw, kind, out, scan::pattern_hits);
+    }
+
+    /// [`Engine::scan_view`] with the pattern detectors of `patterns`.
+    fn scan_view_with(
+        &self,
+        view: &[u8],
+        raw: &[u8],
+        kind: View,
+        out: &mut Vec<Finding>,
+        patterns: PatternSearch,
+    ) {
         let mut found: Vec<(Detector, usize, usize, Option<usize>)> = Vec::new();
         if let Some(ac) = &self.exact {
             for m in ac.find_iter(view) {
@@ -274,7 +315,7 @@ impl Engine {
             }
         }
         let mut hits = Vec::new();
-        scan::pattern_hits(view, &mut hits);
+        patterns(view, &mut hits);
         found.extend(hits.into_iter().map(|(d, s, e)| (d, s, e, None)));
         if found.is_empty() {
             return;
@@ -345,6 +386,20 @@ impl Engine {
         // however long it is.
         run.max(self.pending(buf))
     }
+}
+
+/// Does `buf` hold no JSON escape that the detectors cannot read through
+/// as sent? Those are `\u` (any character) and `\/`; any other escape
+/// stands for a character no token or exact value holds (`\n \t \r \b \f
+/// \" \\`, see `scan`'s `Flavor::Json`) or, unknown, for itself. An escaped
+/// backslash before a `u` or `/` also asks for the unescaped view: a
+/// slower search, never a weaker one.
+fn only_simple_escapes(buf: &[u8]) -> bool {
+    static U: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+    static SLASH: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\\/"));
+    U.find(buf).is_none() && SLASH.find(buf).is_none()
 }
 
 /// Bytes a token, base64, hex, `%XX` or a JSON escape is made of.
@@ -1364,6 +1419,31 @@ impl Inspector {
         }
     }
 
+    /// Is `data`, the last piece of a body of which nothing came before,
+    /// plain (no coding), within `max_body` and one search, and free of
+    /// any hit? Then it is taken as searched and may go on unchanged (any
+    /// hit, whatever its action, goes the general way of [`Self::push`]).
+    fn clean_whole(&mut self, data: &[u8]) -> bool {
+        let fresh = self.decoded == 0 && self.out.is_empty() && self.window.is_empty();
+        if !fresh
+            || self.decoder.is_some()
+            || self.stopped
+            || data.len() > SEARCH_SLICE
+            || data.len() as u64 > self.scope.max_body
+        {
+            return false;
+        }
+        let mut found = Vec::new();
+        self.scope.engine.scan(data, &mut found);
+        if !found.is_empty() {
+            return false;
+        }
+        self.decoded = data.len() as u64;
+        self.out_at = data.len() as u64;
+        self.window_at = data.len() as u64;
+        true
+    }
+
     /// Searches what has come but was not searched yet (the body paused).
     fn search_now(&mut self) -> Step {
         if self.unsearched == 0 || self.stopped {
@@ -1699,6 +1779,14 @@ where
                     // the end is taken here, so the tail is searched (and a
                     // decoder finished) before any of it goes.
                     let last = this.inner.is_end_stream();
+                    if last && insp.clean_whole(&data) {
+                        // The whole body in one piece with nothing in it:
+                        // on as it came, without a copy (the usual API
+                        // call).
+                        this.ended = true;
+                        this.ready.push_back(data);
+                        continue;
+                    }
                     let step = insp.push(&data, last);
                     if last {
                         this.ended = true;

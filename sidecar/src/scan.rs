@@ -51,8 +51,17 @@ struct Pattern {
     /// For a pattern with no literal prefix the regex engine can skip to
     /// (case-insensitive keywords): the keywords, found in one pass, and an
     /// anchored copy of the regex run only where one starts, over at most
-    /// [`KEYED_SPAN`] bytes.
-    keyed: Option<(Regex, Regex)>,
+    /// [`KEYED_SPAN`] bytes of text (twice that as sent in JSON, where an
+    /// escape is two bytes for one).
+    keyed: Option<(Regex, Regex, usize)>,
+    /// For a token (JSON flavor): the token right after one of JSON's
+    /// letter escapes (`\n`, `\t`, `\r`, `\b`, `\f`), as group 1. The
+    /// escape's letter glues onto the token as sent, so `re`'s leading
+    /// `\b` misses it: `\nghp_…` is a newline and a token once unescaped.
+    /// (After an escaped backslash and such a letter it is not a token;
+    /// telling them apart needs the text before, which a search window may
+    /// not hold, so that is found too: more, never less.)
+    escaped: Option<Regex>,
     /// For a header that opens a block (a PEM key): its END line. A match
     /// is extended to the first END line within [`BLOCK_MAX`] bytes, so
     /// `redact` covers the key material, not only the header. Found in one
@@ -86,7 +95,9 @@ const ASSIGNMENT_KEYWORDS: [&str; 14] = [
 ];
 
 impl Pattern {
-    /// Every accepted match in `buf`: (start, end) of the whole match.
+    /// Every accepted match in `buf`: (start, end) of the token, or of the
+    /// whole assignment (a keyed detector: group 1, the value, is what
+    /// `accept` checks).
     fn hits(&self, buf: &[u8], out: &mut impl FnMut(usize, usize) -> bool) {
         let accept = |caps: &regex::bytes::Captures<'_>| {
             let whole = caps.get(0).expect("group 0 is the whole match");
@@ -102,19 +113,31 @@ impl Pattern {
                     }
                     _ => Vec::new(),
                 };
-                for caps in self.re.captures_iter(buf) {
-                    if let Some((s, mut e)) = accept(&caps) {
-                        let i = ends.partition_point(|(at, _)| *at < e);
-                        if let Some((_, end)) = ends.get(i).filter(|(at, _)| at - e <= BLOCK_MAX) {
-                            e = *end;
-                        }
-                        if !out(s, e) {
-                            return;
-                        }
+                let plain = self.re.captures_iter(buf).map(|caps| (caps, 0));
+                // Tokens right after a JSON escape's letter, in a pass of
+                // their own, so neither kind of match can hide the other.
+                let escaped = self
+                    .escaped
+                    .as_ref()
+                    .filter(|_| memchr::memchr(b'\\', buf).is_some())
+                    .into_iter()
+                    .flat_map(|re| re.captures_iter(buf).map(|caps| (caps, 1)));
+                for (caps, group) in plain.chain(escaped) {
+                    let token = caps.get(group).expect("the token is captured");
+                    if !(self.accept)(token.as_bytes()) {
+                        continue;
+                    }
+                    let (s, mut e) = (token.start(), token.end());
+                    let i = ends.partition_point(|(at, _)| *at < e);
+                    if let Some((_, end)) = ends.get(i).filter(|(at, _)| at - e <= BLOCK_MAX) {
+                        e = *end;
+                    }
+                    if !out(s, e) {
+                        return;
                     }
                 }
             }
-            Some((keywords, anchored)) => {
+            Some((keywords, anchored, span)) => {
                 // Keywords are found in a lower-cased copy, case-sensitively:
                 // far faster than matching ignoring case.
                 let lower = buf.to_ascii_lowercase();
@@ -123,7 +146,7 @@ impl Pattern {
                     if m.start() < done {
                         continue;
                     }
-                    let end = (m.start() + KEYED_SPAN).min(buf.len());
+                    let end = (m.start() + span).min(buf.len());
                     let hit = anchored
                         .captures(&buf[m.start()..end])
                         .and_then(|caps| accept(&caps));
@@ -190,13 +213,63 @@ pub fn entropy(v: &[u8]) -> f64 {
         .sum()
 }
 
-static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
+/// The word boundary before a token.
+const BOUNDARY: &str = r"(?-u:\b)";
+
+/// How the detectors read the text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// Also through JSON's simple escapes: a token may follow an escape
+    /// whose letter would otherwise glue onto it (`Pattern::escaped`), an
+    /// assignment's parts may be spaced by escaped white space and quoted
+    /// by escaped quotes. So in a JSON string body holding only the simple
+    /// escapes (`\n \t \r \b \f \" \\`) they find everything
+    /// [`Flavor::Plain`] finds in its unescaped text, and such a body is
+    /// searched once, as sent (`crate::dlp`; a test there compares the two
+    /// over many generated bodies).
+    Json,
+    /// As written: what the unescaped text is judged by.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Plain,
+}
+
+impl Flavor {
+    /// Space between an assignment's parts (the escapes of exactly the
+    /// white space `\s` reads: not `\b`, a backspace).
+    fn space(self) -> &'static str {
+        match self {
+            Flavor::Json => r"(?:\s|(?-i:\\[ntrf]))*",
+            Flavor::Plain => r"\s*",
+        }
+    }
+
+    /// An optional backslash before an assignment's quote.
+    fn quote_escape(self) -> &'static str {
+        match self {
+            Flavor::Json => r"\\?",
+            Flavor::Plain => "",
+        }
+    }
+}
+
+static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| detectors(Flavor::Json));
+
+fn detectors(flavor: Flavor) -> Vec<Pattern> {
     let d = |kind, re: &str, accept| Pattern {
         kind,
         re: Regex::new(re).expect("detector regexes are fixed and tested"),
         accept,
         keyed: None,
+        escaped: None,
         block_end: None,
+    };
+    // A token: after a word boundary, and (JSON) after an escape's letter.
+    let t = |kind, token: &str, accept| Pattern {
+        escaped: (flavor == Flavor::Json).then(|| {
+            Regex::new(&format!(r"\\[ntrbf]({token})"))
+                .expect("detector regexes are fixed and tested")
+        }),
+        ..d(kind, &format!("{BOUNDARY}{token}"), accept)
     };
     let keyed = |kind, re: &str, accept| Pattern {
         keyed: Some((
@@ -205,9 +278,14 @@ static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             // order of magnitude slower on prose).
             Regex::new(&ASSIGNMENT_KEYWORDS.join("|")).expect("fixed keywords"),
             Regex::new(&format!("^(?:{re})")).expect("detector regexes are fixed and tested"),
+            match flavor {
+                Flavor::Json => 2 * KEYED_SPAN,
+                Flavor::Plain => KEYED_SPAN,
+            },
         )),
         ..d(kind, re, accept)
     };
+    let (sp, q) = (flavor.space(), flavor.quote_escape());
     vec![
         Pattern {
             block_end: Some(
@@ -220,54 +298,48 @@ static DETECTORS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
                 any,
             )
         },
-        d(
+        t(
             Detector::GithubToken,
-            r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{80,255})(?-u:\b)",
+            r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{80,255})(?-u:\b)",
             any,
         ),
-        d(
-            Detector::GitlabToken,
-            r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}",
-            any,
-        ),
-        d(
+        t(Detector::GitlabToken, r"glpat-[A-Za-z0-9_-]{20,}", any),
+        t(
             Detector::AwsAccessKey,
-            r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
+            r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?-u:\b)",
             any,
         ),
-        d(
+        t(
             Detector::SlackToken,
-            r"(?-u:\b)xox[baprs]-[A-Za-z0-9-]{10,}",
+            r"xox[baprs]-[A-Za-z0-9-]{10,}",
             letters_and_digits,
         ),
-        d(Detector::GcpApiKey, r"(?-u:\b)AIza[0-9A-Za-z_-]{35}", any),
-        d(
+        t(Detector::GcpApiKey, r"AIza[0-9A-Za-z_-]{35}", any),
+        t(
             Detector::StripeKey,
-            r"(?-u:\b)[rs]k_(?:live|test)_[0-9A-Za-z]{24,}",
+            r"[rs]k_(?:live|test)_[0-9A-Za-z]{24,}",
             letters_and_digits,
         ),
-        d(
-            Detector::AnthropicKey,
-            r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
-            any,
-        ),
-        d(
+        t(Detector::AnthropicKey, r"sk-ant-[A-Za-z0-9_-]{20,}", any),
+        t(
             Detector::OpenaiKey,
-            r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}",
+            r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}",
             openai_shaped,
         ),
-        d(
+        t(
             Detector::Jwt,
-            r"(?-u:\b)eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
+            r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}",
             any,
         ),
         keyed(
             Detector::GenericSecretAssignment,
-            r#"(?i)(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*["']?\s*(?::=|=>|[:=])\s*["'`]?([A-Za-z0-9+/_.~=-]{16,})"#,
+            &format!(
+                r#"(?i)(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*(?:{q}["'])?{sp}(?::=|=>|[:=]){sp}(?:{q}["'`])?([A-Za-z0-9+/_.~=-]{{16,512}})"#
+            ),
             high_entropy,
         ),
     ]
-});
+}
 
 /// Every pattern detector's hits in `buf`, as (detector, start, end) of the
 /// whole match, in detector order. Exact values are not searched here
@@ -276,7 +348,20 @@ pub fn pattern_hits(buf: &[u8], out: &mut Vec<(Detector, usize, usize)>) {
     // One pass decides whether any unkeyed detector can match at all (the
     // usual answer for a request body is no); only then each runs alone.
     let any = ANY_UNKEYED.is_match(buf);
-    for d in DETECTORS.iter() {
+    hits_of(&DETECTORS, any, buf, out);
+}
+
+/// [`pattern_hits`] with the detectors reading the text as written, not
+/// through JSON escapes: the reference the escape-reading ones are tested
+/// against.
+#[cfg(test)]
+pub(crate) fn plain_pattern_hits(buf: &[u8], out: &mut Vec<(Detector, usize, usize)>) {
+    static PLAIN: LazyLock<Vec<Pattern>> = LazyLock::new(|| detectors(Flavor::Plain));
+    hits_of(&PLAIN, true, buf, out);
+}
+
+fn hits_of(detectors: &[Pattern], any: bool, buf: &[u8], out: &mut Vec<(Detector, usize, usize)>) {
+    for d in detectors {
         if d.keyed.is_none() && !any {
             continue;
         }
@@ -288,12 +373,20 @@ pub fn pattern_hits(buf: &[u8], out: &mut Vec<(Detector, usize, usize)>) {
 }
 
 /// Every detector without keywords as one alternation, for a single
-/// "anything here?" pass.
+/// "anything here?" pass: the tokens without the boundary before them, so
+/// one that follows a JSON escape's letter is seen too, and the literal
+/// set stays small enough for the fastest prefilter.
 static ANY_UNKEYED: LazyLock<Regex> = LazyLock::new(|| {
     let all: Vec<String> = DETECTORS
         .iter()
         .filter(|d| d.keyed.is_none())
-        .map(|d| format!("(?:{})", d.re.as_str()))
+        .map(|d| {
+            let token =
+                d.re.as_str()
+                    .strip_prefix(BOUNDARY)
+                    .unwrap_or(d.re.as_str());
+            format!("(?:{token})")
+        })
         .collect();
     Regex::new(&all.join("|")).expect("detector regexes are fixed and tested")
 });

@@ -726,3 +726,107 @@ async fn the_method_is_searched() {
     let r = check_head(&scope(), &mut parts, &[]).await.unwrap_err();
     assert!(r.reason.contains("the request method"), "{}", r.reason);
 }
+
+/// A small fixed-seed generator: the differential test below is the same
+/// on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[test]
+fn simple_escapes_searched_as_sent_find_what_the_unescaped_text_holds() {
+    // Bodies stitched from token shapes, assignment parts, quotes, words
+    // and the simple JSON escapes: every hit the search of the unescaped
+    // text finds, the single search as sent finds too, by the same
+    // detector and covering at least the same bytes (it may read an
+    // escaped backslash before a letter as an escape, and so start a token
+    // earlier, or find an assignment the unescaped text does not hold:
+    // more, never less).
+    let jwt = [
+        "eyJ",
+        "hbGciOiJI",
+        ".eyJ",
+        "zdWIiOiIx",
+        ".",
+        "SflKxwRJSMeKKF2QT4fw",
+    ]
+    .concat();
+    let pieces: Vec<String> = vec![
+        ["gh", "p_", &"a1B2".repeat(9)].concat(),
+        ["github", "_pat_", &"A1b2_".repeat(17)].concat(),
+        ["gl", "pat-", "Ab1Cd2Ef3Gh4Ij5Kl6Mn"].concat(),
+        ["AK", "IA", "IOSFODNN7EXAMPLE"].concat(),
+        ["xo", "xb-", "1234567890-abcdefGH"].concat(),
+        ["AI", "za", "Sy0123456789abcdefghijABCDEFGHIJ_-x"].concat(),
+        ["sk", "_live_", "4eC39HqLyjWDarjtT1zdp7dc"].concat(),
+        ["sk", "-ant-", "api03-Ab1Cd2Ef3Gh4Ij5Kl6"].concat(),
+        ["sk", "-proj-", "Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv"].concat(),
+        jwt,
+        "-----BEGIN RSA PRIVATE KEY-----".into(),
+        "-----END RSA PRIVATE KEY-----".into(),
+        VALUE.into(),
+        "password".into(),
+        "API_KEY".into(),
+        "Token".into(),
+        "secret_value".into(),
+        "Zq8xxT4vLp9wR2mK7sB1".into(),
+        "=".into(),
+        ":".into(),
+        ":=".into(),
+        "=>".into(),
+        "\"".into(),
+        "'".into(),
+        "`".into(),
+        " ".into(),
+        "the".into(),
+        "n".into(),
+        "-".into(),
+        "x".into(),
+        "k_live".into(),
+        "\\n".into(),
+        "\\t".into(),
+        "\\r".into(),
+        "\\b".into(),
+        "\\f".into(),
+        "\\\"".into(),
+        "\\\\".into(),
+    ];
+    let engine = Engine::new(&secrets());
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut compared = 0;
+    for _ in 0..20_000 {
+        let n = 2 + rng.below(16);
+        let body: String = (0..n)
+            .map(|_| pieces[rng.below(pieces.len())].as_str())
+            .collect();
+        let b = body.as_bytes();
+        if !only_simple_escapes(b) {
+            continue;
+        }
+        let (mut fast, mut full) = (Vec::new(), Vec::new());
+        engine.scan(b, &mut fast);
+        engine.scan_unescaped(b, &mut full);
+        for f in &full {
+            assert!(
+                fast.iter()
+                    .any(|g| g.detector == f.detector && g.start <= f.start && g.end >= f.end),
+                "{:?} {}..{} found unescaped but not covered as sent in {body:?}; as sent: {:?}",
+                f.detector,
+                f.start,
+                f.end,
+                fast.iter()
+                    .map(|g| (g.detector, g.start, g.end))
+                    .collect::<Vec<_>>()
+            );
+        }
+        compared += 1;
+    }
+    assert!(compared > 10_000, "{compared}");
+}
