@@ -51,9 +51,9 @@ struct Pattern {
     /// For a pattern with no literal prefix the regex engine can skip to
     /// (case-insensitive keywords): the keywords, found in one pass, and an
     /// anchored copy of the regex run only where one starts, over at most
-    /// [`KEYED_SPAN`] bytes of text (twice that as sent in JSON, where an
-    /// escape is two bytes for one).
-    keyed: Option<(Regex, Regex, usize)>,
+    /// [`KEYED_SPAN`] bytes of text (reading JSON's escapes: an escape is
+    /// one byte of text; [`window_end`]).
+    keyed: Option<(Regex, Regex, bool)>,
     /// For a token (JSON flavor): the token right after one of JSON's
     /// letter escapes (`\n`, `\t`, `\r`, `\b`, `\f`), as group 1. The
     /// escape's letter glues onto the token as sent, so `re`'s leading
@@ -129,7 +129,10 @@ impl Pattern {
                     }
                     let (s, mut e) = (token.start(), token.end());
                     let i = ends.partition_point(|(at, _)| *at < e);
-                    if let Some((_, end)) = ends.get(i).filter(|(at, _)| at - e <= BLOCK_MAX) {
+                    if let Some((_, end)) = ends
+                        .get(i)
+                        .filter(|(at, _)| text_len(&buf[e..*at]) <= BLOCK_MAX)
+                    {
                         e = *end;
                     }
                     if !out(s, e) {
@@ -137,7 +140,7 @@ impl Pattern {
                     }
                 }
             }
-            Some((keywords, anchored, span)) => {
+            Some((keywords, anchored, escapes)) => {
                 // Keywords are found in a lower-cased copy, case-sensitively:
                 // far faster than matching ignoring case.
                 let lower = buf.to_ascii_lowercase();
@@ -146,7 +149,7 @@ impl Pattern {
                     if m.start() < done {
                         continue;
                     }
-                    let end = (m.start() + span).min(buf.len());
+                    let end = window_end(buf, m.start(), *escapes);
                     let hit = anchored
                         .captures(&buf[m.start()..end])
                         .and_then(|caps| accept(&caps));
@@ -157,6 +160,11 @@ impl Pattern {
                                 return;
                             }
                         }
+                        // A keyword right after a backslash may be an
+                        // escape's letter and the rest of a word (`\token`
+                        // is a tab and `oken`): a keyword later in it is
+                        // still tried.
+                        None if m.start() > 0 && buf[m.start() - 1] == b'\\' => {}
                         // A later keyword in the same identifier has the
                         // same tail and fails the same way: skip them all
                         // (`tokentoken…` costs one attempt per identifier).
@@ -174,6 +182,34 @@ impl Pattern {
             }
         }
     }
+}
+
+/// Bytes of text in `buf` as sent: a backslash and the byte after it are
+/// one (a JSON escape); at most `buf.len()`, and never more than the text
+/// it unescapes to, so a limit measured with it holds as on that text.
+fn text_len(buf: &[u8]) -> usize {
+    buf.len() - memchr::memchr_iter(b'\\', buf).count().min(buf.len() / 2)
+}
+
+/// Where the window of an assignment detector that starts at `at` ends:
+/// [`KEYED_SPAN`] bytes later, or, reading JSON's escapes, after that many
+/// bytes of text (an escape is one), so the window holds what the same
+/// window holds in the unescaped text.
+fn window_end(buf: &[u8], at: usize, escapes: bool) -> usize {
+    let plain = (at + KEYED_SPAN).min(buf.len());
+    if !escapes || memchr::memchr(b'\\', &buf[at..plain]).is_none() {
+        return plain;
+    }
+    let (mut i, mut n) = (at, 0);
+    while i < buf.len() && n < KEYED_SPAN {
+        i += if buf[i] == b'\\' && i + 1 < buf.len() {
+            2
+        } else {
+            1
+        };
+        n += 1;
+    }
+    i
 }
 
 fn any(_: &[u8]) -> bool {
@@ -278,10 +314,7 @@ fn detectors(flavor: Flavor) -> Vec<Pattern> {
             // order of magnitude slower on prose).
             Regex::new(&ASSIGNMENT_KEYWORDS.join("|")).expect("fixed keywords"),
             Regex::new(&format!("^(?:{re})")).expect("detector regexes are fixed and tested"),
-            match flavor {
-                Flavor::Json => 2 * KEYED_SPAN,
-                Flavor::Plain => KEYED_SPAN,
-            },
+            flavor == Flavor::Json,
         )),
         ..d(kind, re, accept)
     };
@@ -334,7 +367,7 @@ fn detectors(flavor: Flavor) -> Vec<Pattern> {
         keyed(
             Detector::GenericSecretAssignment,
             &format!(
-                r#"(?i)(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*(?:{q}["'])?{sp}(?::=|=>|[:=]){sp}(?:{q}["'`])?([A-Za-z0-9+/_.~=-]{{16,512}})"#
+                r#"(?i)(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*(?:{q}["'])?{sp}(?::=|=>|[:=]){sp}(?:{q}["'`])?([A-Za-z0-9+/_.~=-]{{16,}})"#
             ),
             high_entropy,
         ),

@@ -797,6 +797,12 @@ fn simple_escapes_searched_as_sent_find_what_the_unescaped_text_holds() {
         "\\f".into(),
         "\\\"".into(),
         "\\\\".into(),
+        // Long runs, so assignment windows and key blocks reach their
+        // limits.
+        " ".repeat(300),
+        "x".repeat(300),
+        ".".repeat(300),
+        "\\n".repeat(150),
     ];
     let engine = Engine::new(&secrets());
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
@@ -829,4 +835,91 @@ fn simple_escapes_searched_as_sent_find_what_the_unescaped_text_holds() {
         compared += 1;
     }
     assert!(compared > 10_000, "{compared}");
+}
+
+// Found by a review of the escape-reading search: bodies the search of
+// the unescaped text (the plain detectors, `Engine::scan_unescaped`) finds
+// a secret in, and the search as sent must find too.
+
+/// `hits` of `detector` the old search finds that the new one does not
+/// cover (same detector, span covering).
+fn missed_as_sent(buf: &[u8], detector: Detector) -> Vec<(usize, usize)> {
+    let engine = Engine::new(&secrets());
+    let (mut new, mut old) = (Vec::new(), Vec::new());
+    engine.scan(buf, &mut new);
+    engine.scan_unescaped(buf, &mut old);
+    old.iter()
+        .filter(|f| f.detector == detector)
+        .filter(|f| {
+            !new.iter()
+                .any(|g| g.detector == f.detector && g.start <= f.start && g.end >= f.end)
+        })
+        .map(|f| (f.start, f.end))
+        .collect()
+}
+
+/// 40 distinct letters and digits: 5.3 bits per character.
+fn mixed_secret() -> String {
+    let s: String = "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0fLrUxIoPw".into();
+    assert_eq!(s.len(), 39);
+    format!("{s}Y")
+}
+
+#[test]
+fn an_assignment_is_judged_in_the_same_window_as_in_the_unescaped_text() {
+    // After 440 spaces a 512-byte window leaves 63 value bytes (the
+    // 40-character secret and 23 dots, 4.3 bits/char); a window twice as
+    // long took 512 (0.8 bits/char) and rejected it.
+    let secret = mixed_secret();
+    let kw = ["pass", "word"].concat();
+    let body = format!(
+        "{{\"text\": \"{kw}{}={secret}{}\"}}",
+        " ".repeat(440),
+        ".".repeat(480)
+    );
+    assert!(!body.contains('\\'));
+    let missed = missed_as_sent(body.as_bytes(), Detector::GenericSecretAssignment);
+    assert!(
+        missed.is_empty(),
+        "old search found generic-secret-assignment at {missed:?}; new search finds nothing"
+    );
+}
+
+#[test]
+fn a_keyword_made_by_an_escape_letter_does_not_hide_a_later_one() {
+    // As sent, `\token` holds the keyword `token` (unescaped it is a tab
+    // and `oken`). Its window ends before the value, so it fails; the
+    // "same identifier, same tail" skip must not then drop the real
+    // `password` keyword 1,015 bytes later.
+    let secret = mixed_secret();
+    let kw = ["pass", "word"].concat();
+    let body = format!("{{\"text\": \"\\token{}{kw}={secret}\"}}", "x".repeat(1010));
+    let missed = missed_as_sent(body.as_bytes(), Detector::GenericSecretAssignment);
+    assert!(
+        missed.is_empty(),
+        "old search found generic-secret-assignment at {missed:?}; new search finds nothing"
+    );
+}
+
+#[test]
+fn a_key_block_within_block_max_once_unescaped_is_redacted_whole() {
+    // 250 lines of 64 characters, each ended by `\n`: 16,251 bytes from the
+    // header to the END line unescaped (within BLOCK_MAX, 16,384), 16,502
+    // as sent: the block is measured as text, so the header is extended to
+    // the END line and `redact` replaces the block rather than refusing.
+    let key = format!(
+        "{}{}{}{}",
+        ["-----BEGIN RSA ", "PRIVATE KEY-----\\n"].concat(),
+        format!("{}\\n", "A".repeat(64)).repeat(250),
+        ["-----END RSA ", "PRIVATE KEY-----"].concat(),
+        "\\n"
+    );
+    let body = format!("{{\"key\": \"{key}\"}}");
+    let missed = missed_as_sent(body.as_bytes(), Detector::PrivateKey);
+    let (sent, refused) = run(redacting(), None, &[body.as_bytes()]);
+    assert!(
+        missed.is_empty() && refused.is_none(),
+        "old span(s) not covered: {missed:?}; redact outcome: {refused:?} ({} bytes sent)",
+        sent.len()
+    );
 }
