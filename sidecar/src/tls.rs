@@ -314,13 +314,14 @@ fn spki_matches(cert: &CertificateDer<'_>, key: &KeyPair) -> bool {
 mod tests {
     use super::*;
 
-    /// Writes a fresh CA (as the CLI mints it) into a temp dir.
-    fn ca_dir(name: &str) -> PathBuf {
-        let dir = tempfile::Builder::new()
+    /// Writes a fresh CA (as the CLI mints it) into a temp dir, removed
+    /// when the returned guard is dropped.
+    fn ca_dir(name: &str) -> tempfile::TempDir {
+        let guard = tempfile::Builder::new()
             .prefix(&format!("bottle-tls-{name}-"))
             .tempdir()
-            .unwrap()
-            .keep();
+            .unwrap();
+        let dir = guard.path();
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params
@@ -331,12 +332,12 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir.join(CA_CERT_FILE), cert.pem()).unwrap();
         std::fs::write(dir.join(CA_KEY_FILE), key.serialize_pem()).unwrap();
-        dir
+        guard
     }
 
     #[test]
     fn mints_and_caches_leaves_for_names_and_addresses() {
-        let tls = Tls::load(&ca_dir("mint")).unwrap();
+        let tls = Tls::load(ca_dir("mint").path()).unwrap();
         let a = tls.server_config("api.example.com").unwrap();
         let b = tls.server_config("api.example.com").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
@@ -347,26 +348,28 @@ mod tests {
 
     #[test]
     fn refuses_to_start_without_a_matching_ca() {
-        let dir = ca_dir("missing");
+        let guard = ca_dir("missing");
+        let dir = guard.path();
         std::fs::remove_file(dir.join(CA_KEY_FILE)).unwrap();
-        let err = Tls::load(&dir).unwrap_err();
+        let err = Tls::load(dir).unwrap_err();
         assert!(
             err.to_string().contains("cannot read the bottle CA key"),
             "{err}"
         );
         let other = ca_dir("other");
-        std::fs::copy(other.join(CA_KEY_FILE), dir.join(CA_KEY_FILE)).unwrap();
+        std::fs::copy(other.path().join(CA_KEY_FILE), dir.join(CA_KEY_FILE)).unwrap();
         let mine = ca_dir("mine");
-        std::fs::copy(mine.join(CA_CERT_FILE), dir.join(CA_CERT_FILE)).unwrap();
-        let err = Tls::load(&dir).unwrap_err();
+        std::fs::copy(mine.path().join(CA_CERT_FILE), dir.join(CA_CERT_FILE)).unwrap();
+        let err = Tls::load(dir).unwrap_err();
         assert!(matches!(err, TlsSetupError::Mismatch { .. }), "{err}");
     }
 
     #[test]
     fn bad_upstream_roots_are_refused() {
-        let dir = ca_dir("roots");
+        let guard = ca_dir("roots");
+        let dir = guard.path();
         std::fs::write(dir.join(UPSTREAM_ROOTS_FILE), "not pem").unwrap();
-        let err = Tls::load(&dir).unwrap_err();
+        let err = Tls::load(dir).unwrap_err();
         assert!(matches!(err, TlsSetupError::Roots { .. }), "{err}");
     }
 

@@ -87,14 +87,51 @@ impl Capture {
     }
 }
 
-/// A unique, empty, private temp directory (kept: a failed test's state
-/// and logs are left to read).
+/// A unique, empty, private temp directory, inside this test process's
+/// own directory ([`run_dir`]): kept while the process runs and after it
+/// (a failed test's state and logs are left to read), removed when the
+/// next test process starts.
 pub fn temp_dir(what: &str) -> PathBuf {
     tempfile::Builder::new()
-        .prefix(&format!("bottle-sidecar-{what}-"))
-        .tempdir()
+        .prefix(&format!("{what}-"))
+        .tempdir_in(run_dir())
         .unwrap()
         .keep()
+}
+
+/// `bottle-sidecar-tests-<pid>-<random>` in the temp dir (made by
+/// `tempfile`: a random name, private). Made once per test process, after
+/// removing the ones left by this user's test processes that are gone, so
+/// test runs do not pile up directories.
+fn run_dir() -> &'static Path {
+    static DIR: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+        use std::os::unix::fs::MetadataExt;
+        const PREFIX: &str = "bottle-sidecar-tests-";
+        let tmp = tempfile::env::temp_dir();
+        let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(PREFIX))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            let Some(pid) = pid else { continue };
+            // Only this user's own directories (never a symlink), of a test
+            // process that is gone.
+            let ours = std::fs::symlink_metadata(entry.path())
+                .is_ok_and(|m| m.is_dir() && Some(m.uid()) == uid);
+            if ours && !Path::new("/proc").join(pid.to_string()).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        tempfile::Builder::new()
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
+            .tempdir_in(&tmp)
+            .unwrap()
+            .keep()
+    });
+    &DIR
 }
 
 fn ca(cn: &str) -> (String, Issuer<'static, KeyPair>, KeyPair) {
