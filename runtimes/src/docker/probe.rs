@@ -225,6 +225,12 @@ pub(super) async fn run(rt: &DockerRuntime, helper: Option<&str>) -> Probe {
 
     probe.capabilities.push(internal_dns(rt));
 
+    // On podman the isolation step holds a container on the network for
+    // the network's life (`broadcast`'s `<network>-bridge`); the probe's
+    // networks end here, so those go too (absent elsewhere: not an error).
+    if matches!(rt.engine, Engine::Podman) {
+        containers.extend(networks.iter().map(|net| format!("{}-bridge", net.name)));
+    }
     futures_util::future::join_all(containers.iter().map(|id| rt.remove_container(id))).await;
     futures_util::future::join_all(networks.iter().map(|net| rt.remove_network(&net.id))).await;
     probe
